@@ -462,7 +462,6 @@ def load_model(spec: str | None = None, ctx: int | None = None, dtype: str = "au
     For a PEFT adapter the base is loaded, the adapter applied (not merged) and, for an llqa run,
     `ctx` defaults to the context it was trained at.
     """
-    import torch
     from transformers import AutoModelForCausalLM
 
     source = resolve(spec)
