@@ -122,26 +122,16 @@ def info_cmd(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry: run the app, turning user errors into one line and exit code 2."""
+    """Console-script entry: run the app, turning user errors into one line and exit code 2.
+
+    Typer/click handle usage errors themselves (standalone mode: message + exit 2)."""
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv)
     except LlqaError as e:
         if os.environ.get("LLQA_DEBUG"):
             raise
         err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except (typer.Abort, KeyboardInterrupt):
-        err_console.print("[red]aborted[/]")
-        sys.exit(130)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except Exception as e:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
 
 
 if __name__ == "__main__":

@@ -20,11 +20,13 @@ def hub_offline_by_env() -> bool:
                for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
-@functools.lru_cache(maxsize=1)
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """True when a TCP connection to the hub endpoint opens within `timeout` seconds."""
-    if hub_offline_by_env():
-        return False
+    """True unless offline mode is set or a TCP connection to the hub does not open within `timeout` s."""
+    return not hub_offline_by_env() and _hub_answers(timeout)
+
+
+@functools.lru_cache(maxsize=1)
+def _hub_answers(timeout: float) -> bool:
     url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
     host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
     try:

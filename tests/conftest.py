@@ -64,3 +64,14 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+def run_llqa(*args: str, env: dict | None = None, timeout: float = 600):
+    """Run the installed CLI in a subprocess (exactly what a user runs): returns CompletedProcess."""
+    import os
+    import subprocess
+    import sys
+
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-c", "import cli; cli.main()", *args], capture_output=True,
+                          text=True, env=full_env, timeout=timeout)
