@@ -1,0 +1,1 @@
+"""Evals: sliding-window perplexity (perplexity.py), passkey and LongChat retrieval; shared text loading (texts.py)."""
