@@ -1,0 +1,249 @@
+"""S2-Attn as a pure function: equal to plain masked attention (forward and backward), no future leak,
+the length rule, the head split, GQA without repeated K/V, and the flash-attn varlen plumbing."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llqa.errors import LlqaError
+from trainer import s2attn
+from trainer.s2attn import (
+    partition,
+    s2_attention,
+    s2_group_size,
+    s2_length_multiple,
+    shifted_heads,
+    training_segments,
+)
+
+# --------------------------------------------------------------------------- reference
+
+
+def run_ids(segment_ids: torch.Tensor) -> torch.Tensor:
+    """Maximal runs of equal ids numbered 0, 1, ... per row."""
+    change = torch.ones_like(segment_ids, dtype=torch.long)
+    change[:, 0] = 0
+    change[:, 1:] = (segment_ids[:, 1:] != segment_ids[:, :-1]).long()
+    return change.cumsum(1)
+
+
+def reference_s2(q, k, v, group_size, segment_ids=None, shift=True, scale=None):
+    """Plain masked attention with an explicit boolean mask and softmax, K/V repeated, per head:
+    token i sees j iff j <= i, i and j are in the same piece, and in the same segment run.
+    Pieces: unshifted heads floor(i / G); shifted heads floor((i + G/2) / G) — the half groups at
+    both ends are pieces of their own, nothing wraps around."""
+    B, Hq, N, D = q.shape
+    Hkv = k.shape[1]
+    k, v = k.repeat_interleave(Hq // Hkv, dim=1), v.repeat_interleave(Hq // Hkv, dim=1)
+    pos = torch.arange(N)
+    first_shifted = Hq // 2 if Hkv == 1 else (Hkv // 2) * (Hq // Hkv)
+    runs = run_ids(segment_ids) if segment_ids is not None else torch.zeros(B, N, dtype=torch.long)
+    same_run = runs[:, None, :, None] == runs[:, None, None, :]  # (B, 1, N, N)
+    masks = []
+    for h in range(Hq):
+        piece = (pos + group_size // 2) // group_size if shift and h >= first_shifted else pos // group_size
+        masks.append((piece[:, None] == piece[None, :]) & (pos[None, :] <= pos[:, None]))
+    mask = torch.stack(masks)[None] & same_run  # (B, Hq, N, N)
+    scores = (q @ k.transpose(-1, -2)) * (scale if scale is not None else 1 / math.sqrt(D))
+    probs = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+    return (probs @ v).transpose(1, 2)  # (B, N, Hq, D)
+
+
+def naive_roll_s2(q, k, v, group_size):
+    """LongLoRA's roll formulation (the leaky one): shifted half rolled by −G/2, then grouped."""
+    B, H, N, D = q.shape
+    half = H // 2
+
+    def grouped(x):
+        return x.reshape(B, x.shape[1], N // group_size, group_size, D).transpose(1, 2).reshape(-1, x.shape[1], group_size, D)
+
+    outs = []
+    for sl, roll in ((slice(0, half), 0), (slice(half, H), -(group_size // 2))):
+        qs, ks, vs = (x[:, sl].roll(roll, dims=2) for x in (q, k, v))
+        o = F.scaled_dot_product_attention(grouped(qs), grouped(ks), grouped(vs), is_causal=True)
+        o = o.reshape(B, N // group_size, -1, group_size, D).transpose(1, 2).reshape(B, -1, N, D)
+        outs.append(o.roll(-roll, dims=2))
+    return torch.cat(outs, dim=1).transpose(1, 2)
+
+
+def qkv(B, Hq, Hkv, N, D=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, h, N, D, generator=g, requires_grad=True) for h in (Hq, Hkv, Hkv)]
+
+
+def grads(fn, q, k, v, weight):
+    out = fn(q, k, v)
+    (out * weight).sum().backward()
+    result = out.detach(), *(x.grad.clone() for x in (q, k, v))
+    for x in (q, k, v):
+        x.grad = None
+    return result
+
+
+def assert_close_fwd_bwd(fn, ref, q, k, v):
+    weight = torch.randn(q.shape[0], q.shape[2], q.shape[1], q.shape[3], generator=torch.Generator().manual_seed(1))
+    for got, want, name in zip(grads(fn, q, k, v, weight), grads(ref, q, k, v, weight), ("out", "dq", "dk", "dv"),
+                               strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
+
+
+PACKED = [[0] * 5 + [1] * 19 + [2] * 8, [7] * 32]  # B=2, N=32: cuts inside and across pieces
+LEFT_PAD = [[-1] * 6 + [3] * 26, [-1] * 3 + [0] * 10 + [-1] * 2 + [1] * 17]
+
+
+# --------------------------------------------------------------------------- the pure function
+
+
+@pytest.mark.parametrize("heads", [(4, 4), (4, 2), (8, 2), (4, 1), (9, 3), (1, 1)])
+@pytest.mark.parametrize("group", [32, 16, 8])
+@pytest.mark.parametrize("shift", [True, False])
+def test_sdpa_backend_equals_masked_reference(heads, group, shift):
+    q, k, v = qkv(2, *heads, N=32)
+    assert_close_fwd_bwd(lambda *a: s2_attention(*a, group, shift=shift, backend="sdpa"),
+                         lambda *a: reference_s2(*a, group, shift=shift), q, k, v)
+
+
+@pytest.mark.parametrize("segments", [PACKED, LEFT_PAD], ids=["packed", "padded"])
+@pytest.mark.parametrize("heads", [(4, 2), (6, 3), (4, 1)])
+@pytest.mark.parametrize("group", [16, 8])
+def test_segmented_equals_masked_reference(segments, heads, group):
+    q, k, v = qkv(2, *heads, N=32, seed=2)
+    seg = torch.tensor(segments)
+    assert_close_fwd_bwd(lambda *a: s2_attention(*a, group, segment_ids=seg, backend="sdpa", scale=0.3),
+                         lambda *a: reference_s2(*a, group, segment_ids=seg, scale=0.3), q, k, v)
+
+
+def test_one_group_without_shift_is_causal_sdpa():
+    q, k, v = qkv(2, 4, 2, N=24)
+    full = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True).transpose(1, 2)
+    torch.testing.assert_close(s2_attention(q, k, v, 24, shift=False), full, atol=1e-6, rtol=1e-5)
+
+
+def test_s2_differs_from_full_attention():
+    """Guards the reference tests against a degenerate S2 that is just causal attention."""
+    q, k, v = qkv(1, 4, 2, N=32)
+    full = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True).transpose(1, 2)
+    assert not torch.allclose(s2_attention(q, k, v, 8), full, atol=1e-3)
+
+
+def future_gradient(fn, N, t):
+    q, k, v = qkv(1, 4, 2, N=N, seed=3)
+    fn(q, k, v)[:, t].sum().backward()
+    return max(x.grad[:, :, t + 1:].abs().max().item() for x in (q, k, v))
+
+
+@pytest.mark.parametrize("t", [0, 3, 4, 11, 20, 27, 30])
+def test_no_future_leak(t):
+    """d out[t] / d {q, k, v}[t' > t] is exactly zero, at every kind of position (first half group,
+    group edges, last half group)."""
+    assert future_gradient(lambda *a: s2_attention(*a, 8), 32, t) == 0.0
+
+
+def test_naive_roll_leaks():
+    """The same check catches LongLoRA's roll formulation: token 0 sees the last half group."""
+    assert future_gradient(lambda q, k, v: naive_roll_s2(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), 8),
+                           32, 0) > 0
+
+
+def test_gqa_never_repeats_kv(monkeypatch):
+    calls = []
+    real = F.scaled_dot_product_attention
+
+    def spy(q, k, v, **kw):
+        calls.append((q.shape[1], k.shape[1], kw.get("enable_gqa")))
+        return real(q, k, v, **kw)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    q, k, v = qkv(1, 8, 2, N=32)
+    s2_attention(q, k, v, 8)
+    s2_attention(q, k, v, 8, segment_ids=torch.tensor([PACKED[0]]))
+    assert calls and all(kv == 1 and hq == 4 and gqa for hq, kv, gqa in calls)
+
+
+# --------------------------------------------------------------------------- rules
+
+
+def test_length_rule_names_the_multiple():
+    assert s2_length_multiple(0.25) == 8 and s2_length_multiple(0.5) == 4 and s2_length_multiple(1) == 2
+    assert s2_length_multiple(2 / 3) == 3  # G = 2N/3 is even whenever N is a multiple of 3
+    assert s2_group_size(65536, 0.25) == 16384
+    with pytest.raises(LlqaError, match="multiple of 8, got 100"):
+        s2_group_size(100, 0.25)
+    with pytest.raises(LlqaError, match="group-ratio"):
+        s2_group_size(64, 0)
+    with pytest.raises(LlqaError, match="even"):
+        s2_attention(*qkv(1, 2, 2, N=12), 6 // 2)
+
+
+def test_head_split_follows_kv_heads():
+    assert shifted_heads(8, 8) == 4  # MHA: LongLoRA's heads [H // 2, H)
+    assert shifted_heads(9, 9) == 4
+    assert shifted_heads(8, 2) == 4 and shifted_heads(32, 8) == 16
+    assert shifted_heads(9, 3) == 3  # SmolLM2: KV heads 1 and 2 (query heads 3..8) are shifted
+    assert shifted_heads(4, 1) == 2 and shifted_heads(1, 1) == 0
+
+
+def test_partition_never_wraps():
+    assert partition(32, 8, False) == [0, 8, 16, 24, 32]
+    assert partition(32, 8, True) == [0, 4, 12, 20, 28, 32]
+    assert partition(8, 8, True) == [0, 4, 8]
+
+
+def test_training_segments():
+    code = torch.tensor([[0, 0, 0, -1, -1], [-1, -1, 0, 0, 0], [0, 0, 1, 1, -2]], dtype=torch.int32)
+    ids = training_segments(code)
+    assert ids[0].unique().numel() == 1  # right padding joins the sequence: harmless under causality
+    assert run_ids(ids[1:2]).tolist() == [[0, 0, 1, 1, 1]]  # left padding is its own segment
+    assert run_ids(ids[2:3]).tolist() == [[0, 0, 1, 1, 1]]
+    assert training_segments(torch.tensor([[0, 0, -1]], dtype=torch.int32)) is None
+    assert training_segments(None) is None
+
+
+# --------------------------------------------------------------------------- flash-attn backend
+
+
+def varlen_stand_in(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p=0.0, softmax_scale=None, causal=False):
+    """flash_attn_varlen_func's documented contract in plain torch: q (total, Hq, D), k/v (total, Hkv, D),
+    sequences delimited by cu_seqlens, causal inside each."""
+    assert torch.equal(cu_q, cu_k) and causal and cu_q.dtype == torch.int32
+    assert max_q == max(int(e - s) for s, e in zip(cu_q[:-1], cu_q[1:], strict=True))
+    outs = []
+    for s, e in zip(cu_q[:-1].tolist(), cu_q[1:].tolist(), strict=True):
+        o = F.scaled_dot_product_attention(q[s:e].transpose(0, 1)[None], k[s:e].transpose(0, 1)[None],
+                                           v[s:e].transpose(0, 1)[None], is_causal=True, scale=softmax_scale,
+                                           enable_gqa=True)
+        outs.append(o[0].transpose(0, 1))
+    return torch.cat(outs)
+
+
+@pytest.mark.parametrize("segments", [None, PACKED, LEFT_PAD], ids=["dense", "packed", "padded"])
+def test_flash_plumbing_equals_reference(monkeypatch, segments):
+    """Our cu_seqlens / head split / layout around flash_attn_varlen_func, checked with a pure-torch
+    stand-in of its documented API (the real kernel is tested on GPU when installed)."""
+    monkeypatch.setattr(s2attn, "_varlen_func", lambda: varlen_stand_in)
+    seg = None if segments is None else torch.tensor(segments)
+    q, k, v = qkv(2, 6, 3, N=32, seed=4)
+    assert_close_fwd_bwd(lambda *a: s2attn._flash_s2(*a, 8, seg, True, None, 0.0),
+                         lambda *a: reference_s2(*a, 8, segment_ids=seg), q, k, v)
+
+
+def test_flash_backend_absent_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(s2attn, "flash_attn_available", lambda: False)
+    with pytest.raises(LlqaError, match="flash-attn"):
+        s2_attention(*qkv(1, 2, 2, N=8), 4, backend="flash")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or not s2attn.flash_attn_available(),
+                    reason="needs CUDA and flash-attn")
+@pytest.mark.parametrize("segments", [None, PACKED], ids=["dense", "packed"])
+def test_flash_kernel_equals_sdpa_backend(segments):
+    q, k, v = (x.detach().cuda().bfloat16().requires_grad_() for x in qkv(2, 8, 2, N=32, D=64))
+    seg = None if segments is None else torch.tensor(segments, device="cuda")
+    flash = s2_attention(q, k, v, 8, segment_ids=seg, backend="flash")
+    sdpa = s2_attention(q, k, v, 8, segment_ids=seg, backend="sdpa")
+    torch.testing.assert_close(flash, sdpa, atol=2e-2, rtol=2e-2)

@@ -1,0 +1,471 @@
+"""S2-Attn (Shifted Sparse Attention, LongLoRA arXiv 2309.12307) as a pure function, plugged into
+transformers through its documented `AttentionInterface` / `AttentionMaskInterface` registries.
+
+The rule, for one sequence of N tokens and group size G (= N × group ratio, default 1/4):
+- the unshifted heads attend causally inside the groups [0, G), [G, 2G), ..., [N−G, N);
+- the shifted heads (the "second half", see `shifted_heads`) attend causally inside
+  [0, G/2), [G/2, 3G/2), ..., [N−3G/2, N−G/2), [N−G/2, N): the groups moved by half a group, with
+  the two half groups at the ends kept apart. LongLoRA's roll formulation instead joins the last
+  half group with the first one, letting tokens [0, G/2) see the sequence's last tokens (a leak
+  from the future); here no token ever attends to a later one.
+- with `segment_ids` (packed or padded batches) every piece above is further cut at segment
+  boundaries, so no token attends across segments.
+
+Length rule: N must be a multiple of G and G must be even (half-group shift); with a group ratio
+p/q that means N must be a multiple of `s2_length_multiple(ratio)` (8 for 1/4). Other lengths raise
+`LlqaError` naming that multiple — the group size is never switched silently; pad (the padding is
+masked, see below) or pick --ctx accordingly.
+
+GQA: the split between unshifted and shifted heads runs along KV heads, so the query heads that
+share a KV head get the same shift and K/V are never repeated (`enable_gqa`, or flash-attn's native
+GQA). The shifted query heads are those of KV heads [Hkv // 2, Hkv) — for multi-head attention
+exactly LongLoRA's heads [H // 2, H); with one KV head (MQA) query heads [Hq // 2, Hq).
+
+Backends: torch SDPA (each group is one dense causal SDPA call: groups are folded into the batch
+dimension as views, no N×N or N×G mask is ever built; segmented batches run one causal call per
+piece), and flash-attn's `flash_attn_varlen_func` when installed (every piece becomes one varlen
+sequence via `cu_seqlens`: no copies, no masks, segments for free).
+
+Training only: in eval mode (`module.training` False) — and so in generation — the attention
+function hands over to transformers' own SDPA attention with the exact mask SDPA would get.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from fractions import Fraction
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+from llqa.errors import LlqaError
+
+if TYPE_CHECKING:  # heavy imports stay out of `llqa --help`
+    import torch
+
+S2_ATTN_NAME = "llqa_s2"
+FULL_ATTN_NAME = "sdpa"
+BACKENDS = ("auto", "sdpa", "flash")
+RATIO_ATTR = "s2_group_ratio"  # on model.config: the group ratio in use while S2-Attn is enabled
+BACKEND_ATTR = "s2_backend"
+
+
+# --------------------------------------------------------------------------- sizes and head split
+
+
+def _ratio(group_ratio: float) -> Fraction:
+    ratio = Fraction(group_ratio).limit_denominator(1 << 16)
+    if not 0 < ratio <= 1:
+        raise LlqaError(f"--group-ratio must be in (0, 1], got {group_ratio}", "e.g. --group-ratio 0.25")
+    return ratio
+
+
+def s2_length_multiple(group_ratio: float) -> int:
+    """The smallest multiple every sequence length must be for `group_ratio`: N × ratio must be an
+    even whole number of tokens (a group of whole tokens, shifted by half a group)."""
+    r = _ratio(group_ratio)
+    return r.denominator if r.numerator % 2 == 0 else 2 * r.denominator
+
+
+def s2_group_size(n_tokens: int, group_ratio: float) -> int:
+    """G = N × group_ratio, or an LlqaError naming the length multiple S2-Attn needs."""
+    multiple = s2_length_multiple(group_ratio)
+    if n_tokens % multiple:
+        raise LlqaError(
+            f"S2-Attn with group ratio {_ratio(group_ratio)} needs sequence lengths that are a multiple of "
+            f"{multiple}, got {n_tokens} tokens",
+            f"use --ctx (or pad sequences to) a multiple of {multiple}, change --group-ratio, or use --attn full")
+    return int(n_tokens * _ratio(group_ratio))
+
+
+def shifted_heads(n_heads: int, n_kv_heads: int) -> int:
+    """Index of the first shifted query head (heads [index, n_heads) are shifted).
+
+    Split along KV heads so query heads sharing a KV head share a shift: KV heads [Hkv // 2, Hkv)
+    are shifted. With Hkv == Hq this is LongLoRA's `num_heads // 2`; with one KV head every query
+    head reads the same K/V, so the split is at Hq // 2."""
+    if n_kv_heads == 1:
+        return n_heads // 2
+    return (n_kv_heads // 2) * (n_heads // n_kv_heads)
+
+
+def partition(n_tokens: int, group_size: int, shifted: bool) -> list[int]:
+    """Boundaries [0, ..., N] of the causal pieces: groups, or groups shifted by G/2 with the two half
+    groups at the ends kept apart (never wrapped around)."""
+    if not shifted:
+        return list(range(0, n_tokens + 1, group_size))
+    half = group_size // 2
+    return [0, *range(half, n_tokens - half + 1, group_size), n_tokens]
+
+
+def segment_boundaries(segment_ids: torch.Tensor) -> list[list[int]]:
+    """Per batch row, the positions where a new run of equal segment ids starts (0 excluded, N
+    excluded): a segment is a maximal run of equal ids."""
+    change = segment_ids[:, 1:] != segment_ids[:, :-1]  # (B, N-1)
+    rows, cols = change.nonzero(as_tuple=True)
+    out: list[list[int]] = [[] for _ in range(segment_ids.shape[0])]
+    for r, c in zip(rows.tolist(), (cols + 1).tolist(), strict=True):
+        out[r].append(c)
+    return out
+
+
+# --------------------------------------------------------------------------- the pure function
+
+
+def s2_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group_size: int, *,
+                 segment_ids: torch.Tensor | None = None, shift: bool = True, scale: float | None = None,
+                 dropout: float = 0.0, backend: str = "auto") -> torch.Tensor:
+    """Shifted sparse attention. q: (B, Hq, N, D); k, v: (B, Hkv, N, D) with Hq a multiple of Hkv.
+
+    Returns (B, N, Hq, D) — the layout transformers' attention functions return (the caller merges
+    heads with a reshape). `segment_ids` (B, N): tokens attend only inside runs of equal ids.
+    `shift=False` gives plain grouped causal attention; one group (G = N) without shift equals
+    causal SDPA. `scale` defaults to 1/sqrt(D). See the module doc for the exact rule.
+    """
+    B, Hq, N, D = q.shape
+    Hkv = k.shape[1]
+    if k.shape != (B, Hkv, N, D) or v.shape[:3] != (B, Hkv, N) or Hq % Hkv:
+        raise ValueError(f"s2_attention: bad shapes q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if group_size <= 0 or N % group_size or (shift and group_size % 2):
+        raise LlqaError(f"S2-Attn group size {group_size} does not tile {N} tokens"
+                        + (" with a half-group shift (it must be even)" if shift else ""),
+                        "use a sequence length that is a multiple of the (even) group size")
+    if segment_ids is not None and segment_ids.shape != (B, N):
+        raise ValueError(f"segment_ids must be (B, N) = {(B, N)}, got {tuple(segment_ids.shape)}")
+    if _use_flash(backend, q):
+        return _flash_s2(q, k, v, group_size, segment_ids, shift, scale, dropout)
+    return _sdpa_s2(q, k, v, group_size, segment_ids, shift, scale, dropout)
+
+
+def _head_halves(q, k, v, shift: bool):
+    """[(q, k, v, shifted)] per head half, each in (B, N, H, D) layout (views, no copies)."""
+    qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, N, H, D)
+    if not shift:
+        return [(qt, kt, vt, False)]
+    Hq, Hkv = q.shape[1], k.shape[1]
+    sq = shifted_heads(Hq, Hkv)
+    skv = 0 if Hkv == 1 else sq // (Hq // Hkv)
+    halves = []
+    if sq > 0:
+        kv_end = Hkv if Hkv == 1 else skv
+        halves.append((qt[:, :, :sq], kt[:, :, :kv_end], vt[:, :, :kv_end], False))
+    halves.append((qt[:, :, sq:], kt[:, :, skv:], vt[:, :, skv:], True))
+    return halves
+
+
+# --------------------------------------------------------------------------- SDPA backend
+
+
+def _sdpa(q, k, v, scale, dropout):
+    """Causal SDPA on (B, L, H, D) views; returns (B, L, H, D)."""
+    import torch.nn.functional as F
+
+    gqa = q.shape[2] != k.shape[2]
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                         dropout_p=dropout, is_causal=True, scale=scale, enable_gqa=gqa)
+    return out.transpose(1, 2)
+
+
+def _grouped(x, start: int, count: int, size: int):
+    """Tokens [start, start + count·size) of x (B, N, H, D) as (B·count, size, H, D): a view for B = 1."""
+    B, _, H, D = x.shape
+    return x[:, start:start + count * size].reshape(B * count, size, H, D)
+
+
+def _sdpa_pieces_dense(q, k, v, cuts: list[int], scale, dropout):
+    """Pieces without segments: equal full groups in one batched call, the end half groups in another."""
+    import torch
+
+    B, N = q.shape[:2]
+    first, last = cuts[1] - cuts[0], cuts[-1] - cuts[-2]
+    size = cuts[2] - cuts[1] if len(cuts) > 2 else first
+    inner_start, inner_count = (0, len(cuts) - 1) if first == size else (cuts[1], len(cuts) - 3)
+    parts = []
+    if inner_count > 0:
+        qs, ks, vs = (_grouped(x, inner_start, inner_count, size) for x in (q, k, v))
+        parts.append(_sdpa(qs, ks, vs, scale, dropout).reshape(B, inner_count * size, *q.shape[2:]))
+    if first == size:
+        return parts[0]
+    # the two half groups [0, G/2) and [N - G/2, N): one call with both in the batch dimension
+    ends = [torch.cat([x[:, :first], x[:, N - last:]]) for x in (q, k, v)]
+    head, tail = _sdpa(*ends, scale, dropout).split(B)
+    return torch.cat([head, *parts, tail], dim=1)
+
+
+def _sdpa_pieces_segmented(q, k, v, cuts: list[int], bounds: list[list[int]], scale, dropout):
+    """One causal call per (batch row, piece ∩ segment): views only, never a mask."""
+    import torch
+
+    rows = []
+    for b, seg_cuts in enumerate(bounds):
+        edges = sorted(set(cuts).union(seg_cuts))
+        rows.append(torch.cat([_sdpa(q[b:b + 1, s:e], k[b:b + 1, s:e], v[b:b + 1, s:e], scale, dropout)
+                               for s, e in zip(edges, edges[1:], strict=False)], dim=1))
+    return torch.cat(rows)
+
+
+def _sdpa_s2(q, k, v, group_size, segment_ids, shift, scale, dropout):
+    import torch
+
+    N = q.shape[2]
+    bounds = segment_boundaries(segment_ids) if segment_ids is not None else None
+    if bounds is not None and not any(bounds):
+        bounds = None
+    outs = []
+    for qh, kh, vh, shifted in _head_halves(q, k, v, shift):
+        cuts = partition(N, group_size, shifted)
+        if bounds is None:
+            outs.append(_sdpa_pieces_dense(qh, kh, vh, cuts, scale, dropout))
+        else:
+            outs.append(_sdpa_pieces_segmented(qh, kh, vh, cuts, bounds, scale, dropout))
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)  # (B, N, Hq, D)
+
+
+# --------------------------------------------------------------------------- flash-attn backend
+
+
+@cache
+def flash_attn_available() -> bool:
+    """flash-attn importable (probed once; never required)."""
+    if importlib.util.find_spec("flash_attn") is None:
+        return False
+    try:
+        from flash_attn import flash_attn_varlen_func  # noqa: F401
+    except Exception:  # a broken build (ABI mismatch) counts as absent
+        return False
+    return True
+
+
+def _use_flash(backend: str, q: torch.Tensor) -> bool:
+    import torch
+
+    if backend not in BACKENDS:
+        raise LlqaError(f"unknown S2-Attn backend '{backend}'", f"use one of: {', '.join(BACKENDS)}")
+    fits = q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
+    if backend == "flash":
+        if not flash_attn_available():
+            raise LlqaError("the flash S2-Attn backend needs flash-attn, which is not installed",
+                            "pip install flash-attn (or llqa[flash]), or use the sdpa backend")
+        if not fits:
+            raise LlqaError("flash-attn runs on CUDA in float16/bfloat16 only",
+                            "use --dtype bfloat16 on a GPU, or the sdpa backend")
+        return True
+    return backend == "auto" and fits and flash_attn_available()
+
+
+def _varlen_func():
+    """flash-attn's documented varlen entry point (indirect so tests can check the plumbing with a
+    pure-torch stand-in of the same API when flash-attn is absent)."""
+    from flash_attn import flash_attn_varlen_func
+
+    return flash_attn_varlen_func
+
+
+def _flash_s2(q, k, v, group_size, segment_ids, shift, scale, dropout):
+    import torch
+
+    B, N = q.shape[0], q.shape[2]
+    bounds = segment_boundaries(segment_ids) if segment_ids is not None else [[] for _ in range(B)]
+    varlen = _varlen_func()
+    outs = []
+    for qh, kh, vh, shifted in _head_halves(q, k, v, shift):
+        cuts = partition(N, group_size, shifted)
+        starts = [b * N + c for b in range(B) for c in sorted(set(cuts[:-1]).union(bounds[b]))] + [B * N]
+        cu = torch.tensor(starts, dtype=torch.int32, device=q.device)
+        longest = int(max(e - s for s, e in zip(starts, starts[1:], strict=False)))
+        # (B, N, H, D) -> (B·N, H, D): a view when the heads are the inner dimension
+        packed = [x.reshape(B * N, *x.shape[2:]) for x in (qh, kh, vh)]
+        out = varlen(*packed, cu, cu, longest, longest, dropout_p=dropout, softmax_scale=scale, causal=True)
+        outs.append(out.reshape(B, N, *out.shape[1:]))
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+
+
+# --------------------------------------------------------------------------- transformers integration
+#
+# Masks: transformers builds one mask per forward through the mask function registered under the
+# attention implementation's name. For S2-Attn we register `_s2_mask`, which for a whole-sequence
+# forward (no cached prefix) returns a compact (B, N) int32 *segment code* instead of a (B, 1, N, N)
+# mask: code[b, i] = s ≥ 0 for a real token of segment s, −1 − s for a padding token of segment s;
+# None when the batch is plain causal (one segment per row, no padding). The segments come from
+# the mask function transformers composed (causal, packed sequences from position_ids resets), probed
+# on O(N) index pairs. Any other case (a KV cache, sliding windows shorter than a segment, custom mask
+# functions) gets exactly the mask SDPA would get; S2-Attn refuses those in training.
+
+
+def _s2_mask(*args: Any, **kw: Any):
+    from transformers.masking_utils import sdpa_mask
+
+    def exact():
+        return sdpa_mask(*args, **kw)
+
+    if args or kw.get("use_vmap") or not kw.get("allow_is_causal_skip", True):
+        return exact()
+    if "cache_position" in kw:  # transformers versions that pass query positions instead of a length
+        q_pos = kw["cache_position"]
+        n = q_pos.shape[0]
+        starts_at_zero = n > 0 and int(q_pos[0]) == 0
+    else:
+        n, q_offset = kw.get("q_length"), kw.get("q_offset", 0)
+        starts_at_zero = isinstance(q_offset, int) and q_offset == 0
+    kv_length, kv_offset = kw.get("kv_length"), kw.get("kv_offset", 0)
+    padding = kw.get("attention_mask")
+    if not (starts_at_zero and kv_length == n and kv_offset == 0 and n and n > 1):
+        return exact()
+    if padding is not None and (padding.ndim != 2 or padding.shape[-1] != n):
+        return exact()
+    device = kw.get("device") or (padding.device if padding is not None else "cpu")
+    code = _segment_code(kw.get("mask_function"), kw["batch_size"], n, padding, device)
+    return exact() if code is NotImplemented else code
+
+
+def _segment_code(mask_function, batch: int, n: int, padding, device):
+    """The compact segment code (see above) of a mask function, None for plain causal, or
+    NotImplemented when the mask is not causal attention within contiguous segments."""
+    import torch
+
+    if mask_function is None:
+        return NotImplemented
+    b = torch.arange(batch, device=device)[:, None]  # (B, 1)
+    h = torch.zeros(1, 1, dtype=torch.long, device=device)
+    i = torch.arange(n, device=device)[None, :]  # (1, N)
+    try:
+        def allowed(q, kv):
+            return mask_function(b, h, q, kv).expand(batch, q.shape[-1]).to(torch.bool)
+
+        diagonal, below, above = allowed(i, i), allowed(i[:, 1:], i[:, :-1]), allowed(i[:, :-1], i[:, 1:])
+        starts = torch.cat([torch.ones(batch, 1, dtype=torch.bool, device=device), ~below], dim=1)
+        first = torch.where(starts, i, 0).cummax(dim=1).values  # (B, N) first token of each token's segment
+        reaches_start = allowed(i.expand(batch, n), first)
+    except Exception:  # not an index-based mask function
+        return NotImplemented
+    if not (diagonal.all() and reaches_start.all()) or above.any():
+        return NotImplemented  # e.g. a sliding window shorter than a segment
+    pad = None if padding is None else ~padding.to(device=device, dtype=torch.bool)
+    if not starts[:, 1:].any() and (pad is None or not pad.any()):
+        return None
+    seg = starts.cumsum(dim=1, dtype=torch.int32) - 1
+    return seg if pad is None else torch.where(pad, -1 - seg, seg)
+
+
+def _is_segment_code(mask) -> bool:
+    import torch
+
+    return isinstance(mask, torch.Tensor) and mask.ndim == 2 and not mask.dtype.is_floating_point \
+        and mask.dtype != torch.bool
+
+
+def _decode(code):
+    """(segment ids, padding flags) from a segment code."""
+    import torch
+
+    pad = code < 0
+    return torch.where(pad, -1 - code, code), pad
+
+
+def sdpa_mask_from_code(code) -> torch.Tensor:
+    """The (B, 1, N, N) boolean mask SDPA gets for the same batch: causal, inside a segment, padding
+    keys masked (what `transformers.masking_utils.sdpa_mask` builds from the same inputs)."""
+    import torch
+
+    seg, pad = _decode(code)
+    i = torch.arange(code.shape[1], device=code.device)
+    causal = i[None, :] <= i[:, None]
+    return (causal & (seg[:, :, None] == seg[:, None, :]) & ~pad[:, None, :])[:, None]
+
+
+def training_segments(code) -> torch.Tensor | None:
+    """Segment ids for S2-Attn in training, or None when every row is one causal run.
+
+    Padding forms its own segments, so no real token sees a pad and no pad sees a real token. A run of
+    padding at the end of a row is joined to the segment before it instead: under causal attention
+    no real token reads a later position, so this changes no real token's output or gradient, and a
+    right-padded single sequence keeps the fast unsegmented path."""
+    import torch
+
+    if code is None:
+        return None
+    seg, pad = _decode(code)
+    n = code.shape[1]
+    # a token is in the trailing padding run iff it and every later token is padding
+    trailing = pad.flip(1).cumprod(dim=1).flip(1).bool()
+    last_real = torch.where(trailing, -1, seg).amax(dim=1, keepdim=True)
+    # ids: 2·segment for real tokens, 2·segment + 1 for padding (separate runs), trailing → last real
+    ids = torch.where(pad, 2 * seg + 1, 2 * seg)
+    ids = torch.where(trailing & (last_real >= 0), 2 * last_real, ids)
+    if n and bool((ids == ids[:, :1]).all()):
+        return None
+    return ids
+
+
+def s2_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0,
+                         scaling: float | None = None, **kwargs):
+    """The function registered in transformers' AttentionInterface under S2_ATTN_NAME.
+
+    Training (`module.training`): S2-Attn with G = N × `config.s2_group_ratio`, segments from the mask
+    (see `_s2_mask`). Eval and generation: transformers' own SDPA attention, with the exact mask."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    code = attention_mask if _is_segment_code(attention_mask) else None
+    if not module.training:
+        mask = sdpa_mask_from_code(code) if code is not None else attention_mask
+        return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling, **kwargs)
+    if (attention_mask is not None and code is None) or key.shape[2] != query.shape[2] \
+            or not getattr(module, "is_causal", True):
+        raise LlqaError("S2-Attn in training needs causal self-attention over whole sequences; this forward "
+                        "has a KV cache, a sliding-window layer or a custom attention mask",
+                        "train without past_key_values, disable the sliding window, or use --attn full")
+    config = getattr(module, "config", None)
+    ratio = getattr(config, RATIO_ATTR, None)
+    if ratio is None:
+        raise LlqaError("the model's attention is set to S2-Attn but no group ratio is recorded on its config",
+                        "switch it on with trainer.s2attn.enable_s2_attention(model)")
+    out = s2_attention(query, key, value, s2_group_size(query.shape[2], ratio),
+                       segment_ids=training_segments(code), scale=scaling, dropout=dropout,
+                       backend=getattr(config, BACKEND_ATTR, "auto"))
+    return out, None
+
+
+def register_s2_attention() -> None:
+    """Register the attention and mask functions under S2_ATTN_NAME (idempotent)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(S2_ATTN_NAME, s2_attention_forward)
+    AttentionMaskInterface.register(S2_ATTN_NAME, _s2_mask)
+
+
+def _base_model(model):
+    """The transformers model under a PeftModel (or the model itself)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def enable_s2_attention(model, group_ratio: float = 0.25, backend: str = "auto") -> None:
+    """Switch `model` (a transformers model or a PeftModel) to S2-Attn in training.
+
+    Records the ratio and backend on `model.config` (`s2_group_ratio`, `s2_backend`) and selects the
+    registered implementation with transformers' `set_attn_implementation`. Eval mode keeps full
+    attention, so evaluation needs no switch back; `disable_s2_attention` restores plain SDPA."""
+    _ratio(group_ratio)
+    if backend not in BACKENDS:
+        raise LlqaError(f"unknown S2-Attn backend '{backend}'", f"use one of: {', '.join(BACKENDS)}")
+    if backend == "flash" and not flash_attn_available():
+        raise LlqaError("the flash S2-Attn backend needs flash-attn, which is not installed",
+                        "pip install flash-attn (or llqa[flash]), or use --s2-backend sdpa")
+    register_s2_attention()
+    base = _base_model(model)
+    setattr(base.config, RATIO_ATTR, float(group_ratio))
+    setattr(base.config, BACKEND_ATTR, backend)
+    base.set_attn_implementation(S2_ATTN_NAME)
+    if base.config._attn_implementation != S2_ATTN_NAME:
+        raise LlqaError(f"{type(base).__name__} does not route its attention through transformers' "
+                        "AttentionInterface, so S2-Attn cannot be switched on", "use --attn full")
+
+
+def disable_s2_attention(model) -> None:
+    """Back to transformers' SDPA attention; the S2 settings are removed from the config (so a saved or
+    merged model carries none)."""
+    base = _base_model(model)
+    base.set_attn_implementation(FULL_ATTN_NAME)
+    for attr in (RATIO_ATTR, BACKEND_ATTR):
+        if hasattr(base.config, attr):
+            delattr(base.config, attr)
