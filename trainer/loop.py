@@ -1,0 +1,384 @@
+"""The training loop of `llqa train` / `llqa sft`: compact and explicit (no HF Trainer).
+
+One optimizer step = `grad_accum` micro-batches of `micro_batch_size` sequences. The step's loss is
+the mean next-token NLL over all scored tokens of the global batch (token-weighted: each micro-batch
+contributes its NLL sum / the step's scored-token count), computed by the chunked cross-entropy of
+`trainer.loss`. Trainable weights are fp32 master weights; the frozen base keeps the compute dtype
+(bf16 on GPU) and forward/backward run under autocast. The device comes from the loader (LOCAL_RANK
+aware), so a data-parallel wrapper can be added around `model` without changing the step.
+
+Run directory (`--out`):
+- `train_config.json`   resolved config, model info, data statistics, what is trained
+- `llqa_model.json`     base model spec + trained ctx, so `--model RUN_DIR` loads at the new context
+- `adapter_config.json`, `adapter_model.safetensors` (LoRA methods) or `config.json`,
+  `model.safetensors` (full): the final weights, with the tokenizer
+- `checkpoints/step-N/` atomic checkpoints (see `trainer.checkpoint`); `data/` packed sequences
+- `log.jsonl`           one record per step (a resumed run appends; take the last record of a step)
+- `tb/`                 TensorBoard event files (loss, lr, tokens/s, peak memory, grad norm)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llqa.errors import LlqaError
+from llqa.io import append_jsonl, atomic_write_json
+from llqa.models import RUN_FILE
+from trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from trainer.config import CONFIG_FILE, TrainConfig
+
+if TYPE_CHECKING:
+    import torch
+
+SEMANTICS = ("loss: mean next-token NLL (natural log) over the scored tokens of each optimizer step's global "
+             "batch; train: every token of the packed sequences is scored; sft: answer tokens only "
+             "(prompt labels are -100).")
+
+
+class TrainingStopped(LlqaError):
+    """Raised when the loss or gradient is not finite: the run stops, the last good checkpoint stays."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    losses: list[float] = field(default_factory=list)  # per step run in this process
+    data: dict[str, Any] = field(default_factory=dict)
+    finished: bool = False  # reached max_steps and wrote the final weights
+    model: Any = None  # the trained model (set when finished)
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def lr_factor(step: int, warmup: int) -> float:
+    """Linear warm-up then constant: step s (0-based) uses lr × min(1, (s+1)/warmup)."""
+    return 1.0 if warmup <= 0 else min(1.0, (step + 1) / warmup)
+
+
+def _check_run_dir(cfg: TrainConfig) -> Path | None:
+    """The checkpoint to resume from, after refusing to mix two runs in one directory."""
+    run = cfg.run_dir
+    saved = run / CONFIG_FILE
+    if not cfg.resume:
+        if saved.exists() or latest_checkpoint(run) is not None:
+            raise LlqaError(f"{run} already holds a training run", "pass --resume to continue it, or another --out")
+        return None
+    if not saved.exists():
+        raise LlqaError(f"--resume: {run} holds no training run ({CONFIG_FILE} missing)",
+                        "drop --resume to start a new run there")
+    diff = TrainConfig.read(run).differences(cfg)
+    if diff:
+        raise LlqaError(f"--resume: the options differ from the run in {run}: {', '.join(diff)}",
+                        "resume with the same options (only --max-steps, --save-every, --log-every may change)")
+    return latest_checkpoint(run)
+
+
+def _compute_dtype(cfg: TrainConfig, device: torch.device) -> str:
+    from llqa.models import resolve_dtype
+
+    dtype = resolve_dtype(cfg.dtype, device)
+    name = str(dtype).removeprefix("torch.")
+    if name == "float16":
+        raise LlqaError("--dtype float16 is not supported for training (its range overflows without loss scaling)",
+                        "use --dtype bfloat16 (GPU) or float32")
+    return name
+
+
+def _load(cfg: TrainConfig):
+    import torch
+
+    from llqa.models import load_model, resolve, resolve_device
+
+    source = resolve(cfg.model)
+    if source.kind == "peft":
+        raise LlqaError(f"--model {cfg.model} is a LoRA adapter", "merge it first (`llqa merge RUN --out DIR`) "
+                        "and train on the merged model")
+    device = resolve_device(cfg.device)
+    dtype = _compute_dtype(cfg, device)
+    torch.manual_seed(cfg.seed)  # random:<shape> bases and LoRA init derive from the seed
+    loaded = load_model(cfg.model, ctx=cfg.ctx, dtype=dtype, device=str(device))
+    return loaded, device, getattr(torch, dtype)
+
+
+def build_data(cfg: TrainConfig, tokenizer):
+    """The run's dataset (PackedData or SftData) and its statistics."""
+    from trainer import data as D
+
+    if cfg.task == "train":
+        needed = cfg.max_steps * cfg.batch_size
+        meta = {"data": [str(Path(p).resolve()) for p in cfg.data], "dataset": cfg.dataset,
+                "dataset_config": cfg.dataset_config, "split": cfg.split, "text_field": cfg.text_field,
+                "ctx": cfg.ctx, "tokenizer": getattr(tokenizer, "name_or_path", ""), "vocab": len(tokenizer)}
+        texts = (D.hub_documents(cfg.dataset, cfg.dataset_config, cfg.split, cfg.text_field) if cfg.dataset
+                 else D.read_documents(cfg.data, cfg.text_field))
+        packed, info = D.build_packed(texts, tokenizer, cfg.ctx, needed, cfg.run_dir / "data", meta)
+        return packed, {**info, "epochs": round(needed / len(packed), 3)}
+    records = ((cfg.dataset, n, r) for n, r in enumerate(D.hub_records(cfg.dataset, cfg.dataset_config, cfg.split,
+                                                                        streaming=False), 1)) \
+        if cfg.dataset else D.read_sft_items(cfg.data)
+    sft = D.build_sft(records, tokenizer, cfg.template, cfg.ctx)
+    return sft, sft.stats
+
+
+def _prepare_model(cfg: TrainConfig, model):
+    from trainer.lora import prepare_trainable
+
+    model.config.use_cache = False
+    if cfg.attn == "s2":
+        from trainer.s2attn import enable_s2_attention
+
+        enable_s2_attention(model, group_ratio=cfg.group_ratio)
+    if cfg.gradient_checkpointing:
+        # transformers >= 5.2x renamed it activation_checkpointing_enable; older 5.x only has the old name
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = prepare_trainable(model, cfg.method, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+    model.train()
+    return model
+
+
+def _optimizer(cfg: TrainConfig, model):
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    fused = all(p.is_cuda for p in params) or None
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
+                            fused=fused)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.warmup_steps))
+    return params, opt, sched
+
+
+# --------------------------------------------------------------------------- one step
+
+
+def _peak_memory_gib(device: torch.device) -> float | None:
+    import torch
+
+    if device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / 2**30
+
+
+def oom_error(cfg: TrainConfig, device) -> LlqaError:
+    import torch
+
+    total = torch.cuda.get_device_properties(device).total_memory / 2**30 if device.type == "cuda" else 0
+    hints = [f"--ctx below {cfg.ctx}"]
+    if cfg.attn != "s2":
+        hints.append("--attn s2")
+    if not cfg.gradient_checkpointing:
+        hints.append("gradient checkpointing (drop --no-gradient-checkpointing)")
+    if cfg.micro_batch_size > 1:
+        hints.append("--micro-batch-size 1")
+    if cfg.method == "full":
+        hints.append("--method longlora")
+    hints.append(f"--loss-chunk below {cfg.loss_chunk}")
+    return LlqaError(f"CUDA out of memory training at --ctx {cfg.ctx} ({total:.0f} GiB device)",
+                     "lower the memory need: " + ", ".join(hints))
+
+
+def train_step(model, params, optimizer, scheduler, batches, cfg: TrainConfig, device, autocast_dtype,
+               step: int) -> tuple[float, float | None]:
+    """One optimizer step over `batches` (the micro-batches); returns (mean loss, grad norm)."""
+    import torch
+
+    from trainer.loss import causal_lm_loss
+
+    total = sum(int((labels[:, 1:] != -100).sum()) for _, labels, _ in batches) or 1
+    use_autocast = autocast_dtype != torch.float32
+    loss_sum = 0.0
+    for ids, labels, mask in batches:
+        ids, labels = ids.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        mask = mask.to(device) if mask is not None else None
+        ctx = torch.autocast(device.type, dtype=autocast_dtype) if use_autocast else contextlib.nullcontext()
+        with ctx:
+            loss, count = causal_lm_loss(model, ids, labels, attention_mask=mask, chunk_size=cfg.loss_chunk)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise _nan_error("loss", value, step, cfg)
+        (loss * (count / total)).backward()
+        loss_sum += value * int(count)
+    norm = None
+    if cfg.max_grad_norm > 0:
+        norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+        if not math.isfinite(norm):
+            raise _nan_error("gradient norm", norm, step, cfg)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum / total, norm
+
+
+def _nan_error(what: str, value: float, step: int, cfg: TrainConfig) -> TrainingStopped:
+    last = latest_checkpoint(cfg.run_dir)
+    kept = f"the last good checkpoint is {last}" if last else "no checkpoint had been written yet"
+    return TrainingStopped(f"{what} is {value} at step {step + 1}: training stopped before the update; {kept}",
+                           "lower --lr (or --max-grad-norm), use --dtype bfloat16 or float32, then --resume")
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _write_run_files(cfg: TrainConfig, loaded, data_stats, trainable: dict[str, int], step: int) -> None:
+    atomic_write_json(cfg.run_dir / CONFIG_FILE, {
+        "config": cfg.to_dict(), "semantics": SEMANTICS, "grad_accum": cfg.grad_accum,
+        "model": loaded.info.to_dict(), "data": data_stats, "trainable": trainable, "steps_done": step})
+
+
+def _base_spec(cfg: TrainConfig, loaded) -> str:
+    """The spec that reloads this run's base: local paths made absolute, random bases the copy in the run."""
+    if loaded.source.kind == "random" and cfg.lora:
+        return str((cfg.run_dir / "base").resolve())
+    path = Path(cfg.model).expanduser()
+    return str(path.resolve()) if path.exists() else cfg.model
+
+
+def save_final(cfg: TrainConfig, model, loaded, step: int) -> None:
+    """Final weights + tokenizer + llqa_model.json into the run directory (loadable by `--model RUN_DIR`)."""
+    run = cfg.run_dir
+    if cfg.attn == "s2":
+        from trainer.s2attn import disable_s2_attention
+
+        disable_s2_attention(model.get_base_model() if hasattr(model, "get_base_model") else model)
+    model.save_pretrained(run)
+    loaded.tokenizer.save_pretrained(run)
+    base = _base_spec(cfg, loaded)
+    atomic_write_json(run / RUN_FILE, {"base_model": base, "ctx": cfg.ctx, "method": cfg.method, "attn": cfg.attn,
+                                       "group_ratio": cfg.group_ratio, "steps": step, "task": cfg.task})
+
+
+def _save_random_base(cfg: TrainConfig, loaded) -> None:
+    """A random-weight base cannot be recreated later: keep a copy so the adapter reloads onto the same weights."""
+    if loaded.source.kind == "random" and cfg.lora:
+        base_dir = cfg.run_dir / "base"
+        if not (base_dir / "config.json").is_file():
+            loaded.model.save_pretrained(base_dir)
+            loaded.tokenizer.save_pretrained(base_dir)
+
+
+def run_training(cfg: TrainConfig, console=None) -> TrainResult:
+    """Train (or resume) the run described by `cfg`; see the module doc for what lands in the run directory."""
+    import torch
+
+    resume_from = _check_run_dir(cfg)
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    loaded, device, compute_dtype = _load(cfg)
+    _save_random_base(cfg, loaded)
+    dataset, data_stats = build_data(cfg, loaded.tokenizer)
+    model = _prepare_model(cfg, loaded.model)
+    params, optimizer, scheduler = _optimizer(cfg, model)
+    trainable = {"parameters": sum(p.numel() for p in params), "tensors": len(params),
+                 "of_total": sum(p.numel() for p in model.parameters())}
+    state = {"step": 0, "consumed": 0}
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, model, optimizer, scheduler)
+    _write_run_files(cfg, loaded, data_stats, trainable, state["step"])
+    pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
+    result = TrainResult(cfg.run_dir, state["step"], data=data_stats)
+    logger = StepLogger(cfg, console, start=state["step"])
+    try:
+        with logger:
+            while state["step"] < cfg.max_steps:
+                if cfg.stop_after is not None and state["step"] >= cfg.stop_after:
+                    return result
+                batches = _next_batches(cfg, dataset, state["consumed"], pad_id)
+                t0 = time.perf_counter()
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                lr = optimizer.param_groups[0]["lr"]
+                loss, norm = train_step(model, params, optimizer, scheduler, batches, cfg, device, compute_dtype,
+                                        state["step"])
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                dt = time.perf_counter() - t0
+                state["step"] += 1
+                state["consumed"] += cfg.batch_size
+                tokens = sum(int(ids.numel()) if mask is None else int(mask.sum()) for ids, _, mask in batches)
+                result.losses.append(loss)
+                result.steps = state["step"]
+                logger.log(state["step"], {"loss": loss, "lr": lr, "grad_norm": norm, "tokens": tokens,
+                                           "tokens_per_s": tokens / dt, "step_s": dt,
+                                           "peak_mem_gib": _peak_memory_gib(device)})
+                if state["step"] % cfg.save_every == 0 or state["step"] == cfg.max_steps:
+                    save_checkpoint(cfg.run_dir, model, optimizer, scheduler,
+                                    {**state, "last_loss": loss}, keep=cfg.keep_checkpoints)
+    except torch.OutOfMemoryError:
+        raise oom_error(cfg, device) from None
+    save_final(cfg, model, loaded, state["step"])
+    _write_run_files(cfg, loaded, data_stats, trainable, state["step"])
+    result.finished = True
+    result.model = model
+    return result
+
+
+def _next_batches(cfg: TrainConfig, dataset, consumed: int, pad_id: int):
+    from trainer.data import collate, sample_index
+
+    n = len(dataset)
+    items = [dataset.item(sample_index(consumed + i, n, cfg.seed, cfg.shuffle)) for i in range(cfg.batch_size)]
+    mb = cfg.micro_batch_size
+    return [collate(items[i:i + mb], pad_id, cfg.pad_multiple) for i in range(0, len(items), mb)]
+
+
+# --------------------------------------------------------------------------- logging
+
+
+class StepLogger:
+    """Per-step metrics to the console (rich progress), `log.jsonl` and TensorBoard (`tb/`)."""
+
+    def __init__(self, cfg: TrainConfig, console, start: int):
+        self.cfg, self.console, self.start = cfg, console, start
+        self.path = cfg.run_dir / "log.jsonl"
+
+    def __enter__(self):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(self.cfg.run_dir / "tb"), purge_step=self.start + 1 if self.start else None)
+        self.progress = Progress(TextColumn(f"[bold]{self.cfg.task}[/]"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[metrics]}"), TimeRemainingColumn(),
+                                 console=self.console or Console(stderr=True), transient=False)
+        self.progress.__enter__()
+        self.task = self.progress.add_task("steps", total=self.cfg.max_steps, completed=self.start, metrics="")
+        return self
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        append_jsonl(self.path, {"step": step, **metrics, "time": time.time()})
+        text = f"loss {metrics['loss']:.4f} lr {metrics['lr']:.2e} {metrics['tokens_per_s']:,.0f} tok/s"
+        if metrics["peak_mem_gib"] is not None:
+            text += f" peak {metrics['peak_mem_gib']:.1f} GiB"
+        self.progress.update(self.task, completed=step, metrics=text)
+        if step % self.cfg.log_every == 0 or step == self.cfg.max_steps:
+            for k, v in metrics.items():
+                if v is not None:
+                    self.writer.add_scalar(f"train/{k}", v, step)
+            self.writer.flush()
+
+    def __exit__(self, *exc):
+        self.progress.__exit__(*exc)
+        self.writer.close()
+        return False
+
+
+def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The per-step records of a run, the last record of each step winning (resumed runs re-log steps)."""
+    from llqa.io import read_jsonl_tolerant
+
+    by_step = {r["step"]: r for r in read_jsonl_tolerant(Path(run_dir) / "log.jsonl") if "step" in r}
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def run_summary(run_dir: str | Path) -> dict[str, Any]:
+    return json.loads((Path(run_dir) / CONFIG_FILE).read_text())

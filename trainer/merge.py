@@ -1,0 +1,51 @@
+"""`llqa merge RUN_DIR --out DIR`: a standalone Hugging Face model from a training run.
+
+The run's adapter is loaded onto its base at the trained context (Position Interpolation from
+`llqa_model.json`), the LoRA matrices are merged into the weights and PEFT's trained copies of the
+embeddings and norms (LoRA+) replace the originals (`merge_and_unload`); tied input/output
+embeddings stay tied. The saved `config.json` carries the linear RoPE scaling and
+`max_position_embeddings` = the trained context, so plain
+`transformers.AutoModelForCausalLM.from_pretrained(DIR)` runs at the new context. The directory is
+written under a temporary name and renamed, so a crash never leaves half a model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from llqa.errors import LlqaError
+from llqa.io import atomic_write_json
+from llqa.models import RUN_FILE, load_model
+
+
+def merge_run(run_dir: str | Path, out: str | Path, dtype: str = "auto", device: str = "cpu",
+              overwrite: bool = False) -> Path:
+    """Merge the run in `run_dir` into a standalone model directory `out`; returns `out`."""
+    run_dir, out = Path(run_dir), Path(out)
+    if not (run_dir / RUN_FILE).is_file():
+        raise LlqaError(f"{run_dir} is not an llqa training run ({RUN_FILE} missing)",
+                        "pass the --out directory of a finished `llqa train` / `llqa sft`")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise LlqaError(f"--out {out} exists and is not empty", "pick another --out or pass --overwrite")
+    loaded = load_model(str(run_dir), dtype=dtype, device=device)
+    model = loaded.model
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    run = json.loads((run_dir / RUN_FILE).read_text())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.merging-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp)
+        loaded.tokenizer.save_pretrained(tmp)
+        atomic_write_json(tmp / RUN_FILE, {**run, "merged_from": str(run_dir.resolve())})
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
