@@ -1,0 +1,389 @@
+"""`llqa build`: turn a recipe and its sources into a LongQA dataset directory.
+
+Steps: load each source (local copy or hub) -> categorise every human QA pair -> drop unusable pairs
+(answer given away by the question, duplicate questions on a document) -> count tokens (each document
+once, see tokens.py) -> keep items whose n_tokens lies in the recipe's bounds -> join near-duplicate
+documents into clusters -> split clusters (not items) into train/test by a seeded hash -> fill each
+(doc_type, category) quota by a seeded round-robin over sources, at most `max_per_doc` items per
+cluster -> write everything into a temporary directory and move it into place in one rename.
+
+Same sources + recipe + seed + tokenizer -> byte-identical files (stable sorts, seeded choices, no
+timestamps, sorted JSON keys in the manifest).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+import tempfile
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llqa.errors import LlqaError
+from longqa import dedup, framing
+from longqa.categories import categorize
+from longqa.recipe import Recipe
+from longqa.schema import (
+    CATEGORIES,
+    DOC_TYPES,
+    ITEM_FIELDS,
+    QA,
+    Document,
+    SourceData,
+    answer_in_question,
+    content_id,
+    norm_words,
+)
+from longqa.sources import check_available, load_source
+from longqa.tokens import TokenCounter, load_counter, safe_split
+
+# Documents longer than this many characters per token of max_tokens are skipped before tokenizing:
+# English prose runs ~4.3 characters per SmolLM2 token, so such documents cannot fit the bound.
+CHARS_PER_TOKEN_CAP = 6
+HIST_EDGES = [0, 2048, 4096, 8192, 16384, 32768, 65536, 131072]
+N_TOKENS_DEFINITION = ("n_tokens = tokens(instruction) + tokens(output), each encoded alone with the "
+                       "manifest's tokenizer, no special tokens")
+DATA_FILES = ("train.jsonl", "test.jsonl", "train.parquet", "test.parquet", "README.md")
+
+
+@dataclass
+class Candidate:
+    qa: QA
+    doc: Document
+    category: str
+    framed: framing.Framed
+    n_tokens: int = 0
+    cluster: str = ""
+
+
+@dataclass
+class BuildResult:
+    out: Path
+    counts: dict[str, Any]
+    shortfalls: list[str] = field(default_factory=list)
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+Progress = Callable[[str, int | None], Callable[[int], None]]  # (task name, total) -> advance(n)
+
+
+def _no_progress(name: str, total: int | None) -> Callable[[int], None]:
+    return lambda n: None
+
+
+# --------------------------------------------------------------------------- candidates
+
+
+def candidates(sources: list[SourceData], recipe: Recipe, stats: Counter) -> list[Candidate]:
+    """Every usable QA pair as a framed candidate, in a stable order."""
+    docs: dict[str, Document] = {}
+    for s in sources:
+        for doc_id in sorted(s.documents):
+            if doc_id in docs:
+                stats["doc_id_collision"] += 1
+                continue
+            docs[doc_id] = s.documents[doc_id]
+    wanted = {(d, c) for d, c, _ in recipe.cells()}
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for s in sources:
+        for qa in sorted(s.qas, key=lambda q: (q.doc_id, q.question, q.answer)):
+            doc = docs.get(qa.doc_id)
+            if doc is None or doc.source != s.name:
+                stats["no_document"] += 1
+                continue
+            key = (qa.doc_id, norm_words(qa.question))
+            if key in seen:
+                stats["duplicate_question"] += 1
+                continue
+            seen.add(key)
+            if answer_in_question(qa.question, qa.answer):
+                stats["answer_in_question"] += 1
+                continue
+            category = categorize(qa.question, doc.doc_type, qa.category)
+            if (doc.doc_type, category) not in wanted:
+                stats["no_quota_for_cell"] += 1
+                continue
+            out.append(Candidate(qa, doc, category, framing.render(recipe.framing[doc.doc_type], doc.title,
+                                                                   doc.text, qa.question)))
+    return out
+
+
+def count_tokens(cands: list[Candidate], counter: TokenCounter, progress: Progress) -> None:
+    """Set n_tokens of every candidate: each document's head once, questions and answers in batches."""
+    split_ok = counter.splittable
+    heads = sorted({c.framed.head_doc for c in cands if split_ok and safe_split(c.framed.head_doc, c.framed.rest)})
+    advance = progress("tokenizing documents", len(heads))
+    head_count = dict(zip(heads, counter.count(heads, advance), strict=True))
+    whole = [c for c in cands if c.framed.head_doc not in head_count]
+    advance = progress("tokenizing questions and answers", 2 * len(cands))
+    short = [c.framed.rest for c in cands] + [c.qa.answer for c in cands]
+    old_batch, counter.batch = counter.batch, 1024
+    try:
+        counts = counter.count(short, advance)
+    finally:
+        counter.batch = old_batch
+    rest, answer = counts[:len(cands)], counts[len(cands):]
+    whole_counts = dict(zip([c.framed.instruction for c in whole],
+                            counter.count([c.framed.instruction for c in whole]), strict=True))
+    for c, r, a in zip(cands, rest, answer, strict=True):
+        inst = head_count[c.framed.head_doc] + r if c.framed.head_doc in head_count \
+            else whole_counts[c.framed.instruction]
+        c.n_tokens = inst + a
+
+
+# --------------------------------------------------------------------------- split and selection
+
+
+def _unit(seed: int, key: str) -> float:
+    """A uniform number in [0, 1) from (seed, key), the same on every machine and run."""
+    return int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:15], 16) / 16 ** 15
+
+
+def assign_splits(cluster_ids: list[str], test_fraction: float, seed: int) -> dict[str, str]:
+    """cluster -> split. A cluster is wholly train or wholly test; with test_fraction > 0 and two or more
+    clusters, at least one is test."""
+    clusters = sorted(set(cluster_ids))
+    split = {c: "test" if _unit(seed, c) < test_fraction else "train" for c in clusters}
+    if test_fraction > 0 and len(clusters) > 1 and "test" not in split.values():
+        split[min(clusters, key=lambda c: _unit(seed, c))] = "test"
+    return split
+
+
+def select(cands: list[Candidate], recipe: Recipe, seed: int) -> tuple[list[Candidate], dict[str, dict[str, int]]]:
+    """Fill each cell's quota by a seeded round-robin over sources; at most max_per_doc per cluster."""
+    rng = random.Random(seed)
+    per_cluster: Counter = Counter()
+    chosen: list[Candidate] = []
+    cells: dict[str, dict[str, int]] = {}
+    by_cell: dict[tuple[str, str], dict[str, list[Candidate]]] = defaultdict(lambda: defaultdict(list))
+    for c in cands:
+        by_cell[(c.doc.doc_type, c.category)][c.qa.source].append(c)
+    for doc_type, category, quota in sorted(recipe.cells(), key=lambda t: (CATEGORIES.index(t[1]),
+                                                                          DOC_TYPES.index(t[0]))):
+        queues = []
+        for source in sorted(by_cell[(doc_type, category)]):
+            pool = by_cell[(doc_type, category)][source]
+            rng.shuffle(pool)
+            queues.append(pool)
+        taken = 0
+        positions = [0] * len(queues)
+        while taken < quota and any(p < len(q) for p, q in zip(positions, queues, strict=True)):
+            for i, q in enumerate(queues):
+                while positions[i] < len(q) and per_cluster[q[positions[i]].cluster] >= recipe.max_per_doc:
+                    positions[i] += 1
+                if positions[i] < len(q) and taken < quota:
+                    c = q[positions[i]]
+                    positions[i] += 1
+                    per_cluster[c.cluster] += 1
+                    chosen.append(c)
+                    taken += 1
+        available = sum(len(q) for q in queues)
+        cells[f"{doc_type}/{category}"] = {"quota": quota, "built": taken, "candidates": available,
+                                           "sources": sorted(by_cell[(doc_type, category)])}
+    return chosen, cells
+
+
+# --------------------------------------------------------------------------- items and files
+
+
+def item_id(c: Candidate) -> str:
+    return f"{c.qa.source}-{content_id(c.doc.doc_id, c.qa.question, c.qa.answer, n=12)}"
+
+
+def make_item(c: Candidate, split: str) -> dict[str, Any]:
+    item = {"id": item_id(c), "instruction": c.framed.instruction, "output": c.qa.answer,
+            "category": c.category, "doc_type": c.doc.doc_type, "source": c.qa.source, "doc_id": c.doc.doc_id,
+            "title": c.doc.title, "question": c.qa.question, "answer_type": c.qa.answer_type,
+            "n_tokens": c.n_tokens, "split": split}
+    assert list(item) == list(ITEM_FIELDS)
+    return item
+
+
+def histogram(values: list[int]) -> list[dict[str, int | None]]:
+    edges = HIST_EDGES + [None]
+    out = []
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        n = sum(1 for v in values if v >= lo and (hi is None or v < hi))
+        out.append({"min": lo, "max": hi, "count": n})
+    return out
+
+
+def jsonl_bytes(items: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(it, ensure_ascii=False) + "\n" for it in items).encode("utf-8")
+
+
+def write_parquet(path: Path, items: list[dict[str, Any]]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    types = {str: pa.string(), int: pa.int64()}
+    schema = pa.schema([(k, types[t]) for k, t in ITEM_FIELDS.items()])
+    table = pa.Table.from_pylist(items, schema=schema)
+    pq.write_table(table, path, compression="zstd")
+
+
+def dataset_card(manifest: dict[str, Any]) -> str:
+    counts = manifest["counts"]
+    rows = "\n".join(f"| {cell} | {v['quota']} | {v['built']} |" for cell, v in manifest["cells"].items())
+    sources = "\n".join(f"- `{n}`: {s['origin']} (revision `{s['revision']}`), {s['items']} items"
+                        for n, s in manifest["sources"].items())
+    return f"""---
+pretty_name: LongQA ({manifest['recipe']['name']})
+task_categories:
+- question-answering
+language:
+- en
+configs:
+- config_name: default
+  data_files:
+  - split: train
+    path: train.jsonl
+  - split: test
+    path: test.jsonl
+---
+
+# LongQA — {manifest['recipe']['name']}
+
+{manifest['recipe']['description']}
+
+Built by `llqa build` (llqa {manifest['llqa_version']}) with seed {manifest['seed']}: {counts['total']} items,
+{counts['by_split'].get('train', 0)} train / {counts['by_split'].get('test', 0)} test, split by document.
+Every question and answer was written by people (the sources below); llqa only frames the document and
+the question as LongQA does (`instruction`) and keeps the human answer (`output`).
+
+`{N_TOKENS_DEFINITION}` (tokenizer `{manifest['tokenizer']['spec']}`).
+
+| cell (doc_type/category) | quota | built |
+|---|---|---|
+{rows}
+
+Sources (check each one's license before redistributing):
+{sources}
+
+Fields: {', '.join(f'`{k}`' for k in ITEM_FIELDS)}. `manifest.json` holds the recipe, source revisions,
+counts, the token-length histogram and the sha256 of every file; `llqa validate` checks all of it.
+"""
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move the finished build into place: the old directory is renamed away first, then dropped."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{tmp.name}")
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "manifest.json").is_file())):
+        raise LlqaError(f"--out {out} exists and is not an llqa build", "choose a new or empty directory")
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def build(recipe: Recipe, out: Path, source_dir: Path | None = None, seed: int | None = None,
+          tokenizer: str | None = None, allow_short: bool = False,
+          progress: Progress = _no_progress) -> BuildResult:
+    out = Path(out)
+    _check_out(out)
+    if seed is not None:
+        recipe.seed = seed
+    if tokenizer is not None:
+        recipe.tokenizer = tokenizer
+    names = sorted(recipe.sources)
+    check_available(names, source_dir)
+    counter = load_counter(recipe.tokenizer)
+    max_chars = recipe.max_tokens * CHARS_PER_TOKEN_CAP
+    loaded = []
+    advance = progress("loading sources", len(names))
+    for name in names:
+        options = {**recipe.sources[name], "max_chars": max_chars, "framing": recipe.framing}
+        loaded.append(load_source(name, options, source_dir))
+        advance(1)
+    stats: Counter = Counter()
+    cands = candidates(loaded, recipe, stats)
+    count_tokens(cands, counter, progress)
+    kept = []
+    for c in cands:
+        if c.n_tokens < recipe.min_tokens:
+            stats["below_min_tokens"] += 1
+        elif c.n_tokens > recipe.max_tokens:
+            stats["above_max_tokens"] += 1
+        else:
+            kept.append(c)
+    docs = {c.doc.doc_id: c.doc for c in kept}
+    advance = progress("near-duplicate documents", len(docs))
+    prints = {}
+    for k in sorted(docs):
+        prints[k] = dedup.fingerprint(docs[k].text)
+        advance(1)
+    pairs = dedup.near_duplicate_pairs(prints)
+    cluster_of = dedup.clusters(sorted(docs), pairs)
+    for c in kept:
+        c.cluster = cluster_of[c.doc.doc_id]
+    split_of = assign_splits(list(cluster_of.values()), recipe.test_fraction, recipe.seed)
+    chosen, cells = select(kept, recipe, recipe.seed)
+    shortfalls = [f"{cell} {v['built']}/{v['quota']} (candidates {v['candidates']} from "
+                  f"{', '.join(v['sources']) or 'no source'})" for cell, v in cells.items() if v["built"] < v["quota"]]
+    if shortfalls and not allow_short:
+        raise LlqaError(f"the sources cannot fill {len(shortfalls)} quota cell(s): " + "; ".join(shortfalls),
+                        "add sources or local copies, lower the quotas in the recipe, or pass --allow-short")
+    items = sorted((make_item(c, split_of[c.cluster]) for c in chosen), key=lambda it: it["id"])
+    by_split = {s: [it for it in items if it["split"] == s] for s in ("train", "test")}
+    manifest = _manifest(recipe, loaded, counter, items, cells, stats, pairs, allow_short, shortfalls)
+    out.parent.mkdir(parents=True, exist_ok=True)  # the temporary directory must be on out's filesystem
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        for s, rows in by_split.items():
+            (tmp / f"{s}.jsonl").write_bytes(jsonl_bytes(rows))
+            write_parquet(tmp / f"{s}.parquet", rows)
+        (tmp / "README.md").write_text(dataset_card(manifest), encoding="utf-8")
+        manifest["files"] = {name: {"sha256": hashlib.sha256((tmp / name).read_bytes()).hexdigest(),
+                                    "bytes": (tmp / name).stat().st_size} for name in DATA_FILES}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
+                                           encoding="utf-8")
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return BuildResult(out, manifest["counts"], shortfalls, manifest)
+
+
+def _manifest(recipe: Recipe, loaded: list[SourceData], counter: TokenCounter, items: list[dict[str, Any]],
+              cells: dict[str, Any], stats: Counter, pairs: list, allow_short: bool,
+              shortfalls: list[str]) -> dict[str, Any]:
+    from llqa import __version__
+
+    def by(key: str) -> dict[str, int]:
+        return dict(sorted(Counter(it[key] for it in items).items()))
+
+    per_source = Counter(it["source"] for it in items)
+    return {
+        "format": "llqa-longqa/1",
+        "llqa_version": __version__,
+        "recipe": recipe.to_dict(),
+        "seed": recipe.seed,
+        "allow_short": allow_short,
+        "shortfalls": shortfalls,
+        "tokenizer": {"spec": counter.spec, "note": counter.note, "sha256": counter.sha256},
+        "n_tokens": N_TOKENS_DEFINITION,
+        "sources": {s.name: {"origin": s.origin, "revision": s.revision, "documents": len(s.documents),
+                             "qas": len(s.qas), "items": per_source.get(s.name, 0), "notes": s.notes[:50],
+                             "notes_total": len(s.notes)} for s in loaded},
+        "cells": cells,
+        "counts": {"total": len(items), "by_split": by("split"), "by_category": by("category"),
+                   "by_doc_type": by("doc_type"), "by_source": by("source"),
+                   "documents": len({it["doc_id"] for it in items})},
+        "dropped": dict(sorted(stats.items())),
+        "near_duplicate_document_pairs": len(pairs),
+        "n_tokens_histogram": histogram([it["n_tokens"] for it in items]),
+    }

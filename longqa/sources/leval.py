@@ -1,0 +1,102 @@
+"""L-Eval (`L4NLP/LEval`): long documents, each with instructions written by annotators and reference
+outputs. One config per task; the recipe lists the tasks to use (`tasks = [...]`).
+
+Each task has a document type (`TASK_DOC_TYPES`; a recipe may add `doc_types = {task = "paper"}`):
+papers — `scientific_qa` (QASPER papers), `paper_assistant` (ICLR papers: abstract, related work and
+review writing); novels — `quality` (stories, multiple choice), `sci_fi` (true/false questions about
+the story's world), `narrative_qa`. Items: every (instruction, output) pair, the instruction's leading
+numbering dropped; sci_fi's outputs "True [fact: False]" keep the in-story answer ("True").
+Ids hash the document text; titles are the first line of the text.
+
+Local copy (`DIR/leval/`): `<task>.jsonl` files anywhere below (the L-Eval repository's
+`LEval-data/{Open-ended-tasks,Closed-ended-tasks}/<task>.jsonl`), or `<task>/test*.jsonl|parquet`
+(a hub export); each row `{input, instructions[], outputs[], source, evaluation}`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from llqa.errors import LlqaError
+from longqa.schema import QA, Document, SourceData, clean_text, content_id, is_multiple_choice
+from longqa.sources import digest_files, hub_revision, hub_rows, iter_records
+from longqa.sources.arxiv import first_line_title
+
+NAME = "leval"
+HUB_ID = "L4NLP/LEval"
+TASK_DOC_TYPES = {"scientific_qa": "paper", "paper_assistant": "paper", "quality": "novel",
+                  "sci_fi": "novel", "narrative_qa": "novel"}
+
+
+def clean_instruction(text: str) -> str:
+    return clean_text(re.sub(r"^\s*\d+\.\s+", "", text))
+
+
+def clean_output(text: str, task: str) -> str:
+    if task == "sci_fi":
+        text = re.sub(r"\s*\[fact:[^\]]*\]\s*$", "", text)
+    return clean_text(text)
+
+
+def answer_type(question: str) -> str:
+    if is_multiple_choice(question):
+        return "multiple_choice"
+    return "yes_no" if re.search(r"\btrue or false\b", question, re.I) else "abstractive"
+
+
+def from_rows(rows, task: str, doc_type: str, data: SourceData, max_chars: int | None = None) -> SourceData:
+    for row in rows:
+        text = clean_text(row.get("input") or "")
+        if not text:
+            data.notes.append(f"{task}: a row without input skipped")
+            continue
+        if max_chars and len(text) > max_chars:
+            data.notes.append(f"{task}: a document above the recipe's character bound skipped untokenized")
+            continue
+        doc_id = f"leval-{task}-{content_id(text)}"
+        data.documents[doc_id] = Document(doc_id, first_line_title(text), text, doc_type, NAME)
+        for q, a in zip(row.get("instructions") or [], row.get("outputs") or [], strict=False):
+            q, a = clean_instruction(q or ""), clean_output(a or "", task)
+            if q and a:
+                data.qas.append(QA(doc_id, q, a, answer_type(q), None, NAME))
+    return data
+
+
+def _tasks(options: dict[str, Any]) -> list[tuple[str, str]]:
+    types = {**TASK_DOC_TYPES, **options.get("doc_types", {})}
+    tasks = options.get("tasks") or ["scientific_qa", "paper_assistant", "quality", "sci_fi"]
+    unknown = [t for t in tasks if types.get(t) not in ("paper", "novel")]
+    if unknown:
+        raise LlqaError(f"leval tasks {unknown} have no document type",
+                        'add doc_types = { task = "paper" | "novel" } under [sources.leval]')
+    return [(t, types[t]) for t in tasks]
+
+
+def load_hub(options: dict[str, Any]) -> SourceData:
+    data = SourceData(NAME, HUB_ID, hub_revision(HUB_ID))
+    for task, doc_type in _tasks(options):
+        from_rows(hub_rows(HUB_ID, "test", config=task), task, doc_type, data, options.get("max_chars"))
+    return data
+
+
+def task_files(directory: Path, task: str) -> list[Path]:
+    files = sorted(directory.rglob(f"{task}.jsonl"))
+    if (directory / task).is_dir():
+        files += sorted(p for p in (directory / task).rglob("*") if p.suffix in (".jsonl", ".parquet"))
+    return files
+
+
+def load_local(directory: Path, options: dict[str, Any]) -> SourceData:
+    read: list[Path] = []
+    data = SourceData(NAME, str(directory), "")
+    for task, doc_type in _tasks(options):
+        files = task_files(directory, task)
+        if not files:
+            raise LlqaError(f"no local L-Eval task {task!r} under {directory}",
+                            f"add {task}.jsonl there, or remove it from the recipe's leval tasks")
+        read += files
+        from_rows((r for f in files for r in iter_records(f)), task, doc_type, data, options.get("max_chars"))
+    data.revision = digest_files(read, directory)
+    return data

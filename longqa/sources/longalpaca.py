@@ -1,0 +1,80 @@
+"""LongAlpaca-12k (`Yukang/LongAlpaca-12k`): the published form of LongLoRA's original LongQA set, mixed
+with short Alpaca items.
+
+Only the long paper/book items are imported: those whose `instruction` matches one of the recipe's
+framings (the same strings LongQA used), which gives back the document, the book title and the
+question; they are re-framed, categorised and length-filtered like every other source. Other rows
+(short Alpaca instructions) are skipped and counted in the manifest notes. Ids hash the document text.
+
+Local copy (`DIR/longalpaca/`): `LongAlpaca-12k.json` (a JSON list, as published) or `*.jsonl` /
+`*.parquet` files, rows `{instruction, output, file}`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from longqa.schema import QA, Document, SourceData, clean_text, content_id
+from longqa.sources import DATA_SUFFIXES, digest_files, hub_revision, hub_rows, iter_records
+from longqa.sources.arxiv import first_line_title
+
+NAME = "longalpaca"
+HUB_ID = "Yukang/LongAlpaca-12k"
+
+
+_GROUPS = {"title": r"(?P<title>.*?)", "document": r"(?P<document>.*)", "question": r"(?P<question>.*)"}
+
+
+def framing_pattern(template: str) -> re.Pattern:
+    """A regex that takes a framed instruction apart again ({title}, {document}, {question} groups).
+    The literal text is matched up to whitespace, since published copies vary in it."""
+    parts = re.split(r"\{(title|document|question)\}", template)  # literal, name, literal, ...
+    regex = ""
+    for i, part in enumerate(parts):
+        if i % 2:
+            regex += r"\s*" + _GROUPS[part] + r"\s*"
+        else:
+            words = part.replace("{{", "{").replace("}}", "}").split()
+            regex += r"\s*".join(re.escape(w) for w in words)
+    return re.compile(r"\s*" + regex + r"\s*", re.S)
+
+
+def from_rows(rows, framing: dict[str, str], data: SourceData, max_chars: int | None = None) -> SourceData:
+    patterns = {doc_type: framing_pattern(t) for doc_type, t in framing.items()}
+    skipped = 0
+    for row in rows:
+        instruction, output = row.get("instruction") or "", clean_text(row.get("output") or "")
+        for doc_type, pattern in patterns.items():  # noqa: B007 - doc_type is used after the loop
+            m = pattern.fullmatch(instruction)
+            if m:
+                break
+        else:
+            skipped += 1
+            continue
+        document, question = clean_text(m.group("document")), clean_text(m.group("question"))
+        if not (document and question and output):
+            skipped += 1
+            continue
+        if max_chars and len(document) > max_chars:
+            data.notes.append("a document above the recipe's character bound skipped untokenized")
+            continue
+        doc_id = "longalpaca-" + content_id(document)
+        title = clean_text(m.groupdict().get("title") or "") or first_line_title(document)
+        data.documents.setdefault(doc_id, Document(doc_id, title, document, doc_type, NAME))
+        data.qas.append(QA(doc_id, question, output, "abstractive", None, NAME))
+    if skipped:
+        data.notes.append(f"{skipped} rows that are not framed long paper/book items skipped")
+    return data
+
+
+def load_hub(options: dict[str, Any]) -> SourceData:
+    data = SourceData(NAME, HUB_ID, hub_revision(HUB_ID))
+    return from_rows(hub_rows(HUB_ID, "train"), options["framing"], data, options.get("max_chars"))
+
+
+def load_local(directory: Path, options: dict[str, Any]) -> SourceData:
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in DATA_SUFFIXES)
+    data = SourceData(NAME, str(directory), digest_files(files, directory))
+    return from_rows((r for f in files for r in iter_records(f)), options["framing"], data, options.get("max_chars"))
