@@ -59,7 +59,8 @@ def naive_roll_s2(q, k, v, group_size):
     half = H // 2
 
     def grouped(x):
-        return x.reshape(B, x.shape[1], N // group_size, group_size, D).transpose(1, 2).reshape(-1, x.shape[1], group_size, D)
+        h = x.shape[1]
+        return x.reshape(B, h, N // group_size, group_size, D).transpose(1, 2).reshape(-1, h, group_size, D)
 
     outs = []
     for sl, roll in ((slice(0, half), 0), (slice(half, H), -(group_size // 2))):

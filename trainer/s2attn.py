@@ -297,7 +297,7 @@ def _s2_mask(*args: Any, **kw: Any):
     def exact():
         return sdpa_mask(*args, **kw)
 
-    if args or kw.get("use_vmap") or not kw.get("allow_is_causal_skip", True):
+    if args or kw.get("use_vmap"):
         return exact()
     if "cache_position" in kw:  # transformers versions that pass query positions instead of a length
         q_pos = kw["cache_position"]
@@ -314,7 +314,11 @@ def _s2_mask(*args: Any, **kw: Any):
         return exact()
     device = kw.get("device") or (padding.device if padding is not None else "cpu")
     code = _segment_code(kw.get("mask_function"), kw["batch_size"], n, padding, device)
-    return exact() if code is NotImplemented else code
+    # None means "plain causal", which SDPA reads as is_causal; a caller that disallowed that skip
+    # (transformers does for packed batches, which never get here as None) gets the exact mask
+    if code is NotImplemented or (code is None and not kw.get("allow_is_causal_skip", True)):
+        return exact()
+    return code
 
 
 def _segment_code(mask_function, batch: int, n: int, padding, device):
