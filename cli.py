@@ -216,6 +216,156 @@ def validate_cmd(
 
 # ----------------------------------------------------------------------------- train / sft / merge (issue 6)
 
+_TRAIN_PANEL = "Training (defaults: LongLoRA paper)"
+TrainCtxOpt = Annotated[int, typer.Option(
+    "--ctx", help="Training context in tokens (required). Above the model's native context, Position "
+    "Interpolation scales RoPE linearly by ctx/native. With S2-Attn it must be a multiple of 8 (ratio 1/4).")]
+TrainOutOpt = Annotated[Path, typer.Option(
+    "--out", "-o", help="Run directory: final adapter/model, checkpoints, train_config.json, log.jsonl, tb/.")]
+MethodOpt = Annotated[str, typer.Option(
+    "--method", help="longlora: S2-Attn + LoRA+; lora+: LoRA on q,k,v,o + trained embeddings and norms; "
+    "lora: LoRA only; full: every weight.")]
+AttnOpt = Annotated[str | None, typer.Option(
+    "--attn", help="Training attention: s2 (Shifted Sparse Attention) or full. Default: s2 for longlora, "
+    "full otherwise. Eval and generation always use full attention.")]
+GroupRatioOpt = Annotated[float, typer.Option("--group-ratio", help="S2-Attn group size as a fraction of the "
+                                              "sequence length.")]
+DatasetOpt = Annotated[str | None, typer.Option("--dataset", help="Hub dataset id instead of --data.")]
+DatasetConfigOpt = Annotated[str | None, typer.Option("--dataset-config", help="Hub dataset configuration.")]
+SplitOpt = Annotated[str, typer.Option("--split", help="Hub dataset split.")]
+LoraROpt = Annotated[int, typer.Option("--lora-r", help="LoRA rank.", rich_help_panel=_TRAIN_PANEL)]
+LoraAlphaOpt = Annotated[int, typer.Option("--lora-alpha", help="LoRA alpha.", rich_help_panel=_TRAIN_PANEL)]
+LoraDropoutOpt = Annotated[float, typer.Option("--lora-dropout", help="LoRA dropout.", rich_help_panel=_TRAIN_PANEL)]
+LrOpt = Annotated[float, typer.Option("--lr", help="AdamW learning rate.", rich_help_panel=_TRAIN_PANEL)]
+Beta1Opt = Annotated[float, typer.Option("--beta1", help="AdamW beta1.", rich_help_panel=_TRAIN_PANEL)]
+Beta2Opt = Annotated[float, typer.Option("--beta2", help="AdamW beta2.", rich_help_panel=_TRAIN_PANEL)]
+WdOpt = Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay.", rich_help_panel=_TRAIN_PANEL)]
+WarmupOpt = Annotated[int, typer.Option("--warmup-steps", help="Linear warm-up steps, then a constant rate.",
+                                        rich_help_panel=_TRAIN_PANEL)]
+StepsOpt = Annotated[int, typer.Option("--max-steps", help="Optimizer steps.", rich_help_panel=_TRAIN_PANEL)]
+BatchOpt = Annotated[int, typer.Option("--batch-size", help="Global batch in sequences per optimizer step "
+                                       "(= micro-batch × gradient accumulation).", rich_help_panel=_TRAIN_PANEL)]
+MicroOpt = Annotated[int, typer.Option("--micro-batch-size", help="Sequences per forward pass.",
+                                       rich_help_panel=_TRAIN_PANEL)]
+ClipOpt = Annotated[float, typer.Option("--max-grad-norm", help="Gradient clipping norm (0: off).",
+                                        rich_help_panel=_TRAIN_PANEL)]
+GcOpt = Annotated[bool, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing",
+                                     help="Recompute layer activations in backward (saves memory).",
+                                     rich_help_panel=_TRAIN_PANEL)]
+ChunkOpt = Annotated[int, typer.Option("--loss-chunk", help="Tokens per chunk of the chunked cross-entropy "
+                                       "(no full [tokens × vocab] logits are ever built).",
+                                       rich_help_panel=_TRAIN_PANEL)]
+SaveEveryOpt = Annotated[int, typer.Option("--save-every", help="Checkpoint every N steps (and at the end).",
+                                           rich_help_panel=_TRAIN_PANEL)]
+KeepOpt = Annotated[int, typer.Option("--keep-checkpoints", help="Newest checkpoints kept.",
+                                      rich_help_panel=_TRAIN_PANEL)]
+LogEveryOpt = Annotated[int, typer.Option("--log-every", help="TensorBoard logging period in steps.",
+                                          rich_help_panel=_TRAIN_PANEL)]
+ShuffleOpt = Annotated[bool, typer.Option("--shuffle/--no-shuffle", help="Shuffle sequences (seeded, per epoch).",
+                                          rich_help_panel=_TRAIN_PANEL)]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its newest checkpoint "
+                                         "(same options; ends with the same weights as an uninterrupted run).")]
+StopAfterOpt = Annotated[int | None, typer.Option("--stop-after", hidden=True,
+                                                  help="Stop after this many steps, as if interrupted.")]
+
+
+def _run_trainer(**options) -> None:
+    from trainer.config import TrainConfig
+    from trainer.loop import run_training
+
+    _check_ctx(options["ctx"])
+    cfg = TrainConfig(**options)
+    result = run_training(cfg, console=console)
+    if result.finished:
+        console.print(f"[green]done[/]: {result.steps} steps; run in {cfg.out} "
+                      f"(use it as --model {cfg.out}, or `llqa merge {cfg.out} --out DIR`)")
+    else:
+        console.print(f"stopped after step {result.steps}; continue with --resume")
+
+
+@app.command("train")
+def train_cmd(
+    out: TrainOutOpt,
+    ctx: TrainCtxOpt,
+    data: Annotated[list[Path] | None, typer.Option(
+        "--data", metavar="PATH", help="Text files (one document each), folders (walked for .txt/.md/.tex/.jsonl/.json/"
+        ".parquet), jsonl/json/parquet files (one document per record, --text-field). Repeatable.")] = None,
+    dataset: DatasetOpt = None, dataset_config: DatasetConfigOpt = None, split: SplitOpt = "train",
+    text_field: Annotated[str, typer.Option("--text-field", help="Record field holding the text.")] = "text",
+    model: ModelOpt = DEFAULT_MODEL, method: MethodOpt = "longlora", attn: AttnOpt = None,
+    group_ratio: GroupRatioOpt = 0.25, lora_r: LoraROpt = 8, lora_alpha: LoraAlphaOpt = 16,
+    lora_dropout: LoraDropoutOpt = 0.0, lr: LrOpt = 2e-5, beta1: Beta1Opt = 0.9, beta2: Beta2Opt = 0.95,
+    weight_decay: WdOpt = 0.0, warmup_steps: WarmupOpt = 20, max_steps: StepsOpt = 1000, batch_size: BatchOpt = 64,
+    micro_batch_size: MicroOpt = 1, max_grad_norm: ClipOpt = 1.0, dtype: DtypeOpt = "auto", device: DeviceOpt = "auto",
+    gradient_checkpointing: GcOpt = True, loss_chunk: ChunkOpt = 4096, save_every: SaveEveryOpt = 100,
+    keep_checkpoints: KeepOpt = 2, log_every: LogEveryOpt = 1, seed: SeedOpt = 42, shuffle: ShuffleOpt = True,
+    resume: ResumeOpt = False, stop_after: StopAfterOpt = None,
+) -> None:
+    """Continued pre-training at --ctx (LongLoRA's fine-tune.py): documents joined with EOS and packed into
+    sequences of exactly ctx tokens, every token scored. Loss: mean next-token NLL over the scored tokens of
+    each step's global batch (token-weighted across micro-batches), computed in fp32 chunk by chunk."""
+    _run_trainer(task="train", out=out, ctx=ctx, data=list(data or []), dataset=dataset,
+                 dataset_config=dataset_config, split=split, text_field=text_field, model=model, method=method,
+                 attn=attn, group_ratio=group_ratio, lora_r=lora_r, lora_alpha=lora_alpha,
+                 lora_dropout=lora_dropout, lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay,
+                 warmup_steps=warmup_steps, max_steps=max_steps, batch_size=batch_size,
+                 micro_batch_size=micro_batch_size, max_grad_norm=max_grad_norm, dtype=dtype, device=device,
+                 gradient_checkpointing=gradient_checkpointing, loss_chunk=loss_chunk, save_every=save_every,
+                 keep_checkpoints=keep_checkpoints, log_every=log_every, seed=seed, shuffle=shuffle, resume=resume,
+                 stop_after=stop_after)
+
+
+@app.command("sft")
+def sft_cmd(
+    out: TrainOutOpt,
+    ctx: TrainCtxOpt,
+    data: Annotated[list[Path] | None, typer.Option(
+        "--data", metavar="PATH", help="LongAlpaca/LongQA json or jsonl (fields instruction, output; optional input), or a "
+        "LongQA build directory (its train.jsonl). Repeatable.")] = None,
+    dataset: DatasetOpt = None, dataset_config: DatasetConfigOpt = None, split: SplitOpt = "train",
+    template: Annotated[str, typer.Option(
+        "--template", help="auto: the model's chat template when it has one, else inst; chat; "
+        "inst: LongLoRA's [INST]{instruction}[/INST].")] = "auto",
+    model: ModelOpt = DEFAULT_MODEL, method: MethodOpt = "longlora", attn: AttnOpt = None,
+    group_ratio: GroupRatioOpt = 0.25, lora_r: LoraROpt = 8, lora_alpha: LoraAlphaOpt = 16,
+    lora_dropout: LoraDropoutOpt = 0.0, lr: LrOpt = 2e-5, beta1: Beta1Opt = 0.9, beta2: Beta2Opt = 0.95,
+    weight_decay: WdOpt = 0.0, warmup_steps: WarmupOpt = 20, max_steps: StepsOpt = 1000, batch_size: BatchOpt = 64,
+    micro_batch_size: MicroOpt = 1, max_grad_norm: ClipOpt = 1.0, dtype: DtypeOpt = "auto", device: DeviceOpt = "auto",
+    gradient_checkpointing: GcOpt = True, loss_chunk: ChunkOpt = 4096, save_every: SaveEveryOpt = 100,
+    keep_checkpoints: KeepOpt = 2, log_every: LogEveryOpt = 1, seed: SeedOpt = 42, shuffle: ShuffleOpt = True,
+    resume: ResumeOpt = False, stop_after: StopAfterOpt = None,
+) -> None:
+    """Supervised fine-tuning at --ctx on instruction/answer pairs; loss on answer tokens only (prompt labels
+    -100): mean next-token NLL over the answer tokens of each step's global batch, in fp32, chunk by chunk.
+    Items longer than ctx lose the middle of their instruction; items whose answer alone exceeds ctx are
+    skipped (both counted in train_config.json)."""
+    _run_trainer(task="sft", out=out, ctx=ctx, data=list(data or []), dataset=dataset,
+                 dataset_config=dataset_config, split=split, template=template, model=model, method=method,
+                 attn=attn, group_ratio=group_ratio, lora_r=lora_r, lora_alpha=lora_alpha,
+                 lora_dropout=lora_dropout, lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay,
+                 warmup_steps=warmup_steps, max_steps=max_steps, batch_size=batch_size,
+                 micro_batch_size=micro_batch_size, max_grad_norm=max_grad_norm, dtype=dtype, device=device,
+                 gradient_checkpointing=gradient_checkpointing, loss_chunk=loss_chunk, save_every=save_every,
+                 keep_checkpoints=keep_checkpoints, log_every=log_every, seed=seed, shuffle=shuffle, resume=resume,
+                 stop_after=stop_after)
+
+
+@app.command("merge")
+def merge_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="An llqa train/sft run directory.")],
+    out: OutOpt,
+    dtype: DtypeOpt = "auto",
+    device: Annotated[str, typer.Option("--device", help="Where to merge: cpu (default), cuda or cuda:N.")] = "cpu",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out.")] = False,
+) -> None:
+    """Merge a run into a standalone Hugging Face model: LoRA merged, trained embeddings and norms in place,
+    RoPE scaling and max_position_embeddings of the trained context in config.json, tokenizer saved."""
+    from trainer.merge import merge_run
+
+    path = merge_run(run_dir, out, dtype=dtype, device=device, overwrite=overwrite)
+    console.print(f"[green]merged[/] into {path} (plain transformers loads it at the trained context)")
+
+
 # ----------------------------------------------------------------------------- report (issue 8)
 
 
