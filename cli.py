@@ -320,8 +320,8 @@ def sft_cmd(
     out: TrainOutOpt,
     ctx: TrainCtxOpt,
     data: Annotated[list[Path] | None, typer.Option(
-        "--data", metavar="PATH", help="LongAlpaca/LongQA json or jsonl (fields instruction, output; optional input), or a "
-        "LongQA build directory (its train.jsonl). Repeatable.")] = None,
+        "--data", metavar="PATH", help="LongAlpaca/LongQA json or jsonl (fields instruction, output; "
+        "optional input), or a LongQA build directory (its train.jsonl). Repeatable.")] = None,
     dataset: DatasetOpt = None, dataset_config: DatasetConfigOpt = None, split: SplitOpt = "train",
     template: Annotated[str, typer.Option(
         "--template", help="auto: the model's chat template when it has one, else inst; chat; "
