@@ -102,15 +102,20 @@ def read_documents(paths: Iterable[str | os.PathLike], text_field: str = "text")
 
 
 def hub_records(dataset: str, config: str | None, split: str, streaming: bool) -> Iterable[dict[str, Any]]:
-    """Records of a hub dataset; offline (and not cached) fails at once with one clear line."""
+    """Records of a hub dataset. Offline, only a copy in the local cache can load (with HF_HUB_OFFLINE=1
+    set, as datasets requires); otherwise the failure is one clear line at once instead of retries."""
     import datasets
 
-    if not hub_reachable():
-        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # use the local cache without network retries
+    from llqa.hub import hub_offline_by_env
+
+    online = hub_reachable()
+    if not online and not hub_offline_by_env():
+        raise LlqaError(f"dataset '{dataset}' needs the hub, which cannot be reached",
+                        OFFLINE_FIX + " with --data (or set HF_HUB_OFFLINE=1 to read the local cache)")
     try:
-        return datasets.load_dataset(dataset, config, split=split, streaming=streaming and hub_reachable())
+        return datasets.load_dataset(dataset, config, split=split, streaming=streaming and online)
     except Exception as e:  # datasets raises many types for missing/offline data
-        if not hub_reachable():
+        if not online:
             raise LlqaError(f"dataset '{dataset}' is not in the local cache and the hub cannot be reached",
                             OFFLINE_FIX + " with --data") from None
         raise LlqaError(f"could not load dataset '{dataset}' ({type(e).__name__}: {str(e).splitlines()[0]})",
