@@ -109,6 +109,189 @@ def info_cmd(
 
 # ----------------------------------------------------------------------------- eval: perplexity (issue 3)
 
+PPL_SEMANTICS_HELP = (
+    "Scored tokens: windows of L tokens slide over each document (--concat: over all documents joined); "
+    "sliding (default, Press et al./PI) starts a window every --stride tokens and scores only tokens no "
+    "earlier window scored, so each token after the first is scored exactly once with >= L-S tokens of "
+    "context; all-tokens (LongLoRA eval.py) scores every token of every full window; disjoint "
+    "(lm-eval-harness) scores each token once with context restarting every L-1 tokens. "
+    "Reported per L: ppl = exp(total NLL / scored tokens) (headline), window_ppl = exp(mean of window mean "
+    "NLLs) (YaRN; LongLoRA with all-tokens), bits per byte over the UTF-8 bytes of the scored tokens. "
+    "--bos auto puts the tokenizer's BOS before each document when the tokenizer adds one by default; "
+    "never mid-document. One model at PI context --ctx (default: the longest L) scores every L."
+)
+LengthsOpt = Annotated[str | None, typer.Option(
+    "--lengths", "-L", help="Window lengths, comma-separated (e.g. 2048,4096,8192). Default: --ctx, else 4096.")]
+StrideOpt = Annotated[int, typer.Option("--stride", "-S", help="Tokens between window starts (sliding, "
+                                        "all-tokens); must be < L for sliding. Ignored by disjoint.")]
+ScoringOpt = Annotated[str, typer.Option("--scoring", help="sliding | all-tokens | disjoint (see above).")]
+BosOpt = Annotated[str, typer.Option("--bos", help="auto | always | never: one BOS token before each "
+                                     "document (auto: when the tokenizer adds one by default).")]
+ConcatOpt = Annotated[bool, typer.Option("--concat/--per-document", help="Join all documents into one "
+                                         "stream (LongLoRA) instead of keeping windows inside each document.")]
+MaxTokensOpt = Annotated[int | None, typer.Option("--max-tokens", help="Keep the first N tokens of each "
+                                                  "document (BOS included).")]
+BatchTokensOpt = Annotated[int | None, typer.Option("--batch-tokens", help="Tokens per forward pass (windows "
+                                                    "of equal length batched). Default: 65536 on GPU, 8192 on CPU.")]
+TextFieldOpt = Annotated[str | None, typer.Option("--text-field", help="Text column of a jsonl/parquet file.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Discard finished cells in --out and start afresh "
+                                            "(default: resume).")]
+ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")]
+RevisionOpt = Annotated[str | None, typer.Option("--revision", help="Hub dataset revision (branch, tag or commit).")]
+
+
+def _parse_lengths(lengths: str | None, ctx: int | None) -> list[int]:
+    if lengths is None:
+        return [ctx or 4096]
+    try:
+        return [int(x) for x in lengths.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise LlqaError(f"--lengths {lengths} is not a comma-separated list of integers",
+                        "e.g. --lengths 2048,4096,8192") from None
+
+
+def _perplexity(documents_fn, *, model: str, lengths: str | None, ctx: int | None, stride: int, scoring: str,
+                bos: str, concat: bool, max_tokens: int | None, batch_tokens: int | None, dtype: str, device: str,
+                out: Path, overwrite: bool, progress: bool) -> None:
+    """Shared body of the three perplexity commands: config, model, documents, run, table."""
+    from evals.perplexity import PerplexityConfig, run, uses_bos
+    from llqa.models import load_model
+
+    _check_ctx(ctx)
+    if batch_tokens is not None and batch_tokens < 1:
+        raise LlqaError(f"--batch-tokens must be positive, got {batch_tokens}", "e.g. --batch-tokens 65536")
+    cfg = PerplexityConfig(lengths=_parse_lengths(lengths, ctx), stride=stride, scoring=scoring, bos=bos,
+                           concat=concat, max_tokens=max_tokens, ctx=ctx)
+    loaded = load_model(model, ctx=cfg.model_ctx, dtype=dtype, device=device)
+    documents, data_info = documents_fn(loaded.tokenizer, uses_bos(loaded.tokenizer, cfg.bos))
+    result = run(loaded, documents, cfg, out, data_info=data_info, overwrite=overwrite, batch_tokens=batch_tokens,
+                 show_progress=progress)
+    if result.result_path is None:  # a rank other than 0 under torchrun: rank 0 reports
+        return
+    table = Table(title=f"perplexity ({cfg.scoring}, stride {cfg.stride}) — {loaded.info.spec} at ctx "
+                  f"{cfg.model_ctx}, {len(documents)} documents")
+    for col in ("L", "windows", "scored tokens", "ppl", "window ppl", "bits/byte"):
+        table.add_column(col, justify="right")
+    def fmt(v, spec):
+        return "—" if v is None else format(v, spec)
+
+    for r in result.rows:
+        table.add_row(str(r["length"]), f"{r['windows']:,}", f"{r['scored_tokens']:,}", fmt(r["ppl"], ".3f"),
+                      fmt(r["window_ppl"], ".3f"), fmt(r["bits_per_byte"], ".4f"))
+    console.print(table)
+    console.print(f"result: {result.result_path}")
+
+
+@eval_app.command("perplexity", short_help="Sliding-window perplexity on your own text (file, folder, jsonl, parquet).",
+                  help="Sliding-window perplexity of a model on your own text (a .txt file, "
+                  "a folder of text files, or jsonl/parquet with a text field). " + PPL_SEMANTICS_HELP)
+def perplexity_cmd(
+    data: Annotated[Path, typer.Option("--data", "-d", help="A .txt file, a folder (files matching --glob), "
+                                       "or a .jsonl/.jsonl.gz/.json/.parquet table.")],
+    text_field: TextFieldOpt = None,
+    id_field: Annotated[str | None, typer.Option("--id-field", help="Column naming each row (default: file:row).")]
+    = None,
+    glob: Annotated[str, typer.Option("--glob", help="Files of a --data folder to read.")] = "*.txt",
+    model: ModelOpt = DEFAULT_MODEL,
+    lengths: LengthsOpt = None,
+    ctx: CtxOpt = None,
+    stride: StrideOpt = 256,
+    scoring: ScoringOpt = "sliding",
+    bos: BosOpt = "auto",
+    concat: ConcatOpt = False,
+    max_docs: Annotated[int | None, typer.Option("--max-docs", help="Score the first N documents.")] = None,
+    max_tokens: MaxTokensOpt = None,
+    batch_tokens: BatchTokensOpt = None,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "auto",
+    out: OutOpt = Path("runs/perplexity"),
+    overwrite: OverwriteOpt = False,
+    progress: ProgressOpt = True,
+) -> None:
+    from evals.perplexity import local_documents
+
+    def documents(tokenizer, bos_on):
+        return local_documents(data, text_field or "text", id_field, glob, max_docs)
+
+    _perplexity(documents, model=model, lengths=lengths, ctx=ctx, stride=stride, scoring=scoring, bos=bos,
+                concat=concat, max_tokens=max_tokens, batch_tokens=batch_tokens, dtype=dtype, device=device,
+                out=out, overwrite=overwrite, progress=progress)
+
+
+@eval_app.command("pg19", short_help="Sliding-window perplexity on PG19's test books.",
+                  help="Perplexity on the PG19 test split (100 books; hub emozilla/pg19-test, or a "
+                  "local copy with --data). " + PPL_SEMANTICS_HELP)
+def pg19_cmd(
+    data: Annotated[Path | None, typer.Option("--data", "-d", help="A local copy: jsonl/parquet rows with "
+                                              "'text', or a folder of .txt books.")] = None,
+    revision: RevisionOpt = None,
+    text_field: TextFieldOpt = None,
+    model: ModelOpt = DEFAULT_MODEL,
+    lengths: LengthsOpt = None,
+    ctx: CtxOpt = None,
+    stride: StrideOpt = 256,
+    scoring: ScoringOpt = "sliding",
+    bos: BosOpt = "auto",
+    concat: ConcatOpt = False,
+    max_docs: Annotated[int | None, typer.Option("--max-docs", help="Score the first N books.")] = None,
+    max_tokens: MaxTokensOpt = None,
+    batch_tokens: BatchTokensOpt = None,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "auto",
+    out: OutOpt = Path("runs/pg19"),
+    overwrite: OverwriteOpt = False,
+    progress: ProgressOpt = True,
+) -> None:
+    from evals.perplexity import pg19_documents
+
+    def documents(tokenizer, bos_on):
+        return pg19_documents(data, revision, max_docs, text_field)
+
+    _perplexity(documents, model=model, lengths=lengths, ctx=ctx, stride=stride, scoring=scoring, bos=bos,
+                concat=concat, max_tokens=max_tokens, batch_tokens=batch_tokens, dtype=dtype, device=device,
+                out=out, overwrite=overwrite, progress=progress)
+
+
+@eval_app.command("proof-pile", short_help="Sliding-window perplexity on proof-pile (PI protocol: 128 docs "
+                  ">= 32k tokens).", help="Perplexity on proof-pile's test split with the Position Interpolation "
+                  "protocol: a seeded sample of --num-docs documents with >= --min-tokens tokens, each cut to "
+                  "its first --min-tokens tokens; seed and document ids are recorded. Hub "
+                  "hoskinson-center/proof-pile, or a local jsonl/parquet copy with --data. " + PPL_SEMANTICS_HELP)
+def proof_pile_cmd(
+    data: Annotated[Path | None, typer.Option("--data", "-d", help="A local copy: jsonl/parquet rows with "
+                                              "'text' (and 'meta'), or a folder of them.")] = None,
+    revision: RevisionOpt = None,
+    text_field: TextFieldOpt = None,
+    num_docs: Annotated[int, typer.Option("--num-docs", "--max-docs", help="Documents to sample.")] = 128,
+    min_tokens: Annotated[int, typer.Option("--min-tokens", help="Only documents at least this long are "
+                                            "sampled; each is cut to this many tokens.")] = 32768,
+    seed: SeedOpt = 0,
+    model: ModelOpt = DEFAULT_MODEL,
+    lengths: LengthsOpt = None,
+    ctx: CtxOpt = None,
+    stride: StrideOpt = 256,
+    scoring: ScoringOpt = "sliding",
+    bos: BosOpt = "auto",
+    batch_tokens: BatchTokensOpt = None,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "auto",
+    out: OutOpt = Path("runs/proof-pile"),
+    overwrite: OverwriteOpt = False,
+    progress: ProgressOpt = True,
+) -> None:
+    from evals.perplexity import proof_pile_documents
+
+    if num_docs < 1 or min_tokens < 2:
+        raise LlqaError("--num-docs must be >= 1 and --min-tokens >= 2", "e.g. --num-docs 128 --min-tokens 32768")
+
+    def documents(tokenizer, bos_on):
+        return proof_pile_documents(tokenizer, bos_on, data, revision, num_docs, min_tokens, seed, text_field)
+
+    _perplexity(documents, model=model, lengths=lengths, ctx=ctx, stride=stride, scoring=scoring, bos=bos,
+                concat=False, max_tokens=min_tokens, batch_tokens=batch_tokens, dtype=dtype, device=device,
+                out=out, overwrite=overwrite, progress=progress)
+
+
 # ----------------------------------------------------------------------------- eval: retrieval (issue 4)
 
 # ----------------------------------------------------------------------------- build / validate (issue 5)

@@ -37,19 +37,20 @@ class Window(NamedTuple):
         return self.end - self.first_scored
 
 
-def _check(n_tokens: int, length: int, stride: int) -> None:
+def _check(n_tokens: int, length: int, stride: int, max_stride: int) -> None:
     if length < 2:
         raise ValueError(f"window length must be at least 2 tokens, got {length}")
-    if not 1 <= stride <= length:
-        raise ValueError(f"stride must be in [1, length={length}], got {stride}")
+    if not 1 <= stride <= max_stride:
+        raise ValueError(f"stride must be in [1, {max_stride}] for windows of {length} tokens, got {stride}")
     if n_tokens < 0:
         raise ValueError(f"n_tokens must be >= 0, got {n_tokens}")
 
 
 def sliding_windows(n_tokens: int, length: int, stride: int) -> Iterator[Window]:
     """Press et al. / PI: every token in [1, n_tokens) scored exactly once, with >= length - stride
-    tokens of context outside the first window. Streams shorter than `length` give one window."""
-    _check(n_tokens, length, stride)
+    tokens of context outside the first window. Streams shorter than `length` give one window.
+    The stride is at most length - 1: with stride = length a window's first token would have no context."""
+    _check(n_tokens, length, stride, length - 1)
     if n_tokens < 2:
         return
     scored_until = 1
@@ -66,7 +67,7 @@ def sliding_windows(n_tokens: int, length: int, stride: int) -> Iterator[Window]
 def all_token_windows(n_tokens: int, length: int, stride: int) -> Iterator[Window]:
     """LongLoRA eval.py: full windows [s, s + length) for s = 0, stride, 2·stride, ... while they fit,
     each scoring all of its tokens after the first; a stream shorter than `length` is one window."""
-    _check(n_tokens, length, stride)
+    _check(n_tokens, length, stride, length)
     if n_tokens < 2:
         return
     if n_tokens <= length:

@@ -33,13 +33,14 @@ def test_gold_34_tokens_length_8_stride_3():
 
 @given(n=st.integers(0, 300), length=st.integers(2, 64), data=st.data())
 def test_sliding_scores_every_token_once(n, length, data):
-    stride = data.draw(st.integers(1, length))
+    stride = data.draw(st.integers(1, length - 1))
     ws = list(sliding_windows(n, length, stride))
     s = scored(ws)
     assert sorted(s) == list(range(1, n))
     assert all(len(c) == 1 for c in s.values())
     assert all(w.length <= length and w.start >= 0 and w.end <= n for w in ws)
     for t, (ctx,) in s.items():
+        assert 1 <= ctx <= length - 1
         assert ctx == t or ctx >= length - stride  # first-window tokens see everything before them
         assert ctx <= length - 1
     assert all(b.start - a.start == stride for a, b in zip(ws, ws[1:], strict=False))
@@ -50,6 +51,7 @@ def test_all_tokens_scores_whole_windows(n, length, data):
     stride = data.draw(st.integers(1, length))
     ws = list(all_token_windows(n, length, stride))
     assert all(w.first_scored == w.start + 1 for w in ws)
+    assert all(1 <= t - w.start <= length - 1 for w in ws for t in range(w.first_scored, w.end))
     if n >= length:
         assert all(w.length == length for w in ws)
         assert ws[-1].end > n - stride  # the last full window that fits is there
@@ -73,5 +75,8 @@ def test_short_streams_and_bad_arguments():
     assert windows(5, 8, 3) == [Window(0, 5, 1)]
     with pytest.raises(ValueError):
         windows(10, 4, 5)  # stride longer than the window would skip tokens
+    with pytest.raises(ValueError):
+        windows(10, 4, 4)  # a sliding stride of a whole window would score a token with no context
+    assert windows(10, 4, 4, "all-tokens") == [Window(0, 4, 1), Window(4, 8, 5)]
     with pytest.raises(ValueError):
         windows(10, 8, 3, "bogus")

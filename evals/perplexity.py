@@ -1,0 +1,539 @@
+"""Sliding-window perplexity: the engine (batched windows, LM head on scored positions only) and the task.
+
+What is scored (also written into every result file as `semantics`):
+- Each document is tokenized without special tokens; with BOS on (`--bos always`, or `auto` when the
+  tokenizer adds one by default) one BOS token is put before the document. That stream, cut to its first
+  `max_tokens` tokens, is what windows slide over; `--concat` joins the documents' streams into one.
+  Windows after the first start mid-stream and get no extra BOS: the model sees exactly the stream's tokens.
+- Windows come from `evals.windows` (`sliding`, `all-tokens` or `disjoint`); token t of a window is
+  scored as -log p(x_t | x_start..x_{t-1}), with log-softmax in fp32 over the full vocabulary.
+- Per length: token-weighted perplexity exp(sum NLL / scored tokens) is the headline; the
+  window-weighted perplexity exp(mean over windows of each window's mean NLL) is what YaRN's script and,
+  with `all-tokens`, LongLoRA's eval.py report; bits per byte = sum NLL / ln 2 / UTF-8 bytes of the
+  scored tokens' text (from the tokenizer's character offsets; a scored occurrence counts its bytes each time).
+- One model is loaded at Position Interpolation context `ctx` (default: the longest length) and every
+  length is scored with that same RoPE scaling.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from evals.texts import Document
+from evals.windows import SCORING, Window, windows
+from llqa.errors import LlqaError
+from llqa.io import read_jsonl_tolerant
+from llqa.results import ResultStore
+
+if TYPE_CHECKING:
+    import torch
+
+TASK = "perplexity"
+BOS_POLICIES = ("auto", "always", "never")
+LN2 = math.log(2.0)
+
+SEMANTICS = (
+    "Each document is tokenized without special tokens; with BOS on, one BOS token precedes it (never "
+    "inserted mid-document; windows after the first start mid-stream without BOS). --max-tokens keeps the "
+    "first N tokens of that stream; --concat joins all streams into one. Token t of a window [s, e) is "
+    "scored as -log p(x_t | x_s..x_{t-1}) (fp32 log-softmax). scoring=sliding (Press et al./PI): windows "
+    "start every `stride` tokens and score only tokens no earlier window scored, so every token after the "
+    "stream's first is scored exactly once, with >= length-stride tokens of context outside the first "
+    "window. scoring=all-tokens (LongLoRA eval.py): full windows every `stride` tokens each score all their "
+    "tokens after the first. scoring=disjoint (lm-eval-harness): windows overlap by one token, every token "
+    "scored once, context restarts each window. ppl = exp(sum NLL / scored tokens) (token-weighted, the "
+    "headline); window_ppl = exp(mean over windows of the window's mean NLL) (YaRN; LongLoRA with "
+    "all-tokens); bpb = sum NLL / ln2 / UTF-8 bytes of the scored tokens' text. All lengths share one "
+    "model with Position Interpolation at ctx."
+)
+
+
+@dataclass
+class PerplexityConfig:
+    """Everything that determines the numbers; written to run.json and result.json."""
+
+    lengths: list[int]  # window lengths L, in tokens
+    stride: int = 256  # S: distance between window starts (sliding, all-tokens); ignored by disjoint
+    scoring: str = "sliding"  # sliding | all-tokens | disjoint (see evals.windows)
+    bos: str = "auto"  # auto (what the tokenizer does by default) | always | never
+    concat: bool = False  # join all documents into one stream (LongLoRA) instead of windows per document
+    max_tokens: int | None = None  # keep the first N tokens of each document's stream
+    ctx: int | None = None  # Position Interpolation target; None: max(lengths)
+
+    def __post_init__(self):
+        if not self.lengths:
+            raise LlqaError("no window length given", "pass --lengths 2048,4096 or --ctx 4096")
+        if self.scoring not in SCORING:
+            raise LlqaError(f"--scoring {self.scoring} is unknown", f"use one of: {', '.join(SCORING)}")
+        if self.bos not in BOS_POLICIES:
+            raise LlqaError(f"--bos {self.bos} is unknown", f"use one of: {', '.join(BOS_POLICIES)}")
+        if self.stride < 1:
+            raise LlqaError(f"--stride must be at least 1, got {self.stride}", "e.g. --stride 256")
+        for length in self.lengths:
+            if length < 2:
+                raise LlqaError(f"window length {length} is too short", "use at least 2 tokens per window")
+            if self.scoring == "sliding" and length <= self.stride:
+                raise LlqaError(f"window length {length} is not longer than the stride {self.stride}: tokens "
+                                "would be skipped or scored without context", f"use --stride {length - 1} or less")
+            if self.scoring == "all-tokens" and length < self.stride:
+                raise LlqaError(f"window length {length} is smaller than the stride {self.stride}: tokens "
+                                "between windows would never be scored", f"use --stride {length} or less")
+        if self.max_tokens is not None and self.max_tokens < 2:
+            raise LlqaError(f"--max-tokens must be at least 2, got {self.max_tokens}", "e.g. --max-tokens 32768")
+        if self.ctx is not None and self.ctx < max(self.lengths):
+            raise LlqaError(f"--ctx {self.ctx} is shorter than the longest window {max(self.lengths)}",
+                            f"use --ctx {max(self.lengths)} or more")
+        self.lengths = sorted(set(self.lengths))
+
+    @property
+    def model_ctx(self) -> int:
+        return self.ctx or max(self.lengths)
+
+    def windows(self, n_tokens: int, length: int) -> list[Window]:
+        return windows(n_tokens, length, self.stride, self.scoring)
+
+
+# --------------------------------------------------------------------------- tokenization
+
+
+@dataclass
+class Stream:
+    """A document as the model reads it: token ids and, per token, where its text starts in UTF-8 bytes."""
+
+    id: str
+    ids: np.ndarray  # (n,) int64 token ids
+    byte_start: np.ndarray  # (n + 1,) int64: UTF-8 offset of token t's text; the extra last entry: total bytes
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def scored_bytes(self, first: int, end: int) -> int:
+        return int(self.byte_start[end] - self.byte_start[first])
+
+
+def uses_bos(tokenizer, policy: str) -> bool:
+    """Whether a BOS token goes before each document under `policy`."""
+    if policy == "never":
+        return False
+    if tokenizer.bos_token_id is None:
+        if policy == "always":
+            raise LlqaError("--bos always: this tokenizer has no BOS token", "use --bos never or --bos auto")
+        return False
+    if policy == "always":
+        return True
+    probe = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return bool(probe) and probe[0] == tokenizer.bos_token_id
+
+
+def tokenize(tokenizer, doc: Document, bos: bool, max_tokens: int | None = None) -> Stream:
+    """The document's stream: [BOS] + its tokens, cut to `max_tokens`, with each token's UTF-8 byte offset."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise LlqaError("this model's tokenizer has no fast (Rust) version, needed for byte offsets",
+                        "use a model with a tokenizer.json")
+    enc = tokenizer(doc.text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+    ids = np.asarray(enc["input_ids"], dtype=np.int64)
+    char_start = np.asarray([s for s, _ in enc["offset_mapping"]], dtype=np.int64).reshape(-1)
+    # byte offset of every char offset (tokens inside one multi-byte character share its offset, so
+    # byte ranges are exact at every token that starts a character)
+    char_bytes = np.frombuffer(doc.text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    utf8_len = 1 + (char_bytes >= 0x80) + (char_bytes >= 0x800) + (char_bytes >= 0x10000)
+    prefix = np.concatenate([[0], np.cumsum(utf8_len, dtype=np.int64)])
+    byte_start = prefix[np.minimum(char_start, len(char_bytes))]
+    if bos:
+        ids = np.concatenate([[tokenizer.bos_token_id], ids]).astype(np.int64)
+        byte_start = np.concatenate([[0], byte_start])
+    byte_start = np.concatenate([byte_start, [prefix[-1]]]).astype(np.int64)
+    if max_tokens is not None and len(ids) > max_tokens:
+        ids, byte_start = ids[:max_tokens], byte_start[:max_tokens + 1]
+    return Stream(doc.id, ids, byte_start, dict(doc.meta))
+
+
+def concat_streams(streams: Sequence[Stream]) -> Stream:
+    """One stream of all documents in order (LongLoRA's evaluation over the concatenated test set)."""
+    offsets = np.cumsum([0] + [int(s.byte_start[-1]) for s in streams])
+    ids = np.concatenate([s.ids for s in streams])
+    byte_start = np.concatenate([s.byte_start[:-1] + o for s, o in zip(streams, offsets, strict=False)]
+                                + [offsets[-1:]])
+    return Stream("concat", ids, byte_start.astype(np.int64), {"documents": [s.id for s in streams]})
+
+
+# --------------------------------------------------------------------------- batching (pure)
+
+
+@dataclass(frozen=True)
+class Job:
+    cell: int  # index of the (document, length) cell this window belongs to
+    window: Window
+
+
+def plan_batches(jobs: Iterable[Job], batch_tokens: int) -> list[list[Job]]:
+    """Group windows of equal length (no padding, so SDPA runs its causal kernel without a mask), longest
+    first, as many per batch as fit in `batch_tokens` (at least one)."""
+    by_length: dict[int, list[Job]] = {}
+    for job in jobs:
+        by_length.setdefault(job.window.length, []).append(job)
+    batches = []
+    for length in sorted(by_length, reverse=True):
+        group = by_length[length]
+        per = max(1, batch_tokens // length)
+        batches += [group[i:i + per] for i in range(0, len(group), per)]
+    return batches
+
+
+# --------------------------------------------------------------------------- the scorer
+
+
+class WindowScorer:
+    """NLL sums of windows: the decoder body on the whole batch, the LM head only on scored positions.
+
+    Never materialises [L x vocab] logits: hidden states at scored positions go through the LM head
+    in fp32, in row chunks, and the NLL is logsumexp(logits) - logit(target).
+    """
+
+    def __init__(self, model, logits_budget_bytes: int = 1 << 29):
+        import torch
+
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT wrapper
+        self.body = base.get_decoder()
+        self.head = base.get_output_embeddings()
+        if self.head is None:
+            raise LlqaError("this model has no language-model head", "pass a causal language model")
+        self.softcap = getattr(base.config, "final_logit_softcapping", None)
+        self.device = next(base.parameters()).device
+        self._w32 = self._b32 = None
+        if isinstance(self.head, torch.nn.Linear):
+            self._w32 = self.head.weight.detach().float()
+            self._b32 = None if self.head.bias is None else self.head.bias.detach().float()
+        vocab = self._w32.shape[0] if self._w32 is not None else base.config.get_text_config().vocab_size
+        self.chunk_rows = max(1, logits_budget_bytes // (4 * vocab))
+
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        if self._w32 is not None:
+            logits = F.linear(h.float(), self._w32, self._b32)
+        else:
+            logits = self.head(h).float()
+        if self.softcap:
+            logits = (logits / self.softcap).tanh() * self.softcap
+        return logits
+
+    def score(self, input_ids: torch.Tensor, first: Sequence[int]) -> tuple[list[float], list[int]]:
+        """input_ids (B, T) on the model's device; row b scores tokens first[b]..T-1.
+        Returns the NLL sum and the count of scored tokens per row."""
+        import torch
+
+        with torch.inference_mode():
+            hidden = self.body(input_ids=input_ids, use_cache=False).last_hidden_state  # (B, T, H)
+            b_len = hidden.shape[1]
+            rows = torch.cat([torch.full((b_len - f,), b, dtype=torch.long) for b, f in enumerate(first)])
+            pos = torch.cat([torch.arange(f - 1, b_len - 1) for f in first])  # hidden at t-1 predicts token t
+            rows, pos = rows.to(self.device), pos.to(self.device)
+            targets = input_ids[rows, pos + 1]
+            picked = hidden[rows, pos]  # (M, H)
+            del hidden
+            nll = torch.empty(len(targets), dtype=torch.float32, device=self.device)
+            for i in range(0, len(targets), self.chunk_rows):
+                logits = self._logits(picked[i:i + self.chunk_rows])  # (m, V) fp32
+                tgt = targets[i:i + self.chunk_rows, None]
+                nll[i:i + self.chunk_rows] = (logits.logsumexp(-1, keepdim=True) - logits.gather(-1, tgt))[:, 0]
+            sums = torch.zeros(len(first), dtype=torch.float64, device=self.device)
+            sums.index_add_(0, rows, nll.double())
+            return sums.tolist(), [b_len - f for f in first]
+
+
+# --------------------------------------------------------------------------- one run
+
+
+@dataclass
+class Cell:
+    """A (document, length) pair: the unit of resume and of data-parallel sharding."""
+
+    doc: int  # index into the run's documents (or 0 for the concatenated stream)
+    length: int
+
+    def key(self, doc_id: str) -> str:
+        return f"{doc_id}|{self.length}"
+
+
+def dist_env() -> tuple[int, int]:
+    """(rank, world size) from torchrun/accelerate's environment; (0, 1) when launched plainly."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+@dataclass
+class RunOutput:
+    result_path: Path | None  # None on ranks other than 0
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any]
+
+
+def _progress(enabled: bool):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    class Speed(TextColumn):
+        def render(self, task):
+            from rich.text import Text
+
+            speed = task.finished_speed or task.speed
+            return Text(f"{speed / 1e3:,.1f}k tok/s" if speed else "… tok/s")
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), Speed(""),
+                    TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True),
+                    disable=not enabled, transient=False)
+
+
+def run(loaded, documents: Sequence[Document], cfg: PerplexityConfig, out_dir: str | Path, *,
+        data_info: dict[str, Any] | None = None, overwrite: bool = False, batch_tokens: int | None = None,
+        show_progress: bool = True, poll_s: float = 2.0,
+        on_batch: Callable[[int], None] | None = None) -> RunOutput:
+    """Score `documents` at every length of `cfg` and write result files into `out_dir`.
+
+    Under torchrun/accelerate (RANK/WORLD_SIZE set) every rank scores its share of the cells and appends
+    them to its own log `out_dir/rank{r}/cells.jsonl`; rank 0 then waits until every expected cell is in
+    some rank's log (polling the files: no process group is needed) and writes the final result.
+    """
+    if not documents:
+        raise LlqaError("no documents to score", "pass --data with text in it")
+    ids = [d.id for d in documents]
+    dupes = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) < len(ids) else []
+    if dupes:
+        raise LlqaError(f"document ids are not unique ({', '.join(dupes[:3])})", "pass --id-field with unique values")
+    rank, world = dist_env()
+    out_dir = Path(out_dir)
+    info = loaded.info
+    config = {**asdict(cfg), "model_ctx": cfg.model_ctx, "model": info.spec, "dtype": info.dtype,
+              "rope_factor": info.rope_factor, "data": (data_info or {}).get("source"), "documents": len(documents)}
+    main = ResultStore(out_dir, TASK, config, overwrite=overwrite) if rank == 0 else None
+    mine = main if world == 1 else ResultStore(out_dir / f"rank{rank}", TASK, config, overwrite=overwrite)
+    done = dict(mine.done)
+    if not overwrite:
+        done.update(_all_cells(out_dir))
+
+    tokenizer = loaded.tokenizer
+    bos = uses_bos(tokenizer, cfg.bos)
+    doc_ids = ["concat"] if cfg.concat else ids
+    cells = [Cell(d, length) for length in cfg.lengths for d in range(len(doc_ids))]
+    my_cells = [c for j, c in enumerate(cells) if j % world == rank and c.key(doc_ids[c.doc]) not in done]
+    batch_tokens = batch_tokens or default_batch_tokens(loaded.model, max(cfg.lengths))
+
+    streams: dict[int, Stream] = {}
+
+    def stream(d: int) -> Stream:
+        if d not in streams:
+            if cfg.concat:
+                streams[d] = concat_streams([tokenize(tokenizer, doc, bos, cfg.max_tokens) for doc in documents])
+            else:
+                streams[d] = tokenize(tokenizer, documents[d], bos, cfg.max_tokens)
+        return streams[d]
+
+    scorer = WindowScorer(loaded.model)
+    started = time.time()
+    with _progress(show_progress) as progress:
+        task = progress.add_task(f"perplexity{f' rank {rank}' if world > 1 else ''}", total=None)
+        planned = [(c, cfg.windows(len(stream(c.doc).ids), c.length)) for c in my_cells]
+        progress.update(task, total=sum(w.length for _, ws in planned for w in ws))
+        for chunk in _chunks(planned, 8 * batch_tokens):
+            stats = _score_chunk(scorer, chunk, stream, batch_tokens, progress, task, on_batch)
+            for (cell, ws), st in zip(chunk, stats, strict=True):
+                s = stream(cell.doc)
+                rec = {"doc": s.id, "length": cell.length, "doc_tokens": len(s.ids), "windows": len(ws), **st}
+                mine.add(cell.key(s.id), rec)
+                if main is not None and mine is not main:
+                    main.add(cell.key(s.id), rec)
+    elapsed = time.time() - started
+    if rank != 0:
+        return RunOutput(None, [], {})
+    keys = [c.key(doc_ids[c.doc]) for c in cells]
+    merged = _wait_for_cells(out_dir, main, keys, world, poll_s)
+    rows, summary = summarize(cfg, [merged[k] for k in keys])
+    data = {**(data_info or {}), "bos": bos, "bos_token": tokenizer.bos_token if bos else None,
+            "documents": doc_ids if not cfg.concat else ids, "world_size": world}
+    forward = sum(w.length for _, ws in planned for w in ws)
+    speed = {"forward_tokens": forward, "seconds": round(elapsed, 3),
+             "tokens_per_s": round(forward / elapsed, 1) if elapsed > 0 else None}
+    result = main.finalize(semantics=SEMANTICS, summary=summary, rows=rows, model=info.to_dict(), data=data,
+                           extra={"this_session": speed})
+    return RunOutput(result, rows, summary)
+
+
+def default_batch_tokens(model, longest: int) -> int:
+    """Tokens per forward: enough windows to fill a GPU, about one window's worth on CPU."""
+    device = next(model.parameters()).device
+    return max(longest, 65536 if device.type == "cuda" else 8192)
+
+
+def _chunks(planned, budget: int):
+    """Consecutive cells whose windows add up to about `budget` tokens: batched together, then logged."""
+    chunk, tokens = [], 0
+    for item in planned:
+        chunk.append(item)
+        tokens += sum(w.length for w in item[1])
+        if tokens >= budget:
+            yield chunk
+            chunk, tokens = [], 0
+    if chunk:
+        yield chunk
+
+
+def _score_chunk(scorer: WindowScorer, chunk, stream, batch_tokens, progress, task, on_batch) -> list[dict]:
+    import torch
+
+    jobs = [Job(i, w) for i, (_, ws) in enumerate(chunk) for w in ws]
+    acc = [{"scored_tokens": 0, "nll_sum": 0.0, "window_mean_nll_sum": 0.0, "scored_bytes": 0} for _ in chunk]
+    for batch in plan_batches(jobs, batch_tokens):
+        rows = np.stack([stream(chunk[j.cell][0].doc).ids[j.window.start:j.window.end] for j in batch])
+        input_ids = torch.from_numpy(rows).to(scorer.device, non_blocking=True)
+        sums, counts = scorer.score(input_ids, [j.window.first_scored - j.window.start for j in batch])
+        for j, nll, n in zip(batch, sums, counts, strict=True):
+            a = acc[j.cell]
+            a["scored_tokens"] += n
+            a["nll_sum"] += nll
+            a["window_mean_nll_sum"] += nll / n
+            a["scored_bytes"] += stream(chunk[j.cell][0].doc).scored_bytes(j.window.first_scored, j.window.end)
+        progress.advance(task, sum(j.window.length for j in batch))
+        if on_batch is not None:
+            on_batch(len(batch))
+    return acc
+
+
+def _all_cells(out_dir: Path) -> dict[str, dict]:
+    """Finished cells from the main log and every rank's log (a resume may use another world size)."""
+    found = {}
+    for log in [out_dir / "cells.jsonl", *sorted(out_dir.glob("rank*/cells.jsonl"))]:
+        for rec in read_jsonl_tolerant(log):
+            if "key" in rec:
+                found.setdefault(rec["key"], rec)
+    return found
+
+
+def _wait_for_cells(out_dir: Path, main: ResultStore, keys: list[str], world: int, poll_s: float) -> dict:
+    """Rank 0: wait until every cell of the run is logged by some rank, copying them into the main log."""
+    missing_since = time.time()
+    while True:
+        found = {**_all_cells(out_dir), **main.done}
+        missing = [k for k in keys if k not in found]
+        if not missing:
+            for k in keys:
+                if k not in main.done:
+                    main.add(k, {kk: v for kk, v in found[k].items() if kk != "key"})
+            return found
+        if world == 1:  # nothing else will write them: a bug, not a wait
+            raise RuntimeError(f"{len(missing)} cells were never scored, e.g. {missing[0]}")
+        if time.time() - missing_since > 30:
+            print(f"rank 0: waiting for {len(missing)} cells from other ranks", flush=True)
+            missing_since = time.time()
+        time.sleep(poll_s)
+
+
+# --------------------------------------------------------------------------- aggregation (pure)
+
+
+def summarize(cfg: PerplexityConfig, cells: Sequence[dict]) -> tuple[list[dict], dict]:
+    """Per-length rows: token-weighted ppl (headline), window-weighted ppl, bits per byte, counts."""
+    rows = []
+    for length in cfg.lengths:
+        mine = [c for c in cells if c["length"] == length]
+        tokens = sum(c["scored_tokens"] for c in mine)
+        n_windows = sum(c["windows"] for c in mine)
+        nll = sum(c["nll_sum"] for c in mine)
+        nbytes = sum(c["scored_bytes"] for c in mine)
+        rows.append({
+            "length": length, "scoring": cfg.scoring, "stride": cfg.stride if cfg.scoring != "disjoint" else length - 1,
+            "documents": len(mine), "windows": n_windows, "scored_tokens": tokens, "scored_bytes": nbytes,
+            "nll_per_token": nll / tokens if tokens else None,
+            "ppl": math.exp(nll / tokens) if tokens else None,
+            "window_ppl": math.exp(sum(c["window_mean_nll_sum"] for c in mine) / n_windows) if n_windows else None,
+            "bits_per_byte": nll / LN2 / nbytes if nbytes else None,
+        })
+    summary = {str(r["length"]): {k: r[k] for k in ("ppl", "window_ppl", "bits_per_byte", "scored_tokens",
+                                                   "windows", "documents")} for r in rows}
+    return rows, summary
+
+
+# --------------------------------------------------------------------------- data sources
+
+
+def local_documents(path: str | Path, text_field: str = "text", id_field: str | None = None,
+                    pattern: str = "*.txt", max_docs: int | None = None) -> tuple[list[Document], dict]:
+    """`--data PATH`: the first `max_docs` documents of a text file, folder or jsonl/parquet table."""
+    from evals.texts import load_texts
+
+    docs = load_texts(path, text_field=text_field, id_field=id_field, pattern=pattern)
+    total = len(docs)
+    docs = docs[:max_docs] if max_docs else docs
+    return docs, {"source": str(Path(path).expanduser().resolve()), "documents_available": total}
+
+
+def pg19_documents(data: str | Path | None = None, revision: str | None = None, max_docs: int | None = None,
+                   text_field: str | None = None) -> tuple[list[Document], dict]:
+    """PG19's test split (100 books) from the hub, or a local copy in its schema (`--data`)."""
+    from evals.texts import PG19, hub_documents, load_hub_dataset
+
+    if data is not None:
+        docs, info = local_documents(data, text_field or PG19.text_field, pattern="*.txt", max_docs=max_docs)
+        return docs, {**info, "dataset": "pg19 (local copy)"}
+    ds, info = load_hub_dataset(PG19, revision)
+    n = min(len(ds), max_docs) if max_docs else len(ds)
+    docs = list(hub_documents(ds, PG19, range(n), text_field))
+    return docs, {"source": f"hf://{PG19.repo}", "dataset": PG19.about, **info}
+
+
+def sample_long_documents(n_rows: int, get: Callable[[int], Document], n_tokens: Callable[[Document], int],
+                          count: int, min_tokens: int, seed: int) -> tuple[list[Document], dict]:
+    """Position Interpolation's proof-pile protocol: a uniform sample (seeded) of `count` documents among
+    those with at least `min_tokens` tokens — rows are visited in a seeded random order and kept while
+    long enough, so only as many documents are tokenized as the sample needs."""
+    import random
+
+    order = list(range(n_rows))
+    random.Random(seed).shuffle(order)
+    picked, checked = [], 0
+    for i in order:
+        if len(picked) == count:
+            break
+        doc = get(i)
+        checked += 1
+        # each token covers at least one byte of text (+1 for a BOS): a cheap filter before tokenizing
+        if len(doc.text.encode("utf-8", "surrogatepass")) + 1 >= min_tokens and n_tokens(doc) >= min_tokens:
+            picked.append(doc)
+    info = {"protocol": f"uniform sample (seed {seed}) of {count} documents with >= {min_tokens} tokens, "
+                        f"each cut to its first {min_tokens} tokens (Position Interpolation, Chen et al. 2023)",
+            "seed": seed, "requested": count, "selected": len(picked), "rows_checked": checked,
+            "rows": n_rows, "min_tokens": min_tokens, "document_ids": [d.id for d in picked]}
+    return picked, info
+
+
+def proof_pile_documents(tokenizer, bos: bool, data: str | Path | None = None, revision: str | None = None,
+                         count: int = 128, min_tokens: int = 32768, seed: int = 0,
+                         text_field: str | None = None) -> tuple[list[Document], dict]:
+    """proof-pile's test split (hub, or a local jsonl/parquet copy with `text` and `meta`), sampled as
+    `sample_long_documents` says."""
+    from evals.texts import PROOF_PILE, hub_documents, load_hub_dataset
+
+    def n_tokens(doc: Document) -> int:
+        return len(tokenizer(doc.text, add_special_tokens=False, verbose=False)["input_ids"]) + int(bos)
+
+    if data is not None:
+        rows, info = local_documents(data, text_field or PROOF_PILE.text_field, pattern="*.jsonl*")
+        info["dataset"] = "proof-pile (local copy)"
+        picked, sample = sample_long_documents(len(rows), rows.__getitem__, n_tokens, count, min_tokens, seed)
+    else:
+        ds, info = load_hub_dataset(PROOF_PILE, revision)
+        info = {"source": f"hf://{PROOF_PILE.repo}", "dataset": PROOF_PILE.about, **info}
+
+        def get(i: int) -> Document:
+            return next(hub_documents(ds, PROOF_PILE, [i], text_field))
+
+        picked, sample = sample_long_documents(len(ds), get, n_tokens, count, min_tokens, seed)
+    if not picked:
+        raise LlqaError(f"no document in {info['source']} has {min_tokens} tokens or more",
+                        "pass --min-tokens lower or other data")
+    return picked, {**info, "sample": sample}
