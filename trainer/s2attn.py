@@ -454,7 +454,7 @@ def enable_s2_attention(model, group_ratio: float = 0.25, backend: str = "auto")
         raise LlqaError(f"unknown S2-Attn backend '{backend}'", f"use one of: {', '.join(BACKENDS)}")
     if backend == "flash" and not flash_attn_available():
         raise LlqaError("the flash S2-Attn backend needs flash-attn, which is not installed",
-                        "pip install flash-attn (or llqa[flash]), or use --s2-backend sdpa")
+                        "pip install flash-attn (or llqa[flash]), or use backend='sdpa'")
     register_s2_attention()
     base = _base_model(model)
     setattr(base.config, RATIO_ATTR, float(group_ratio))
