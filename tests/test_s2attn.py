@@ -8,6 +8,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from llqa.errors import LlqaError
 from trainer import s2attn
@@ -266,3 +268,19 @@ def test_sdpa_backend_runs_on_the_flash_kernel(segments):
     want = reference_s2(*(x.detach().float().cpu() for x in (q, k, v)), 8,
                         segment_ids=None if seg is None else seg.cpu())
     torch.testing.assert_close(out.float().cpu(), want, atol=2e-2, rtol=2e-2)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.data())
+def test_random_segments_and_sizes_equal_reference(data):
+    """Property: any head layout, group count and packing/padding pattern equals the reference."""
+    hkv = data.draw(st.sampled_from([1, 2, 3]))
+    hq = hkv * data.draw(st.sampled_from([1, 2, 3]))
+    groups = data.draw(st.sampled_from([1, 2, 3, 4]))
+    group = 2 * data.draw(st.integers(1, 5))
+    n = groups * group
+    runs = data.draw(st.lists(st.lists(st.integers(0, 3), min_size=n, max_size=n), min_size=1, max_size=2))
+    seg = torch.tensor(runs)
+    q, k, v = qkv(seg.shape[0], hq, hkv, N=n, seed=data.draw(st.integers(0, 99)))
+    assert_close_fwd_bwd(lambda *a: s2_attention(*a, group, segment_ids=seg, backend="sdpa"),
+                         lambda *a: reference_s2(*a, group, segment_ids=seg), q, k, v)
