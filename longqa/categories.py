@@ -1,10 +1,11 @@
 """The rules that give each question its category. First matching rule wins, in this order:
 
 1. `summary` — the source says so (NarrativeQA plot summaries, arXiv abstracts), or the question asks for
-   one: "summar(y|ize|ise)...", "synopsis", "what is the story/paper about", "main idea/contribution of",
+   one: "summar(y|ize|ise)...", "synopsis", "what is the story/paper about", "main idea/point/theme of",
    or asks to write/generate the abstract.
 2. `relation` — the question is about how two things stand to each other. Novels: kinship, marriage,
-   friendship, love and enmity words (father, wife, friend, rival, in love, ...), "relationship",
+   friendship, love and enmity words (father, wife, friend, rival, in love, ...; not as a title before a
+   name: "Uncle Silas"), "relationship",
    "related to", "between ... and", "feel about", "each other". Papers: "relationship", "related to",
    "correlat...", "compare"/"comparison", "differ..."/"difference", "versus"/"vs.", "between ... and".
 3. `character` — novels only: who-questions ("who", "whom", "whose"), a person's name, age, job or
@@ -27,7 +28,7 @@ SUMMARY = [re.compile(p, _I) for p in (
     r"\bsummar(y|ies|i[sz]e[sd]?|i[sz]ing)\b",
     r"\bsynopsis\b",
     r"\bwhat (is|was) (the|this) (story|book|novel|paper|article|play|film|movie) (mainly |mostly )?about\b",
-    r"\bmain (idea|ideas|point|points|contribution|contributions|theme|themes|plot) of\b",
+    r"\bmain (idea|ideas|point|points|theme|themes|plot) of\b",
     r"\b(write|generate|give|provide)\b.*\babstract\b",
     r"\btl;?dr\b",
 )]
@@ -55,6 +56,8 @@ CHARACTER = [re.compile(p, _I) for p in (
     r"\bcharacter\b", r"\boccupation\b", r"\bprofession\b", r"\b(his|her|their) (job|age|name)\b",
 )]
 
+# "Uncle Silas", "Father Brown": a kinship word used as a title before a name is part of the name.
+_KIN_TITLE = re.compile(r"\b(Uncle|Aunt|Father|Mother|Brother|Sister|Cousin)\s+(?=[A-Z])")
 _OPTION = re.compile(r"(\n\s*\(?A[).]|\s\(A\))")
 
 
@@ -80,7 +83,7 @@ def categorize(question: str, doc_type: str, hint: str | None = None) -> str:
     q = stem(question).strip()
     if _any(SUMMARY, q):
         return "summary"
-    if _any(RELATION_NOVEL if doc_type == "novel" else RELATION_PAPER, q):
+    if _any(RELATION_NOVEL, _KIN_TITLE.sub("", q)) if doc_type == "novel" else _any(RELATION_PAPER, q):
         return "relation"
     if doc_type == "novel" and _any(CHARACTER, q):
         return "character"

@@ -1,0 +1,180 @@
+"""A small real LongQA build from ../shared/data (NarrativeQA whole books and summaries, L-Eval papers and
+stories), validated; determinism, split by document, quota shortfalls, the dataset card."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from cli import app, main
+from longqa.build import assign_splits
+from longqa.recipe import load_recipe
+
+# the shipped framing strings, as TOML (JSON string escapes are valid TOML)
+FRAMING = "[framing]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in load_recipe("longqa-3k").framing.items())
+
+SMALL = """
+name = "small-real"
+description = "A small LongQA build over the shared local data (tests)."
+min_tokens = 4096
+max_tokens = 262144   # whole NarrativeQA books (41k-212k tokens) fit
+max_per_doc = 12
+test_fraction = 0.25
+
+[quotas.paper]
+summary = 3
+detail = 20
+relation = 2
+
+[quotas.novel]
+summary = 4
+character = 10
+relation = 5
+detail = 20
+
+
+[sources.narrativeqa]
+splits = ["test"]
+
+[sources.leval]
+tasks = ["scientific_qa", "paper_assistant", "sci_fi", "quality"]
+""" + FRAMING
+
+
+def _run(args):
+    """The CLI as the console script runs it: (exit code, output)."""
+    result = CliRunner().invoke(app, args, standalone_mode=True, catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+@pytest.fixture(scope="module")
+def recipe_path(tmp_path_factory):
+    p = tmp_path_factory.mktemp("recipe") / "small-real.toml"
+    p.write_text(SMALL)
+    return p
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, recipe_path, shared_data):
+    out = tmp_path_factory.mktemp("build") / "longqa"
+    code, output = _run(["build", "--recipe", str(recipe_path), "--source-dir", str(shared_data), "--out", str(out),
+                         "--seed", "3"])
+    assert code == 0, output
+    return out
+
+
+def _items(out, split):
+    return [json.loads(line) for line in (out / f"{split}.jsonl").read_text().splitlines()]
+
+
+def test_small_real_build_fills_the_recipe_and_validates(built, tmp_path):
+    manifest = json.loads((built / "manifest.json").read_text())
+    items = _items(built, "train") + _items(built, "test")
+    assert len(items) == 64 == manifest["counts"]["total"]
+    assert all(v["built"] == v["quota"] for v in manifest["cells"].values())
+    assert {it["source"] for it in items} == {"narrativeqa", "leval"}
+    whole_books = [it for it in items if it["source"] == "narrativeqa"]
+    assert any(it["category"] == "summary" for it in whole_books)
+    assert max(it["n_tokens"] for it in whole_books) > 40_000  # whole books, not excerpts
+    novel = next(it for it in items if it["doc_type"] == "novel")
+    assert novel["instruction"].startswith(f"Below is some paragraphs in the book, {novel['title']}. ")
+    assert novel["instruction"].endswith(f"\n The book ends. \n{novel['question']}")
+    assert all(manifest["recipe"]["min_tokens"] <= it["n_tokens"] <= manifest["recipe"]["max_tokens"] for it in items)
+    assert set(manifest["files"]) == {"train.jsonl", "test.jsonl", "train.parquet", "test.parquet", "README.md"}
+    assert manifest["sources"]["narrativeqa"]["revision"].startswith("sha256:")
+    report = tmp_path / "report.json"
+    code, output = _run(["validate", str(built), "--report", str(report)])
+    assert code == 0, output
+    rep = json.loads(report.read_text())
+    assert rep["ok"] and rep["errors"] == 0 and "n_tokens recount" in rep["checked"]
+
+
+def test_split_is_by_document(built):
+    train, test = _items(built, "train"), _items(built, "test")
+    assert train and test
+    assert not {it["doc_id"] for it in train} & {it["doc_id"] for it in test}
+    assert all(it["split"] == "train" for it in train) and all(it["split"] == "test" for it in test)
+
+
+def test_same_inputs_and_seed_give_identical_bytes(built, recipe_path, shared_data, tmp_path):
+    again = tmp_path / "again"
+    code, output = _run(["build", "--recipe", str(recipe_path), "--source-dir", str(shared_data), "--out", str(again),
+                         "--seed", "3"])
+    assert code == 0, output
+    for name in ("train.jsonl", "test.jsonl", "train.parquet", "test.parquet", "README.md", "manifest.json"):
+        assert (again / name).read_bytes() == (built / name).read_bytes(), name
+    other = tmp_path / "other-seed"
+    code, _ = _run(["build", "--recipe", str(recipe_path), "--source-dir", str(shared_data), "--out", str(other),
+                    "--seed", "4"])
+    assert code == 0
+    assert (other / "train.jsonl").read_bytes() != (built / "train.jsonl").read_bytes()
+
+
+def test_load_dataset_reads_the_build(built, monkeypatch):
+    import datasets
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    ds = datasets.load_dataset(str(built))
+    assert set(ds) == {"train", "test"}
+    assert ds["train"].num_rows == len(_items(built, "train"))
+    assert set(ds["train"].column_names) >= {"instruction", "output", "category", "n_tokens"}
+    card = (built / "README.md").read_text()
+    assert card.startswith("---\n") and "path: train.jsonl" in card
+
+
+def test_shortfall_fails_per_cell_unless_allow_short(recipe_path, shared_data, tmp_path, capsys):
+    greedy = tmp_path / "greedy.toml"
+    greedy.write_text(recipe_path.read_text().replace("character = 10", "character = 5000"))
+    out = tmp_path / "short"
+    with pytest.raises(SystemExit) as e:
+        main(["build", "--recipe", str(greedy), "--source-dir", str(shared_data), "--out", str(out)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "novel/character" in err and "/5000" in err and "--allow-short" in err
+    assert not out.exists()  # nothing half-written, nothing padded
+    code, output = _run(["build", "--recipe", str(greedy), "--source-dir", str(shared_data), "--out", str(out),
+                         "--allow-short"])
+    assert code == 0, output
+    manifest = json.loads((out / "manifest.json").read_text())
+    cell = manifest["cells"]["novel/character"]
+    assert 0 < cell["built"] <= cell["candidates"] < 5000
+    assert manifest["allow_short"] and manifest["shortfalls"]
+    code, output = _run(["validate", str(out)])
+    assert code == 0, output  # a short build made with --allow-short is not an error
+
+
+def test_offline_without_copies_is_one_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("longqa.sources.hub_reachable", lambda: False)
+    with pytest.raises(SystemExit) as e:
+        main(["build", "--out", str(tmp_path / "x")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "allenai/qasper" in err and "deepmind/narrativeqa" in err and "--source-dir" in err
+    assert "Traceback" not in err
+
+
+def test_out_that_is_not_a_build_is_refused(tmp_path, recipe_path, shared_data, capsys):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(SystemExit):
+        main(["build", "--recipe", str(recipe_path), "--source-dir", str(shared_data), "--out", str(tmp_path / "mine")])
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    assert "not an llqa build" in capsys.readouterr().err
+
+
+def test_assign_splits_keeps_clusters_whole_and_is_seeded():
+    clusters = [f"c{i}" for i in range(200)]
+    a = assign_splits(clusters, 0.2, seed=1)
+    assert a == assign_splits(list(reversed(clusters)), 0.2, seed=1)
+    assert 20 <= sum(v == "test" for v in a.values()) <= 60
+    assert assign_splits(["x", "y"], 0.0, 0) == {"x": "train", "y": "train"}
+    assert "test" in assign_splits(["x", "y"], 0.01, 0).values()
+
+
+def test_help_lists_the_shipped_recipe_and_shipped_recipe_loads():
+    code, output = _run(["build", "--help"])
+    assert code == 0 and "longqa-3k" in output
+    r = load_recipe("longqa-3k")
+    assert r.total == 3000 and set(r.sources) == {"narrativeqa", "qasper", "arxiv", "leval", "longalpaca"}
+    code, output = _run(["validate", "--help"])
+    assert code == 0 and "--ctx" in output
