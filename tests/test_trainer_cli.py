@@ -1,0 +1,99 @@
+"""`llqa train / sft / merge` from the command line: a happy path each, user errors as one line + exit 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import cli
+from tests.conftest import build_tiny_llama
+
+
+def _llqa(capsys, *args) -> tuple[int, str]:
+    try:
+        cli.main(list(args))
+        code = 0
+    except SystemExit as e:
+        code = e.code or 0
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, smollm2_tokenizer):
+    path = tmp_path_factory.mktemp("cli-tiny")
+    build_tiny_llama(len(smollm2_tokenizer), seed=2, tie_word_embeddings=True).save_pretrained(path)
+    smollm2_tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture()
+def sft_file(tmp_path):
+    path = tmp_path / "longalpaca.json"  # LongAlpaca's own format: a JSON list
+    path.write_text(json.dumps([{"instruction": f"Read this. {'Text. ' * 20} What number is it?",
+                                 "output": f"The number is {i}."} for i in range(3)]))
+    return path
+
+
+def test_sft_then_merge_from_the_command_line(capsys, tmp_path, tiny_dir, sft_file):
+    from transformers import AutoModelForCausalLM
+
+    run, merged = tmp_path / "run", tmp_path / "merged"
+    code, out = _llqa(capsys, "sft", "--model", str(tiny_dir), "--ctx", "128", "--data", str(sft_file), "--out",
+                      str(run), "--max-steps", "2", "--batch-size", "2", "--lr", "1e-3", "--device", "cpu",
+                      "--template", "inst")
+    assert code == 0, out
+    assert "done" in out and (run / "adapter_model.safetensors").is_file()
+    assert json.loads((run / "train_config.json").read_text())["data"]["template"] == "inst"
+    code, out = _llqa(capsys, "merge", str(run), "--out", str(merged), "--dtype", "float32")
+    assert code == 0, out
+    model = AutoModelForCausalLM.from_pretrained(merged)
+    assert model.config.max_position_embeddings == 256  # 128 is below the native 256: no PI
+    ids = torch.randint(0, 1000, (1, 16))
+    from llqa.models import load_model
+
+    adapter = load_model(str(run), dtype="float32", device="cpu").model
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, adapter(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_train_with_resume_from_the_command_line(capsys, tmp_path, tiny_dir, shared_data):
+    essays = shared_data / "paul_graham_essays"
+    args = ["train", "--model", str(tiny_dir), "--ctx", "64", "--data", str(sorted(essays.rglob("*.txt"))[0]),
+            "--out", str(tmp_path / "run"), "--max-steps", "2", "--batch-size", "1", "--save-every", "1",
+            "--method", "lora", "--device", "cpu"]
+    code, out = _llqa(capsys, *args, "--stop-after", "1")
+    assert code == 0 and "--resume" in out, out
+    code, out = _llqa(capsys, *args)
+    assert code == 2 and "already holds a training run" in out
+    code, out = _llqa(capsys, *args, "--resume")
+    assert code == 0 and "done: 2 steps" in out, out
+
+
+@pytest.mark.parametrize("case", ["missing-field", "empty", "ctx-multiple", "no-data", "bad-method"])
+def test_user_errors_are_one_line_and_exit_2(capsys, tmp_path, tiny_dir, case):
+    data = tmp_path / "items.jsonl"
+    args = ["sft", "--model", str(tiny_dir), "--ctx", "128", "--out", str(tmp_path / "run"), "--device", "cpu",
+            "--data", str(data)]
+    expect = {"missing-field": "record 2: missing or empty field(s) output", "empty": "no sft item fits",
+              "ctx-multiple": "must be a multiple of 8", "no-data": "needs data",
+              "bad-method": "--method qlora is not a method"}[case]
+    data.write_text(json.dumps({"instruction": "q", "output": "a"}) + "\n" + json.dumps({"instruction": "q"}) + "\n")
+    if case == "empty":
+        data.write_text("")
+    elif case == "ctx-multiple":
+        args[4] = "100"
+    elif case == "no-data":
+        args = args[:-2]
+    elif case == "bad-method":
+        args += ["--method", "qlora"]
+    code, out = _llqa(capsys, *args)
+    assert code == 2, out
+    assert expect in out and "Traceback" not in out
+
+
+def test_merge_of_a_non_run_is_a_clear_error(capsys, tmp_path):
+    code, out = _llqa(capsys, "merge", str(tmp_path), "--out", str(tmp_path / "m"))
+    assert code == 2 and "is not an llqa training run" in out
