@@ -26,8 +26,10 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # help texts quote prompt formats like [INST]...[/INST]: print them literally
 )
-eval_app = typer.Typer(help="Score a model: perplexity and retrieval evals.", no_args_is_help=True)
+eval_app = typer.Typer(help="Score a model: perplexity and retrieval evals.", no_args_is_help=True,
+                       rich_markup_mode=None)
 app.add_typer(eval_app, name="eval")
 
 console = Console()
@@ -154,7 +156,7 @@ def _perplexity(documents_fn, *, model: str, lengths: str | None, ctx: int | Non
                 bos: str, concat: bool, max_tokens: int | None, batch_tokens: int | None, dtype: str, device: str,
                 out: Path, overwrite: bool, progress: bool) -> None:
     """Shared body of the three perplexity commands: config, model, documents, run, table."""
-    from evals.perplexity import PerplexityConfig, run, uses_bos
+    from evals.perplexity import PerplexityConfig, run
     from llqa.models import load_model
 
     _check_ctx(ctx)
@@ -162,8 +164,8 @@ def _perplexity(documents_fn, *, model: str, lengths: str | None, ctx: int | Non
         raise LlqaError(f"--batch-tokens must be positive, got {batch_tokens}", "e.g. --batch-tokens 65536")
     cfg = PerplexityConfig(lengths=_parse_lengths(lengths, ctx), stride=stride, scoring=scoring, bos=bos,
                            concat=concat, max_tokens=max_tokens, ctx=ctx)
+    documents, data_info = documents_fn(cfg)  # before the weights load: bad data fails at once
     loaded = load_model(model, ctx=cfg.model_ctx, dtype=dtype, device=device)
-    documents, data_info = documents_fn(loaded.tokenizer, uses_bos(loaded.tokenizer, cfg.bos))
     result = run(loaded, documents, cfg, out, data_info=data_info, overwrite=overwrite, batch_tokens=batch_tokens,
                  show_progress=progress)
     if result.result_path is None:  # a rank other than 0 under torchrun: rank 0 reports
@@ -210,7 +212,7 @@ def perplexity_cmd(
 ) -> None:
     from evals.perplexity import local_documents
 
-    def documents(tokenizer, bos_on):
+    def documents(cfg):
         return local_documents(data, text_field or "text", id_field, glob, max_docs)
 
     _perplexity(documents, model=model, lengths=lengths, ctx=ctx, stride=stride, scoring=scoring, bos=bos,
@@ -244,7 +246,7 @@ def pg19_cmd(
 ) -> None:
     from evals.perplexity import pg19_documents
 
-    def documents(tokenizer, bos_on):
+    def documents(cfg):
         return pg19_documents(data, revision, max_docs, text_field)
 
     _perplexity(documents, model=model, lengths=lengths, ctx=ctx, stride=stride, scoring=scoring, bos=bos,
@@ -284,8 +286,13 @@ def proof_pile_cmd(
     if num_docs < 1 or min_tokens < 2:
         raise LlqaError("--num-docs must be >= 1 and --min-tokens >= 2", "e.g. --num-docs 128 --min-tokens 32768")
 
-    def documents(tokenizer, bos_on):
-        return proof_pile_documents(tokenizer, bos_on, data, revision, num_docs, min_tokens, seed, text_field)
+    def documents(cfg):
+        from evals.perplexity import uses_bos
+        from llqa.models import load_tokenizer, resolve
+
+        tokenizer = load_tokenizer(resolve(model))  # the sample depends on token counts; no weights needed
+        return proof_pile_documents(tokenizer, uses_bos(tokenizer, cfg.bos), data, revision, num_docs, min_tokens,
+                                    seed, text_field)
 
     _perplexity(documents, model=model, lengths=lengths, ctx=ctx, stride=stride, scoring=scoring, bos=bos,
                 concat=False, max_tokens=min_tokens, batch_tokens=batch_tokens, dtype=dtype, device=device,
