@@ -1,0 +1,220 @@
+"""The perplexity engine on a tiny fp32 model: equal to brute force, to LongLoRA's mean, batching-invariant,
+resumable, data-parallel; the proof-pile sample; byte counts for bits per byte."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from evals.perplexity import (
+    Job,
+    PerplexityConfig,
+    local_documents,
+    plan_batches,
+    run,
+    sample_long_documents,
+    tokenize,
+)
+from evals.texts import Document
+from evals.windows import Window, windows
+from llqa.errors import LlqaError
+
+TEXT_A = ("Alice was beginning to get very tired of sitting by her sister on the bank, and of having nothing "
+          "to do: once or twice she had peeped into the book her sister was reading, but it had no pictures "
+          "or conversations in it, “and what is the use of a book,” thought Alice “without pictures or "
+          "conversations?” — naïve café, Ünïcödé, 日本語.")
+TEXT_B = ("So she was considering in her own mind (as well as she could, for the hot day made her feel very "
+          "sleepy and stupid), whether the pleasure of making a daisy-chain would be worth the trouble of "
+          "getting up and picking the daisies, when suddenly a White Rabbit with pink eyes ran close by her.")
+DOCS = [Document("a", TEXT_A), Document("b", TEXT_B), Document("c", TEXT_A[:200] + TEXT_B[:150])]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_llama_dir):
+    from llqa.models import load_model
+
+    return load_model(str(tiny_llama_dir), dtype="float32", device="cpu")
+
+
+def brute_force_nll(model, ids: np.ndarray, ws: list[Window]) -> tuple[float, list[float]]:
+    """Every scored token by its own plain forward over exactly its context: (NLL sum, per-window means)."""
+    total, means = 0.0, []
+    with torch.no_grad():
+        for w in ws:
+            nlls = []
+            for t in range(w.first_scored, w.end):
+                ctx = torch.tensor(ids[w.start:t][None])
+                logp = model(ctx, logits_to_keep=1).logits[0, -1].double().log_softmax(-1)
+                nlls.append(-logp[int(ids[t])].item())
+            total += sum(nlls)
+            means.append(sum(nlls) / len(nlls))
+    return total, means
+
+
+@pytest.mark.parametrize(("scoring", "bos"), [("sliding", "never"), ("sliding", "always"), ("disjoint", "never")])
+def test_equals_brute_force(tiny, tmp_path, scoring, bos):
+    cfg = PerplexityConfig(lengths=[24, 40], stride=7, scoring=scoring, bos=bos)
+    out = run(tiny, DOCS[:2], cfg, tmp_path, batch_tokens=64, show_progress=False)
+    for row in out.rows:
+        total, means, tokens = 0.0, [], 0
+        for doc in DOCS[:2]:
+            s = tokenize(tiny.tokenizer, doc, bos=bos == "always")
+            ws = windows(len(s.ids), row["length"], 7, scoring)
+            t, m = brute_force_nll(tiny.model, s.ids, ws)
+            total, means, tokens = total + t, means + m, tokens + sum(w.n_scored for w in ws)
+        assert row["scored_tokens"] == tokens
+        assert row["ppl"] == pytest.approx(math.exp(total / tokens), rel=1e-5)
+        assert row["window_ppl"] == pytest.approx(math.exp(sum(means) / len(means)), rel=1e-5)
+
+
+def test_all_tokens_equals_longlora_mean(tiny, tmp_path):
+    """LongLoRA eval.py: HF's mean loss of each full window (labels = inputs), averaged over windows."""
+    length, stride = 32, 8
+    out = run(tiny, DOCS[:1], PerplexityConfig(lengths=[length], stride=stride, scoring="all-tokens", bos="never"),
+              tmp_path, show_progress=False)
+    ids = tokenize(tiny.tokenizer, DOCS[0], bos=False).ids
+    losses = []
+    with torch.no_grad():
+        for s in range(0, len(ids) - length + 1, stride):
+            x = torch.tensor(ids[s:s + length][None])
+            losses.append(tiny.model(x, labels=x).loss.item())
+    row = out.rows[0]
+    assert row["windows"] == len(losses) > 3
+    assert row["window_ppl"] == pytest.approx(math.exp(sum(losses) / len(losses)), rel=1e-5)
+    assert row["ppl"] == pytest.approx(row["window_ppl"], rel=1e-5)  # equal-size windows: both means agree
+    assert row["scored_tokens"] == len(losses) * (length - 1)
+
+
+def test_batching_and_concat(tiny, tmp_path):
+    cfg = PerplexityConfig(lengths=[16, 32], stride=5)
+    one = run(tiny, DOCS, cfg, tmp_path / "one", batch_tokens=1, show_progress=False)
+    many = run(tiny, DOCS, cfg, tmp_path / "many", batch_tokens=10_000, show_progress=False)
+    for a, b in zip(one.rows, many.rows, strict=True):
+        assert a["scored_tokens"] == b["scored_tokens"]
+        assert a["ppl"] == pytest.approx(b["ppl"], rel=1e-5)
+    cat = run(tiny, DOCS, PerplexityConfig(lengths=[32], stride=5, concat=True), tmp_path / "cat", show_progress=False)
+    n = [len(tokenize(tiny.tokenizer, d, bos=False).ids) for d in DOCS]
+    assert cat.rows[0]["documents"] == 1 and cat.rows[0]["scored_tokens"] == sum(n) - 1  # one stream
+
+
+def test_bits_per_byte_counts_the_scored_text(tiny, tmp_path):
+    doc = DOCS[0]
+    with_bos = tokenize(tiny.tokenizer, doc, bos=True)
+    assert with_bos.scored_bytes(1, len(with_bos.ids)) == len(doc.text.encode())  # BOS: every byte predicted
+    plain = tokenize(tiny.tokenizer, doc, bos=False)
+    first = tiny.tokenizer.decode(plain.ids[:1])
+    assert plain.scored_bytes(1, len(plain.ids)) == len(doc.text.encode()) - len(first.encode())
+    cut = tokenize(tiny.tokenizer, doc, bos=False, max_tokens=20)
+    kept = tiny.tokenizer.decode(plain.ids[:20])
+    assert len(cut.ids) == 20 and cut.scored_bytes(0, 20) == len(kept.encode())
+    out = run(tiny, [doc], PerplexityConfig(lengths=[32], stride=8, bos="always"), tmp_path, show_progress=False)
+    row = out.rows[0]
+    assert row["scored_bytes"] == len(doc.text.encode())
+    assert row["bits_per_byte"] == pytest.approx(row["nll_per_token"] * row["scored_tokens"] / math.log(2)
+                                                 / row["scored_bytes"])
+
+
+def test_resume_skips_finished_cells(tiny, tmp_path):
+    cfg = PerplexityConfig(lengths=[24], stride=6)
+    fresh = run(tiny, DOCS, cfg, tmp_path / "fresh", batch_tokens=16, show_progress=False)
+    log = tmp_path / "resumed" / "cells.jsonl"
+
+    def interrupt_after_first_cell(n):
+        if log.exists():
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny, DOCS, cfg, tmp_path / "resumed", batch_tokens=16, show_progress=False,
+            on_batch=interrupt_after_first_cell)
+    logged = log.read_text().splitlines()
+    assert 0 < len(logged) < 3
+    rest = []
+    resumed = run(tiny, DOCS, cfg, tmp_path / "resumed", batch_tokens=16, show_progress=False, on_batch=rest.append)
+    total = []
+    run(tiny, DOCS, cfg, tmp_path / "count", batch_tokens=16, show_progress=False, on_batch=total.append)
+    assert 0 < len(rest) < len(total)  # only the unfinished cells were scored again
+    assert [r["ppl"] for r in resumed.rows] == pytest.approx([r["ppl"] for r in fresh.rows], rel=1e-9)
+    again = []
+    run(tiny, DOCS, cfg, tmp_path / "resumed", show_progress=False, on_batch=again.append)
+    assert again == []  # everything was done
+    with pytest.raises(LlqaError, match="different configuration"):
+        run(tiny, DOCS, PerplexityConfig(lengths=[24], stride=5), tmp_path / "resumed", show_progress=False)
+
+
+def test_data_parallel_ranks_share_cells_and_rank0_merges(tiny, tmp_path, monkeypatch):
+    """Two ranks as torchrun would start them (run one after the other here): each scores every other cell
+    into its own log, rank 0 waits for all cells and writes the result."""
+    cfg = PerplexityConfig(lengths=[16, 24], stride=6)
+    single = run(tiny, DOCS, cfg, tmp_path / "single", show_progress=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    r1 = run(tiny, DOCS, cfg, tmp_path / "dp", show_progress=False)
+    assert r1.result_path is None and not (tmp_path / "dp" / "result.json").exists()
+    rank1 = [json.loads(x)["key"] for x in (tmp_path / "dp" / "rank1" / "cells.jsonl").read_text().splitlines()]
+    assert len(rank1) == 3  # 6 cells, every other one
+    monkeypatch.setenv("RANK", "0")
+    r0 = run(tiny, DOCS, cfg, tmp_path / "dp", show_progress=False, poll_s=0.01)
+    assert [r["ppl"] for r in r0.rows] == pytest.approx([r["ppl"] for r in single.rows], rel=1e-9)
+    result = json.loads(r0.result_path.read_text())
+    assert result["cells"] == 6 and result["data"]["world_size"] == 2
+    monkeypatch.setenv("WORLD_SIZE", "1")  # a plain resume of the same directory finds every cell
+    again = []
+    run(tiny, DOCS, cfg, tmp_path / "dp", show_progress=False, on_batch=again.append)
+    assert again == []
+
+
+def test_plan_batches_groups_equal_lengths_within_budget():
+    jobs = [Job(0, Window(0, 8, 1)), Job(0, Window(3, 11, 8)), Job(1, Window(0, 5, 1)), Job(0, Window(6, 14, 11)),
+            Job(1, Window(0, 5, 1))]
+    batches = plan_batches(jobs, batch_tokens=16)
+    assert [[j.window.length for j in b] for b in batches] == [[8, 8], [8], [5, 5]]
+    assert sorted(map(id, (j for b in batches for j in b))) == sorted(map(id, jobs))
+    assert plan_batches(jobs[:1], batch_tokens=1) == [[jobs[0]]]  # a window longer than the budget still runs
+
+
+@pytest.mark.parametrize(("kwargs", "needle"), [
+    ({"lengths": [128], "stride": 256}, "not longer than the stride"),
+    ({"lengths": [256], "stride": 256}, "not longer than the stride"),
+    ({"lengths": [128], "stride": 256, "scoring": "all-tokens"}, "smaller than the stride"),
+    ({"lengths": [1]}, "too short"),
+    ({"lengths": []}, "no window length"),
+    ({"lengths": [512], "scoring": "rolling"}, "--scoring rolling"),
+    ({"lengths": [512], "bos": "sometimes"}, "--bos sometimes"),
+    ({"lengths": [512], "ctx": 256}, "--ctx 256 is shorter"),
+])
+def test_config_errors(kwargs, needle):
+    with pytest.raises(LlqaError, match=needle):
+        PerplexityConfig(**kwargs)
+
+
+def test_proof_pile_sample_is_seeded_uniform_and_recorded(tmp_path, smollm2_tokenizer):
+    """PI's protocol on a local file in proof-pile's schema (`text`, `meta`)."""
+    from conftest import SHARED_DATA
+
+    book = (SHARED_DATA / "gutenberg_novels" / "pg11.txt").read_text()
+    sizes = [50, 3000, 400, 5000, 2500, 100, 4000, 3500, 20]
+    path = tmp_path / "proofpile_test.jsonl"
+    with open(path, "w") as f:
+        for i, n in enumerate(sizes):
+            f.write(json.dumps({"text": book[i * 100:i * 100 + n], "meta": {"set_name": "test", "i": i}}) + "\n")
+    rows, _ = local_documents(path)
+
+    def n_tokens(doc):
+        return len(smollm2_tokenizer(doc.text, add_special_tokens=False)["input_ids"])
+
+    long_enough = {d.id for d in rows if n_tokens(d) >= 500}
+    assert len(long_enough) == 5
+    picked, info = sample_long_documents(len(rows), rows.__getitem__, n_tokens, 3, 500, seed=7)
+    again, _ = sample_long_documents(len(rows), rows.__getitem__, n_tokens, 3, 500, seed=7)
+    assert [d.id for d in picked] == [d.id for d in again] == info["document_ids"]
+    assert len(picked) == 3 and {d.id for d in picked} <= long_enough
+    assert info["seed"] == 7 and info["min_tokens"] == 500 and picked[0].meta["meta"]["set_name"] == "test"
+    draws = {tuple(d.id for d in sample_long_documents(len(rows), rows.__getitem__, n_tokens, 3, 500, s)[0])
+             for s in range(20)}
+    assert len(draws) > 3  # the seed matters
+    everything, info = sample_long_documents(len(rows), rows.__getitem__, n_tokens, 10, 500, seed=0)
+    assert {d.id for d in everything} == long_enough and info["selected"] == 5  # fewer than asked: all of them
