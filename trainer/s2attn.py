@@ -137,19 +137,21 @@ def s2_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group_size: 
 
 
 def _head_halves(q, k, v, shift: bool):
-    """[(q, k, v, shifted)] per head half, each in (B, N, H, D) layout (views, no copies)."""
+    """[(q, k, v, shifted)] per head half, each in (B, N, H, D) layout (views, no copies).
+
+    Pieces are taken with `split`, never by slicing: the backward of a split is one concatenation
+    of the pieces' gradients, where every slice would allocate and zero a full-size gradient."""
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, N, H, D)
-    if not shift:
-        return [(qt, kt, vt, False)]
     Hq, Hkv = q.shape[1], k.shape[1]
     sq = shifted_heads(Hq, Hkv)
-    skv = 0 if Hkv == 1 else sq // (Hq // Hkv)
-    halves = []
-    if sq > 0:
-        kv_end = Hkv if Hkv == 1 else skv
-        halves.append((qt[:, :, :sq], kt[:, :, :kv_end], vt[:, :, :kv_end], False))
-    halves.append((qt[:, :, sq:], kt[:, :, skv:], vt[:, :, skv:], True))
-    return halves
+    if not shift or sq == 0:
+        return [(qt, kt, vt, shift)]
+    q0, q1 = qt.split([sq, Hq - sq], dim=2)
+    if Hkv == 1:  # MQA: both halves read the one KV head
+        return [(q0, kt, vt, False), (q1, kt, vt, True)]
+    skv = sq // (Hq // Hkv)
+    (k0, k1), (v0, v1) = kt.split([skv, Hkv - skv], dim=2), vt.split([skv, Hkv - skv], dim=2)
+    return [(q0, k0, v0, False), (q1, k1, v1, True)]
 
 
 # --------------------------------------------------------------------------- SDPA backend
@@ -165,30 +167,30 @@ def _sdpa(q, k, v, scale, dropout):
     return out.transpose(1, 2)
 
 
-def _grouped(x, start: int, count: int, size: int):
-    """Tokens [start, start + count·size) of x (B, N, H, D) as (B·count, size, H, D): a view for B = 1."""
+def _grouped(x, count: int, size: int):
+    """x (B, count·size, H, D) as (B·count, size, H, D): a view for B = 1 (the long-context case)."""
     B, _, H, D = x.shape
-    return x[:, start:start + count * size].reshape(B * count, size, H, D)
+    return x.reshape(B * count, size, H, D)
 
 
 def _sdpa_pieces_dense(q, k, v, cuts: list[int], scale, dropout):
-    """Pieces without segments: equal full groups in one batched call, the end half groups in another."""
+    """Pieces without segments: the full groups in one batched call, the two end half groups (shifted
+    heads) in a second one."""
     import torch
 
     B, N = q.shape[:2]
     first, last = cuts[1] - cuts[0], cuts[-1] - cuts[-2]
     size = cuts[2] - cuts[1] if len(cuts) > 2 else first
-    inner_start, inner_count = (0, len(cuts) - 1) if first == size else (cuts[1], len(cuts) - 3)
-    parts = []
-    if inner_count > 0:
-        qs, ks, vs = (_grouped(x, inner_start, inner_count, size) for x in (q, k, v))
-        parts.append(_sdpa(qs, ks, vs, scale, dropout).reshape(B, inner_count * size, *q.shape[2:]))
-    if first == size:
-        return parts[0]
-    # the two half groups [0, G/2) and [N - G/2, N): one call with both in the batch dimension
-    ends = [torch.cat([x[:, :first], x[:, N - last:]]) for x in (q, k, v)]
-    head, tail = _sdpa(*ends, scale, dropout).split(B)
-    return torch.cat([head, *parts, tail], dim=1)
+    if first == size:  # equal pieces: unshifted groups, or the two halves of a single shifted group
+        out = _sdpa(*(_grouped(x, len(cuts) - 1, size) for x in (q, k, v)), scale, dropout)
+        return out.reshape(B, N, *out.shape[2:])
+    heads, mids, tails = zip(*(x.split([first, N - first - last, last], dim=1) for x in (q, k, v)), strict=True)
+    count = len(cuts) - 3
+    mid = _sdpa(*(_grouped(x, count, size) for x in mids), scale, dropout).reshape(B, N - first - last,
+                                                                                    *q.shape[2:])
+    # [0, G/2) and [N - G/2, N) in the batch dimension of one call
+    head, tail = _sdpa(*(torch.cat(pair) for pair in zip(heads, tails, strict=True)), scale, dropout).split(B)
+    return torch.cat([head, mid, tail], dim=1)
 
 
 def _sdpa_pieces_segmented(q, k, v, cuts: list[int], bounds: list[list[int]], scale, dropout):
@@ -196,10 +198,11 @@ def _sdpa_pieces_segmented(q, k, v, cuts: list[int], bounds: list[list[int]], sc
     import torch
 
     rows = []
-    for b, seg_cuts in enumerate(bounds):
-        edges = sorted(set(cuts).union(seg_cuts))
-        rows.append(torch.cat([_sdpa(q[b:b + 1, s:e], k[b:b + 1, s:e], v[b:b + 1, s:e], scale, dropout)
-                               for s, e in zip(edges, edges[1:], strict=False)], dim=1))
+    for b, (qb, kb, vb) in enumerate(zip(q.split(1), k.split(1), v.split(1), strict=True)):
+        edges = sorted(set(cuts).union(bounds[b]))
+        lengths = [e - s for s, e in zip(edges, edges[1:], strict=False)]
+        pieces = zip(qb.split(lengths, dim=1), kb.split(lengths, dim=1), vb.split(lengths, dim=1), strict=True)
+        rows.append(torch.cat([_sdpa(qp, kp, vp, scale, dropout) for qp, kp, vp in pieces], dim=1))
     return torch.cat(rows)
 
 
