@@ -1,0 +1,130 @@
+"""`llqa eval perplexity / pg19 / proof-pile` end to end: real SmolLM2 on a real novel, result files,
+user errors as one line."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+import cli
+from conftest import run_llqa
+
+
+def call(capsys, *args: str) -> tuple[int, str, str]:
+    """Run the CLI in-process (as `main` does for a user): exit code, stdout, stderr."""
+    try:
+        cli.main(list(args))
+        code = 0
+    except SystemExit as e:
+        code = e.code or 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def one_line_error(capsys, *args: str) -> str:
+    code, _, err = call(capsys, *args)
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert code == 2 and "Traceback" not in err, err
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    return lines[0]
+
+
+def test_smollm2_on_a_real_novel_improves_with_longer_windows(smollm2, shared_data, tmp_path):
+    """Alice in Wonderland, its first 2,048 tokens, stride 448 (kept cheap on CPU): at L=512 every token
+    outside the first window has 64..511 tokens of context; at L=4096 the single window holds the whole
+    excerpt, so each token sees everything before it. Longer context must not make perplexity worse."""
+    from evals.perplexity import PerplexityConfig, local_documents, run
+
+    docs, info = local_documents(shared_data / "gutenberg_novels" / "pg11.txt")
+    cfg = PerplexityConfig(lengths=[512, 4096], stride=448, max_tokens=2048)
+    out = run(smollm2, docs, cfg, tmp_path, data_info=info, show_progress=False)
+    by_length = {r["length"]: r for r in out.rows}
+    short, long = by_length[512], by_length[4096]
+    assert short["scored_tokens"] == long["scored_tokens"] == 2047  # the same tokens, each once
+    for r in (short, long):
+        assert math.isfinite(r["ppl"]) and 3 < r["ppl"] < 100  # a sane English-text perplexity
+        assert 0.3 < r["bits_per_byte"] < 2.0
+    assert long["ppl"] <= short["ppl"]
+    result = json.loads(out.result_path.read_text())
+    assert result["semantics"].startswith("Each document is tokenized") and result["model"]["params"] > 1e8
+    assert result["data"]["documents"] == ["pg11.txt"] and result["data"]["bos"] is False
+
+
+def test_cli_happy_path_folder_and_table(tiny_llama_dir, tmp_path):
+    folder = tmp_path / "books"
+    folder.mkdir()
+    (folder / "one.txt").write_text("It was the best of times, it was the worst of times. " * 20)
+    (folder / "two.txt").write_text("Call me Ishmael. Some years ago, never mind how long precisely. " * 20)
+    (folder / "empty.txt").write_text("")
+    (folder / "notes.md").write_text("not read: only --glob '*.txt' files are")
+    out = tmp_path / "out"
+    r = run_llqa("eval", "perplexity", "--data", str(folder), "--model", str(tiny_llama_dir), "--lengths",
+                 "64,128", "--stride", "32", "--out", str(out), "--no-progress", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert "window ppl" in r.stdout and "bits/byte" in r.stdout
+    result = json.loads((out / "result.json").read_text())
+    assert result["data"]["documents"] == ["one.txt", "two.txt"]
+    assert set(result["summary"]) == {"64", "128"} and result["config"]["stride"] == 32
+    assert result["config"]["model_ctx"] == 128 and result["device"].startswith("cpu")
+    csv = (out / "result.csv").read_text().splitlines()
+    assert csv[0].startswith("length,scoring,stride") and len(csv) == 3
+    cells = (out / "cells.jsonl").read_text().splitlines()
+    assert len(cells) == 4 and json.loads(cells[0])["key"].endswith("|64")
+
+
+def test_cli_proof_pile_local_copy(tiny_llama_dir, tmp_path, capsys, shared_data):
+    book = (shared_data / "gutenberg_novels" / "pg16.txt").read_text()
+    path = tmp_path / "proofpile_test.jsonl"
+    rows = [{"text": book[i * 3000:i * 3000 + n], "meta": {"set_name": "fixture"}}
+            for i, n in enumerate([3000, 200, 2500, 4000, 100])]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "pp"
+    code, stdout, err = call(capsys, "eval", "proof-pile", "--data", str(path), "--model", str(tiny_llama_dir),
+                             "--num-docs", "2", "--min-tokens", "300", "--seed", "3", "--lengths", "128",
+                             "--stride", "64", "--out", str(out), "--no-progress", "--device", "cpu")
+    assert code == 0, err
+    result = json.loads((out / "result.json").read_text())
+    sample = result["data"]["sample"]
+    assert sample["seed"] == 3 and sample["selected"] == 2 and len(sample["document_ids"]) == 2
+    assert result["data"]["documents"] == sample["document_ids"]
+    assert result["config"]["max_tokens"] == 300
+    cells = [json.loads(x) for x in (out / "cells.jsonl").read_text().splitlines()]
+    assert all(c["doc_tokens"] == 300 and c["scored_tokens"] == 299 for c in cells)
+
+
+@pytest.mark.parametrize("command", ["perplexity", "pg19", "proof-pile"])
+def test_help_states_the_semantics(capsys, command):
+    code, out, _ = call(capsys, "eval", command, "--help")
+    flat = " ".join(out.split())
+    assert code == 0 and "exactly once" in flat and "all-tokens" in flat and "bits per byte" in flat
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path, capsys, tiny_llama_dir):
+    model = ["--model", str(tiny_llama_dir), "--device", "cpu", "--no-progress", "--out", str(tmp_path / "o")]
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    assert "is empty" in one_line_error(capsys, "eval", "perplexity", "--data", str(empty), *model)
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes("Café crème, naïve façade.".encode("latin-1"))
+    assert "is not UTF-8" in one_line_error(capsys, "eval", "perplexity", "--data", str(latin), *model)
+    table = tmp_path / "rows.jsonl"
+    table.write_text(json.dumps({"body": "some text", "id": 1}) + "\n")
+    line = one_line_error(capsys, "eval", "perplexity", "--data", str(table), *model)
+    assert "no field 'text'" in line and "body" in line and "--text-field" in line
+    line = one_line_error(capsys, "eval", "perplexity", "--data", str(table), "--text-field", "body",
+                          "--lengths", "128", "--stride", "256", *model)
+    assert "not longer than the stride 256" in line
+    assert "no such file" in one_line_error(capsys, "eval", "perplexity", "--data", str(tmp_path / "nope"), *model)
+    assert "comma-separated" in one_line_error(capsys, "eval", "perplexity", "--data", str(table),
+                                                "--lengths", "4k", *model)
+
+
+def test_hub_datasets_offline_name_the_dataset_and_the_fix(tmp_path):
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "HF_DATASETS_CACHE": str(tmp_path / "ds")}
+    for command, repo in [("pg19", "emozilla/pg19-test"), ("proof-pile", "hoskinson-center/proof-pile")]:
+        r = run_llqa("eval", command, "--lengths", "512", "--out", str(tmp_path / command), env=env)
+        lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+        assert r.returncode == 2 and len(lines) == 1, r.stderr
+        assert repo in lines[0] and "--data PATH" in lines[0]
