@@ -160,7 +160,11 @@ def main(argv=None) -> int:
     loaded = load_model(args.model, ctx=max(lengths), dtype=args.dtype, device=args.device)
     model, device = loaded.model, torch.device(loaded.info.device)
     model.config.use_cache = False
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    enable = getattr(model, "activation_checkpointing_enable", None)  # the newer name (transformers >= 5.2x)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     for p in model.parameters():
         p.requires_grad_(True)
