@@ -101,7 +101,7 @@ class PasskeyConfig:
     depths: list[float] = field(default_factory=lambda: list(DEFAULT_DEPTHS))
     trials: int = DEFAULT_TRIALS
     seed: int = 0
-    haystack: str = "filler"  # "filler" (the repeated PI sentences) or a folder of .txt files
+    haystack: str = "filler"  # "filler" (the repeated PI sentences), or a folder of .txt files / a text file
     chat_template: str = "auto"
     overlong: str = "skip"
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
@@ -133,24 +133,22 @@ class PasskeyConfig:
 # --------------------------------------------------------------------------- haystack
 
 
-def read_haystack_folder(folder: str | Path, max_chars: int | None = None) -> str:
-    """The .txt files of `folder` (sorted by name, recursively), joined by blank lines; reading stops
-    once `max_chars` characters are in hand."""
-    folder = Path(folder).expanduser()
-    if not folder.is_dir():
-        raise LlqaError(f"--haystack {folder}: not a folder",
+def read_haystack(source: str | Path, max_chars: int | None = None) -> str:
+    """Haystack text from a folder of .txt files (sorted by path, recursively; empty files skipped), a
+    text file or a jsonl/parquet table (`text` field), joined by blank lines; reading stops once
+    `max_chars` characters are in hand. Loading is `evals.texts.load_texts`, shared with perplexity."""
+    from evals.texts import load_texts
+
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise LlqaError(f"--haystack {source}: no such file or folder",
                         "pass `filler` or a folder of .txt files (e.g. essays)")
     parts, total = [], 0
-    for f in sorted(folder.rglob("*.txt")):
-        text = f.read_text(encoding="utf-8", errors="replace").strip()
-        if text:
-            parts.append(text)
-            total += len(text)
+    for doc in load_texts(path):
+        parts.append(doc.text.strip())
+        total += len(parts[-1])
         if max_chars is not None and total >= max_chars:
             break
-    if not parts:
-        raise LlqaError(f"--haystack {folder} holds no non-empty .txt file",
-                        "put the haystack texts there as .txt files, or use --haystack filler")
     return "\n\n".join(parts)
 
 
@@ -162,7 +160,7 @@ def haystack_stream(tokenizer: PreTrainedTokenizerBase, haystack: str, min_token
         reps = max(0, math.ceil((min_tokens - len(first)) / len(unit)))
         return first + unit * reps
     # ~4 characters per token in English; read 8 per token so one pass nearly always suffices
-    text = read_haystack_folder(haystack, max_chars=8 * min_tokens + 10_000)
+    text = read_haystack(haystack, max_chars=8 * min_tokens + 10_000)
     ids = encode_text(tokenizer, text)
     if len(ids) >= min_tokens:
         return ids
