@@ -57,7 +57,8 @@ class Candidate:
     doc: Document
     category: str
     framed: framing.Framed
-    n_tokens: int = 0
+    n_tokens: int = 0  # rest + answer tokens until selected, then the item's n_tokens
+    answer_tokens: int = 0
     cluster: str = ""
 
 
@@ -114,27 +115,15 @@ def candidates(sources: list[SourceData], recipe: Recipe, stats: Counter) -> lis
     return out
 
 
-def count_tokens(cands: list[Candidate], counter: TokenCounter, progress: Progress) -> None:
-    """Set n_tokens of every candidate: each document's head once, questions and answers in batches."""
-    split_ok = counter.splittable
-    heads = sorted({c.framed.head_doc for c in cands if split_ok and safe_split(c.framed.head_doc, c.framed.rest)})
-    advance = progress("tokenizing documents", len(heads))
-    head_count = dict(zip(heads, counter.count(heads, advance), strict=True))
-    whole = [c for c in cands if c.framed.head_doc not in head_count]
+def count_short(cands: list[Candidate], counter: TokenCounter, progress: Progress) -> tuple[list[int], list[int]]:
+    """Token counts of every candidate's instruction rest (middle + question + tail) and answer."""
     advance = progress("tokenizing questions and answers", 2 * len(cands))
-    short = [c.framed.rest for c in cands] + [c.qa.answer for c in cands]
     old_batch, counter.batch = counter.batch, 1024
     try:
-        counts = counter.count(short, advance)
+        counts = counter.count([c.framed.rest for c in cands] + [c.qa.answer for c in cands], advance)
     finally:
         counter.batch = old_batch
-    rest, answer = counts[:len(cands)], counts[len(cands):]
-    whole_counts = dict(zip([c.framed.instruction for c in whole],
-                            counter.count([c.framed.instruction for c in whole]), strict=True))
-    for c, r, a in zip(cands, rest, answer, strict=True):
-        inst = head_count[c.framed.head_doc] + r if c.framed.head_doc in head_count \
-            else whole_counts[c.framed.instruction]
-        c.n_tokens = inst + a
+    return counts[:len(cands)], counts[len(cands):]
 
 
 # --------------------------------------------------------------------------- split and selection
@@ -155,37 +144,112 @@ def assign_splits(cluster_ids: list[str], test_fraction: float, seed: int) -> di
     return split
 
 
-def select(cands: list[Candidate], recipe: Recipe, seed: int) -> tuple[list[Candidate], dict[str, dict[str, int]]]:
-    """Fill each cell's quota by a seeded round-robin over sources; at most max_per_doc per cluster."""
-    rng = random.Random(seed)
-    per_cluster: Counter = Counter()
+class Selector:
+    """Fills the quotas lazily: candidates are visited in a seeded order that does not depend on any token
+    count, and a document is tokenized (with its framing head, once) and fingerprinted only when one of
+    its questions is reached. A 3,000-item build thus never tokenizes the sources' whole corpora."""
+
+    def __init__(self, recipe: Recipe, counter: TokenCounter, progress: Progress, stats: Counter):
+        self.recipe, self.counter, self.stats = recipe, counter, stats
+        self.head_tokens: dict[str, int] = {}
+        self.whole_tokens: dict[str, int] = {}
+        self.index = dedup.NearDuplicateIndex()
+        self.parent: dict[str, str] = {}  # union-find over doc ids: near-duplicate documents share a cluster
+        self.taken: Counter = Counter()  # cluster root -> items chosen
+        self.advance = progress("tokenizing documents", None)
+
+    def cluster(self, doc: Document) -> str:
+        if doc.doc_id not in self.parent:
+            self.parent[doc.doc_id] = doc.doc_id
+            for other, _ in self.index.add(doc.doc_id, dedup.fingerprint(doc.text)):
+                self._union(doc.doc_id, other)
+        return self._find(doc.doc_id)
+
+    def _find(self, k: str) -> str:
+        while self.parent[k] != k:
+            self.parent[k] = self.parent[self.parent[k]]
+            k = self.parent[k]
+        return k
+
+    def _union(self, a: str, b: str) -> None:
+        ra, rb = self._find(a), self._find(b)
+        if ra != rb:
+            keep, drop = min(ra, rb), max(ra, rb)
+            self.parent[drop] = keep
+            self.taken[keep] += self.taken.pop(drop, 0)
+
+    def _count(self, upcoming: list[Candidate]) -> None:
+        """Count the heads of the next uncounted documents in one batch (batching changes no count)."""
+        split_ok = self.counter.splittable
+        heads, wholes = [], []
+        for c in upcoming:
+            if split_ok and safe_split(c.framed.head_doc, c.framed.rest):
+                if c.framed.head_doc not in self.head_tokens and c.framed.head_doc not in heads:
+                    heads.append(c.framed.head_doc)
+            elif c.framed.instruction not in self.whole_tokens and c.framed.instruction not in wholes:
+                wholes.append(c.framed.instruction)
+        self.head_tokens.update(zip(heads, self.counter.count(heads), strict=True))
+        self.whole_tokens.update(zip(wholes, self.counter.count(wholes), strict=True))
+        self.advance(len(heads) + len(wholes))
+
+    def n_tokens(self, c: Candidate, upcoming: list[Candidate]) -> int:
+        if c.framed.head_doc not in self.head_tokens and c.framed.instruction not in self.whole_tokens:
+            self._count([c] + upcoming)
+        if c.framed.head_doc in self.head_tokens and safe_split(c.framed.head_doc, c.framed.rest) \
+                and self.counter.splittable:
+            return self.head_tokens[c.framed.head_doc] + c.n_tokens  # c.n_tokens holds rest + answer
+        return self.whole_tokens[c.framed.instruction] + c.answer_tokens
+
+    def take(self, c: Candidate, upcoming: list[Candidate]) -> bool:
+        n = self.n_tokens(c, upcoming)
+        if n < self.recipe.min_tokens:
+            self.stats["below_min_tokens"] += 1
+            return False
+        if n > self.recipe.max_tokens:
+            self.stats["above_max_tokens"] += 1
+            return False
+        root = self.cluster(c.doc)
+        if self.taken[root] >= self.recipe.max_per_doc:
+            self.stats["max_per_doc"] += 1
+            return False
+        self.taken[root] += 1
+        c.n_tokens = n
+        return True
+
+
+def select(cands: list[Candidate], recipe: Recipe, selector: Selector,
+           lookahead: int = 16) -> tuple[list[Candidate], dict[str, dict[str, Any]]]:
+    """Fill each cell's quota by a seeded round-robin over its sources (cells scarce-first: summary,
+    relation, character, detail); each candidate is checked against the token bounds and its cluster's
+    max_per_doc when reached."""
+    rng = random.Random(recipe.seed)
     chosen: list[Candidate] = []
-    cells: dict[str, dict[str, int]] = {}
+    cells: dict[str, dict[str, Any]] = {}
     by_cell: dict[tuple[str, str], dict[str, list[Candidate]]] = defaultdict(lambda: defaultdict(list))
     for c in cands:
         by_cell[(c.doc.doc_type, c.category)][c.qa.source].append(c)
-    for doc_type, category, quota in sorted(recipe.cells(), key=lambda t: (CATEGORIES.index(t[1]),
-                                                                          DOC_TYPES.index(t[0]))):
+    order = sorted(recipe.cells(), key=lambda t: (CATEGORIES.index(t[1]), DOC_TYPES.index(t[0])))
+    for doc_type, category, quota in order:
+        sources = sorted(by_cell[(doc_type, category)])
         queues = []
-        for source in sorted(by_cell[(doc_type, category)]):
+        for source in sources:
             pool = by_cell[(doc_type, category)][source]
             rng.shuffle(pool)
             queues.append(pool)
+        pos = [0] * len(queues)
         taken = 0
-        positions = [0] * len(queues)
-        while taken < quota and any(p < len(q) for p, q in zip(positions, queues, strict=True)):
+        while taken < quota and any(p < len(q) for p, q in zip(pos, queues, strict=True)):
             for i, q in enumerate(queues):
-                while positions[i] < len(q) and per_cluster[q[positions[i]].cluster] >= recipe.max_per_doc:
-                    positions[i] += 1
-                if positions[i] < len(q) and taken < quota:
-                    c = q[positions[i]]
-                    positions[i] += 1
-                    per_cluster[c.cluster] += 1
+                if taken >= quota or pos[i] >= len(q):
+                    continue
+                c = q[pos[i]]
+                pos[i] += 1
+                upcoming = [x for j, qq in enumerate(queues) for x in qq[pos[j]:pos[j] + lookahead]]
+                if selector.take(c, upcoming):
                     chosen.append(c)
                     taken += 1
-        available = sum(len(q) for q in queues)
-        cells[f"{doc_type}/{category}"] = {"quota": quota, "built": taken, "candidates": available,
-                                           "sources": sorted(by_cell[(doc_type, category)])}
+        cells[f"{doc_type}/{category}"] = {"quota": quota, "built": taken,
+                                           "candidates": sum(len(q) for q in queues), "sources": sources}
     return chosen, cells
 
 
@@ -214,8 +278,13 @@ def histogram(values: list[int]) -> list[dict[str, int | None]]:
     return out
 
 
+# Line separators that JSON leaves raw but str.splitlines() and some readers split on: written escaped.
+_LINE_BREAKERS = str.maketrans({"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
 def jsonl_bytes(items: list[dict[str, Any]]) -> bytes:
-    return "".join(json.dumps(it, ensure_ascii=False) + "\n" for it in items).encode("utf-8")
+    """One JSON object per line, UTF-8; only \\n ends a line."""
+    return "".join(json.dumps(it, ensure_ascii=False).translate(_LINE_BREAKERS) + "\n" for it in items).encode()
 
 
 def write_parquet(path: Path, items: list[dict[str, Any]]) -> None:
@@ -311,27 +380,14 @@ def build(recipe: Recipe, out: Path, source_dir: Path | None = None, seed: int |
         advance(1)
     stats: Counter = Counter()
     cands = candidates(loaded, recipe, stats)
-    count_tokens(cands, counter, progress)
-    kept = []
-    for c in cands:
-        if c.n_tokens < recipe.min_tokens:
-            stats["below_min_tokens"] += 1
-        elif c.n_tokens > recipe.max_tokens:
-            stats["above_max_tokens"] += 1
-        else:
-            kept.append(c)
-    docs = {c.doc.doc_id: c.doc for c in kept}
-    advance = progress("near-duplicate documents", len(docs))
-    prints = {}
-    for k in sorted(docs):
-        prints[k] = dedup.fingerprint(docs[k].text)
-        advance(1)
-    pairs = dedup.near_duplicate_pairs(prints)
-    cluster_of = dedup.clusters(sorted(docs), pairs)
-    for c in kept:
-        c.cluster = cluster_of[c.doc.doc_id]
-    split_of = assign_splits(list(cluster_of.values()), recipe.test_fraction, recipe.seed)
-    chosen, cells = select(kept, recipe, recipe.seed)
+    rest, answers = count_short(cands, counter, progress)
+    for c, r, n in zip(cands, rest, answers, strict=True):
+        c.n_tokens, c.answer_tokens = r + n, n
+    selector = Selector(recipe, counter, progress, stats)
+    chosen, cells = select(cands, recipe, selector)
+    for c in chosen:
+        c.cluster = selector._find(c.doc.doc_id)
+    split_of = assign_splits([c.cluster for c in chosen], recipe.test_fraction, recipe.seed)
     shortfalls = [f"{cell} {v['built']}/{v['quota']} (candidates {v['candidates']} from "
                   f"{', '.join(v['sources']) or 'no source'})" for cell, v in cells.items() if v["built"] < v["quota"]]
     if shortfalls and not allow_short:
@@ -339,7 +395,8 @@ def build(recipe: Recipe, out: Path, source_dir: Path | None = None, seed: int |
                         "add sources or local copies, lower the quotas in the recipe, or pass --allow-short")
     items = sorted((make_item(c, split_of[c.cluster]) for c in chosen), key=lambda it: it["id"])
     by_split = {s: [it for it in items if it["split"] == s] for s in ("train", "test")}
-    manifest = _manifest(recipe, loaded, counter, items, cells, stats, pairs, allow_short, shortfalls)
+    manifest = _manifest(recipe, loaded, counter, items, cells, stats, allow_short, shortfalls)
+    manifest["counts"]["document_clusters"] = len({c.cluster for c in chosen})  # near-duplicates joined
     out.parent.mkdir(parents=True, exist_ok=True)  # the temporary directory must be on out's filesystem
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
@@ -359,7 +416,7 @@ def build(recipe: Recipe, out: Path, source_dir: Path | None = None, seed: int |
 
 
 def _manifest(recipe: Recipe, loaded: list[SourceData], counter: TokenCounter, items: list[dict[str, Any]],
-              cells: dict[str, Any], stats: Counter, pairs: list, allow_short: bool,
+              cells: dict[str, Any], stats: Counter, allow_short: bool,
               shortfalls: list[str]) -> dict[str, Any]:
     from llqa import __version__
 
@@ -384,6 +441,5 @@ def _manifest(recipe: Recipe, loaded: list[SourceData], counter: TokenCounter, i
                    "by_doc_type": by("doc_type"), "by_source": by("source"),
                    "documents": len({it["doc_id"] for it in items})},
         "dropped": dict(sorted(stats.items())),
-        "near_duplicate_document_pairs": len(pairs),
         "n_tokens_histogram": histogram([it["n_tokens"] for it in items]),
     }

@@ -20,15 +20,10 @@ _WORD = re.compile(r"\w+")
 
 def fingerprint(text: str) -> frozenset[int]:
     words = _WORD.findall(text.lower())
-    crc: dict[str, int] = {}
-    out = set()
-    for i in range(max(0, len(words) - SHINGLE + 1)):
-        w = words[i]
-        c = crc.get(w)
-        if c is None:
-            c = crc[w] = zlib.crc32(w.encode())
-        if c % ANCHOR_MOD == 0:
-            out.add(zlib.crc32(" ".join(words[i:i + SHINGLE]).encode()))
+    anchors = {w for w in set(words) if zlib.crc32(w.encode()) % ANCHOR_MOD == 0}
+    last = len(words) - SHINGLE + 1
+    out = {zlib.crc32(" ".join(words[i:i + SHINGLE]).encode())
+           for i, w in enumerate(words) if w in anchors and i < last}
     if not out and words:  # very short texts: the whole text is the one shingle
         out.add(zlib.crc32(" ".join(words).encode()))
     return frozenset(out)
@@ -72,3 +67,29 @@ def clusters(keys: list[str], pairs: list[tuple[str, str, float]]) -> dict[str, 
         if ra != rb:
             parent[max(ra, rb)] = min(ra, rb)
     return {k: find(k) for k in keys}
+
+
+class NearDuplicateIndex:
+    """Documents added one at a time; each addition returns the earlier documents it near-duplicates."""
+
+    def __init__(self, threshold: float = 0.5, max_df: int = 50):
+        self.threshold, self.max_df = threshold, max_df
+        self.index: dict[int, list[str]] = defaultdict(list)
+        self.sizes: dict[str, int] = {}
+
+    def add(self, key: str, fp: frozenset[int]) -> list[tuple[str, float]]:
+        shared: dict[str, int] = defaultdict(int)
+        for h in fp:
+            keys = self.index[h]
+            if len(keys) < self.max_df:
+                for other in keys:
+                    shared[other] += 1
+            keys.append(key)
+        self.sizes[key] = len(fp)
+        out = []
+        for other, n in sorted(shared.items()):
+            union = len(fp) + self.sizes[other] - n
+            j = n / union if union else 1.0
+            if j >= self.threshold:
+                out.append((other, round(j, 4)))
+        return out

@@ -64,7 +64,8 @@ def built(tmp_path_factory, recipe_path, shared_data):
 
 
 def _items(out, split):
-    return [json.loads(line) for line in (out / f"{split}.jsonl").read_text().splitlines()]
+    lines = (out / f"{split}.jsonl").read_text().splitlines()  # one item per line, even for str.splitlines
+    return [json.loads(line) for line in lines]
 
 
 def test_small_real_build_fills_the_recipe_and_validates(built, tmp_path):
@@ -110,11 +111,11 @@ def test_same_inputs_and_seed_give_identical_bytes(built, recipe_path, shared_da
     assert (other / "train.jsonl").read_bytes() != (built / "train.jsonl").read_bytes()
 
 
-def test_load_dataset_reads_the_build(built, monkeypatch):
+def test_load_dataset_reads_the_build(built, monkeypatch, tmp_path):
     import datasets
 
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    ds = datasets.load_dataset(str(built))
+    ds = datasets.load_dataset(str(built), cache_dir=str(tmp_path))  # a fresh cache: no earlier build's rows
     assert set(ds) == {"train", "test"}
     assert ds["train"].num_rows == len(_items(built, "train"))
     assert set(ds["train"].column_names) >= {"instruction", "output", "category", "n_tokens"}
