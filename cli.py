@@ -139,6 +139,8 @@ TextFieldOpt = Annotated[str | None, typer.Option("--text-field", help="Text col
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Discard finished cells in --out and start afresh "
                                             "(default: resume).")]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")]
+SdpaOpt = Annotated[str, typer.Option("--sdpa-backend", help="Preferred torch SDPA kernel: auto (torch's "
+                                      "choice), cudnn, flash, efficient or math; others remain fallbacks.")]
 RevisionOpt = Annotated[str | None, typer.Option("--revision", help="Hub dataset revision (branch, tag or commit).")]
 
 
@@ -154,7 +156,7 @@ def _parse_lengths(lengths: str | None, ctx: int | None) -> list[int]:
 
 def _perplexity(documents_fn, *, model: str, lengths: str | None, ctx: int | None, stride: int, scoring: str,
                 bos: str, concat: bool, max_tokens: int | None, batch_tokens: int | None, dtype: str, device: str,
-                out: Path, overwrite: bool, progress: bool) -> None:
+                out: Path, overwrite: bool, progress: bool, sdpa_backend: str = "auto") -> None:
     """Shared body of the three perplexity commands: config, model, documents, run, table."""
     from evals.perplexity import PerplexityConfig, run
     from llqa.models import load_model
@@ -167,7 +169,7 @@ def _perplexity(documents_fn, *, model: str, lengths: str | None, ctx: int | Non
     documents, data_info = documents_fn(cfg)  # before the weights load: bad data fails at once
     loaded = load_model(model, ctx=cfg.model_ctx, dtype=dtype, device=device)
     result = run(loaded, documents, cfg, out, data_info=data_info, overwrite=overwrite, batch_tokens=batch_tokens,
-                 show_progress=progress)
+                 sdpa_backend=sdpa_backend, show_progress=progress)
     if result.result_path is None:  # a rank other than 0 under torchrun: rank 0 reports
         return
     table = Table(title=f"perplexity ({cfg.scoring}, stride {cfg.stride}) — {loaded.info.spec} at ctx "
@@ -204,6 +206,7 @@ def perplexity_cmd(
     max_docs: Annotated[int | None, typer.Option("--max-docs", help="Score the first N documents.")] = None,
     max_tokens: MaxTokensOpt = None,
     batch_tokens: BatchTokensOpt = None,
+    sdpa_backend: SdpaOpt = "auto",
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
     out: OutOpt = Path("runs/perplexity"),
@@ -217,7 +220,7 @@ def perplexity_cmd(
 
     _perplexity(documents, model=model, lengths=lengths, ctx=ctx, stride=stride, scoring=scoring, bos=bos,
                 concat=concat, max_tokens=max_tokens, batch_tokens=batch_tokens, dtype=dtype, device=device,
-                out=out, overwrite=overwrite, progress=progress)
+                out=out, overwrite=overwrite, progress=progress, sdpa_backend=sdpa_backend)
 
 
 @eval_app.command("pg19", short_help="Sliding-window perplexity on PG19's test books.",
@@ -238,6 +241,7 @@ def pg19_cmd(
     max_docs: Annotated[int | None, typer.Option("--max-docs", help="Score the first N books.")] = None,
     max_tokens: MaxTokensOpt = None,
     batch_tokens: BatchTokensOpt = None,
+    sdpa_backend: SdpaOpt = "auto",
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
     out: OutOpt = Path("runs/pg19"),
@@ -251,7 +255,7 @@ def pg19_cmd(
 
     _perplexity(documents, model=model, lengths=lengths, ctx=ctx, stride=stride, scoring=scoring, bos=bos,
                 concat=concat, max_tokens=max_tokens, batch_tokens=batch_tokens, dtype=dtype, device=device,
-                out=out, overwrite=overwrite, progress=progress)
+                out=out, overwrite=overwrite, progress=progress, sdpa_backend=sdpa_backend)
 
 
 @eval_app.command("proof-pile", short_help="Sliding-window perplexity on proof-pile (PI protocol: 128 docs "
@@ -275,6 +279,7 @@ def proof_pile_cmd(
     scoring: ScoringOpt = "sliding",
     bos: BosOpt = "auto",
     batch_tokens: BatchTokensOpt = None,
+    sdpa_backend: SdpaOpt = "auto",
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
     out: OutOpt = Path("runs/proof-pile"),
@@ -296,7 +301,7 @@ def proof_pile_cmd(
 
     _perplexity(documents, model=model, lengths=lengths, ctx=ctx, stride=stride, scoring=scoring, bos=bos,
                 concat=False, max_tokens=min_tokens, batch_tokens=batch_tokens, dtype=dtype, device=device,
-                out=out, overwrite=overwrite, progress=progress)
+                out=out, overwrite=overwrite, progress=progress, sdpa_backend=sdpa_backend)
 
 
 # ----------------------------------------------------------------------------- eval: retrieval (issue 4)

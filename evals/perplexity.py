@@ -196,7 +196,7 @@ class WindowScorer:
     in fp32, in row chunks, and the NLL is logsumexp(logits) - logit(target).
     """
 
-    def __init__(self, model, logits_budget_bytes: int = 1 << 29):
+    def __init__(self, model, logits_budget_bytes: int = 1 << 29, sdpa_backend: str = "auto"):
         import torch
 
         base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT wrapper
@@ -212,6 +212,7 @@ class WindowScorer:
             self._b32 = None if self.head.bias is None else self.head.bias.detach().float()
         vocab = self._w32.shape[0] if self._w32 is not None else base.config.get_text_config().vocab_size
         self.chunk_rows = max(1, logits_budget_bytes // (4 * vocab))
+        self.sdpa_backend = sdpa_backend
 
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
         import torch.nn.functional as F
@@ -224,12 +225,13 @@ class WindowScorer:
             logits = (logits / self.softcap).tanh() * self.softcap
         return logits
 
-    def score(self, input_ids: torch.Tensor, first: Sequence[int]) -> tuple[list[float], list[int]]:
-        """input_ids (B, T) on the model's device; row b scores tokens first[b]..T-1.
-        Returns the NLL sum and the count of scored tokens per row."""
+    def score(self, input_ids: torch.Tensor, first: Sequence[int]) -> torch.Tensor:
+        """input_ids (B, T) on the model's device; row b scores tokens first[b]..T-1 (first[b] >= 1).
+        Returns the NLL sum per row, (B,) float64 on the device (not synchronised: the caller reads it
+        when convenient, so the host keeps queueing work)."""
         import torch
 
-        with torch.inference_mode():
+        with torch.inference_mode(), sdpa_preference(self.sdpa_backend):
             hidden = self.body(input_ids=input_ids, use_cache=False).last_hidden_state  # (B, T, H)
             b_len = hidden.shape[1]
             rows = torch.cat([torch.full((b_len - f,), b, dtype=torch.long) for b, f in enumerate(first)])
@@ -245,7 +247,26 @@ class WindowScorer:
                 nll[i:i + self.chunk_rows] = (logits.logsumexp(-1, keepdim=True) - logits.gather(-1, tgt))[:, 0]
             sums = torch.zeros(len(first), dtype=torch.float64, device=self.device)
             sums.index_add_(0, rows, nll.double())
-            return sums.tolist(), [b_len - f for f in first]
+            return sums
+
+
+SDPA_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math")
+
+
+def sdpa_preference(backend: str):
+    """A context preferring one torch SDPA kernel (others stay allowed as fallbacks); `auto` keeps torch's order."""
+    import contextlib
+
+    if backend == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    names = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+             "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+    if backend not in names:
+        raise LlqaError(f"--sdpa-backend {backend} is unknown", f"use one of: {', '.join(SDPA_BACKENDS)}")
+    order = [names[backend]] + [b for k, b in names.items() if k != backend]
+    return sdpa_kernel(order, set_priority=True)
 
 
 # --------------------------------------------------------------------------- one run
@@ -292,7 +313,7 @@ def _progress(enabled: bool):
 
 def run(loaded, documents: Sequence[Document], cfg: PerplexityConfig, out_dir: str | Path, *,
         data_info: dict[str, Any] | None = None, overwrite: bool = False, batch_tokens: int | None = None,
-        show_progress: bool = True, poll_s: float = 2.0,
+        sdpa_backend: str = "auto", show_progress: bool = True, poll_s: float = 2.0,
         on_batch: Callable[[int], None] | None = None) -> RunOutput:
     """Score `documents` at every length of `cfg` and write result files into `out_dir`.
 
@@ -334,7 +355,9 @@ def run(loaded, documents: Sequence[Document], cfg: PerplexityConfig, out_dir: s
                 streams[d] = tokenize(tokenizer, documents[d], bos, cfg.max_tokens)
         return streams[d]
 
-    scorer = WindowScorer(loaded.model)
+    if sdpa_backend not in SDPA_BACKENDS:
+        raise LlqaError(f"--sdpa-backend {sdpa_backend} is unknown", f"use one of: {', '.join(SDPA_BACKENDS)}")
+    scorer = WindowScorer(loaded.model, sdpa_backend=sdpa_backend)
     started = time.time()
     with _progress(show_progress) as progress:
         task = progress.add_task(f"perplexity{f' rank {rank}' if world > 1 else ''}", total=None)
@@ -357,7 +380,8 @@ def run(loaded, documents: Sequence[Document], cfg: PerplexityConfig, out_dir: s
     data = {**(data_info or {}), "bos": bos, "bos_token": tokenizer.bos_token if bos else None,
             "documents": doc_ids if not cfg.concat else ids, "world_size": world}
     forward = sum(w.length for _, ws in planned for w in ws)
-    speed = {"forward_tokens": forward, "seconds": round(elapsed, 3),
+    speed = {"forward_tokens": forward, "seconds": round(elapsed, 3), "batch_tokens": batch_tokens,
+             "sdpa_backend": sdpa_backend,
              "tokens_per_s": round(forward / elapsed, 1) if elapsed > 0 else None}
     result = main.finalize(semantics=SEMANTICS, summary=summary, rows=rows, model=info.to_dict(), data=data,
                            extra={"this_session": speed})
@@ -387,20 +411,23 @@ def _score_chunk(scorer: WindowScorer, chunk, stream, batch_tokens, progress, ta
     import torch
 
     jobs = [Job(i, w) for i, (_, ws) in enumerate(chunk) for w in ws]
-    acc = [{"scored_tokens": 0, "nll_sum": 0.0, "window_mean_nll_sum": 0.0, "scored_bytes": 0} for _ in chunk]
-    for batch in plan_batches(jobs, batch_tokens):
+    batches = plan_batches(jobs, batch_tokens)
+    sums = []
+    for batch in batches:
         rows = np.stack([stream(chunk[j.cell][0].doc).ids[j.window.start:j.window.end] for j in batch])
         input_ids = torch.from_numpy(rows).to(scorer.device, non_blocking=True)
-        sums, counts = scorer.score(input_ids, [j.window.first_scored - j.window.start for j in batch])
-        for j, nll, n in zip(batch, sums, counts, strict=True):
-            a = acc[j.cell]
-            a["scored_tokens"] += n
-            a["nll_sum"] += nll
-            a["window_mean_nll_sum"] += nll / n
-            a["scored_bytes"] += stream(chunk[j.cell][0].doc).scored_bytes(j.window.first_scored, j.window.end)
+        sums.append(scorer.score(input_ids, [j.window.first_scored - j.window.start for j in batch]))
         progress.advance(task, sum(j.window.length for j in batch))
         if on_batch is not None:
             on_batch(len(batch))
+    nlls = torch.cat(sums).tolist() if sums else []  # one device sync per chunk
+    acc = [{"scored_tokens": 0, "nll_sum": 0.0, "window_mean_nll_sum": 0.0, "scored_bytes": 0} for _ in chunk]
+    for j, nll in zip((j for b in batches for j in b), nlls, strict=True):
+        a, w = acc[j.cell], j.window
+        a["scored_tokens"] += w.n_scored
+        a["nll_sum"] += nll
+        a["window_mean_nll_sum"] += nll / w.n_scored
+        a["scored_bytes"] += stream(chunk[j.cell][0].doc).scored_bytes(w.first_scored, w.end)
     return acc
 
 
