@@ -214,3 +214,40 @@ def test_sft_trains_on_answers(tmp_path, tied_tiny_dir):
     assert result.data["skipped_too_long"] == 0
     records = read_log(tmp_path / "run")
     assert all(r["tokens"] < 2 * CTX for r in records)  # padding is not counted as tokens
+
+
+def test_real_smollm2_sft_step_and_reload(tmp_path):
+    """The real SmolLM2-135M-Instruct (tied embeddings, chat template): one LoRA+ SFT step at 128 tokens,
+    then `--model RUN_DIR` reloads to the trained model's logits."""
+    data = tmp_path / "sft.jsonl"
+    data.write_text(json.dumps({"instruction": "What is the capital of France?", "output": "Paris."}) + "\n")
+    cfg = TrainConfig(task="sft", out=str(tmp_path / "run"), model="smollm2-135m", ctx=128, data=[str(data)],
+                      method="longlora", max_steps=1, batch_size=1, lr=1e-3, device="cpu", dtype="float32")
+    result = run_training(cfg)
+    assert result.finished and 0 < result.losses[0] < 10 and result.data["template"] == "chat"
+    ids = torch.tensor([[1, 504, 3458, 282, 4649, 314, 2]])
+    with torch.no_grad():
+        want = result.model.eval()(input_ids=ids).logits
+        got = load_model(str(tmp_path / "run"), dtype="float32", device="cpu").model(input_ids=ids).logits
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_full_fine_tuning_saves_a_standalone_model_at_the_new_context(tmp_path, tied_tiny_dir, essay):
+    from transformers import AutoModelForCausalLM
+
+    from trainer.merge import merge_run
+
+    result = run_training(_cfg(tmp_path, tied_tiny_dir, essay, method="full", max_steps=2, lr=1e-3))
+    run = tmp_path / "run"
+    assert not (run / "adapter_config.json").exists() and (run / "config.json").is_file()
+    ids = torch.randint(0, 1000, (1, CTX))
+    with torch.no_grad():
+        want = result.model.eval()(input_ids=ids).logits
+        plain = AutoModelForCausalLM.from_pretrained(run, dtype=torch.float32).eval()
+        assert plain.config.max_position_embeddings == CTX and plain.config.rope_parameters["factor"] == 2.0
+        torch.testing.assert_close(plain(input_ids=ids).logits, want, rtol=0, atol=0)
+        loaded = load_model(str(run), dtype="float32", device="cpu")
+        assert loaded.info.target_ctx == CTX
+        torch.testing.assert_close(loaded.model(input_ids=ids).logits, want, rtol=0, atol=0)
+    merged = merge_run(run, tmp_path / "merged", dtype="float32")
+    assert (merged / "config.json").is_file()
