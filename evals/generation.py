@@ -190,6 +190,16 @@ def _eos_ids(model, tokenizer) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
+def _row_tokens(row: list[int], eos: Sequence[int], pad: int) -> list[int]:
+    """A row's generated tokens: up to its first EOS (excluded); generate() pads finished rows after that."""
+    for n, t in enumerate(row):
+        if t in eos:
+            return row[:n]
+    while row and row[-1] == pad:  # a row stopped by `stop_when` is padded to the batch's length
+        row = row[:-1]
+    return row
+
+
 def generate_greedy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Sequence[int]],
                     max_new_tokens: int, batch_tokens: int, stop_when: Callable[[str], bool] | None = None,
                     max_batch: int | None = None, progress: bool = True,
@@ -223,11 +233,9 @@ def generate_greedy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
             with torch.inference_mode():
                 out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                                      generation_config=config, stopping_criteria=criteria)
-            new = out[:, width:].tolist()
-            results = []
-            for row, i in enumerate(batch):
-                tokens = [t for t in new[row] if t != pad]
-                results.append(Generation(i, tokenizer.decode(tokens, skip_special_tokens=True), len(tokens)))
+            results = [Generation(i, tokenizer.decode(tokens, skip_special_tokens=True), len(tokens))
+                       for i, tokens in zip(batch, (_row_tokens(r, eos, pad) for r in out[:, width:].tolist()),
+                                            strict=True)]
             bar.update(len(batch))
             yield results
     finally:

@@ -38,8 +38,7 @@ def accuracy_heatmap(path: str | Path, lengths: Sequence[int], depths: Sequence[
 
     grid = np.array([[math.nan if a is None else a for a in row] for row in accuracy], dtype=float)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.32 * len(lengths) + 2), max(3.0, 0.35 * len(depths) + 1.5)))
-    cmap = plt.get_cmap("RdYlGn").copy()
-    cmap.set_bad("lightgrey")
+    cmap = plt.get_cmap("RdYlGn").with_extremes(bad="lightgrey")  # grey: cell not run (skipped)
     im = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap, vmin=0.0, vmax=1.0,
                    interpolation="nearest")
     ax.set_xticks(range(len(lengths)), [_length_label(n) for n in lengths], rotation=90, fontsize=7)

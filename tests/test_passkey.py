@@ -1,0 +1,224 @@
+"""Passkey retrieval: prompt construction (exact length, key at depth), grid, effective context window,
+haystack input errors, resume, CLI, and the real SmolLM2 end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+import cli
+from evals.generation import prompt_frame
+from evals.passkey import (
+    FILLER,
+    KEY_LINE,
+    QUESTION,
+    TASK,
+    PasskeyBuilder,
+    PasskeyConfig,
+    cell_key,
+    default_lengths,
+    effective_context_window,
+    haystack_stream,
+    read_haystack,
+    run_passkey,
+    summarize,
+    trial_key,
+)
+from llqa.errors import LlqaError
+
+runner = CliRunner()
+
+
+# --------------------------------------------------------------------------- pure pieces
+
+
+def test_default_lengths_are_32_uniform_up_to_ctx():
+    lengths = default_lengths(8192)
+    assert len(lengths) == 32 and lengths[-1] == 8192 and lengths[0] == 256
+    assert {b - a for a, b in zip(lengths, lengths[1:], strict=False)} == {256}
+
+
+@pytest.mark.parametrize("acc, threshold, expected", [
+    ({1000: 1.0, 2000: 0.5, 3000: 0.2}, 0.2, 3000),  # threshold reached exactly counts
+    ({1000: 1.0, 2000: 0.1, 3000: 1.0}, 0.2, 1000),  # a later recovery does not count (every length <= k)
+    ({1000: 0.0, 2000: 1.0}, 0.2, 0),  # the shortest already fails
+    ({3000: 0.9, 1000: 0.9, 2000: 0.9}, 0.95, 0),
+    ({3000: 0.9, 1000: 0.9, 2000: 0.9}, 0.5, 3000),  # order of the dict does not matter
+])
+def test_effective_context_window(acc, threshold, expected):
+    assert effective_context_window(acc, threshold) == expected
+
+
+def test_trial_keys_are_seeded_five_digit_and_cell_specific():
+    keys = {trial_key(0, n, d, t) for n in (1024, 2048) for d in (0.0, 0.5) for t in range(10)}
+    assert all(10_000 <= k <= 99_999 for k in keys)
+    assert len(keys) > 35  # 40 cells; collisions are possible but rare
+    assert trial_key(3, 1024, 0.5, 2) == trial_key(3, 1024, 0.5, 2)
+    assert trial_key(3, 1024, 0.5, 2) != trial_key(4, 1024, 0.5, 2)
+
+
+@pytest.mark.parametrize("kwargs", [dict(depths=[1.5]), dict(depths=[]), dict(trials=0), dict(lengths=[0]),
+                                    dict(threshold=2.0), dict(chat_template="yes"), dict(overlong="cut"),
+                                    dict(max_new_tokens=0)])
+def test_config_rejects_bad_values(kwargs):
+    with pytest.raises(LlqaError):
+        PasskeyConfig(**kwargs)
+
+
+def test_summary_counts_skipped_apart():
+    recs = [{"length": 100, "depth": 0.0, "correct": True}, {"length": 100, "depth": 1.0, "correct": False},
+            {"length": 200, "depth": 0.0, "skipped": True}]
+    s = summarize(recs, 0.2)
+    assert s["evaluated"] == 2 and s["skipped"] == 1 and s["accuracy"] == 0.5
+    by_len = {r["length"]: r for r in s["by_length"]}
+    assert by_len[100]["accuracy"] == 0.5 and by_len[200]["accuracy"] is None and by_len[200]["skipped"] == 1
+    assert s["effective_context_window"] == 100
+
+
+# --------------------------------------------------------------------------- prompt construction
+
+
+@pytest.mark.parametrize("template", [False, True])
+@pytest.mark.parametrize("length", [150, 1000, 4096])
+@pytest.mark.parametrize("depth", [0.0, 0.1, 0.37, 0.5, 1.0])
+def test_prompt_has_exact_length_and_key_at_depth(smollm2_tokenizer, template, length, depth):
+    tok = smollm2_tokenizer
+    frame = prompt_frame(tok, template)
+    builder = PasskeyBuilder(tok, frame, haystack_stream(tok, "filler", length))
+    p = builder.build(length, depth, 48213)
+    assert len(p.ids) == length  # tolerance 0: built from token pieces
+    # the key line sits where the builder says, after `depth` of the filler (to the nearest token)
+    key_text = tok.decode(p.ids[p.key_start:p.key_start + p.key_len])
+    assert key_text.strip() == KEY_LINE.format(key=48213)
+    assert abs(p.filler_before - depth * p.filler_total) <= 0.5
+    assert p.key_start == len(builder.head) + p.filler_before
+    text = tok.decode(p.ids)
+    assert TASK in text and text.count("48213") == 2
+    assert text.rstrip().endswith(QUESTION) or (template and QUESTION in text[-80:])
+    # the ids are what tokenizing the text gives back: the length is the text's real length
+    assert len(tok(text, add_special_tokens=False)["input_ids"]) == length
+
+
+def test_depth_orders_the_key(smollm2_tokenizer):
+    tok = smollm2_tokenizer
+    builder = PasskeyBuilder(tok, prompt_frame(tok, False), haystack_stream(tok, "filler", 2000))
+    starts = [builder.build(2000, d, 11111).key_start for d in (0.0, 0.25, 0.5, 0.75, 1.0)]
+    assert starts == sorted(starts) and starts[0] < starts[-1]
+
+
+def test_length_shorter_than_fixed_parts_is_a_user_error(smollm2_tokenizer):
+    tok = smollm2_tokenizer
+    builder = PasskeyBuilder(tok, prompt_frame(tok, True), haystack_stream(tok, "filler", 100))
+    with pytest.raises(LlqaError, match="shorter than the prompt without filler"):
+        builder.build(20, 0.5, 12345)
+
+
+def test_haystack_folder_text_is_used_and_repeated(smollm2_tokenizer, tmp_path):
+    (tmp_path / "a.txt").write_text("Zebras graze quietly near the river bank every morning.")
+    (tmp_path / "b.txt").write_text("")  # an empty file in a folder is skipped
+    tok = smollm2_tokenizer
+    stream = haystack_stream(tok, str(tmp_path), 500)
+    assert len(stream) >= 500
+    p = PasskeyBuilder(tok, prompt_frame(tok, False), stream).build(400, 0.5, 23456)
+    text = tok.decode(p.ids)
+    assert "Zebras graze" in text and FILLER not in text and len(p.ids) == 400
+
+
+def test_haystack_real_essays(smollm2_tokenizer, shared_data):
+    text = read_haystack(shared_data / "paul_graham_essays", max_chars=20_000)
+    assert len(text) >= 20_000
+    stream = haystack_stream(smollm2_tokenizer, str(shared_data / "paul_graham_essays"), 3000)
+    assert len(stream) >= 3000
+
+
+@pytest.mark.parametrize("setup, match", [("empty", "no files matching"), ("blank", "empty"),
+                                          ("missing", "no such file")])
+def test_bad_haystack_is_a_user_error(tmp_path, setup, match):
+    folder = tmp_path / "hay"
+    if setup != "missing":
+        folder.mkdir()
+    if setup == "blank":
+        (folder / "a.txt").write_text("   \n")
+    with pytest.raises(LlqaError, match=match):
+        read_haystack(folder)
+
+
+# --------------------------------------------------------------------------- runs (tiny model)
+
+
+@pytest.fixture(scope="module")
+def tiny_loaded(tiny_llama_dir):
+    from llqa.models import load_model
+
+    return load_model(str(tiny_llama_dir), dtype="float32", device="cpu")
+
+
+def test_run_writes_results_and_resumes(tiny_loaded, tmp_path, monkeypatch):
+    cfg = PasskeyConfig(lengths=[120, 200, 300], depths=[0.0, 1.0], trials=2, chat_template="none",
+                        max_new_tokens=4)
+    summary = run_passkey(tiny_loaded, cfg, tmp_path, progress=False)
+    # native ctx 256: the 300-token prompts are skipped and counted, never scored
+    assert summary["skipped"] == 4 and summary["evaluated"] == 8
+    assert {r["length"] for r in summary["by_length_depth"]} == {120, 200}
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["task"] == "passkey" and "first integer" in result["semantics"]
+    assert result["config"]["chat_template_applied"] is False and result["config"]["ctx"] == 256
+    for png in ("passkey_heatmap.png", "passkey_accuracy.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "accuracy" in (tmp_path / "result.csv").read_text().splitlines()[0]
+    cells = [json.loads(line) for line in (tmp_path / "cells.jsonl").read_text().splitlines()]
+    assert all(c["tokens"] == c["length"] for c in cells)
+    assert all(c["correct"] == (c["predicted"] == c["key_value"]) for c in cells if not c["skipped"])
+
+    # resume: every cell is done, so nothing is generated again and the summary is the same
+    import evals.passkey as pk
+
+    def no_generation(model, tok, prompts, *a, **k):
+        assert not prompts, "a finished cell was generated again"
+        return iter(())
+
+    monkeypatch.setattr(pk, "generate_greedy", no_generation)
+    assert run_passkey(tiny_loaded, cfg, tmp_path, progress=False) == summary
+    # a different configuration in the same folder is refused
+    with pytest.raises(LlqaError, match="different configuration"):
+        run_passkey(tiny_loaded, PasskeyConfig(lengths=[120], depths=[0.5], trials=1), tmp_path, progress=False)
+
+
+def test_overlong_middle_truncates_instead_of_skipping(tiny_loaded, tmp_path):
+    cfg = PasskeyConfig(lengths=[300], depths=[0.0], trials=1, chat_template="none", overlong="middle",
+                        max_new_tokens=2)
+    summary = run_passkey(tiny_loaded, cfg, tmp_path, progress=False)
+    assert summary["skipped"] == 0 and summary["truncated"] == 1 and summary["evaluated"] == 1
+
+
+def test_cli_passkey_happy_path_and_errors(tiny_llama_dir, tmp_path):
+    out = tmp_path / "pk"
+    args = ["eval", "passkey", "--model", str(tiny_llama_dir), "--lengths", "128,256", "--depths", "0,0.5",
+            "--trials", "1", "--max-new-tokens", "3", "--out", str(out), "--no-progress"]
+    r = runner.invoke(cli.app, args)
+    assert r.exit_code == 0, r.output
+    assert "effective context window" in r.output
+    assert (out / "passkey_heatmap.png").is_file() and (out / "result.csv").is_file()
+    cells = [json.loads(line) for line in (out / "cells.jsonl").read_text().splitlines()]
+    assert cell_key(128, 0.0, 0) in {c["key"] for c in cells} and len(cells) == 4
+    for bad, match in [(["--depths", "0,x"], "comma-separated"), (["--haystack", str(tmp_path / "nope")],
+                                                                   "no such file")]:
+        r = runner.invoke(cli.app, [*args[:-3], *bad, "--out", str(tmp_path / "bad"), "--no-progress"])
+        assert r.exit_code != 0 and match in str(r.exception)
+
+
+# --------------------------------------------------------------------------- the real model
+
+
+def test_smollm2_passkey_1k_to_4k(smollm2, tmp_path):
+    """The real SmolLM2-135M-Instruct finds the key at 1k-4k tokens (measured: 6/6 at these cells,
+    without the chat template; with it, SmolLM2 answers in prose and rarely gives the number)."""
+    cfg = PasskeyConfig(lengths=[1024, 2048, 4096], depths=[0.0, 0.5], trials=1, chat_template="none")
+    summary = run_passkey(smollm2, cfg, tmp_path, progress=False)
+    by_len = {r["length"]: r["accuracy"] for r in summary["by_length"]}
+    assert summary["accuracy"] >= 0.8
+    assert by_len[2048] >= 0.8 and min(by_len.values()) >= 0.5
+    assert summary["effective_context_window"] == 4096
+    assert (tmp_path / "passkey_heatmap.png").stat().st_size > 1000

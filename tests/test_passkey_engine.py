@@ -1,0 +1,164 @@
+"""The shared retrieval engine (evals/generation.py): batching plan, over-long prompts, integer
+parsing, chat-template framing, and batched KV-cache greedy decoding against a plain reference."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from evals.generation import (
+    first_integer,
+    fit_to_context,
+    generate_greedy,
+    integer_complete,
+    last_integer,
+    middle_truncate,
+    plan_batches,
+    prompt_frame,
+    use_chat_template,
+)
+from llqa.errors import LlqaError
+
+# --------------------------------------------------------------------------- pure functions
+
+
+@given(st.lists(st.integers(1, 500), max_size=60), st.integers(1, 2000), st.one_of(st.none(), st.integers(1, 8)))
+def test_plan_batches_covers_every_prompt_once_within_budget(lengths, budget, max_batch):
+    batches = plan_batches(lengths, budget, max_batch)
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(len(lengths)))
+    for b in batches:
+        longest = max(lengths[i] for i in b)
+        assert len(b) == 1 or len(b) * longest <= budget  # an over-budget prompt runs alone
+        assert max_batch is None or len(b) <= max_batch
+
+
+def test_plan_batches_groups_equal_lengths_without_padding():
+    batches = plan_batches([100, 300, 100, 300, 100], 600)
+    assert batches == [[1, 3], [0, 2, 4]]
+
+
+@given(st.lists(st.integers(0, 9), max_size=50), st.integers(1, 40))
+def test_middle_truncate_keeps_both_ends(ids, keep):
+    out = middle_truncate(ids, keep)
+    assert len(out) == min(len(ids), keep)
+    if len(ids) > keep:
+        front = -(-keep // 2)
+        assert out[:front] == ids[:front]
+        assert out[front:] == ids[len(ids) - (keep - front):]
+
+
+def test_fit_to_context_policies():
+    ids = list(range(10))
+    assert fit_to_context(ids, 10, "skip") == (ids, False)  # exactly ctx fits
+    assert fit_to_context(ids, 8, "skip") == (None, False)
+    assert fit_to_context(ids, 8, "middle") == ([0, 1, 2, 3, 6, 7, 8, 9], True)
+    assert fit_to_context(ids, 8, "keep") == (ids, False)
+    with pytest.raises(LlqaError):
+        fit_to_context(ids, 8, "truncate")
+
+
+@pytest.mark.parametrize("text, first, last", [
+    (" 12345.", 12345, 12345),
+    ("The pass key is 12345. Remember 678", 12345, 678),
+    ("no digits here", None, None),
+    ("line x: <2416>", 2416, 2416),
+    ("2,416", 2, 416),  # digits runs, as LongChat parses: a thousands separator splits the number
+    ("-7 and 8", 7, 8),
+    ("", None, None),
+])
+def test_integer_rules(text, first, last):
+    assert first_integer(text) == first and last_integer(text) == last
+
+
+def test_integer_complete_needs_a_following_non_digit():
+    assert not integer_complete(" 123")
+    assert integer_complete(" 123.")
+    assert not integer_complete("The pass key is")
+
+
+# --------------------------------------------------------------------------- chat template framing
+
+
+def test_frame_matches_the_tokenizers_own_template(smollm2_tokenizer):
+    tok = smollm2_tokenizer
+    msg = "Line one.\nWhat is the pass key? The pass key is"
+    assert use_chat_template(tok, "auto") and not use_chat_template(tok, "none")
+    framed = prompt_frame(tok, True).encode(tok, msg)
+    ref = tok.apply_chat_template([{"role": "user", "content": msg}], tokenize=True, add_generation_prompt=True)
+    ref = ref["input_ids"] if hasattr(ref, "keys") else ref
+    assert framed == list(ref)
+    assert prompt_frame(tok, False).encode(tok, msg) == tok(msg)["input_ids"]
+    with pytest.raises(LlqaError):
+        use_chat_template(tok, "always")
+
+
+# --------------------------------------------------------------------------- generation
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from conftest import build_tiny_llama
+    from llqa.models import load_tokenizer, resolve
+
+    tok = load_tokenizer(resolve("smollm2-135m"))
+    return build_tiny_llama(len(tok), seed=3), tok
+
+
+def _reference_greedy(model, prompt, steps):
+    """Greedy decoding the slow way: a full forward over the whole sequence per token, no cache, no padding."""
+    import torch
+
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(steps):
+            logits = model(torch.tensor([ids])).logits[0, -1]
+            ids.append(int(logits.argmax()))
+    return ids[len(prompt):]
+
+
+def test_batched_cached_greedy_equals_reference(tiny):
+    import torch
+
+    model, tok = tiny
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(10, 40000, (n,), generator=g).tolist() for n in (5, 17, 17, 40, 9)]
+    steps = 6
+    model.generation_config.eos_token_id = None  # no row stops early: the reference has no notion of EOS
+    batched = {}
+    for batch in generate_greedy(model, _IdTokenizer(tok), prompts, steps, batch_tokens=10_000, progress=False):
+        for r in batch:
+            batched[r.index] = r.text
+    single = {}
+    for batch in generate_greedy(model, _IdTokenizer(tok), prompts, steps, batch_tokens=1, progress=False):
+        for r in batch:
+            single[r.index] = r.text
+    for i, p in enumerate(prompts):
+        ref = _reference_greedy(model, p, steps)
+        assert batched[i] == single[i] == " ".join(map(str, ref)), f"prompt {i}"
+
+
+class _IdTokenizer:
+    """Wraps a tokenizer so that decode shows raw ids: the comparison is on tokens, not on text."""
+
+    def __init__(self, tok=None):
+        self.pad_token_id = 0
+        self.eos_token_id = None
+
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join(map(str, ids))
+
+
+def test_stop_when_ends_rows_early(tiny):
+    model, tok = tiny
+    prompts = [[100, 200, 300], [400, 500, 600, 700]]
+    out = [r for b in generate_greedy(model, _IdTokenizer(tok), prompts, 8, 10_000, stop_when=lambda s: bool(s),
+                                      progress=False) for r in b]
+    assert [r.new_tokens for r in sorted(out, key=lambda r: r.index)] == [1, 1]
+
+
+def test_max_new_tokens_must_be_positive(tiny):
+    model, tok = tiny
+    with pytest.raises(LlqaError):
+        next(generate_greedy(model, tok, [[1, 2]], 0, 100, progress=False))
