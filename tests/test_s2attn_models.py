@@ -170,3 +170,35 @@ def test_bad_settings_are_clear_errors():
         enable_s2_attention(model, group_ratio=1.5)
     with pytest.raises(LlqaError, match="backend"):
         enable_s2_attention(model, backend="triton")
+
+
+def test_mask_function_returns_compact_segments_or_the_exact_mask():
+    """What the registered mask function hands the attention: None (plain causal), a (B, N) segment
+    code (padding / packing, whole sequence), else exactly SDPA's mask (cache, sliding window)."""
+    from transformers.masking_utils import causal_mask_function, sdpa_mask
+
+    from trainer.s2attn import _s2_mask, sdpa_mask_from_code
+
+    base = dict(batch_size=1, q_length=8, kv_length=8, q_offset=0, kv_offset=0, mask_function=causal_mask_function,
+                attention_mask=None, allow_is_causal_skip=True, use_vmap=False, device=torch.device("cpu"))
+    assert _s2_mask(**base) is None
+    pad = torch.tensor([[False, False, True, True, True, True, True, True]])
+    code = _s2_mask(**{**base, "attention_mask": pad})
+    assert code.tolist() == [[-1, -1, 0, 0, 0, 0, 0, 0]]
+    assert torch.equal(sdpa_mask_from_code(code), sdpa_mask(**{**base, "attention_mask": pad}))
+    seg = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1]])
+
+    def packed(b, h, q, kv):  # what transformers composes from restarting position_ids
+        return (kv <= q) & (seg[b, q] == seg[b, kv])
+
+    def sliding(b, h, q, kv):
+        return (kv <= q) & (q - kv < 3)
+
+    code = _s2_mask(**{**base, "mask_function": packed, "allow_is_causal_skip": False})
+    assert code.tolist() == [[0, 0, 0, 1, 1, 1, 1, 1]]
+    old_api = {k: v for k, v in base.items() if k not in ("q_length", "q_offset")}
+    assert _s2_mask(**old_api, cache_position=torch.arange(8)) is None  # transformers passing positions
+    cached = {**base, "q_length": 1, "kv_length": 9, "q_offset": 8, "attention_mask": torch.cat([pad, pad[:, -1:]], 1)}
+    assert torch.equal(_s2_mask(**cached), sdpa_mask(**cached))
+    window = {**base, "mask_function": sliding, "local_size": 3}
+    assert torch.equal(_s2_mask(**window), sdpa_mask(**window))
