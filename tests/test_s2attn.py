@@ -267,7 +267,7 @@ def test_sdpa_backend_runs_on_the_flash_kernel(segments):
         out.sum().backward()
     want = reference_s2(*(x.detach().float().cpu() for x in (q, k, v)), 8,
                         segment_ids=None if seg is None else seg.cpu())
-    torch.testing.assert_close(out.float().cpu(), want, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(out.float().cpu(), want, atol=3e-2, rtol=3e-2)
 
 
 @settings(max_examples=25, deadline=None)

@@ -202,3 +202,20 @@ def test_mask_function_returns_compact_segments_or_the_exact_mask():
     assert torch.equal(_s2_mask(**cached), sdpa_mask(**cached))
     window = {**base, "mask_function": sliding, "local_size": 3}
     assert torch.equal(_s2_mask(**window), sdpa_mask(**window))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_training_step_on_gpu_uses_only_the_flash_kernel():
+    """A bf16 training step of a model (head dim 64, GQA) with S2-Attn, with SDPA restricted to the
+    flash kernel: the layouts transformers hands over never force a math-kernel fallback."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    model = build("llama", hidden_size=256, intermediate_size=512).cuda().bfloat16()
+    enable_s2_attention(model)
+    model.train()
+    x = ids(1, 512).cuda()
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+        loss = model(input_ids=x, labels=x, use_cache=False).loss
+        loss.backward()
+    assert torch.isfinite(loss)
