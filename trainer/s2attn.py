@@ -393,7 +393,7 @@ def training_segments(code) -> torch.Tensor | None:
     seg, pad = _decode(code)
     n = code.shape[1]
     # a token is in the trailing padding run iff it and every later token is padding
-    trailing = pad.flip(1).cumprod(dim=1).flip(1).bool()
+    trailing = pad.flip(1).int().cumprod(dim=1).flip(1).bool()
     last_real = torch.where(trailing, -1, seg).amax(dim=1, keepdim=True)
     # ids: 2·segment for real tokens, 2·segment + 1 for padding (separate runs), trailing → last real
     ids = torch.where(pad, 2 * seg + 1, 2 * seg)
