@@ -22,9 +22,10 @@ GQA). The shifted query heads are those of KV heads [Hkv // 2, Hkv) — for mult
 exactly LongLoRA's heads [H // 2, H); with one KV head (MQA) query heads [Hq // 2, Hq).
 
 Backends: torch SDPA (each group is one dense causal SDPA call: groups are folded into the batch
-dimension as views, no N×N or N×G mask is ever built; segmented batches run one causal call per
-piece), and flash-attn's `flash_attn_varlen_func` when installed (every piece becomes one varlen
-sequence via `cu_seqlens`: no copies, no masks, segments for free).
+dimension as views of the projections — for batch 1; larger batches copy the shifted middle once —
+no N×N or N×G mask is ever built; segmented batches run one causal call per piece), and
+flash-attn's `flash_attn_varlen_func` when installed (every piece becomes one varlen sequence via
+`cu_seqlens`: no copies, no masks, segments for free).
 
 Training only: in eval mode (`module.training` False) — and so in generation — the attention
 function hands over to transformers' own SDPA attention with the exact mask SDPA would get.
