@@ -167,6 +167,9 @@ def _perplexity(documents_fn, *, model: str, lengths: str | None, ctx: int | Non
     cfg = PerplexityConfig(lengths=_parse_lengths(lengths, ctx), stride=stride, scoring=scoring, bos=bos,
                            concat=concat, max_tokens=max_tokens, ctx=ctx)
     documents, data_info = documents_fn(cfg)  # before the weights load: bad data fails at once
+    import torch
+
+    torch.manual_seed(0)  # random:<shape> weights are then the same on every rank and every resume
     loaded = load_model(model, ctx=cfg.model_ctx, dtype=dtype, device=device)
     result = run(loaded, documents, cfg, out, data_info=data_info, overwrite=overwrite, batch_tokens=batch_tokens,
                  sdpa_backend=sdpa_backend, show_progress=progress)

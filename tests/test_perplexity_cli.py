@@ -128,3 +128,29 @@ def test_hub_datasets_offline_name_the_dataset_and_the_fix(tmp_path):
         lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
         assert r.returncode == 2 and len(lines) == 1, r.stderr
         assert repo in lines[0] and "--data PATH" in lines[0]
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one(tmp_path, shared_data):
+    """Real data parallelism: `torchrun --nproc_per_node 2` on CPU gives the single-process numbers."""
+    import subprocess
+    import sys
+
+    books = tmp_path / "books"
+    books.mkdir()
+    for name in ("pg11", "pg16", "pg5200"):
+        (books / f"{name}.txt").write_text((shared_data / "gutenberg_novels" / f"{name}.txt").read_text()[:6000])
+    common = ["eval", "perplexity", "--data", str(books), "--model", "random:tiny", "--lengths", "128,256",
+              "--stride", "64", "--no-progress", "--device", "cpu"]
+    one = run_llqa(*common, "--out", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", "29561", "-m", "cli", *common, "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr
+    a = json.loads((tmp_path / "one" / "result.json").read_text())["summary"]
+    b = json.loads((tmp_path / "two" / "result.json").read_text())["summary"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert b[k]["ppl"] == pytest.approx(a[k]["ppl"], rel=1e-6)
+    assert len((tmp_path / "two" / "rank1" / "cells.jsonl").read_text().splitlines()) == 3
