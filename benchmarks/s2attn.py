@@ -175,7 +175,8 @@ def main(argv=None) -> int:
                 "step_time": "median wall time of forward + loss + backward over the timed steps",
                 "peak_memory": "torch.cuda.max_memory_allocated over the timed steps, GiB (CUDA only)"}
     env = {"torch": torch.__version__, "transformers": __import__("transformers").__version__,
-           "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()}
+           "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
+           else platform.processor() or platform.machine()}
     out_file = args.out / "s2attn.json"
     results = []
     if out_file.is_file():
