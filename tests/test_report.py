@@ -1,0 +1,246 @@
+"""`llqa report` on result files made here by the real producers: a tiny LoRA run trained with `llqa train`,
+perplexity from `llqa eval perplexity`, passkey from the passkey eval, all on a tiny random model (seconds).
+Checks: the tables hold the result files' numbers, missing cells show as missing, runs line up across
+tables, the PNGs are real, unknown and garbage files are listed (not fatal), user errors are one line."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+import cli
+from llqa.errors import LlqaError
+from llqa.report import MISSING, fmt, model_identity, parse_names, training_cost, write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+WORDS = ("the river ran past old stone houses while a quiet wind moved over fields of barley and the children "
+         "counted boats that came down from the hills carrying wool salt iron letters and news of towns").split()
+
+
+def _exit_code(*args) -> int:
+    try:
+        cli.main([str(a) for a in args])
+    except SystemExit as e:
+        return e.code or 0
+    return 0
+
+
+def _llqa(capsys, *args) -> tuple[int, str]:
+    code = _exit_code(*args)
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def produced(tmp_path_factory, tiny_llama_dir):
+    """Result files from the real producers. Layout under `root`:
+    runs/lora (llqa train, 2 steps, PI ×2 to ctx 512), evals/{base-ppl, base-pi-ppl, lora-ppl, lora-passkey}."""
+    root = tmp_path_factory.mktemp("report-inputs")
+    rng = random.Random(0)
+    doc = root / "held-out" / "novel.txt"
+    doc.parent.mkdir()
+    doc.write_text(" ".join(rng.choice(WORDS) for _ in range(2500)).capitalize() + ".\n")
+    mp = pytest.MonkeyPatch()
+    mp.chdir(root)  # relative --model paths, as a user types them: the report resolves them from here
+
+    def llqa(*args):
+        assert _exit_code(*args) == 0, args
+
+    tiny = str(tiny_llama_dir)
+    llqa("train", "--model", tiny, "--ctx", "512", "--method", "lora", "--data", doc, "--out", "runs/lora",
+         "--max-steps", "2", "--batch-size", "1", "--save-every", "2", "--lr", "1e-3", "--device", "cpu")
+    ppl = ["eval", "perplexity", "--data", doc, "--stride", "48", "--max-tokens", "640", "--device", "cpu",
+           "--no-progress"]
+    llqa(*ppl, "--model", tiny, "--lengths", "64,128", "--out", "evals/base-ppl")
+    llqa(*ppl, "--model", tiny, "--lengths", "64,128,512", "--out", "evals/base-pi-ppl")
+    llqa(*ppl, "--model", "runs/lora", "--lengths", "64,128,512", "--out", "evals/lora-ppl")
+
+    from evals.passkey import PasskeyConfig, run_passkey
+    from llqa.models import load_model
+
+    loaded = load_model("runs/lora", dtype="float32", device="cpu")
+    run_passkey(loaded, PasskeyConfig(lengths=[160, 320], depths=[0.0, 1.0], trials=1, chat_template="none"),
+                root / "evals" / "lora-passkey", progress=False)
+    yield root
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def report(produced, tmp_path_factory, tiny_llama_dir):
+    out = tmp_path_factory.mktemp("report")
+    return write_report([produced / "runs", produced / "evals"], out, names=[f"{tiny_llama_dir}=base"])
+
+
+def _table(rep, kind: str, n: int = 0) -> dict:
+    return [t for t in rep.tables if t.kind == kind][n].to_dict()
+
+
+def _row(table: dict, label: str) -> dict:
+    rows = [r for r in table["rows"] if r[0] == label]
+    assert len(rows) == 1, (label, table["rows"])
+    return dict(zip(table["columns"], rows[0], strict=True))
+
+
+def _md_row(md: str, label: str, after: str) -> list[str]:
+    """Cells of the markdown row starting with `label` in the first table after heading text `after`."""
+    section = md[md.index(after):]
+    line = next(line for line in section.splitlines() if line.startswith(f"| {label} |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_runs_group_evals_by_model_and_rope(report, produced):
+    labels = [r.label for r in report.runs]
+    assert sorted(labels) == ["base", "base (PI ×2)", "lora"] and labels[-1] == "lora"  # references first
+    lora = next(r for r in report.runs if r.label == "lora")
+    assert lora.training is not None and lora.rope_factor == 2.0
+    assert sorted(r.path.name for r in lora.results) == ["lora-passkey", "lora-ppl"]  # lines up with its training
+    assert lora.identity == str((produced / "runs" / "lora").resolve())
+
+
+def test_perplexity_table_holds_each_results_ppl(report, produced):
+    table = _table(report, "perplexity")
+    assert table["columns"] == ["run", "ctx", "64", "128", "512"]
+    md = report.markdown.read_text()
+    for label, name in [("base", "base-ppl"), ("base (PI ×2)", "base-pi-ppl"), ("lora", "lora-ppl")]:
+        summary = _json(produced / "evals" / name / "result.json")["summary"]
+        row = _row(table, label)
+        cells = _md_row(md, label, table["title"])
+        for col, n in [("64", 64), ("128", 128), ("512", 512)]:
+            want = summary[str(n)]["ppl"] if str(n) in summary else None
+            assert row[col] == want
+            assert cells[table["columns"].index(col)] == fmt(want)
+    assert _row(table, "base")["512"] is None  # never evaluated at 512: a missing cell
+    assert _md_row(md, "base", table["title"])[-1] == MISSING
+    assert _row(table, "base")["ctx"] == 256 and _row(table, "base (PI ×2)")["ctx"] == 512
+
+
+def test_passkey_tables_hold_the_summary(report, produced):
+    summary = _json(produced / "evals" / "lora-passkey" / "result.json")["summary"]
+    window = _row(_table(report, "passkey"), "lora")
+    assert window["effective window"] == summary["effective_context_window"]
+    assert window["accuracy"] == summary["accuracy"]
+    assert window["trials/cell"] == 1 and window["depths"] == 2
+    per_len = _row(_table(report, "passkey_by_length"), "lora")
+    assert per_len == {"run": "lora", **{str(r["length"]): r["accuracy"] for r in summary["by_length"]}}
+    assert "base" not in [r[0] for r in _table(report, "passkey")["rows"]]  # no passkey result: no row
+
+
+def test_training_cost_from_the_step_log(report, produced):
+    log = [json.loads(line) for line in (produced / "runs" / "lora" / "log.jsonl").read_text().splitlines()]
+    row = _row(_table(report, "training"), "lora")
+    assert row["steps"] == "2/2" and row["method"] == "lora" and row["ctx"] == 512
+    assert row["tokens"] == sum(r["tokens"] for r in log) == 2 * 512
+    assert row["train time"] == pytest.approx(sum(r["step_s"] for r in log))
+    assert row["tokens/s"] == pytest.approx(row["tokens"] / row["train time"])
+    assert row["final loss"] == pytest.approx(sum(r["loss"] for r in log) / 2)
+    assert row["peak memory (GiB)"] is None  # CPU: no GPU memory measured
+    md = report.markdown.read_text()
+    assert _md_row(md, "lora", "## Training cost")[10] == MISSING
+
+
+def test_training_cost_keeps_the_last_record_of_a_resumed_step(tmp_path):
+    from llqa.report import read_training
+
+    (tmp_path / "train_config.json").write_text(json.dumps({"config": {"max_steps": 2}}))
+    recs = [{"step": 1, "loss": 9.0, "tokens": 10, "step_s": 5.0, "time": 100.0},
+            {"step": 1, "loss": 3.0, "tokens": 10, "step_s": 1.0, "time": 200.0},  # re-logged after a resume
+            {"step": 2, "loss": 1.0, "tokens": 10, "step_s": 1.0, "time": 201.0, "peak_mem_gib": 7.5}]
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs) + '{"step": 3, "lo')
+    cost = training_cost(read_training(tmp_path))
+    assert cost["steps"] == 2 and cost["tokens"] == 20 and cost["train_s"] == 2.0 and cost["tokens_per_s"] == 10.0
+    assert cost["final_loss"] == 2.0 and cost["peak_mem_gib"] == 7.5 and cost["wall_s"] == 2.0
+
+
+def test_pngs_are_written(report):
+    names = sorted(p.name for p in report.plots)
+    assert names == ["loss.png", "passkey_heatmaps_1.png", "perplexity_1.png"]
+    md = report.markdown.read_text()
+    for p in report.plots:
+        data = p.read_bytes()
+        assert data[:8] == PNG_MAGIC and len(data) > 5_000
+        assert f"]({p.name})" in md
+    assert not [p for p in report.out.iterdir() if p.name.endswith(".tmp")]  # atomic writes leave no temp file
+
+
+def test_unknown_tasks_and_garbage_are_listed_not_fatal(produced, tmp_path, capsys):
+    extra = tmp_path / "extra"
+    (extra / "mystery").mkdir(parents=True)
+    (extra / "mystery" / "result.json").write_text(json.dumps({"task": "mystery", "model": {"spec": "random:tiny"},
+                                                               "summary": {"score": 1}}))
+    (extra / "garbage").mkdir()
+    (extra / "garbage" / "result.json").write_bytes(b"\x00\x01not json{")
+    (extra / "notes.json").write_text("[1, 2]")
+    code, out = _llqa(capsys, "report", produced / "evals", extra, extra / "notes.json", "--out", tmp_path / "rep")
+    assert code == 0, out
+    assert "not included" in out and "garbage" in out
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| random:tiny | mystery |" in md  # unknown task: listed with its run
+    assert "## Not included" in md and "notes.json`: not an llqa result" in md
+    assert "garbage/result.json`: not" in md
+
+
+def test_second_report_replaces_the_first(report, produced):
+    again = write_report([produced / "evals" / "lora-ppl"], report.out)
+    assert [t.kind for t in again.tables] == ["runs", "perplexity"]
+    assert "Passkey" not in again.markdown.read_text()
+    assert sorted(p.name for p in report.out.glob("*.png")) == ["perplexity_1.png"]  # the old report's plots go
+
+
+@pytest.mark.parametrize("case", ["only-garbage", "missing-path", "bad-name", "unmatched-name", "out-is-file"])
+def test_user_errors_are_one_line_and_exit_2(produced, tmp_path, capsys, case):
+    garbage = tmp_path / "g.json"
+    garbage.write_text("not json")
+    (tmp_path / "file").write_text("x")
+    args = {"only-garbage": [garbage],
+            "missing-path": [tmp_path / "nope"],
+            "bad-name": [produced / "evals", "--name", "nolabel"],
+            "unmatched-name": [produced / "evals", "--name", "random:tiny=x"],
+            "out-is-file": [produced / "evals", "--out", tmp_path / "file"]}[case]
+    if "--out" not in args:
+        args += ["--out", tmp_path / "rep"]
+    code, out = _llqa(capsys, "report", *args)
+    assert code == 2, out
+    assert out.startswith("error:") and len(out.strip().splitlines()) == 1 and "Traceback" not in out
+    expected = {"only-garbage": "no llqa results found", "missing-path": "no such file", "bad-name": "PATH=LABEL",
+                "unmatched-name": "no run scored or trained", "out-is-file": "is a file"}[case]
+    assert expected in out
+
+
+def test_name_by_result_dir_labels_just_that_run(produced, tmp_path, tiny_llama_dir):
+    rep = write_report([produced / "evals"], tmp_path, names=[f"{produced / 'evals' / 'base-pi-ppl'}=PI only"])
+    assert sorted(r.label for r in rep.runs) == sorted(["PI only", "lora", tiny_llama_dir.name])
+
+
+def test_merged_model_belongs_to_its_training_run(tmp_path):
+    run, merged = tmp_path / "run", tmp_path / "merged"
+    run.mkdir()
+    merged.mkdir()
+    (merged / "llqa_model.json").write_text(json.dumps({"merged_from": str(run.resolve()), "ctx": 512}))
+    assert model_identity(str(merged)) == model_identity(str(run)) == str(run.resolve())
+    assert model_identity("smollm2-135m") == "smollm2-135m"
+
+
+def test_parse_names():
+    assert parse_names(["runs/a=LongLoRA", "x=y=z"]) == [("runs/a", "LongLoRA"), ("x=y", "z")]
+    with pytest.raises(LlqaError):
+        parse_names(["runs/a="])
+
+
+def test_walk_skips_only_a_training_runs_own_folders(tmp_path):
+    from llqa.report import collect
+
+    result = json.dumps({"task": "mystery", "summary": {}})
+    for d in ("evals/base", "evals/data", "run/checkpoints/step-1", "run/base"):
+        (tmp_path / d).mkdir(parents=True)
+        (tmp_path / d / "result.json").write_text(result)
+    (tmp_path / "run" / "train_config.json").write_text(json.dumps({"config": {}}))
+    found = collect([tmp_path])
+    assert sorted(r.path.relative_to(tmp_path).as_posix() for r in found.results) == ["evals/base", "evals/data"]
+    assert [t.path for t in found.trainings] == [tmp_path / "run"]
