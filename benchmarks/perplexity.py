@@ -128,11 +128,16 @@ def part_small(args, device: str) -> list[dict]:
         n_tokens = length + (args.small_windows - 1) * args.stride
         text, ids = real_text(args.data, tok, n_tokens)
         naive = naive_time(loaded, ids, length, args.stride)
-        for bt in args.small_batch_tokens:
-            eng = engine_time(loaded, text, length, args.stride, n_tokens, bt or None, "auto", args.repeat)
+        for bt, backend in [(bt, b) for b in args.sdpa for bt in args.small_batch_tokens]:
+            try:
+                eng = engine_time(loaded, text, length, args.stride, n_tokens, bt or None, backend, args.repeat)
+            except Exception as e:  # a kernel preference this GPU/torch cannot run is reported, not fatal
+                rows.append({"part": "a", "length": length, "sdpa": backend, "error": repr(e)[:500]})
+                print(json.dumps(rows[-1]), flush=True)
+                continue
             assert eng["windows"] == naive["windows"] and eng["scored_tokens"] == naive["scored_tokens"]
             row = {"part": "a", "model": args.small_model, "length": length, "stride": args.stride,
-                   "windows": naive["windows"], "batch_tokens": bt or "default",
+                   "windows": naive["windows"], "batch_tokens": bt or "default", "sdpa": backend,
                    "naive_windows_per_s": naive["windows"] / naive["seconds"],
                    "engine_windows_per_s": eng["windows"] / eng["seconds"],
                    "naive_s": naive["seconds"], "engine_s": eng["seconds"],
@@ -210,8 +215,8 @@ def main(argv=None) -> None:
     p.add_argument("--big-lengths", type=parse_ints, default=[8192, 32768])
     p.add_argument("--big-windows", type=int, default=8, help="windows measured per length")
     p.add_argument("--big-batch-tokens", type=int, default=0)
-    p.add_argument("--sdpa", type=lambda s: s.split(","), default=["auto", "cudnn"],
-                   help="SDPA kernel preferences to measure in part b")
+    p.add_argument("--sdpa", type=lambda s: s.split(","), default=["auto", "flash"],
+                   help="engine SDPA kernel preferences to measure (auto = cuDNN first on Hopper)")
     p.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak, if the GPU is not known")
     args = p.parse_args(argv)
     args.data = args.data or default_data()

@@ -93,9 +93,12 @@ def test_batching_and_concat(tiny, tmp_path):
     cfg = PerplexityConfig(lengths=[16, 32], stride=5)
     one = run(tiny, DOCS, cfg, tmp_path / "one", batch_tokens=1, show_progress=False)
     many = run(tiny, DOCS, cfg, tmp_path / "many", batch_tokens=10_000, show_progress=False)
-    for a, b in zip(one.rows, many.rows, strict=True):
-        assert a["scored_tokens"] == b["scored_tokens"]
-        assert a["ppl"] == pytest.approx(b["ppl"], rel=1e-5)
+    math_sdpa = run(tiny, DOCS, cfg, tmp_path / "math", sdpa_backend="math", show_progress=False)
+    for a, b, c in zip(one.rows, many.rows, math_sdpa.rows, strict=True):
+        assert a["scored_tokens"] == b["scored_tokens"] == c["scored_tokens"]
+        assert a["ppl"] == pytest.approx(b["ppl"], rel=1e-5) and c["ppl"] == pytest.approx(b["ppl"], rel=1e-5)
+    with pytest.raises(LlqaError, match="--sdpa-backend"):
+        run(tiny, DOCS, cfg, tmp_path / "bad", sdpa_backend="fastest", show_progress=False)
     cat = run(tiny, DOCS, PerplexityConfig(lengths=[32], stride=5, concat=True), tmp_path / "cat", show_progress=False)
     n = [len(tokenize(tiny.tokenizer, d, bos=False).ids) for d in DOCS]
     assert cat.rows[0]["documents"] == 1 and cat.rows[0]["scored_tokens"] == sum(n) - 1  # one stream
