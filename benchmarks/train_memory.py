@@ -8,7 +8,7 @@ two loss variants report the same loss; the optimizer state is allocated as in t
 sequence of N random tokens (batch 1), every next-token prediction scored (N−1 tokens, mean NLL).
 Loss variants:
 - `chunked`: `trainer.loss.causal_lm_loss` — hidden states → LM head → fp32 cross-entropy, 4096 tokens at
-             a time, each chunk's logits recomputed in backward (never [N × vocab] logits);
+             a time, each chunk's gradients computed at once and its logits dropped (never [N × vocab]);
 - `hf`:      `model(input_ids, labels=input_ids).loss` — transformers' own head and loss, which builds
              the [N × vocab] logits and upcasts them to fp32.
 Reported per (length, loss): peak allocated CUDA memory over the timed steps

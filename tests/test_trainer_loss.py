@@ -63,3 +63,39 @@ def test_chunked_loss_pure_function_invariants():
     assert none.item() == 0.0 and count.item() == 0 and hidden.grad.abs().sum() == 0
     with pytest.raises(ValueError):
         chunked_causal_lm_loss(hidden, weight, labels[:, :5])
+
+
+def test_fused_gradients_bias_softcap_and_grad_scaling_match_autograd():
+    """Reference: plain autograd through full fp32 logits (+ bias, soft-capping), for every input."""
+    torch.manual_seed(1)
+    hidden = torch.randn(2, 13, 8, requires_grad=True)
+    weight = torch.randn(17, 8, requires_grad=True)
+    bias = torch.randn(17, requires_grad=True)
+    labels = torch.randint(0, 17, (2, 13))
+    labels[1, :4] = -100
+    for softcap in (None, 2.0):
+        logits = torch.nn.functional.linear(hidden[:, :-1], weight, bias)
+        if softcap:
+            logits = softcap * torch.tanh(logits / softcap)
+        ref = torch.nn.functional.cross_entropy(logits.reshape(-1, 17), labels[:, 1:].reshape(-1))
+        ref_grads = torch.autograd.grad(3 * ref, (hidden, weight, bias))
+        ours, _ = chunked_causal_lm_loss(hidden, weight, labels, bias=bias, chunk_size=5, softcap=softcap)
+        grads = torch.autograd.grad(3 * ours, (hidden, weight, bias))
+        torch.testing.assert_close(ours, ref)
+        for g, r in zip(grads, ref_grads, strict=True):
+            torch.testing.assert_close(g, r)
+
+
+def test_bf16_autocast_loss_and_grads_close_to_hf():
+    ids, labels = _batch(2)
+    ref_model = build_tiny_llama(VOCAB, seed=6)
+    ours_model = build_tiny_llama(VOCAB, seed=6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = ref_model(input_ids=ids, labels=labels).loss
+        ours, _ = causal_lm_loss(ours_model, ids, labels, chunk_size=16)
+    ref.backward()
+    ours.backward()
+    assert ours.dtype == torch.float32
+    torch.testing.assert_close(ours, ref, rtol=1e-3, atol=1e-3)
+    for p, q in zip(ref_model.parameters(), ours_model.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, rtol=0.05, atol=2e-3)

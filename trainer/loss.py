@@ -3,8 +3,11 @@
 The plain Hugging Face loss (`model(input_ids, labels=...)`) builds [N × vocab] logits, upcasts them
 to fp32 and keeps them for backward: at 64k tokens and SmolLM2's 49,152-token vocabulary that is
 12.9 GB for the fp32 logits alone, plus their gradient. Here the loss is computed from the final
-hidden states and the LM-head weight `chunk_size` tokens at a time; each chunk's logits are
-recomputed in backward (`torch.utils.checkpoint`), so at most one chunk's logits exist at any time.
+hidden states and the LM-head weight `chunk_size` tokens at a time, and each chunk's gradients with
+respect to the hidden states and the head weight are computed right away in the forward pass
+(softmax − one-hot, two matmuls), so at most one chunk's logits exist at any time and backward only
+scales the stored gradients (the fused linear-cross-entropy idea of Liger-Kernel / Apple's CCE,
+written here in plain torch: no recomputation, 3 matmuls per chunk instead of 4).
 
 Which tokens are scored, exactly as in transformers' `ForCausalLMLoss`: labels are aligned with
 `input_ids` (position t's label is token t) and shifted inside, so the hidden state at t predicts
@@ -14,24 +17,69 @@ per-token negative log-likelihood over the scored tokens (fp32), returned with t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    import torch
+import torch
+import torch.nn.functional as F
 
 IGNORE_INDEX = -100
 DEFAULT_CHUNK = 4096  # 4096 tokens × 49,152 vocab × 4 B = 0.8 GB of fp32 logits per chunk
 
 
-def _chunk_nll_sum(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                   target: torch.Tensor, softcap: float | None) -> torch.Tensor:
-    """Summed NLL of one chunk: logits in the model's dtype (as the HF head computes them), loss in fp32."""
-    import torch.nn.functional as F
+def _logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+            softcap: float | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.dtype]:
+    """(fp32 logits, tanh of the soft-cap or None, dtype the head computed in) of one chunk: the head runs
+    in the model's dtype (bf16 under autocast), as the HF head does, and the loss in fp32."""
+    raw = F.linear(hidden, weight, bias)  # (T, V)
+    logits = raw.float()
+    if softcap is None:
+        return logits, None, raw.dtype
+    tanh = (logits / softcap).tanh_()  # Gemma-2-style final logit soft-capping, as the model's head applies it
+    return tanh * softcap, tanh, raw.dtype
 
-    logits = F.linear(hidden, weight, bias).float()  # (T, V)
-    if softcap is not None:  # Gemma-2-style final logit soft-capping, as the model's own head applies it
-        logits = softcap * (logits / softcap).tanh()
+
+def _chunk_nll_sum(hidden, weight, bias, target, softcap) -> torch.Tensor:
+    logits, _, _ = _logits(hidden, weight, bias, softcap)
     return F.cross_entropy(logits, target, reduction="sum")
+
+
+class _FusedLinearNLL(torch.autograd.Function):
+    """Sum of the NLL of `target` under softmax(hidden @ weight.T + bias), chunk by chunk, with the
+    gradients computed in forward (the logits of a chunk are dropped before the next one)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, target, chunk: int, softcap):
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
+        grad_b = torch.zeros_like(bias, dtype=torch.float32) if need_b else None
+        total = hidden.new_zeros((), dtype=torch.float32)
+        for start in range(0, hidden.shape[0], chunk):
+            h, t = hidden[start:start + chunk], target[start:start + chunk]
+            logits, tanh, dtype = _logits(h, weight, bias, softcap)
+            lse = torch.logsumexp(logits, dim=-1)  # (T,)
+            total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            g = logits.sub_(lse[:, None]).exp_()  # softmax, in place: d(sum NLL)/d(logits) = softmax − one-hot
+            g[torch.arange(len(t), device=t.device), t] -= 1
+            if tanh is not None:
+                g *= 1 - tanh * tanh
+            g = g.to(dtype)  # the gradient enters the head's matmuls in the head's dtype, as in autograd
+            if need_h:
+                grad_h[start:start + chunk] = g @ weight.to(dtype)
+            if need_w:
+                grad_w += (g.T @ h.to(dtype)).float()
+            if need_b:
+                grad_b += g.float().sum(0)
+            del logits, g
+        ctx.save_for_backward(*(x for x in (grad_h, grad_w, grad_b) if x is not None))
+        ctx.needs = (need_h, need_w, need_b)
+        ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype if bias is not None else None)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        saved = iter(ctx.saved_tensors)
+        grads = [(next(saved) * grad_out).to(dt) if need else None
+                 for need, dt in zip(ctx.needs, ctx.dtypes, strict=True)]
+        return (*grads, None, None, None)
 
 
 def chunked_causal_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
@@ -44,9 +92,6 @@ def chunked_causal_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: t
     Only scored positions enter the LM head, so SFT with a long prompt and a short answer pays for
     the answer tokens only. With no scored token the loss is 0 (still attached to the graph).
     """
-    import torch
-    from torch.utils.checkpoint import checkpoint
-
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     if hidden.shape[:2] != labels.shape:
@@ -59,14 +104,12 @@ def chunked_causal_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: t
         return hidden.sum() * 0.0, torch.zeros((), dtype=torch.long, device=hidden.device)
     h = h.index_select(0, scored)
     target = target.index_select(0, scored)
-    grad = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
-    total = h.new_zeros((), dtype=torch.float32)
-    for start in range(0, count, chunk_size):
-        args = (h[start:start + chunk_size], weight, bias, target[start:start + chunk_size], softcap)
-        if grad:  # keep only the chunk's inputs; its logits are recomputed in backward
-            total = total + checkpoint(_chunk_nll_sum, *args, use_reentrant=False)
-        else:
-            total = total + _chunk_nll_sum(*args)
+    grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (h, weight, bias))
+    if grad:
+        total = _FusedLinearNLL.apply(h, weight, bias, target, chunk_size, softcap)
+    else:
+        total = sum(_chunk_nll_sum(h[s:s + chunk_size], weight, bias, target[s:s + chunk_size], softcap)
+                    for s in range(0, count, chunk_size))
     return total / count, torch.tensor(count, device=hidden.device)
 
 
