@@ -212,13 +212,24 @@ def test_cli_passkey_happy_path_and_errors(tiny_llama_dir, tmp_path):
 # --------------------------------------------------------------------------- the real model
 
 
-def test_smollm2_passkey_1k_to_4k(smollm2, tmp_path):
-    """The real SmolLM2-135M-Instruct finds the key at 1k-4k tokens (measured: 6/6 at these cells,
-    without the chat template; with it, SmolLM2 answers in prose and rarely gives the number)."""
-    cfg = PasskeyConfig(lengths=[1024, 2048, 4096], depths=[0.0, 0.5], trials=1, chat_template="none")
+def _smollm2_passkey(smollm2, tmp_path, lengths, depths, trials):
+    cfg = PasskeyConfig(lengths=lengths, depths=depths, trials=trials, chat_template="none")
     summary = run_passkey(smollm2, cfg, tmp_path, progress=False)
-    by_len = {r["length"]: r["accuracy"] for r in summary["by_length"]}
-    assert summary["accuracy"] >= 0.8
-    assert by_len[2048] >= 0.8 and min(by_len.values()) >= 0.5
-    assert summary["effective_context_window"] == 4096
     assert (tmp_path / "passkey_heatmap.png").stat().st_size > 1000
+    return summary, {r["length"]: r["accuracy"] for r in summary["by_length"]}
+
+
+def test_smollm2_passkey_1k_2k(smollm2, tmp_path):
+    """The real SmolLM2-135M-Instruct finds the key (measured: every cell correct at 1k-4k, depths 0 and
+    0.5, without the chat template; with it, SmolLM2 answers in prose and rarely gives the number).
+    Four prompts: SmolLM2's prefill on 2 CPU cores is the cost; the slow test below covers 4k."""
+    summary, by_len = _smollm2_passkey(smollm2, tmp_path, [1024, 2048], [0.0, 0.5], 1)
+    assert by_len[2048] >= 0.8 and by_len[1024] >= 0.5
+    assert summary["effective_context_window"] == 2048
+
+
+@pytest.mark.slow
+def test_smollm2_passkey_1k_to_4k(smollm2, tmp_path):
+    summary, by_len = _smollm2_passkey(smollm2, tmp_path, [1024, 2048, 3072, 4096], [0.0, 0.25, 0.5], 2)
+    assert summary["accuracy"] >= 0.8 and min(by_len.values()) >= 0.5
+    assert summary["effective_context_window"] == 4096
