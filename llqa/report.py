@@ -48,6 +48,10 @@ LOSS_TAIL = 10  # "final loss" = mean loss of the last LOSS_TAIL logged steps
 # --------------------------------------------------------------------------- inputs
 
 
+def _dict(x: Any) -> dict[str, Any]:
+    return x if isinstance(x, dict) else {}
+
+
 @dataclass
 class EvalResult:
     """One eval's result.json."""
@@ -61,15 +65,15 @@ class EvalResult:
 
     @property
     def model(self) -> dict[str, Any]:
-        return self.doc.get("model") or {}
+        return _dict(self.doc.get("model"))
 
     @property
     def config(self) -> dict[str, Any]:
-        return self.doc.get("config") or {}
+        return _dict(self.doc.get("config"))
 
     @property
     def summary(self) -> Any:
-        return self.doc.get("summary")
+        return _dict(self.doc.get("summary"))
 
 
 @dataclass
@@ -82,11 +86,11 @@ class TrainingRun:
 
     @property
     def config(self) -> dict[str, Any]:
-        return self.doc.get("config") or {}
+        return _dict(self.doc.get("config"))
 
     @property
     def model(self) -> dict[str, Any]:
-        return self.doc.get("model") or {}
+        return _dict(self.doc.get("model"))
 
 
 @dataclass
@@ -277,6 +281,10 @@ def group_runs(inputs: Inputs, names: Sequence[tuple[str, str]] = ()) -> list[Ru
     for t in inputs.trainings:
         run_for(str(t.path.resolve()), t.model).training = t
     for r in inputs.results:
+        problem = malformed(r)
+        if problem:
+            inputs.skipped.append(Skipped(r.path / RESULT_FILE, f"malformed {r.task} result ({problem})"))
+            continue
         spec = str(r.model.get("spec") or r.config.get("model") or "")
         run_for(model_identity(spec) if spec else f"(unknown model: {r.path})", r.model).results.append(r)
     # references (models not trained here) first, then trained runs; each in the order found
@@ -373,6 +381,21 @@ def _group(runs: Sequence[Run], tasks: Sequence[str], key) -> dict[Any, list[tup
     return groups
 
 
+def malformed(r: EvalResult) -> str | None:
+    """Why a result of a task the report tabulates cannot be read (None when it can): a hand-edited or
+    foreign file must not crash the report."""
+    try:
+        if r.task == "perplexity":
+            _ppl_cells(r), _ppl_title(r), hash(_ppl_setting(r))
+        elif r.task == "passkey":
+            _by_length(r), _heatmap_cells(r), hash(_passkey_setting(r))
+        elif r.task in RETRIEVAL_TASKS:
+            _retrieval_cells(r), hash(_retrieval_setting(r))
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
 def _ppl_setting(r: EvalResult) -> tuple:
     c = r.config
     return (r.task, str(c.get("data")), c.get("scoring"), c.get("stride"), c.get("bos"), bool(c.get("concat")),
@@ -394,12 +417,8 @@ def _ppl_title(r: EvalResult) -> str:
 
 
 def _ppl_cells(r: EvalResult) -> dict[int, float | None]:
-    summary = r.summary if isinstance(r.summary, dict) else {}
-    out = {}
-    for k, v in summary.items():
-        if str(k).isdigit() and isinstance(v, dict):
-            out[int(k)] = v.get("ppl")
-    return out
+    """ppl per eval length: the summary maps str(length) -> {ppl, window_ppl, bits_per_byte, ...}."""
+    return {int(k): _number(v["ppl"]) for k, v in r.summary.items()}
 
 
 def perplexity_tables(runs: Sequence[Run]) -> list[tuple[Table, list[int]]]:
@@ -429,8 +448,18 @@ def _passkey_setting(r: EvalResult) -> tuple:
 
 
 def _by_length(r: EvalResult) -> dict[int, float | None]:
-    s = r.summary if isinstance(r.summary, dict) else {}
-    return {int(x["length"]): x.get("accuracy") for x in s.get("by_length", []) if isinstance(x, dict)}
+    return {int(x["length"]): _number(x.get("accuracy")) for x in r.summary.get("by_length") or []}
+
+
+def _heatmap_cells(r: EvalResult) -> list[tuple[int, float, float | None]]:
+    return [(int(x["length"]), float(x["depth"]), _number(x.get("accuracy")))
+            for x in r.summary.get("by_length_depth") or []]
+
+
+def _number(x: Any) -> float | None:
+    if x is None or isinstance(x, int | float):
+        return x
+    raise TypeError(f"{x!r} is not a number")
 
 
 def passkey_tables(pairs: Sequence[tuple[Run, EvalResult]]) -> tuple[Table, Table]:
@@ -441,7 +470,7 @@ def passkey_tables(pairs: Sequence[tuple[Run, EvalResult]]) -> tuple[Table, Tabl
     head = f"Passkey retrieval ({where}, {tmpl})"
     rows, acc_rows, lengths = [], [], set()
     for run, r in pairs:
-        s = r.summary if isinstance(r.summary, dict) else {}
+        s = r.summary
         by_len = _by_length(r)
         lengths |= set(by_len)
         tested = sorted(by_len)
@@ -464,27 +493,23 @@ def passkey_tables(pairs: Sequence[tuple[Run, EvalResult]]) -> tuple[Table, Tabl
 
 
 def _retrieval_cells(r: EvalResult) -> dict[int, dict[str, Any]]:
-    """Accuracy per N (topics per conversation / lines) from a topics/lines result: rows of the summary's
-    per-N list, whichever of the usual key names it uses."""
-    s = r.summary if isinstance(r.summary, dict) else {}
-    rows = next((s[k] for k in ("by_n", "by_num", "per_n", "by_length", "rows") if isinstance(s.get(k), list)), [])
-    out = {}
-    for x in rows:
-        if not isinstance(x, dict):
-            continue
-        n = next((x[k] for k in ("n", "num_topics", "num_lines", "N", "length") if isinstance(x.get(k), int)), None)
-        if n is not None:
-            out[n] = x
-    return out
+    """Rows per N (conversations / lines) of a topics or lines result (`summary.by_n` of evals.longchat)."""
+    return {int(x["n"]): {**x, "accuracy": _number(x.get("accuracy"))} for x in r.summary.get("by_n") or []}
 
 
-def retrieval_tables(runs: Sequence[Run]) -> list[Table]:
-    """Topic and line retrieval (LongChat): accuracy per N, one table per task."""
+def _retrieval_setting(r: EvalResult) -> tuple:
+    """Results scored on the same test cases: the same folder (or the same seeded generation), limit, template."""
+    c = r.config
+    generated = (c.get("seed"), c.get("cases")) if c.get("generate") else None
+    return (r.task, str(c.get("testcases")), generated, c.get("limit"), c.get("chat_template_applied"))
+
+
+def retrieval_tables(runs: Sequence[Run]) -> list[tuple[Table, list[int]]]:
+    """Topic and line retrieval (LongChat): accuracy per N, one table per task and set of test cases; with the
+    Ns of its columns."""
     tables = []
-    for task in RETRIEVAL_TASKS:
-        pairs = [(run, r) for run in runs for r in run.results if r.task == task]
-        if not pairs:
-            continue
+    groups = _group(runs, RETRIEVAL_TASKS, _retrieval_setting)
+    for (task, *_), pairs in sorted(groups.items(), key=lambda kv: RETRIEVAL_TASKS.index(kv[0][0])):
         cells = [(run, r, _retrieval_cells(r)) for run, r in pairs]
         ns = sorted({n for *_, c in cells for n in c})
         tokens = {n: next((c[n].get("mean_prompt_tokens") for *_, c in cells if n in c), None) for n in ns}
@@ -492,10 +517,15 @@ def retrieval_tables(runs: Sequence[Run]) -> list[Table]:
         rows = [[run.label, r.config.get("ctx", run.ctx), *[c[n].get("accuracy") if n in c else None for n in ns]]
                 for run, r, c in cells]
         semantics = str(pairs[0][1].doc.get("semantics", ""))
-        tables.append(Table(f"{'Topic' if task == 'topics' else 'Line'} retrieval (LongChat): accuracy per "
-                            f"{'number of topics' if task == 'topics' else 'number of lines'}", ["run", "ctx", *cols],
-                            rows, kind=task, formats={"ctx": "int", **{c: "pct" for c in cols}},
-                            note=semantics))
+        conf = pairs[0][1].config
+        cases = (f"generated, seed {conf.get('seed')}" if conf.get("generate") else
+                 Path(str(conf["testcases"])).name if conf.get("testcases") else "LongChat's published")
+        cases += f", first {conf['limit']} per N" if conf.get("limit") else ""
+        what = "Topic" if task == "topics" else "Line"
+        per = "number of topics" if task == "topics" else "number of lines"
+        table = Table(f"{what} retrieval (LongChat, {cases} test cases): accuracy per {per}", ["run", "ctx", *cols],
+                      rows, kind=task, formats={"ctx": "int", **{col: "pct" for col in cols}}, note=semantics)
+        tables.append((table, ns))
     return tables
 
 
@@ -547,7 +577,7 @@ def training_table(runs: Sequence[Run]) -> Table | None:
 
 
 def other_table(runs: Sequence[Run]) -> Table | None:
-    rows = [[run.label, r.task, str(r.path), ", ".join(sorted(r.summary)) if isinstance(r.summary, dict) else None]
+    rows = [[run.label, r.task, str(r.path), ", ".join(sorted(r.summary)) or None]
             for run in runs for r in run.results if r.task not in KNOWN_TASKS]
     if not rows:
         return None
@@ -588,6 +618,11 @@ def _save_png(fig, path: Path) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
+def _legend(ax) -> None:
+    if ax.get_legend_handles_labels()[0]:  # nothing plotted (every cell missing): no empty legend box
+        ax.legend(fontsize=7)
+
+
 def plot_perplexity(path: Path, table: Table, lengths: Sequence[int]) -> Path:
     """Perplexity (log scale) against eval length (log2 scale), one line per run; missing cells left out."""
     plt = _pyplot()
@@ -609,7 +644,7 @@ def plot_perplexity(path: Path, table: Table, lengths: Sequence[int]) -> Path:
     ax.set_ylabel("perplexity (token-weighted)")
     ax.set_title(table.title, fontsize=9)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
+    _legend(ax)
     return _save_png(fig, path)
 
 
@@ -622,17 +657,17 @@ def plot_passkey_heatmaps(path: Path, pairs: Sequence[tuple[str, EvalResult]]) -
     cmap = plt.get_cmap("RdYlGn").with_extremes(bad="lightgrey")
     im = None
     for ax, (label, r) in zip(axes[:, 0], pairs, strict=True):
-        cells = [x for x in (r.summary or {}).get("by_length_depth", []) if isinstance(x, dict)]
-        lengths = sorted({int(x["length"]) for x in cells}) or [0]
-        depths = sorted({float(x["depth"]) for x in cells}) or [0.0]
+        cells = _heatmap_cells(r)
+        lengths = sorted({n for n, _, _ in cells}) or [0]
+        depths = sorted({d for _, d, _ in cells}) or [0.0]
         grid = np.full((len(depths), len(lengths)), np.nan)
-        for x in cells:
-            if x.get("accuracy") is not None:
-                grid[depths.index(float(x["depth"])), lengths.index(int(x["length"]))] = x["accuracy"]
+        for n, d, acc in cells:
+            if acc is not None:
+                grid[depths.index(d), lengths.index(n)] = acc
         im = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
         ax.set_xticks(range(len(lengths)), [_length_label(n) for n in lengths], rotation=90, fontsize=7)
         ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths], fontsize=7)
-        ecw = (r.summary or {}).get("effective_context_window")
+        ecw = r.summary.get("effective_context_window")
         ax.set_title(f"{label}: effective context window {fmt(ecw, 'int')}", fontsize=9)
         ax.set_ylabel("key depth", fontsize=8)
     axes[-1, 0].set_xlabel("prompt length (tokens)")
@@ -645,7 +680,7 @@ def plot_accuracy(path: Path, table: Table, xs: Sequence[int], title: str) -> Pa
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for row in table.rows:
-        pts = [(x, v) for x, v in zip(xs, row[-len(xs):], strict=True) if isinstance(v, int | float)]
+        pts = [(x, v) for x, v in zip(xs, row[len(row) - len(xs):], strict=True) if isinstance(v, int | float)]
         if pts:
             ax.plot(*zip(*pts, strict=True), marker="o", markersize=4, label=row[0])
     ax.set_ylim(-0.03, 1.03)
@@ -653,7 +688,7 @@ def plot_accuracy(path: Path, table: Table, xs: Sequence[int], title: str) -> Pa
     ax.set_ylabel("accuracy")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _legend(ax)
     return _save_png(fig, path)
 
 
@@ -677,7 +712,7 @@ def plot_losses(path: Path, runs: Sequence[Run]) -> Path:
     ax.set_ylabel("training loss (mean NLL per scored token)")
     ax.set_title("Training loss", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _legend(ax)
     return _save_png(fig, path)
 
 
@@ -746,9 +781,8 @@ def write_report(paths: Sequence[str | Path], out: str | Path, names: Sequence[s
         tables += [window, per_length]
         sections += [_section(window, images=[plots[-1].name]), _section(per_length, level=3)]
 
-    for t in retrieval_tables(runs):
-        xs = sorted({n for run in runs for r in run.results if r.task == t.kind for n in _retrieval_cells(r)})
-        png = plot_accuracy(out / f"{t.kind}_accuracy.png", t, xs, t.title)
+    for i, (t, ns) in enumerate(retrieval_tables(runs), 1):
+        png = plot_accuracy(out / f"{t.kind}_accuracy_{i}.png", t, ns, t.title)
         plots.append(png)
         tables.append(t)
         sections.append(_section(t, images=[png.name]))

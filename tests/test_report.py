@@ -41,7 +41,8 @@ def _json(path: Path) -> dict:
 @pytest.fixture(scope="module")
 def produced(tmp_path_factory, tiny_llama_dir):
     """Result files from the real producers. Layout under `root`:
-    runs/lora (llqa train, 2 steps, PI ×2 to ctx 512), evals/{base-ppl, base-pi-ppl, lora-ppl, lora-passkey}."""
+    runs/lora (llqa train, 2 steps, PI ×2 to ctx 512), evals/{base-ppl, base-pi-ppl, lora-ppl, lora-passkey,
+    lora-lines, base-pi-lines}."""
     root = tmp_path_factory.mktemp("report-inputs")
     rng = random.Random(0)
     doc = root / "held-out" / "novel.txt"
@@ -61,13 +62,12 @@ def produced(tmp_path_factory, tiny_llama_dir):
     llqa(*ppl, "--model", tiny, "--lengths", "64,128", "--out", "evals/base-ppl")
     llqa(*ppl, "--model", tiny, "--lengths", "64,128,512", "--out", "evals/base-pi-ppl")
     llqa(*ppl, "--model", "runs/lora", "--lengths", "64,128,512", "--out", "evals/lora-ppl")
-
-    from evals.passkey import PasskeyConfig, run_passkey
-    from llqa.models import load_model
-
-    loaded = load_model("runs/lora", dtype="float32", device="cpu")
-    run_passkey(loaded, PasskeyConfig(lengths=[160, 320], depths=[0.0, 1.0], trials=1, chat_template="none"),
-                root / "evals" / "lora-passkey", progress=False)
+    gen = ["--chat-template", "none", "--device", "cpu", "--no-progress"]
+    llqa("eval", "passkey", "--model", "runs/lora", "--lengths", "160,320", "--depths", "0,1", "--trials", "1",
+         "--out", "evals/lora-passkey", *gen)
+    lines = ["eval", "lines", "--generate", "--sizes", "2,4", "--cases", "2", "--max-new-tokens", "4", *gen]
+    llqa(*lines, "--model", "runs/lora", "--out", "evals/lora-lines")
+    llqa(*lines, "--model", tiny, "--ctx", "512", "--out", "evals/base-pi-lines")
     yield root
     mp.undo()
 
@@ -100,7 +100,7 @@ def test_runs_group_evals_by_model_and_rope(report, produced):
     assert sorted(labels) == ["base", "base (PI ×2)", "lora"] and labels[-1] == "lora"  # references first
     lora = next(r for r in report.runs if r.label == "lora")
     assert lora.training is not None and lora.rope_factor == 2.0
-    assert sorted(r.path.name for r in lora.results) == ["lora-passkey", "lora-ppl"]  # lines up with its training
+    assert sorted(r.path.name for r in lora.results) == ["lora-lines", "lora-passkey", "lora-ppl"]
     assert lora.identity == str((produced / "runs" / "lora").resolve())
 
 
@@ -132,6 +132,18 @@ def test_passkey_tables_hold_the_summary(report, produced):
     assert "base" not in [r[0] for r in _table(report, "passkey")["rows"]]  # no passkey result: no row
 
 
+def test_line_retrieval_table_holds_accuracy_per_n(report, produced):
+    table = _table(report, "lines")
+    for label, name in [("lora", "lora-lines"), ("base (PI ×2)", "base-pi-lines")]:
+        by_n = {r["n"]: r for r in _json(produced / "evals" / name / "result.json")["summary"]["by_n"]}
+        row = _row(table, label)
+        assert sorted(by_n) == [2, 4] and row["ctx"] == 512
+        assert row["run"] == label and row[table["columns"][2]] == by_n[2]["accuracy"]
+        assert row[table["columns"][3]] == by_n[4]["accuracy"]
+        assert table["columns"][2] == f"2 ({by_n[2]['mean_prompt_tokens']:,.0f} tok)"
+    assert "base" not in [r[0] for r in table["rows"]]
+
+
 def test_training_cost_from_the_step_log(report, produced):
     log = [json.loads(line) for line in (produced / "runs" / "lora" / "log.jsonl").read_text().splitlines()]
     row = _row(_table(report, "training"), "lora")
@@ -160,7 +172,7 @@ def test_training_cost_keeps_the_last_record_of_a_resumed_step(tmp_path):
 
 def test_pngs_are_written(report):
     names = sorted(p.name for p in report.plots)
-    assert names == ["loss.png", "passkey_heatmaps_1.png", "perplexity_1.png"]
+    assert names == ["lines_accuracy_1.png", "loss.png", "passkey_heatmaps_1.png", "perplexity_1.png"]
     md = report.markdown.read_text()
     for p in report.plots:
         data = p.read_bytes()
@@ -184,6 +196,37 @@ def test_unknown_tasks_and_garbage_are_listed_not_fatal(produced, tmp_path, caps
     assert "| random:tiny | mystery |" in md  # unknown task: listed with its run
     assert "## Not included" in md and "notes.json`: not an llqa result" in md
     assert "garbage/result.json`: not" in md
+
+
+@pytest.mark.parametrize("doc", [
+    {"task": "perplexity", "summary": {"64": {"ppl": "high"}}},
+    {"task": "perplexity", "summary": {"sixty-four": {"ppl": 3.0}}},
+    {"task": "passkey", "summary": {"by_length": [{"accuracy": 1.0}]}},
+    {"task": "passkey", "summary": {"by_length_depth": [{"length": 8, "depth": "deep"}]}},
+    {"task": "lines", "summary": {"by_n": [{"accuracy": 0.5}]}},
+    {"task": "topics", "summary": {"by_n": [3]}},
+], ids=["ppl-text", "ppl-key", "passkey-length", "passkey-depth", "lines-n", "topics-row"])
+def test_malformed_results_of_known_tasks_are_listed_not_fatal(produced, tmp_path, doc):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "result.json").write_text(json.dumps({**doc, "model": {"spec": "random:tiny"}}))
+    rep = write_report([produced / "evals" / "lora-ppl", bad], tmp_path / "rep")
+    assert [s.path for s in rep.skipped] == [bad / "result.json"]
+    assert f"malformed {doc['task']} result" in rep.skipped[0].reason
+    assert [r.label for r in rep.runs] == ["lora"]
+
+
+def test_minimal_results_show_missing_cells(tmp_path):
+    for task in ("perplexity", "passkey", "lines"):
+        (tmp_path / task).mkdir()
+        (tmp_path / task / "result.json").write_text(json.dumps({"task": task, "model": {"spec": "random:tiny"}}))
+    rep = write_report([tmp_path], tmp_path / "rep")
+    assert [r.label for r in rep.runs] == ["random:tiny"] and not rep.skipped
+    window = _row(_table(rep, "passkey"), "random:tiny")
+    assert window["effective window"] is None and window["accuracy"] is None
+    md = rep.markdown.read_text()
+    assert "| random:tiny | — | — | — | — | — | — |" in md  # passkey window table: every cell missing
+    assert all(p.read_bytes()[:8] == PNG_MAGIC for p in rep.plots)
 
 
 def test_second_report_replaces_the_first(report, produced):
@@ -216,6 +259,8 @@ def test_user_errors_are_one_line_and_exit_2(produced, tmp_path, capsys, case):
 def test_name_by_result_dir_labels_just_that_run(produced, tmp_path, tiny_llama_dir):
     rep = write_report([produced / "evals"], tmp_path, names=[f"{produced / 'evals' / 'base-pi-ppl'}=PI only"])
     assert sorted(r.label for r in rep.runs) == sorted(["PI only", "lora", tiny_llama_dir.name])
+    pi = next(r for r in rep.runs if r.label == "PI only")
+    assert sorted(x.path.name for x in pi.results) == ["base-pi-lines", "base-pi-ppl"]
 
 
 def test_merged_model_belongs_to_its_training_run(tmp_path):
