@@ -194,10 +194,13 @@ def collect(paths: Sequence[str | Path]) -> Inputs:
 # --------------------------------------------------------------------------- runs
 
 
-def model_identity(spec: str) -> str:
+def model_identity(spec: str, near: Path | None = None) -> str:
     """What a `--model` value points at: a local path resolved (a merged model -> its training run), else the
-    spec itself (alias, hub id, random:<shape>)."""
+    spec itself (alias, hub id, random:<shape>). A relative path is looked up from the current directory, then
+    from each folder above `near` (the result's directory): the report may run elsewhere than the evals did."""
     path = Path(spec).expanduser()
+    if spec and not path.is_absolute() and not path.exists() and near is not None:
+        path = next((d / path for d in Path(near).resolve().parents if (d / path).exists()), path)
     if not spec or not path.exists():
         return spec
     doc, err = _read_json(path / RUN_FILE) if (path / RUN_FILE).is_file() else (None, None)
@@ -286,7 +289,7 @@ def group_runs(inputs: Inputs, names: Sequence[tuple[str, str]] = ()) -> list[Ru
             inputs.skipped.append(Skipped(r.path / RESULT_FILE, f"malformed {r.task} result ({problem})"))
             continue
         spec = str(r.model.get("spec") or r.config.get("model") or "")
-        run_for(model_identity(spec) if spec else f"(unknown model: {r.path})", r.model).results.append(r)
+        run_for(model_identity(spec, r.path) if spec else f"(unknown model: {r.path})", r.model).results.append(r)
     # references (models not trained here) first, then trained runs; each in the order found
     ordered = sorted(runs.values(), key=lambda r: r.training is not None)
     for run in ordered:

@@ -263,6 +263,13 @@ def test_name_by_result_dir_labels_just_that_run(produced, tmp_path, tiny_llama_
     assert sorted(x.path.name for x in pi.results) == ["base-pi-lines", "base-pi-ppl"]
 
 
+def test_relative_model_paths_resolve_from_the_results_when_run_elsewhere(produced, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the evals ran in `produced` with --model runs/lora
+    rep = write_report([produced], tmp_path / "rep")
+    lora = next(r for r in rep.runs if r.training is not None)
+    assert lora.label == "lora" and len(lora.results) == 3
+
+
 def test_merged_model_belongs_to_its_training_run(tmp_path):
     run, merged = tmp_path / "run", tmp_path / "merged"
     run.mkdir()
