@@ -213,6 +213,7 @@ class WindowScorer:
         vocab = self._w32.shape[0] if self._w32 is not None else base.config.get_text_config().vocab_size
         self.chunk_rows = max(1, logits_budget_bytes // (4 * vocab))
         self.sdpa_backend = effective_sdpa_backend(sdpa_backend, self.device)
+        self._auto_cudnn = sdpa_backend == "auto" and self.sdpa_backend == "cudnn"
 
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
         import torch.nn.functional as F
@@ -226,6 +227,20 @@ class WindowScorer:
         return logits
 
     def score(self, input_ids: torch.Tensor, first: Sequence[int]) -> torch.Tensor:
+        """See `_score`. A cuDNN attention failure under `auto` falls back to torch's kernel order, once."""
+        try:
+            return self._score(input_ids, first)
+        except RuntimeError as e:
+            if not self._auto_cudnn:
+                raise
+            import warnings
+
+            warnings.warn(f"cuDNN attention failed ({str(e).splitlines()[0][:200]}); using torch's SDPA order",
+                          stacklevel=2)
+            self._auto_cudnn, self.sdpa_backend = False, "auto"
+            return self._score(input_ids, first)
+
+    def _score(self, input_ids: torch.Tensor, first: Sequence[int]) -> torch.Tensor:
         """input_ids (B, T) on the model's device; row b scores tokens first[b]..T-1 (first[b] >= 1).
         Returns the NLL sum per row, (B,) float64 on the device (not synchronised: the caller reads it
         when convenient, so the host keeps queueing work)."""
