@@ -56,7 +56,21 @@ class Candidate:
     qa: QA
     doc: Document
     category: str
-    framed: framing.Framed
+    template: str  # the recipe's framing for the document's type
+    rest: str  # middle + question + tail: the instruction after the document
+
+    @property
+    def head_doc(self) -> str:
+        """Framing head + document, built on demand (documents are large; candidates many)."""
+        return framing.head(self.template, self.doc.title) + self.doc.text
+
+    @property
+    def instruction(self) -> str:
+        return self.head_doc + self.rest
+
+    @property
+    def splits_cleanly(self) -> bool:
+        return safe_split(framing.head(self.template, self.doc.title) + self.doc.text[-1:], self.rest)
     n_tokens: int = 0  # rest + answer tokens until selected, then the item's n_tokens
     answer_tokens: int = 0
     cluster: str = ""
@@ -110,8 +124,8 @@ def candidates(sources: list[SourceData], recipe: Recipe, stats: Counter) -> lis
             if (doc.doc_type, category) not in wanted:
                 stats["no_quota_for_cell"] += 1
                 continue
-            out.append(Candidate(qa, doc, category, framing.render(recipe.framing[doc.doc_type], doc.title,
-                                                                   doc.text, qa.question)))
+            template = recipe.framing[doc.doc_type]
+            out.append(Candidate(qa, doc, category, template, framing.rest(template, doc.title, qa.question)))
     return out
 
 
@@ -120,7 +134,7 @@ def count_short(cands: list[Candidate], counter: TokenCounter, progress: Progres
     advance = progress("tokenizing questions and answers", 2 * len(cands))
     old_batch, counter.batch = counter.batch, 1024
     try:
-        counts = counter.count([c.framed.rest for c in cands] + [c.qa.answer for c in cands], advance)
+        counts = counter.count([c.rest for c in cands] + [c.qa.answer for c in cands], advance)
     finally:
         counter.batch = old_batch
     return counts[:len(cands)], counts[len(cands):]
@@ -151,8 +165,8 @@ class Selector:
 
     def __init__(self, recipe: Recipe, counter: TokenCounter, progress: Progress, stats: Counter):
         self.recipe, self.counter, self.stats = recipe, counter, stats
-        self.head_tokens: dict[str, int] = {}
-        self.whole_tokens: dict[str, int] = {}
+        self.head_tokens: dict[str, int] = {}  # doc_id -> tokens(head + document)
+        self.whole_tokens: dict[int, int] = {}  # id(candidate) -> tokens(instruction), when not by parts
         self.index = dedup.NearDuplicateIndex()
         self.parent: dict[str, str] = {}  # union-find over doc ids: near-duplicate documents share a cluster
         self.taken: Counter = Counter()  # cluster root -> items chosen
@@ -178,27 +192,33 @@ class Selector:
             self.parent[drop] = keep
             self.taken[keep] += self.taken.pop(drop, 0)
 
+    def _exact_by_parts(self, c: Candidate) -> bool:
+        return self.counter.splittable and c.splits_cleanly
+
     def _count(self, upcoming: list[Candidate]) -> None:
-        """Count the heads of the next uncounted documents in one batch (batching changes no count)."""
-        split_ok = self.counter.splittable
-        heads, wholes = [], []
+        """Count the heads (head + document) of the next uncounted documents in one batch; batching
+        changes no count. Candidates whose instruction cannot be counted by parts are counted whole."""
+        heads: dict[str, Candidate] = {}
+        wholes: dict[int, Candidate] = {}
         for c in upcoming:
-            if split_ok and safe_split(c.framed.head_doc, c.framed.rest):
-                if c.framed.head_doc not in self.head_tokens and c.framed.head_doc not in heads:
-                    heads.append(c.framed.head_doc)
-            elif c.framed.instruction not in self.whole_tokens and c.framed.instruction not in wholes:
-                wholes.append(c.framed.instruction)
-        self.head_tokens.update(zip(heads, self.counter.count(heads), strict=True))
-        self.whole_tokens.update(zip(wholes, self.counter.count(wholes), strict=True))
+            if self._exact_by_parts(c):
+                if c.doc.doc_id not in self.head_tokens:
+                    heads.setdefault(c.doc.doc_id, c)
+            elif id(c) not in self.whole_tokens:
+                wholes.setdefault(id(c), c)
+        self.head_tokens.update(zip(heads, self.counter.count([c.head_doc for c in heads.values()]), strict=True))
+        self.whole_tokens.update(zip(wholes, self.counter.count([c.instruction for c in wholes.values()]),
+                                     strict=True))
         self.advance(len(heads) + len(wholes))
 
     def n_tokens(self, c: Candidate, upcoming: list[Candidate]) -> int:
-        if c.framed.head_doc not in self.head_tokens and c.framed.instruction not in self.whole_tokens:
+        if self._exact_by_parts(c):
+            if c.doc.doc_id not in self.head_tokens:
+                self._count([c] + upcoming)
+            return self.head_tokens[c.doc.doc_id] + c.n_tokens  # c.n_tokens holds rest + answer here
+        if id(c) not in self.whole_tokens:
             self._count([c] + upcoming)
-        if c.framed.head_doc in self.head_tokens and safe_split(c.framed.head_doc, c.framed.rest) \
-                and self.counter.splittable:
-            return self.head_tokens[c.framed.head_doc] + c.n_tokens  # c.n_tokens holds rest + answer
-        return self.whole_tokens[c.framed.instruction] + c.answer_tokens
+        return self.whole_tokens[id(c)] + c.answer_tokens
 
     def take(self, c: Candidate, upcoming: list[Candidate]) -> bool:
         n = self.n_tokens(c, upcoming)
@@ -261,7 +281,7 @@ def item_id(c: Candidate) -> str:
 
 
 def make_item(c: Candidate, split: str) -> dict[str, Any]:
-    item = {"id": item_id(c), "instruction": c.framed.instruction, "output": c.qa.answer,
+    item = {"id": item_id(c), "instruction": c.instruction, "output": c.qa.answer,
             "category": c.category, "doc_type": c.doc.doc_type, "source": c.qa.source, "doc_id": c.doc.doc_id,
             "title": c.doc.title, "question": c.qa.question, "answer_type": c.qa.answer_type,
             "n_tokens": c.n_tokens, "split": split}
@@ -279,12 +299,20 @@ def histogram(values: list[int]) -> list[dict[str, int | None]]:
 
 
 # Line separators that JSON leaves raw but str.splitlines() and some readers split on: written escaped.
-_LINE_BREAKERS = str.maketrans({"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+_LINE_BREAKERS = {"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def json_line(item: dict[str, Any]) -> str:
+    """One JSON object on one line, UTF-8 text; only \\n ends it, even for str.splitlines()."""
+    line = json.dumps(item, ensure_ascii=False)
+    for ch, esc in _LINE_BREAKERS.items():
+        if ch in line:
+            line = line.replace(ch, esc)
+    return line + "\n"
 
 
 def jsonl_bytes(items: list[dict[str, Any]]) -> bytes:
-    """One JSON object per line, UTF-8; only \\n ends a line."""
-    return "".join(json.dumps(it, ensure_ascii=False).translate(_LINE_BREAKERS) + "\n" for it in items).encode()
+    return "".join(json_line(it) for it in items).encode()
 
 
 def write_parquet(path: Path, items: list[dict[str, Any]]) -> None:

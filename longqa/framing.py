@@ -23,6 +23,17 @@ def _pieces(template: str, title: str) -> tuple[str, str, str]:
     return fmt(template[:i]), fmt(template[i + len("{document}"):j]), fmt(template[j + len("{question}"):])
 
 
+def head(template: str, title: str) -> str:
+    """The text before the document (the same for every question on it)."""
+    return _pieces(template, title)[0]
+
+
+def rest(template: str, title: str, question: str) -> str:
+    """The text after the document: middle + question + tail."""
+    _, middle, tail = _pieces(template, title)
+    return middle + question + tail
+
+
 def render(template: str, title: str, document: str, question: str) -> Framed:
     head, middle, tail = _pieces(template, title)
     head_doc, rest = head + document, middle + question + tail

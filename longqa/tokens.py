@@ -28,18 +28,10 @@ class TokenCounter:
     note: str
     sha256: str  # of tokenizer.json: which tokenizer the counts belong to
     batch: int = 16  # long documents per encode call: both cores busy, bounded memory
+    splittable: bool = False  # counts of head+document and the rest of an instruction add up exactly
 
-    @property
-    def splittable(self) -> bool:
-        """True when counts of head+document and the rest of an instruction add up exactly."""
-        cfg = json.loads(self.tokenizer.to_str())
-        if cfg.get("normalizer") is not None:
-            return False
-        pre = cfg.get("pre_tokenizer") or {}
-        parts = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
-        byte_level = [p for p in parts if p.get("type") == "ByteLevel"]
-        others = [p for p in parts if p.get("type") not in ("ByteLevel", "Digits")]
-        return len(byte_level) == 1 and byte_level[0].get("use_regex", True) and not others
+    def __post_init__(self) -> None:
+        self.splittable = _splittable(json.loads(self.tokenizer.to_str()))  # once: the JSON is megabytes
 
     def count(self, texts: Sequence[str], progress=None) -> list[int]:
         """Token counts of `texts`, encoded in batches (the Rust tokenizer spreads a batch over cores)."""
@@ -50,6 +42,17 @@ class TokenCounter:
             if progress is not None:
                 progress(len(chunk))
         return out
+
+
+def _splittable(cfg: dict) -> bool:
+    """Byte-level BPE with the GPT-2 split regex (optionally with Digits) and no normalizer."""
+    if cfg.get("normalizer") is not None:
+        return False
+    pre = cfg.get("pre_tokenizer") or {}
+    parts = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    byte_level = [p for p in parts if p.get("type") == "ByteLevel"]
+    others = [p for p in parts if p.get("type") not in ("ByteLevel", "Digits")]
+    return len(byte_level) == 1 and byte_level[0].get("use_regex", True) and not others
 
 
 def safe_split(head_doc: str, rest: str) -> bool:
