@@ -396,8 +396,8 @@ def passkey_cmd(
         raise LlqaError(f"--haystack {cfg.haystack}: no such file or folder",
                         "pass `filler` or a folder of .txt files (e.g. essays)")
     loaded = load_model(model, ctx=ctx, dtype=dtype, device=device)
-    summary = run_passkey(loaded, cfg, out, overwrite=overwrite, progress=progress)
-    table = Table(title=f"passkey — {loaded.info.spec} at ctx {loaded.info.target_ctx}")
+    summary = run_passkey(loaded, cfg, out, overwrite=overwrite, progress=progress, ctx=ctx)
+    table = Table(title=f"passkey — {loaded.info.spec} at ctx {ctx or loaded.info.target_ctx}")
     for col in ("length", "trials", "accuracy", "skipped"):
         table.add_column(col, justify="right")
     for r in summary["by_length"]:
@@ -427,8 +427,8 @@ def _longeval(task: str, *, model, ctx, testcases, sizes, generate, generate_onl
         return
     prepare_testcases(cfg, out, load_tokenizer(resolve(model)))  # bad or missing data fails before the weights load
     loaded = load_model(model, ctx=ctx, dtype=dtype, device=device)
-    rows = run_longeval(loaded, cfg, out, overwrite=overwrite, progress=progress)
-    table = Table(title=f"LongChat {task} — {loaded.info.spec} at ctx {loaded.info.target_ctx}")
+    rows = run_longeval(loaded, cfg, out, overwrite=overwrite, progress=progress, ctx=ctx)
+    table = Table(title=f"LongChat {task} — {loaded.info.spec} at ctx {ctx or loaded.info.target_ctx}")
     cols = ["N", "cases", "skipped", "mean prompt tokens", "accuracy"]
     cols += ["mean F1", "judge"] if task == "topics" else []
     for col in cols:
@@ -786,7 +786,8 @@ def merge_cmd(
 def report_cmd(
     paths: Annotated[list[Path], typer.Argument(
         help="Eval --out directories (result.json), training run directories (train_config.json, log.jsonl), "
-        "result.json files, or folders holding any of them (searched recursively).", show_default=False)],
+        "result.json files, or folders holding any of them (searched recursively).", show_default=False,
+        metavar="PATH")],
     out: OutOpt = Path("report"),
     name: Annotated[list[str] | None, typer.Option(
         "--name", metavar="PATH=LABEL", help="Label a run: PATH is a training run directory or --model value "

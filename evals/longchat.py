@@ -497,12 +497,13 @@ def _score(task: str, case: dict, output: str, judge_cmd: str | None) -> dict[st
 
 
 def run_longeval(loaded: LoadedModel, cfg: LongEvalConfig, out_dir: str | Path, overwrite: bool = False,
-                 progress: bool = True) -> list[dict]:
-    """Run (or resume) topics or lines; writes cells.jsonl, result.json/csv and an accuracy plot in out_dir."""
+                 progress: bool = True, ctx: int | None = None) -> list[dict]:
+    """Run (or resume) topics or lines; writes cells.jsonl, result.json/csv and an accuracy plot in out_dir.
+    `ctx`: prompts above it are over-long (--overlong); None: the model's context."""
     from evals.generation import default_batch_tokens
 
     tok, model, info = loaded.tokenizer, loaded.model, loaded.info
-    ctx = info.target_ctx
+    ctx = ctx or info.target_ctx
     files = prepare_testcases(cfg, out_dir, tok)
     template = use_chat_template(tok, cfg.chat_template)
     frame = prompt_frame(tok, template)

@@ -267,12 +267,15 @@ def _plots(out: Path, summary: dict, lengths: list[int], depths: list[float], ti
 
 
 def run_passkey(loaded: LoadedModel, cfg: PasskeyConfig, out_dir: str | Path, overwrite: bool = False,
-                progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) the passkey grid; writes cells.jsonl, result.json/csv and the two PNGs in out_dir."""
+                progress: bool = True, ctx: int | None = None) -> dict[str, Any]:
+    """Run (or resume) the passkey grid; writes cells.jsonl, result.json/csv and the two PNGs in out_dir.
+
+    `ctx`: the context of the eval (--ctx; default lengths reach it, longer prompts are over-long);
+    None: the model's (its PI target context, else its native one)."""
     from evals.generation import default_batch_tokens
 
     tok, model, info = loaded.tokenizer, loaded.model, loaded.info
-    ctx = info.target_ctx
+    ctx = ctx or info.target_ctx
     template = use_chat_template(tok, cfg.chat_template)
     frame = prompt_frame(tok, template)
     lengths = cfg.lengths or default_lengths(ctx)

@@ -193,6 +193,17 @@ def test_overlong_middle_truncates_instead_of_skipping(tiny_loaded, tmp_path):
     assert summary["skipped"] == 0 and summary["truncated"] == 1 and summary["evaluated"] == 1
 
 
+def test_ctx_below_native_bounds_the_grid(tiny_loaded, tmp_path):
+    cfg = PasskeyConfig(depths=[0.5], trials=1, chat_template="none", max_new_tokens=2)
+    summary = run_passkey(tiny_loaded, cfg, tmp_path / "grid", progress=False, ctx=192)
+    lengths = [r["length"] for r in summary["by_length"]]
+    assert max(lengths) == 192 and summary["skipped"] == 0  # 32 uniform lengths up to --ctx, short ones dropped
+    assert set(lengths) <= set(default_lengths(192))
+    cfg = PasskeyConfig(lengths=[120, 200], depths=[0.5], trials=1, chat_template="none", max_new_tokens=2)
+    summary = run_passkey(tiny_loaded, cfg, tmp_path / "over", progress=False, ctx=150)
+    assert summary["skipped"] == 1 and summary["evaluated"] == 1
+
+
 def test_cli_passkey_happy_path_and_errors(tiny_llama_dir, tmp_path):
     out = tmp_path / "pk"
     args = ["eval", "passkey", "--model", str(tiny_llama_dir), "--lengths", "128,256", "--depths", "0,0.5",
