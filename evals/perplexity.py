@@ -291,7 +291,10 @@ def sdpa_preference(backend: str):
     if backend not in names:
         raise LlqaError(f"--sdpa-backend {backend} is unknown", f"use one of: {', '.join(SDPA_BACKENDS)}")
     order = [names[backend]] + [b for k, b in names.items() if k != backend]
-    return sdpa_kernel(order, set_priority=True)
+    try:
+        return sdpa_kernel(order, set_priority=True)
+    except TypeError:  # torch < 2.6 has no priorities: allow every kernel, in torch's order
+        return sdpa_kernel(order)
 
 
 # --------------------------------------------------------------------------- one run
@@ -328,7 +331,8 @@ def _progress(enabled: bool):
         def render(self, task):
             from rich.text import Text
 
-            speed = task.finished_speed or task.speed
+            elapsed = task.elapsed  # average since the (re)start: batches are large and few
+            speed = task.completed / elapsed if elapsed and task.completed else None
             return Text(f"{speed / 1e3:,.1f}k tok/s" if speed else "… tok/s")
 
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), Speed(""),
@@ -385,9 +389,13 @@ def run(loaded, documents: Sequence[Document], cfg: PerplexityConfig, out_dir: s
     scorer = WindowScorer(loaded.model, sdpa_backend=sdpa_backend)
     started = time.time()
     with _progress(show_progress) as progress:
-        task = progress.add_task(f"perplexity{f' rank {rank}' if world > 1 else ''}", total=None)
-        planned = [(c, cfg.windows(len(stream(c.doc).ids), c.length)) for c in my_cells]
-        progress.update(task, total=sum(w.length for _, ws in planned for w in ws))
+        task = progress.add_task("tokenizing", total=len(my_cells))
+        planned = []
+        for c in my_cells:
+            planned.append((c, cfg.windows(len(stream(c.doc).ids), c.length)))
+            progress.advance(task)
+        progress.reset(task, total=sum(w.length for _, ws in planned for w in ws),
+                       description=f"perplexity{f' rank {rank}' if world > 1 else ''}")
         for chunk in _chunks(planned, 8 * batch_tokens):
             stats = _score_chunk(scorer, chunk, stream, batch_tokens, progress, task, on_batch)
             for (cell, ws), st in zip(chunk, stats, strict=True):
