@@ -711,6 +711,9 @@ def plot_losses(path: Path, runs: Sequence[Run]) -> Path:
             mean = [sum(losses[max(0, i - k + 1):i + 1]) / len(losses[max(0, i - k + 1):i + 1])
                     for i in range(len(losses))]
             ax.plot(steps, mean, color=line.get_color(), linewidth=1.5, label=f"{run.label} (mean of 10 steps)")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss (mean NLL per scored token)")
     ax.set_title("Training loss", fontsize=9)

@@ -229,6 +229,28 @@ def test_minimal_results_show_missing_cells(tmp_path):
     assert all(p.read_bytes()[:8] == PNG_MAGIC for p in rep.plots)
 
 
+def test_several_passkey_runs_and_a_long_loss_curve_plot(produced, tmp_path):
+    import shutil
+
+    for spec in ("random:tiny", "random:smollm2-135m"):  # the real passkey result, attributed to two models
+        doc = _json(produced / "evals" / "lora-passkey" / "result.json")
+        doc["model"] = {**doc["model"], "spec": spec}
+        (tmp_path / "in" / spec).mkdir(parents=True)
+        (tmp_path / "in" / spec / "result.json").write_text(json.dumps(doc))
+    run = tmp_path / "in" / "long-run"
+    shutil.copytree(produced / "runs" / "lora", run, ignore=shutil.ignore_patterns("checkpoints", "data", "base"))
+    step = json.loads((run / "log.jsonl").read_text().splitlines()[0])
+    (run / "log.jsonl").write_text("".join(json.dumps({**step, "step": i, "loss": 10 / i}) + "\n"
+                                           for i in range(1, 61)))
+    rep = write_report([tmp_path / "in"], tmp_path / "rep")
+    pi = ["random:smollm2-135m (PI ×2)", "random:tiny (PI ×2)"]  # folders in name order; RoPE ×2, untrained
+    assert [r.label for r in rep.runs] == [*pi, "long-run"]
+    assert [r[0] for r in _table(rep, "passkey")["rows"]] == pi
+    assert _row(_table(rep, "training"), "long-run")["steps"] == "60/2"
+    sizes = {p.name: len(p.read_bytes()) for p in rep.plots}
+    assert set(sizes) == {"passkey_heatmaps_1.png", "loss.png"} and min(sizes.values()) > 5_000
+
+
 def test_second_report_replaces_the_first(report, produced):
     again = write_report([produced / "evals" / "lora-ppl"], report.out)
     assert [t.kind for t in again.tables] == ["runs", "perplexity"]
