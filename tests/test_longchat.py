@@ -285,12 +285,16 @@ def test_cli_topics_real_cases_overlong_skip_and_middle(tiny_llama_dir, longeval
     assert r.exit_code == 0, r.output
     [row] = json.loads((tmp_path / "skip" / "result.json").read_text())["summary"]["by_n"]
     assert row["skipped"] == 2 and row["accuracy"] is None and row["mean_prompt_tokens"] > 256  # ctx 256
-    r = runner.invoke(cli.app, [*base, "--overlong", "middle", "--out", str(tmp_path / "mid")])
+    judge = tmp_path / "judge.py"
+    judge.write_text("import json, sys\njson.load(sys.stdin)\nprint('yes')\n")
+    r = runner.invoke(cli.app, [*base, "--overlong", "middle", "--judge-cmd", f"{sys.executable} {judge}",
+                                "--out", str(tmp_path / "mid")])
     assert r.exit_code == 0, r.output
     [row] = json.loads((tmp_path / "mid" / "result.json").read_text())["summary"]["by_n"]
     assert row["evaluated"] == row["truncated"] == 2 and 0.0 <= row["accuracy"] <= 1.0
+    assert row["judge_accuracy"] == 1.0  # the judge's verdicts are reported beside, never instead of, match
     cells = [json.loads(line) for line in (tmp_path / "mid" / "cells.jsonl").read_text().splitlines()]
-    assert all("gold" in c and "f1" in c for c in cells)
+    assert all("gold" in c and "f1" in c and c["judge"] is True for c in cells)
 
 
 def test_cli_longeval_errors(tmp_path):
