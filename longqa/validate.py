@@ -106,6 +106,11 @@ class Row:
     head_doc: str | None = None
 
 
+def _dict(x: Any) -> dict:
+    """A manifest part as a dict, whatever a damaged manifest holds there."""
+    return x if isinstance(x, dict) else {}
+
+
 def _short(s: str, n: int = 60) -> str:
     s = s.replace("\n", "\\n")
     return s if len(s) <= n else s[:n] + "..."
@@ -300,18 +305,20 @@ def check_answers(rows: list[Row], report: Report) -> None:
 
 
 def check_counts(rows: list[Row], manifest: dict[str, Any], report: Report) -> None:
-    recipe = manifest.get("recipe") or {}
-    quotas = recipe.get("quotas") or {}
+    quotas = _dict(_dict(manifest.get("recipe")).get("quotas"))
     counts = Counter((r.item["doc_type"], r.item["category"]) for r in rows)
     allow_short = bool(manifest.get("allow_short"))
     for doc_type in DOC_TYPES:
         for cat in CATEGORIES:
-            q = (quotas.get(doc_type) or {}).get(cat, 0)
+            q = _dict(quotas.get(doc_type)).get(cat, 0)
             n = counts.get((doc_type, cat), 0)
-            if n > q or (n < q and not allow_short):
+            if not isinstance(q, int):
+                report.add(ERROR, "manifest", "manifest.json", None, f"recipe.quotas.{doc_type}.{cat}",
+                           f"not a count: {_short(repr(q))}")
+            elif n > q or (n < q and not allow_short):
                 report.add(ERROR, "quota", "manifest.json", None, "recipe.quotas",
                            f"{doc_type}/{cat}: {n} items, quota {q}")
-    recorded = (manifest.get("counts") or {}).get("by_category")
+    recorded = _dict(manifest.get("counts")).get("by_category")
     actual = dict(sorted(Counter(r.item["category"] for r in rows).items()))
     if recorded is not None and recorded != actual:
         report.add(ERROR, "counts", "manifest.json", None, "counts.by_category",
@@ -351,10 +358,20 @@ def _manifest(path: Path, report: Report) -> dict[str, Any] | None:
     return m
 
 
+def _usable_template(t: Any) -> bool:
+    if not isinstance(t, str) or t.count("{document}") != 1 or t.count("{question}") != 1 \
+            or t.index("{question}") < t.index("{document}"):
+        return False
+    try:
+        t.format(document="", question="", title="")
+    except (KeyError, IndexError, ValueError):
+        return False
+    return True
+
+
 def _templates(manifest: dict[str, Any] | None, report: Report) -> dict[str, str] | None:
-    fr = ((manifest or {}).get("recipe") or {}).get("framing")
-    if isinstance(fr, dict) and all(isinstance(fr.get(d), str) and "{document}" in fr[d] and "{question}" in fr[d]
-                                    for d in DOC_TYPES):
+    fr = _dict(_dict(_dict(manifest).get("recipe")).get("framing"))
+    if all(_usable_template(fr.get(d)) for d in DOC_TYPES):
         return {d: fr[d] for d in DOC_TYPES}
     if manifest is not None:
         report.add(ERROR, "manifest", "manifest.json", None, "recipe.framing", "no usable framing templates")
@@ -396,12 +413,22 @@ def validate(path: str | Path, ctx: int | None = None, recount: bool = True, tok
         report.checked.append("framing")
     else:
         report.skipped.append("framing and extractive answers (no manifest; pass --recipe)")
-    spec = tokenizer or ((manifest or {}).get("tokenizer") or {}).get("spec")
+    spec = tokenizer or _dict(_dict(manifest).get("tokenizer")).get("spec")
+    counter = None
+    if manifest is not None and not isinstance(spec, str):
+        report.add(ERROR, "manifest", "manifest.json", None, "tokenizer.spec", "no tokenizer named")
+        spec = None
     if recount and spec:
         from longqa.tokens import load_counter
 
-        counter = load_counter(str(spec))
-        want = ((manifest or {}).get("tokenizer") or {}).get("sha256")
+        try:
+            counter = load_counter(str(spec))
+        except LlqaError as e:
+            if tokenizer:  # the user's own --tokenizer: their mistake, one line
+                raise
+            report.add(ERROR, "tokenizer", "manifest.json", None, "tokenizer.spec", f"cannot load it: {e}")
+    if counter is not None:
+        want = _dict(_dict(manifest).get("tokenizer")).get("sha256")
         if want and want != counter.sha256:
             report.add(WARNING, "tokenizer", "manifest.json", None, "tokenizer.sha256",
                        f"the local {spec} tokenizer differs from the one the build used; counts may differ")
@@ -409,7 +436,8 @@ def validate(path: str | Path, ctx: int | None = None, recount: bool = True, tok
         report.checked.append("n_tokens recount")
     else:
         check_tokens(rows, None, ctx, report, False)
-        report.skipped.append("n_tokens recount" + (" (--no-recount)" if not recount else " (no tokenizer named)"))
+        why = "--no-recount" if not recount else "no tokenizer" if not spec else "tokenizer not loadable"
+        report.skipped.append(f"n_tokens recount ({why})")
     check_duplicates(rows, report)
     check_documents(rows, report)
     check_answers(rows, report)

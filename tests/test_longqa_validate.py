@@ -129,8 +129,12 @@ def corrupt(d: Path, kind: str, k: int, rnd: random.Random) -> str:
                 it["instruction"][head + len("Memorize"):]
         _edit_item(train, k, edit)
         return "framing"
-    if kind == "answer-in-question":
-        _edit_item(train, k, lambda it: it.__setitem__("output", it["question"].split("\n")[0]))
+    if kind == "answer-in-question":  # on a question that does not offer its answer as a choice
+        from longqa.schema import answer_in_question
+
+        qs = [json.loads(x)["question"] for x in _lines(train)]
+        k = next((k + i) % n for i in range(n) if answer_in_question(qs[(k + i) % n], qs[(k + i) % n]))
+        _edit_item(train, k, lambda it: it.__setitem__("output", it["question"]))
         return "answer-in-question"
     if kind == "extractive":
         def edit(it):
@@ -151,12 +155,19 @@ def corrupt(d: Path, kind: str, k: int, rnd: random.Random) -> str:
     if kind == "manifest":
         (d / "manifest.json").write_bytes(rnd.choice([b"", b"{", b"\xff", b"[]"]))
         return "manifest"
+    if kind == "manifest-fields":
+        m = json.loads((d / "manifest.json").read_text())
+        key, value = rnd.choice([("recipe", "x"), ("tokenizer", 5), ("files", []), ("recipe", {"framing": None}),
+                                 ("recipe", {"framing": {"paper": "{bad}", "novel": "{document}{question}"}})])
+        m[key] = value
+        (d / "manifest.json").write_text(json.dumps(m))
+        return "manifest"
     raise AssertionError(kind)
 
 
 KINDS = ["utf8", "truncated", "not-object", "huge-line", "wrong-type", "missing-field", "unknown-category", "empty",
          "control-char", "duplicate-line", "leak", "parquet-byte", "framing", "answer-in-question", "extractive",
-         "over-quota", "manifest"]
+         "over-quota", "manifest", "manifest-fields"]
 
 
 def test_clean_build_passes(clean):

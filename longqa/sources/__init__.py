@@ -146,12 +146,17 @@ def hub_revision(hub_id: str) -> str:
 
 
 def hub_rows(hub_id: str, split: str, config: str | None = None, streaming: bool = False):
-    """Rows of one split from the hub through `datasets`, failing with one line when it cannot."""
+    """Rows of one split from the hub through `datasets`, failing with one line when it cannot.
+    Datasets published with a loading script (no longer run by `datasets` >= 4) are read from the hub's
+    Parquet conversion (revision refs/convert/parquet) instead."""
     import datasets
 
-    try:
-        return datasets.load_dataset(hub_id, config, split=split, streaming=streaming)
-    except Exception as e:  # datasets raises many types (connection, missing config, ...)
-        raise LlqaError(f"could not load {hub_id} ({config or 'default'}, {split}) from the hub: "
-                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}",
-                        f"{OFFLINE_FIX} via --source-dir") from None
+    first: Exception | None = None
+    for revision in (None, "refs/convert/parquet"):
+        try:
+            return datasets.load_dataset(hub_id, config, split=split, streaming=streaming, revision=revision)
+        except Exception as e:  # datasets raises many types (connection, script, missing config, ...)
+            first = first or e
+    msg = str(first).splitlines()[0] if str(first) else type(first).__name__
+    raise LlqaError(f"could not load {hub_id} ({config or 'default'}, {split}) from the hub: {msg}",
+                    f"{OFFLINE_FIX} via --source-dir")

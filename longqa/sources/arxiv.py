@@ -2,6 +2,7 @@
 
 Items: one `summary` item per paper, "Summarize the paper." answered by the authors' abstract. The
 abstract is removed from the document given to the model wherever it occurs verbatim (up to whitespace).
+The hub config is `section` (sections separated by newlines; recipe option `config`).
 Papers carry no id or title in this dataset: the id is a hash of the text, the title its first line.
 
 Local copy (`DIR/arxiv/`): `*.jsonl` / `*.parquet` files named by split (`train*`, `validation*`,
@@ -60,7 +61,8 @@ def from_rows(rows, data: SourceData, max_docs: int | None = None, max_chars: in
 def load_hub(options: dict[str, Any]) -> SourceData:
     data = SourceData(NAME, HUB_ID, hub_revision(HUB_ID))
     for split in options.get("splits", ["train"]):
-        from_rows(hub_rows(HUB_ID, split, streaming=True), data, options.get("max_docs"), options.get("max_chars"))
+        rows = hub_rows(HUB_ID, split, config=options.get("config", "section"), streaming=True)
+        from_rows(rows, data, options.get("max_docs"), options.get("max_chars"))
     return data
 
 
