@@ -538,7 +538,8 @@ def pg19_documents(data: str | Path | None = None, revision: str | None = None, 
     from evals.texts import PG19, hub_documents, load_hub_dataset
 
     if data is not None:
-        docs, info = local_documents(data, text_field or PG19.text_field, pattern="*.txt", max_docs=max_docs)
+        docs, info = local_documents(data, text_field or PG19.text_field, pattern="*.txt,*.jsonl,*.jsonl.gz,*.parquet",
+                                     max_docs=max_docs)
         return docs, {**info, "dataset": "pg19 (local copy)"}
     ds, info = load_hub_dataset(PG19, revision)
     n = min(len(ds), max_docs) if max_docs else len(ds)
@@ -582,7 +583,8 @@ def proof_pile_documents(tokenizer, bos: bool, data: str | Path | None = None, r
         return len(tokenizer(doc.text, add_special_tokens=False, verbose=False)["input_ids"]) + int(bos)
 
     if data is not None:
-        rows, info = local_documents(data, text_field or PROOF_PILE.text_field, pattern="*.jsonl*")
+        rows, info = local_documents(data, text_field or PROOF_PILE.text_field,
+                                     pattern="*.jsonl,*.jsonl.gz,*.json,*.parquet")
         info["dataset"] = "proof-pile (local copy)"
         picked, sample = sample_long_documents(len(rows), rows.__getitem__, n_tokens, count, min_tokens, seed)
     else:

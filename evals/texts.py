@@ -49,13 +49,14 @@ def read_text_file(path: str | Path) -> str:
 
 def load_texts(path: str | Path, text_field: str = "text", id_field: str | None = None,
                pattern: str = DEFAULT_GLOB) -> list[Document]:
-    """Documents from a text file (one document), a folder (one document per file matching `pattern`,
-    searched recursively, sorted by path), or a jsonl/json/parquet table (one document per row)."""
+    """Documents from a text file (one document), a folder (files matching `pattern` — comma-separated
+    globs — searched recursively, sorted by path: a text file is one document, a table one per row), or a
+    jsonl/json/parquet table (one document per row)."""
     path = Path(path).expanduser()
     if not path.exists():
         raise LlqaError(f"--data {path}: no such file or directory", "check the path")
     if path.is_dir():
-        return _load_folder(path, pattern)
+        return _load_folder(path, pattern, text_field, id_field)
     if is_table(path):
         return list(_table_documents(path, text_field, id_field))
     text = read_text_file(path)
@@ -64,15 +65,22 @@ def load_texts(path: str | Path, text_field: str = "text", id_field: str | None 
     return [Document(path.name, text, {"path": str(path)})]
 
 
-def _load_folder(path: Path, pattern: str) -> list[Document]:
-    files = sorted(p for p in path.rglob(pattern) if p.is_file())
+def _load_folder(path: Path, pattern: str, text_field: str, id_field: str | None) -> list[Document]:
+    """Every file matching one of the comma-separated globs: a table gives its rows, a text file itself."""
+    files = sorted({p for g in pattern.split(",") if g.strip() for p in path.rglob(g.strip()) if p.is_file()})
     if not files:
         raise LlqaError(f"{path} has no files matching '{pattern}'", "pass another folder or --glob")
     docs = []
     for f in files:
+        name = str(f.relative_to(path))
+        if is_table(f):
+            for d in _table_documents(f, text_field, id_field):
+                d.id = d.id if id_field else f"{name}:{d.id.rsplit(':', 1)[1]}"
+                docs.append(d)
+            continue
         text = read_text_file(f)
         if text.strip():  # an empty file in a folder is skipped; a folder of only empty files is an error
-            docs.append(Document(str(f.relative_to(path)), text, {"path": str(f)}))
+            docs.append(Document(name, text, {"path": str(f)}))
     if not docs:
         raise LlqaError(f"every file matching '{pattern}' in {path} is empty", "pass a folder with text in it")
     return docs
@@ -199,15 +207,23 @@ def load_hub_dataset(spec: HubDataset, revision: str | None = None, flag: str = 
     import datasets
 
     offline = not hub_reachable()
-    try:
-        with _hub_offline(offline):
-            ds = datasets.load_dataset(spec.repo, split=spec.split, revision=revision)
-    except Exception as e:  # datasets raises ConnectionError, FileNotFoundError, DatasetNotFoundError, ...
-        first = (str(e).splitlines() or [type(e).__name__])[0]
+    # script-based repos (proof-pile) no longer load with `datasets` >= 4; the hub's parquet conversion does
+    revisions = [revision] if revision else [None, "refs/convert/parquet"]
+    ds = error = None
+    for rev in revisions:
+        try:
+            with _hub_offline(offline):
+                ds = datasets.load_dataset(spec.repo, split=spec.split, revision=rev)
+            revision = rev
+            break
+        except Exception as e:  # datasets raises ConnectionError, FileNotFoundError, DatasetNotFoundError, ...
+            error = e
+    if ds is None:
+        first = (str(error).splitlines() or [type(error).__name__])[0]
         where = "the hub cannot be reached and it is not in the local cache" if offline else first
         raise LlqaError(f"dataset '{spec.repo}' ({spec.split} split) could not be loaded: {where}",
                         f"{OFFLINE_FIX}: {flag} PATH (a jsonl/parquet file or folder in the same schema, "
-                        f"text in '{spec.text_field}')") from None
+                        f"text in '{spec.text_field}')")
     info = {"repo": spec.repo, "split": spec.split, "revision": revision or "main",
             "fingerprint": getattr(ds, "_fingerprint", None), "rows": len(ds), "offline_cache": offline}
     return ds, info
