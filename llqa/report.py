@@ -104,7 +104,6 @@ class Inputs:
     results: list[EvalResult] = field(default_factory=list)
     trainings: list[TrainingRun] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
-    origin: dict[Path, Path] = field(default_factory=dict)  # result/run dir -> the input path it came from
 
 
 def _read_json(path: Path) -> tuple[Any, str | None]:
@@ -157,7 +156,7 @@ def collect(paths: Sequence[str | Path]) -> Inputs:
     found = Inputs()
     seen: set[Path] = set()
 
-    def add(item, origin: Path) -> None:
+    def add(item) -> None:
         if isinstance(item, Skipped):
             found.skipped.append(item)
             return
@@ -165,7 +164,6 @@ def collect(paths: Sequence[str | Path]) -> Inputs:
         if key in seen:
             return
         seen.add(key)
-        found.origin[item.path] = origin
         (found.trainings if isinstance(item, TrainingRun) else found.results).append(item)
 
     for raw in paths:
@@ -174,14 +172,14 @@ def collect(paths: Sequence[str | Path]) -> Inputs:
             raise LlqaError(f"{path}: no such file or directory", "pass eval --out directories, training run "
                             "directories or result.json files")
         if path.is_file():
-            add(read_training(path.parent) if path.name == TRAIN_FILE else read_result(path), path)
+            add(read_training(path.parent) if path.name == TRAIN_FILE else read_result(path))
             continue
         before = len(found.results) + len(found.trainings) + len(found.skipped)
         for d in _walk(path):
             if (d / TRAIN_FILE).is_file():
-                add(read_training(d), path)
+                add(read_training(d))
             if (d / RESULT_FILE).is_file():
-                add(read_result(d / RESULT_FILE), path)
+                add(read_result(d / RESULT_FILE))
         if len(found.results) + len(found.trainings) + len(found.skipped) == before:
             found.skipped.append(Skipped(path, f"no {RESULT_FILE} or {TRAIN_FILE} in it"))
     if not found.results and not found.trainings:
@@ -220,14 +218,12 @@ def _factor(x: Any) -> float:
 class Run:
     identity: str  # model_identity of the scored / trained model
     rope_factor: float
-    label: str = ""
+    name: str = ""  # the model's name: derived, or given with --name
+    variant: str = ""  # what sets this run apart from others of the same model: " (PI ×4)", " @ ctx 65536"
+    label: str = ""  # the row label: name + variant, or exactly what --name gave for one result directory
     results: list[EvalResult] = field(default_factory=list)
     training: TrainingRun | None = None
     model: dict[str, Any] = field(default_factory=dict)  # a ModelInfo dict seen for this run
-
-    @property
-    def key(self) -> tuple[str, float]:
-        return self.identity, self.rope_factor
 
     @property
     def ctx(self) -> int | None:
@@ -245,18 +241,17 @@ def _trained_ctx(run: Run) -> int | None:
     return None
 
 
-def _derived_label(run: Run, trained: Mapping[str, TrainingRun]) -> str:
-    if run.identity in trained:
-        base = trained[run.identity].path.resolve().name
-    elif Path(run.identity).is_absolute():
-        base = Path(run.identity).name
-    else:
-        base = run.identity
+def _derive_name(run: Run) -> None:
+    """The run directory's (or model directory's) name, else the --model value; the variant says when the
+    model ran at another RoPE scaling than its own (untrained PI) or a trained run at another context."""
+    run.name = Path(run.identity).name if Path(run.identity).is_absolute() else run.identity
     trained_ctx = _trained_ctx(run)
-    if trained_ctx is not None:
-        return base if run.ctx in (None, trained_ctx) else f"{base} @ ctx {run.ctx}"
     ckpt = _factor(run.model.get("checkpoint_rope_factor", 1.0)) or 1.0
-    return base if run.rope_factor == ckpt else f"{base} (PI ×{run.rope_factor / ckpt:g})"
+    if trained_ctx is not None:
+        run.variant = "" if run.ctx in (None, trained_ctx) else f" @ ctx {run.ctx}"
+    else:
+        run.variant = "" if run.rope_factor == ckpt else f" (PI ×{run.rope_factor / ckpt:g})"
+    run.label = run.name + run.variant
 
 
 def parse_names(pairs: Sequence[str]) -> list[tuple[str, str]]:
@@ -273,7 +268,6 @@ def parse_names(pairs: Sequence[str]) -> list[tuple[str, str]]:
 def group_runs(inputs: Inputs, names: Sequence[tuple[str, str]] = ()) -> list[Run]:
     """Runs with each eval result and training run attached: references first, then trained runs."""
     runs: dict[tuple[str, float], Run] = {}
-    trained = {str(t.path.resolve()): t for t in inputs.trainings}
 
     def run_for(identity: str, model: Mapping[str, Any]) -> Run:
         key = (identity, _factor(model.get("rope_factor", 1.0)))
@@ -290,10 +284,10 @@ def group_runs(inputs: Inputs, names: Sequence[tuple[str, str]] = ()) -> list[Ru
             continue
         spec = str(r.model.get("spec") or r.config.get("model") or "")
         run_for(model_identity(spec, r.path) if spec else f"(unknown model: {r.path})", r.model).results.append(r)
-    # references (models not trained here) first, then trained runs; each in the order found
-    ordered = sorted(runs.values(), key=lambda r: r.training is not None)
+    # references (models not trained by llqa) first, then trained runs; each in the order found
+    ordered = sorted(runs.values(), key=lambda r: _trained_ctx(r) is not None)
     for run in ordered:
-        run.label = _derived_label(run, trained)
+        _derive_name(run)
     _apply_names(ordered, names)
     _disambiguate(ordered)
     return ordered
@@ -314,13 +308,8 @@ def _apply_names(runs: list[Run], names: Sequence[tuple[str, str]]) -> None:
             raise LlqaError(f"--name {key}={label}: no run scored or trained the model {key}",
                             "name a training run directory, a --model value or an eval --out directory; runs: "
                             + ", ".join(r.identity for r in runs))
-        for r in hits:  # every RoPE variant of the model: keep the PI suffix that tells them apart
-            suffix = r.label[len(_base_label(r)):] if r.label.startswith(_base_label(r)) else ""
-            r.label = label + suffix
-
-
-def _base_label(run: Run) -> str:
-    return run.label.split(" (PI ×")[0].split(" @ ctx ")[0]
+        for r in hits:  # every variant of the model: keep what tells them apart
+            r.name, r.label = label, label + r.variant
 
 
 def _disambiguate(runs: list[Run]) -> None:
@@ -588,7 +577,7 @@ def other_table(runs: Sequence[Run]) -> Table | None:
                  rows, kind="other")
 
 
-def runs_table(runs: Sequence[Run], inputs: Inputs) -> Table:
+def runs_table(runs: Sequence[Run]) -> Table:
     rows = []
     for run in runs:
         m = run.model
@@ -772,7 +761,7 @@ def write_report(paths: Sequence[str | Path], out: str | Path, names: Sequence[s
     previous = _previous_plots(out)
     runs = group_runs(inputs, parse_names(names))
     sections: list[str] = []
-    tables: list[Table] = [runs_table(runs, inputs)]
+    tables: list[Table] = [runs_table(runs)]
     plots: list[Path] = []
     sections.append(_section(tables[0]))
 
