@@ -71,6 +71,7 @@ def main() -> None:
         "validate_cli_exit": cli.returncode,
         "build_tokens_per_s": round(sum(doc_tokens.values()) / build_s),
         "cpus": os.cpu_count(),
+        "load_avg_1m_at_end": round(os.getloadavg()[0], 1),  # other work on the machine slows both steps
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "python": platform.python_version(),
         "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
