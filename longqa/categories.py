@@ -5,9 +5,9 @@
    or asks to write/generate the abstract.
 2. `relation` — the question is about how two things stand to each other. Novels: kinship, marriage,
    friendship, love and enmity words (father, wife, friend, rival, in love, ...; not as a title before a
-   name: "Uncle Silas"), "relationship",
-   "related to", "between ... and", "feel about", "each other". Papers: "relationship", "related to",
-   "correlat...", "compare"/"comparison", "differ..."/"difference", "versus"/"vs.", "between ... and".
+   name: "Uncle Silas"), "relationship", "related to", "between ... and", "feel about", "each other".
+   Papers: "relationship", "relation(s) between/with", "correlat...", "compare"/"comparison",
+   "differ..."/"difference", "versus"/"vs.", "between ... and" (not "related to": there it names a topic).
 3. `character` — novels only: who-questions ("who", "whom", "whose"), a person's name, age, job or
    nature ("what is the name of", "how old", "personality", "what kind of person").
 4. `detail` — everything else (what / why / how / where / when about one fact of the document).
@@ -44,8 +44,8 @@ RELATION_NOVEL = [re.compile(p, _I) for p in (
     r"\bbetween \w[\w' .-]* and\b", r"\bfeel(s|ings?)? (about|for|towards?)\b", r"\beach other\b",
     r"\bone another\b",
 )]
-RELATION_PAPER = [re.compile(p, _I) for p in (
-    r"\brelationships?\b", r"\brelat(ed|ion|ions|es) (to|between|with)\b", r"\bcorrelat\w*",
+RELATION_PAPER = [re.compile(p, _I) for p in (  # not "related to": in papers it names a topic
+    r"\brelationships?\b", r"\brelations? (between|with)\b", r"\bcorrelat\w*",
     r"\bcompar(e|es|ed|ing|ison|isons|able)\b", r"\bdiffer(s|ent|ence|ences)?\b", r"\bversus\b",
     r"\bvs\.?\b", r"\bbetween \w[\w' .-]* and\b",
 )]
