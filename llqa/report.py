@@ -337,20 +337,23 @@ class Table:
 
 
 def fmt(value: Any, spec: str = "") -> str:
-    """One table cell: None (or NaN) is missing, floats per `spec` (default: ppl-style)."""
+    """One table cell: None (or NaN) is missing; numbers per `spec` (default: 2 decimals below 1000, else
+    thousands); anything else (text, or a value of an unexpected type in a hand-edited file) as text."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return MISSING
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return str(value)
     if spec == "pct":
-        return f"{100 * value:.0f}%" if isinstance(value, int | float) else str(value)
+        return f"{100 * value:.0f}%"
     if spec == "gib":
         return f"{value:.2f}"
     if spec == "time":
         return _duration(value)
     if spec == "int":
         return f"{int(value):,}"
-    if isinstance(value, float):
-        return format(value, spec) if spec else (f"{value:.2f}" if abs(value) < 1000 else f"{value:,.0f}")
-    return str(value)
+    if spec:
+        return format(value, spec)
+    return f"{value:.2f}" if isinstance(value, float) and abs(value) < 1000 else f"{value:,.0f}"
 
 
 def _duration(seconds: float) -> str:
@@ -403,6 +406,8 @@ def _ppl_title(r: EvalResult) -> str:
         bits.append(f"first {c['max_tokens']:,} tokens each")
     if c.get("concat"):
         bits.append("joined")
+    if c.get("bos") in ("always", "never"):
+        bits.append(f"BOS {c['bos']}")
     scoring = c.get("scoring", "?")
     bits.append(f"{scoring}, S={c.get('stride')}" if scoring != "disjoint" else scoring)
     return f"Perplexity on {name} ({'; '.join(bits)})"

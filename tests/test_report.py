@@ -318,3 +318,11 @@ def test_walk_skips_only_a_training_runs_own_folders(tmp_path):
     found = collect([tmp_path])
     assert sorted(r.path.relative_to(tmp_path).as_posix() for r in found.results) == ["evals/base", "evals/data"]
     assert [t.path for t in found.trainings] == [tmp_path / "run"]
+
+
+def test_cell_format():
+    assert [fmt(None), fmt(float("nan")), fmt(26.0412), fmt(1667.3), fmt(7)] == [MISSING, MISSING, "26.04",
+                                                                                 "1,667", "7"]
+    assert [fmt(0.8, "pct"), fmt(32768, "int"), fmt(42.5, "time")] == ["80%", "32,768", "42.5 s"]
+    assert fmt(3725.0, "time") == "1:02:05"
+    assert fmt("n/a", "int") == "n/a"  # a hand-edited value of the wrong type is shown, not a crash
