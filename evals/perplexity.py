@@ -17,6 +17,7 @@ What is scored (also written into every result file as `semantics`):
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -214,6 +215,27 @@ class WindowScorer:
         self.chunk_rows = max(1, logits_budget_bytes // (4 * vocab))
         self.sdpa_backend = effective_sdpa_backend(sdpa_backend, self.device)
         self._auto_cudnn = sdpa_backend == "auto" and self.sdpa_backend == "cudnn"
+        self.config = base.config
+        text = base.config.get_text_config()
+        gqa = (getattr(text, "num_key_value_heads", None) or text.num_attention_heads) < text.num_attention_heads
+        # cuDNN attention needs dense K/V heads; swap this model instance's attention while scoring
+        self.attn_impl = None
+        if self.sdpa_backend == "cudnn" and gqa and getattr(base.config, "_attn_implementation", None) == "sdpa":
+            register_dense_kv_attention()
+            self.attn_impl = DENSE_KV_ATTENTION
+
+    @contextlib.contextmanager
+    def _attention(self):
+        """This model's attention implementation swapped to `self.attn_impl` for one forward, then restored."""
+        if self.attn_impl is None:
+            yield
+            return
+        saved = self.config._attn_implementation
+        self.config._attn_implementation = self.attn_impl
+        try:
+            yield
+        finally:
+            self.config._attn_implementation = saved
 
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
         import torch.nn.functional as F
@@ -237,7 +259,7 @@ class WindowScorer:
 
             warnings.warn(f"cuDNN attention failed ({str(e).splitlines()[0][:200]}); using torch's SDPA order",
                           stacklevel=2)
-            self._auto_cudnn, self.sdpa_backend = False, "auto"
+            self._auto_cudnn, self.sdpa_backend, self.attn_impl = False, "auto", None
             return self._score(input_ids, first)
 
     def _score(self, input_ids: torch.Tensor, first: Sequence[int]) -> torch.Tensor:
@@ -246,7 +268,7 @@ class WindowScorer:
         when convenient, so the host keeps queueing work)."""
         import torch
 
-        with torch.inference_mode(), sdpa_preference(self.sdpa_backend):
+        with torch.inference_mode(), sdpa_preference(self.sdpa_backend), self._attention():
             hidden = self.body(input_ids=input_ids, use_cache=False).last_hidden_state  # (B, T, H)
             b_len = hidden.shape[1]
             rows = torch.cat([torch.full((b_len - f,), b, dtype=torch.long) for b, f in enumerate(first)])
@@ -266,6 +288,31 @@ class WindowScorer:
 
 
 SDPA_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math")
+DENSE_KV_ATTENTION = "llqa_sdpa_dense_kv"
+
+
+def _dense_kv_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+    """SDPA with key/value heads repeated up to the query heads: torch's cuDNN attention takes no
+    `enable_gqa`, so GQA models would otherwise never reach it. query (B, H, T, D), key/value (B, Hkv, T, D)."""
+    import torch.nn.functional as F
+
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:  # head h reads KV head h // groups, as transformers' repeat_kv
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    causal = attention_mask is None and query.shape[2] > 1 and (
+        is_causal if is_causal is not None else getattr(module, "is_causal", True))
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling,
+                                         is_causal=causal)  # (B, H, T, D)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register_dense_kv_attention() -> None:
+    """Register `_dense_kv_sdpa` (and SDPA's mask format) through transformers' documented interfaces."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+    AttentionInterface.register(DENSE_KV_ATTENTION, _dense_kv_sdpa)
+    AttentionMaskInterface.register(DENSE_KV_ATTENTION, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
 
 
 def effective_sdpa_backend(backend: str, device) -> str:
@@ -280,8 +327,6 @@ def effective_sdpa_backend(backend: str, device) -> str:
 
 def sdpa_preference(backend: str):
     """A context preferring one torch SDPA kernel (others stay allowed as fallbacks); `auto` keeps torch's order."""
-    import contextlib
-
     if backend == "auto":
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel

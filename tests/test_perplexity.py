@@ -221,3 +221,32 @@ def test_proof_pile_sample_is_seeded_uniform_and_recorded(tmp_path, smollm2_toke
     assert len(draws) > 3  # the seed matters
     everything, info = sample_long_documents(len(rows), rows.__getitem__, n_tokens, 10, 500, seed=0)
     assert {d.id for d in everything} == long_enough and info["selected"] == 5  # fewer than asked: all of them
+
+
+def test_dense_kv_attention_for_cudnn_equals_sdpa_and_is_used():
+    """With a cuDNN preference, GQA models score through `_dense_kv_sdpa` (K/V heads repeated: cuDNN takes no
+    enable_gqa) for the scoring forward only; the numbers equal plain SDPA's."""
+    from transformers import AttentionInterface
+
+    from conftest import build_tiny_llama
+    from evals.perplexity import DENSE_KV_ATTENTION, WindowScorer, _dense_kv_sdpa
+
+    model = build_tiny_llama(1000)
+    x = torch.randint(0, 1000, (3, 40), generator=torch.Generator().manual_seed(0))
+    plain = WindowScorer(model, sdpa_backend="auto")
+    dense = WindowScorer(model, sdpa_backend="cudnn")
+    assert plain.attn_impl is None and dense.attn_impl == DENSE_KV_ATTENTION
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return _dense_kv_sdpa(*args, **kwargs)
+
+    AttentionInterface.register(DENSE_KV_ATTENTION, spy)
+    try:
+        got = dense.score(x, [1, 5, 39])
+    finally:
+        AttentionInterface.register(DENSE_KV_ATTENTION, _dense_kv_sdpa)
+    assert len(calls) == model.config.num_hidden_layers
+    assert model.config._attn_implementation == "sdpa"  # restored after the forward
+    assert torch.allclose(got, plain.score(x, [1, 5, 39]), rtol=1e-6)
