@@ -426,6 +426,8 @@ def build(recipe: Recipe, out: Path, source_dir: Path | None = None, seed: int |
     manifest = _manifest(recipe, loaded, counter, items, cells, stats, allow_short, shortfalls)
     manifest["counts"]["document_clusters"] = len({c.cluster for c in chosen})  # near-duplicates joined
     out.parent.mkdir(parents=True, exist_ok=True)  # the temporary directory must be on out's filesystem
+    for stale in sorted(out.parent.glob(f".{out.name}.tmp-*")):  # left by a killed build
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         for s, rows in by_split.items():

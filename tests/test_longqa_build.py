@@ -2,6 +2,7 @@
 stories), validated; determinism, split by document, quota shortfalls, the dataset card."""
 
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -133,6 +134,7 @@ def test_shortfall_fails_per_cell_unless_allow_short(recipe_path, shared_data, t
     err = capsys.readouterr().err
     assert "novel/character" in err and "/5000" in err and "--allow-short" in err
     assert not out.exists()  # nothing half-written, nothing padded
+    assert not list(tmp_path.glob(".short.tmp-*"))
     code, output = _run(["build", "--recipe", str(greedy), "--source-dir", str(shared_data), "--out", str(out),
                          "--allow-short"])
     assert code == 0, output
@@ -179,3 +181,39 @@ def test_help_lists_the_shipped_recipe_and_shipped_recipe_loads():
     assert r.total == 3000 and set(r.sources) == {"narrativeqa", "qasper", "arxiv", "leval", "longalpaca"}
     code, output = _run(["validate", "--help"])
     assert code == 0 and "--ctx" in output
+
+
+def test_near_duplicate_documents_never_straddle_the_split(tmp_path, shared_data):
+    """The same book excerpts reach the build twice, under different ids and sources (NarrativeQA and
+    L-Eval, one copy reformatted): each pair lands in one split, and validate finds no leak."""
+    from longqa.build import build
+
+    text = (shared_data / "narrativeqa" / "stories" / "pg215.txt").read_text(encoding="utf-8")
+    parts = [text[i * 12_000:(i + 1) * 12_000] for i in range(8)]
+    nqa = []
+    for i, part in enumerate(parts):
+        doc = {"id": f"d{i}", "kind": "gutenberg", "start": "", "end": "", "text": part,
+               "summary": {"text": f"Part {i} of the story of Buck.", "title": f"Buck {i}"}}
+        nqa.append({"document": doc, "question": {"text": f"What happens to Buck in part {i}?"},
+                    "answers": [{"text": f"Event {i}."}]})
+    leval = [{"input": " ".join(p.split()), "instructions": [f"Where is Buck in section {i}?"],
+              "outputs": [f"Place {i}."]} for i, p in enumerate(parts)]
+    (tmp_path / "src" / "narrativeqa").mkdir(parents=True)
+    (tmp_path / "src" / "leval").mkdir(parents=True)
+    (tmp_path / "src" / "narrativeqa" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in nqa))
+    (tmp_path / "src" / "leval" / "sci_fi.jsonl").write_text("".join(json.dumps(r) + "\n" for r in leval))
+    recipe = tmp_path / "dup.toml"
+    recipe.write_text('name = "dup"\nmin_tokens = 100\nmax_tokens = 20000\nmax_per_doc = 4\ntest_fraction = 0.5\n'
+                      '[quotas.novel]\ndetail = 16\nsummary = 8\n[sources.narrativeqa]\nsplits = ["test"]\n'
+                      '[sources.leval]\ntasks = ["sci_fi"]\n' + FRAMING)
+    result = build(load_recipe(recipe), tmp_path / "out", source_dir=tmp_path / "src", seed=1)
+    items = _items(tmp_path / "out", "train") + _items(tmp_path / "out", "test")
+    assert len(items) == 24 and result.counts["document_clusters"] == 8  # 16 documents, 8 texts
+    split_of_part = {}
+    for it in items:
+        part = int(re.search(r"\d+", it["output"]).group())  # "Event 3.", "Place 3.", "Part 3 of ..."
+        split_of_part.setdefault(part, set()).add(it["split"])
+    assert all(len(s) == 1 for s in split_of_part.values()) and len(split_of_part) == 8
+    assert {s for v in split_of_part.values() for s in v} == {"train", "test"}
+    code, output = _run(["validate", str(tmp_path / "out"), "--no-recount"])
+    assert code == 0, output
