@@ -650,7 +650,7 @@ def plot_passkey_heatmaps(path: Path, pairs: Sequence[tuple[str, EvalResult]]) -
     import numpy as np
 
     plt = _pyplot()
-    fig, axes = plt.subplots(len(pairs), 1, figsize=(9, 2.6 * len(pairs) + 0.6), squeeze=False)
+    fig, axes = plt.subplots(len(pairs), 1, figsize=(9, 2.8 * len(pairs) + 0.6), squeeze=False, layout="constrained")
     cmap = plt.get_cmap("RdYlGn").with_extremes(bad="lightgrey")
     im = None
     for ax, (label, r) in zip(axes[:, 0], pairs, strict=True):
@@ -668,7 +668,7 @@ def plot_passkey_heatmaps(path: Path, pairs: Sequence[tuple[str, EvalResult]]) -
         ax.set_title(f"{label}: effective context window {fmt(ecw, 'int')}", fontsize=9)
         ax.set_ylabel("key depth", fontsize=8)
     axes[-1, 0].set_xlabel("prompt length (tokens)")
-    fig.colorbar(im, ax=axes[:, 0].tolist(), label="accuracy", fraction=0.03)
+    fig.colorbar(im, ax=axes[:, 0].tolist(), label="accuracy", shrink=0.9)
     return _save_png(fig, path)
 
 
