@@ -40,9 +40,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from llqa.io import atomic_write_json  # noqa: E402
-from llqa.models import load_model  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
-from trainer.loop import _optimizer, _prepare_model  # noqa: E402
+from trainer.loop import _load, _optimizer, _prepare_model  # noqa: E402
 from trainer.loss import causal_lm_loss  # noqa: E402
 
 LOSSES = ("chunked", "hf")
@@ -61,7 +60,7 @@ def sync(device: torch.device) -> None:
 
 
 def measure(model, optimizer, n: int, kind: str, args, device, autocast_dtype) -> dict:
-    vocab = model.get_base_model().config.vocab_size
+    vocab = model.get_input_embeddings().num_embeddings
     ids = torch.randint(0, vocab, (1, n), generator=torch.Generator().manual_seed(n)).to(device)
     times, value = [], None
     for i in range(args.warmup + args.steps):
@@ -117,14 +116,12 @@ def main(argv=None) -> int:
         cfg = TrainConfig(task="train", out=tmp, data=["-"], model=args.model, ctx=ctx, method=args.method,
                           attn=args.attn, dtype=args.dtype, device=args.device, loss_chunk=args.loss_chunk,
                           lr=0.0)  # AdamW runs (its state counts) but weights stay fixed: losses compare
-    loaded = load_model(args.model, ctx=ctx, dtype=args.dtype, device=args.device)
-    device = torch.device(loaded.info.device)
-    compute = getattr(torch, loaded.info.dtype)
-    model = _prepare_model(cfg, loaded.model)
+    loaded, device, compute = _load(cfg)
+    model = _prepare_model(cfg, loaded.model, compute)
     params, optimizer, _ = _optimizer(cfg, model)
     settings = {"model": args.model, "ctx": ctx, "method": args.method, "attn": args.attn,
                 "loss_chunk": args.loss_chunk, "steps": args.steps, "warmup": args.warmup, "batch": 1,
-                "gradient_checkpointing": True, "dtype": loaded.info.dtype,
+                "gradient_checkpointing": True, "dtype": str(compute).removeprefix("torch."),
                 "trainable_parameters": sum(p.numel() for p in params),
                 "scored_tokens": "all N-1 next-token predictions of one sequence; loss = their mean NLL",
                 "step": "forward + loss + backward + AdamW step (lr 0), bf16 autocast, fp32 trainable weights",

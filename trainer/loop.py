@@ -93,6 +93,8 @@ def _compute_dtype(cfg: TrainConfig, device: torch.device) -> str:
 
 
 def _load(cfg: TrainConfig):
+    """(loaded model, device, compute dtype). LoRA methods keep the frozen base in the compute dtype (bf16 on
+    GPU, as in the paper); `full` loads it in fp32, since every weight becomes an fp32 master weight."""
     import torch
 
     from llqa.models import load_model, resolve, resolve_device
@@ -104,7 +106,8 @@ def _load(cfg: TrainConfig):
     device = resolve_device(cfg.device)
     dtype = _compute_dtype(cfg, device)
     torch.manual_seed(cfg.seed)  # random:<shape> bases and LoRA init derive from the seed
-    loaded = load_model(cfg.model, ctx=cfg.ctx, dtype=dtype, device=str(device))
+    loaded = load_model(cfg.model, ctx=cfg.ctx, dtype="float32" if cfg.method == "full" else dtype,
+                        device=str(device))
     return loaded, device, getattr(torch, dtype)
 
 
@@ -128,7 +131,9 @@ def build_data(cfg: TrainConfig, tokenizer):
     return sft, sft.stats
 
 
-def _prepare_model(cfg: TrainConfig, model):
+def _prepare_model(cfg: TrainConfig, model, compute_dtype: torch.dtype | None = None):
+    """Train mode, no KV cache, S2-Attn if asked, gradient checkpointing, the method's trainable set.
+    `compute_dtype` (default: the model's dtype) is the autocast dtype the training step will use."""
     import torch
 
     from trainer.lora import prepare_trainable
@@ -145,7 +150,7 @@ def _prepare_model(cfg: TrainConfig, model):
             enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    compute_dtype = model.dtype
+    compute_dtype = compute_dtype or model.dtype
     model = prepare_trainable(model, cfg.method, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
     if compute_dtype != torch.float32:
         # Trainable embeddings are fp32 master weights, so their output would be fp32 and with it the whole
@@ -284,7 +289,7 @@ def run_training(cfg: TrainConfig, console=None) -> TrainResult:
     loaded, device, compute_dtype = _load(cfg)
     _save_random_base(cfg, loaded)
     dataset, data_stats = build_data(cfg, loaded.tokenizer)
-    model = _prepare_model(cfg, loaded.model)
+    model = _prepare_model(cfg, loaded.model, compute_dtype)
     params, optimizer, scheduler = _optimizer(cfg, model)
     trainable = {"parameters": sum(p.numel() for p in params), "tensors": len(params),
                  "of_total": sum(p.numel() for p in model.parameters())}
