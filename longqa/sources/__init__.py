@@ -60,6 +60,12 @@ def load_source(name: str, options: dict[str, Any], source_dir: Path | None) -> 
 # --------------------------------------------------------------------------- local files
 
 
+def local_origin(directory: Path) -> str:
+    """How a local copy is named in the manifest: by its folder name only, so that the same files give
+    the same bytes wherever they lie (their content is pinned by the sha256 revision)."""
+    return f"local copy: <source-dir>/{Path(directory).name}"
+
+
 def digest_files(paths: Iterable[Path], root: Path) -> str:
     """sha256 over the relative names and bytes of the local files a source read: its 'revision'."""
     h = hashlib.sha256()

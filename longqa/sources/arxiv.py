@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from longqa.schema import QA, Document, SourceData, clean_text, content_id
-from longqa.sources import data_files, digest_files, hub_revision, hub_rows, iter_records
+from longqa.sources import data_files, digest_files, hub_revision, hub_rows, iter_records, local_origin
 
 NAME = "arxiv"
 HUB_ID = "ccdv/arxiv-summarization"
@@ -68,6 +68,6 @@ def load_hub(options: dict[str, Any]) -> SourceData:
 
 def load_local(directory: Path, options: dict[str, Any]) -> SourceData:
     files = data_files(directory, options.get("splits", ["train"]))
-    data = SourceData(NAME, str(directory), digest_files(files, directory))
+    data = SourceData(NAME, local_origin(directory), digest_files(files, directory))
     return from_rows((r for f in files for r in iter_records(f)), data, options.get("max_docs"),
                      options.get("max_chars"))

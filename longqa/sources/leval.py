@@ -21,7 +21,7 @@ from typing import Any
 
 from llqa.errors import LlqaError
 from longqa.schema import QA, Document, SourceData, clean_text, content_id, is_multiple_choice
-from longqa.sources import digest_files, hub_revision, hub_rows, iter_records
+from longqa.sources import digest_files, hub_revision, hub_rows, iter_records, local_origin
 from longqa.sources.arxiv import first_line_title
 
 NAME = "leval"
@@ -90,7 +90,7 @@ def task_files(directory: Path, task: str) -> list[Path]:
 
 def load_local(directory: Path, options: dict[str, Any]) -> SourceData:
     read: list[Path] = []
-    data = SourceData(NAME, str(directory), "")
+    data = SourceData(NAME, local_origin(directory), "")
     for task, doc_type in _tasks(options):
         files = task_files(directory, task)
         if not files:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from longqa.schema import QA, Document, SourceData, clean_text, content_id
-from longqa.sources import DATA_SUFFIXES, digest_files, hub_revision, hub_rows, iter_records
+from longqa.sources import DATA_SUFFIXES, digest_files, hub_revision, hub_rows, iter_records, local_origin
 from longqa.sources.arxiv import first_line_title
 
 NAME = "longalpaca"
@@ -76,5 +76,5 @@ def load_hub(options: dict[str, Any]) -> SourceData:
 
 def load_local(directory: Path, options: dict[str, Any]) -> SourceData:
     files = sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in DATA_SUFFIXES)
-    data = SourceData(NAME, str(directory), digest_files(files, directory))
+    data = SourceData(NAME, local_origin(directory), digest_files(files, directory))
     return from_rows((r for f in files for r in iter_records(f)), options["framing"], data, options.get("max_chars"))

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from longqa.schema import QA, Document, SourceData, clean_text
-from longqa.sources import data_files, digest_files, hub_revision, hub_rows, iter_records
+from longqa.sources import data_files, digest_files, hub_revision, hub_rows, iter_records, local_origin
 
 NAME = "narrativeqa"
 HUB_ID = "deepmind/narrativeqa"
@@ -109,7 +109,7 @@ def load_local(directory: Path, options: dict[str, Any]) -> SourceData:
     if (directory / "documents.csv").is_file():
         return _load_repo_layout(directory, splits, options.get("max_chars"))
     files = data_files(directory, splits)
-    data = SourceData(NAME, str(directory), digest_files(files, directory))
+    data = SourceData(NAME, local_origin(directory), digest_files(files, directory))
     rows = (r for f in files for r in iter_records(f))
     return from_hub_rows(rows, data, options.get("max_chars"))
 
@@ -145,7 +145,7 @@ def _load_repo_layout(directory: Path, splits: list[str], max_chars: int | None)
                 for ext in (".content", ".txt"):
                     if (directory / sub / f"{doc_id}{ext}").is_file():
                         story_files[doc_id] = directory / sub / f"{doc_id}{ext}"
-    data = SourceData(NAME, str(directory), "")
+    data = SourceData(NAME, local_origin(directory), "")
     missing = 0
     for doc_id in sorted(meta):
         path = story_files.get(doc_id)

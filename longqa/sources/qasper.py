@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from longqa.schema import QA, Document, SourceData, clean_text, norm_space
-from longqa.sources import data_files, digest_files, hub_revision, hub_rows, iter_records
+from longqa.sources import data_files, digest_files, hub_revision, hub_rows, iter_records, local_origin
 
 NAME = "qasper"
 HUB_ID = "allenai/qasper"
@@ -106,5 +106,5 @@ def load_local(directory: Path, options: dict[str, Any]) -> SourceData:
     # the original release names splits inside the file name: qasper-train-v0.3.json
     files += [p for p in sorted(directory.glob("qasper-*.json")) if p not in files
               and any(s in p.name for s in splits + (["dev"] if "validation" in splits else []))]
-    data = SourceData(NAME, str(directory), digest_files(files, directory))
+    data = SourceData(NAME, local_origin(directory), digest_files(files, directory))
     return from_rows((r for f in files for r in iter_records(f)), data, options.get("max_chars"))
