@@ -221,3 +221,46 @@ def test_near_duplicate_documents_never_straddle_the_split(tmp_path, shared_data
     assert {s for v in split_of_part.values() for s in v} == {"train", "test"}
     code, output = _run(["validate", str(tmp_path / "out"), "--no-recount"])
     assert code == 0, output
+
+
+def test_shipped_recipe_runs_every_source_from_local_copies(tmp_path, shared_data):
+    """longqa-3k over local copies of all five sources (fixtures in each hub schema, real text from the
+    shared data; L-Eval as it is): every source contributes, the set validates (short, by --allow-short)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from longqa.build import build
+
+    def text(path, start, n=40_000):
+        return (shared_data / path).read_text(encoding="utf-8")[start:start + n]
+
+    src = tmp_path / "src"
+    for name in ("narrativeqa", "qasper", "arxiv", "longalpaca"):
+        (src / name).mkdir(parents=True)
+    (src / "leval").symlink_to(shared_data / "leval", target_is_directory=True)
+    story = text("gutenberg_novels/pg11.txt", 2_000)
+    doc = {"id": "alice", "kind": "gutenberg", "start": "", "end": "", "text": story,
+           "summary": {"text": "Alice follows a rabbit down a hole.", "title": "Alice's Adventures in Wonderland"}}
+    rows = [{"document": doc, "question": {"text": q}, "answers": [{"text": a}]}
+            for q, a in [("Who is the Mad Hatter?", "A man at a tea party."), ("Why does Alice cry?", "She is lost.")]]
+    (src / "narrativeqa" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    paras = [p for p in text("gutenberg_novels/pg1342.txt", 5_000, 60_000).split("\n\n") if p.strip()]
+    paper = {"id": "p1", "title": "A Study", "abstract": "We study a text.",
+             "full_text": {"section_name": ["Body"], "paragraphs": [paras]},
+             "qas": {"question": ["How do they compare the two sisters?"], "question_id": ["q"],
+                     "answers": [{"answer": [{"unanswerable": False, "extractive_spans": [], "yes_no": None,
+                                              "free_form_answer": "By their letters."}]}]}}
+    pq.write_table(pa.Table.from_pylist([paper]), src / "qasper" / "test.parquet")
+    (src / "arxiv" / "train.jsonl").write_text(json.dumps({"article": text("gutenberg_novels/pg16.txt", 3_000),
+                                                           "abstract": "A boy who never grows up."}) + "\n")
+    framing = load_recipe("longqa-3k").framing
+    book = framing["novel"].format(title="Persuasion", document=text("gutenberg_novels/pg105.txt", 3_000),
+                                   question="Who is Captain Wentworth?")
+    (src / "longalpaca" / "LongAlpaca-12k.json").write_text(json.dumps([
+        {"instruction": book, "output": "A naval officer Anne once refused.", "file": "book"},
+        {"instruction": "Name three colours.", "output": "Red, green, blue.", "file": "alpaca"}]))
+    result = build(load_recipe("longqa-3k"), tmp_path / "out", source_dir=src, allow_short=True)
+    assert set(result.counts["by_source"]) == {"narrativeqa", "qasper", "arxiv", "leval", "longalpaca"}
+    assert result.shortfalls and result.manifest["allow_short"]
+    code, output = _run(["validate", str(tmp_path / "out")])
+    assert code == 0, output
