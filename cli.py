@@ -583,7 +583,8 @@ def build_cmd(
 @app.command("validate")
 def validate_cmd(
     path: Annotated[Path, typer.Argument(help="A directory written by `llqa build`, or one .jsonl file.")],
-    ctx: CtxOpt = None,
+    ctx: Annotated[int | None, typer.Option(
+        "--ctx", help="Context you will train at: items whose n_tokens exceed it are errors.")] = None,
     report: Annotated[Path | None, typer.Option("--report", help="Write the full JSON report here.")] = None,
     recount: Annotated[bool, typer.Option(
         "--recount/--no-recount", help="Recount n_tokens with the manifest's tokenizer (fast tokenizer only, "

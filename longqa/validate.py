@@ -225,11 +225,22 @@ def check_tokens(rows: list[Row], counter, ctx: int | None, report: Report, reco
     finally:
         counter.batch = old
     whole_iter = iter(whole_counts)
+    by_parts = []
     for r, n_out in zip(rows, out_counts, strict=True):
-        n_inst = heads[r.head_doc] + next(short_counts) if r.head_doc in heads else next(whole_iter)
+        if r.head_doc in heads:
+            n_inst = heads[r.head_doc] + next(short_counts)
+            by_parts.append((n_inst, r))
+        else:
+            n_inst = next(whole_iter)
         if n_inst + n_out != r.item["n_tokens"]:
             report.add(ERROR, "n_tokens", r.file, r.line, "n_tokens",
                        f"recorded {r.item['n_tokens']}, recounted {n_inst + n_out}")
+    # Cross-check the shortcut itself on the three shortest instructions counted by parts.
+    sample = sorted(by_parts, key=lambda t: (t[0], t[1].file, t[1].line))[:3]
+    for (n_parts, r), n_whole in zip(sample, counter.count([r.item["instruction"] for _, r in sample]), strict=True):
+        if n_parts != n_whole:
+            report.add(ERROR, "n_tokens", r.file, r.line, "instruction",
+                       f"counted by parts {n_parts} != whole {n_whole}: this tokenizer does not split cleanly")
 
 
 def check_duplicates(rows: list[Row], report: Report) -> None:
