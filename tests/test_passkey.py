@@ -232,8 +232,9 @@ def _smollm2_passkey(smollm2, tmp_path, lengths, depths, trials):
 
 def test_smollm2_passkey_1k_2k(smollm2, tmp_path):
     """The real SmolLM2-135M-Instruct finds the key (measured: every cell correct at 1k-4k, depths 0 and
-    0.5, without the chat template; with it, SmolLM2 answers in prose and rarely gives the number).
-    Four prompts: SmolLM2's prefill on 2 CPU cores is the cost; the slow test below covers 4k."""
+    0.5, two trials, without the chat template; with it, SmolLM2 answers in prose and rarely gives the
+    number). Four prompts at 1k-2k: SmolLM2's prefill on 2 CPU cores is the cost (one 4k prompt costs
+    more than the three shorter ones together); the slow test below covers 1k-4k."""
     summary, by_len = _smollm2_passkey(smollm2, tmp_path, [1024, 2048], [0.0, 0.5], 1)
     assert by_len[2048] >= 0.8 and by_len[1024] >= 0.5
     assert summary["effective_context_window"] == 2048
