@@ -8,8 +8,9 @@
    name: "Uncle Silas"), "relationship", "related to", "between ... and", "feel about", "each other".
    Papers: "relationship", "relation(s) between/with", "correlat...", "compare"/"comparison",
    "differ..."/"difference", "versus"/"vs.", "between ... and" (not "related to": there it names a topic).
-3. `character` — novels only: who-questions ("who", "whom", "whose"), a person's name, age, job or
-   nature ("what is the name of", "how old", "personality", "what kind of person").
+3. `character` — novels only: who-questions ("who", "whom", "whose"), a person's name ("what is her
+   name", "the name of the captain"; not of a place or thing), age, job or nature ("how old",
+   "personality", "what kind of person").
 4. `detail` — everything else (what / why / how / where / when about one fact of the document).
 
 Multiple-choice questions are judged by their stem (the text before the first listed option).
@@ -36,7 +37,8 @@ SUMMARY = [re.compile(p, _I) for p in (
 _KIN = (r"father|mother|parents?|sons?|daughters?|brothers?|sisters?|siblings?|wife|wives|husbands?|"
         r"spouses?|married|marry|marries|marrying|uncles?|aunts?|cousins?|nephews?|nieces?|grandfather|"
         r"grandmother|grandson|granddaughter|fianc[eé]e?|lovers?|girlfriend|boyfriend|friends?|"
-        r"friendship|enem(y|ies)|rivals?|rivalry|ally|allies|mentor|guardian|ward|step\w+|"
+        r"friendship|enem(y|ies)|rivals?|rivalry|mentor|guardian|"
+        r"step(father|mother|son|daughter|brother|sister|parent)s?|"
         r"in love|fall(s|en)? in love|fell in love|engaged to|betrothed|widow(er)?")
 RELATION_NOVEL = [re.compile(p, _I) for p in (
     rf"\b({_KIN})\b",
@@ -49,9 +51,13 @@ RELATION_PAPER = [re.compile(p, _I) for p in (  # not "related to": in papers it
     r"\bcompar(e|es|ed|ing|ison|isons|able)\b", r"\bdiffer(s|ent|ence|ences)?\b", r"\bversus\b",
     r"\bvs\.?\b", r"\bbetween \w[\w' .-]* and\b",
 )]
+_PERSON = (r"man|woman|men|women|boy|girl|person|people|character|narrator|hero|heroine|villain|king|queen|"
+           r"prince|princess|captain|doctor|lady|lord|servant|child|baby|pimp|thief|killer|murderer|leader|"
+           r"detective|officer|soldier|priest|teacher|student|owner|stranger|young \w+|old \w+")
 CHARACTER = [re.compile(p, _I) for p in (
     r"^\W*who\b", r"\bwho('s| is| was| are| were| does| did| has| had| will| would| could)\b",
-    r"\bwhom\b", r"\bwhose\b", r"\bwhat (is|was|are|were) (the )?names?\b", r"\bwhich (character|person)\b",
+    r"\bwhom\b", r"\bwhose\b", r"\bwhat (is|was|are|were) (his|her|their) names?\b",
+    rf"\bnames? of (the|a|an|this|that|his|her|their) (\w+'s )?({_PERSON})\b", r"\bwhich (character|person)\b",
     r"\bhow old\b", r"\bpersonality\b", r"\bwhat kind of (person|man|woman|people|girl|boy)\b",
     r"\bcharacter\b", r"\boccupation\b", r"\bprofession\b", r"\b(his|her|their) (job|age|name)\b",
 )]
