@@ -472,7 +472,7 @@ def topics_cmd(
     ctx: CtxOpt = None,
     testcases: TestcasesOpt = None,
     sizes: Annotated[str | None, typer.Option("--sizes", help="Numbers of topics N, comma-separated. Default: "
-                                              "every file in --testcases (downloaded: 1,5,10,15,20,25).")] = None,
+                                              "every file in --testcases (downloaded: 1,5,10).")] = None,
     generate: GenerateOpt = False,
     generate_only: GenerateOnlyOpt = False,
     conversations: Annotated[Path | None, typer.Option("--conversations", help="jsonl of {topic, conversation} "
@@ -505,7 +505,7 @@ def lines_cmd(
     ctx: CtxOpt = None,
     testcases: TestcasesOpt = None,
     sizes: Annotated[str | None, typer.Option("--sizes", help="Numbers of lines N, comma-separated. Default: every "
-                                              "file in --testcases (downloaded: 200,300,400,500,600,680).")] = None,
+                                              "file in --testcases (downloaded: 200,300,400).")] = None,
     generate: GenerateOpt = False,
     generate_only: GenerateOnlyOpt = False,
     cases: CasesOpt = 50,
