@@ -148,13 +148,19 @@ def _unit(seed: int, key: str) -> float:
     return int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:15], 16) / 16 ** 15
 
 
-def assign_splits(cluster_ids: list[str], test_fraction: float, seed: int) -> dict[str, str]:
-    """cluster -> split. A cluster is wholly train or wholly test; with test_fraction > 0 and two or more
-    clusters, at least one is test."""
-    clusters = sorted(set(cluster_ids))
-    split = {c: "test" if _unit(seed, c) < test_fraction else "train" for c in clusters}
-    if test_fraction > 0 and len(clusters) > 1 and "test" not in split.values():
-        split[min(clusters, key=lambda c: _unit(seed, c))] = "test"
+def assign_splits(cluster_sizes: dict[str, int], test_fraction: float, seed: int) -> dict[str, str]:
+    """cluster -> split. Whole clusters (near-duplicate documents) go to test in a seeded hash order for as
+    long as that brings the test share of items closer to `test_fraction`; with test_fraction > 0 and two
+    or more clusters, at least one cluster is test and at least one is train."""
+    clusters = sorted(cluster_sizes, key=lambda c: (_unit(seed, c), c))
+    split = dict.fromkeys(clusters, "train")
+    target = test_fraction * sum(cluster_sizes.values())
+    n_test = 0
+    for c in clusters[:-1]:  # the last one stays train: never an empty train split
+        size = cluster_sizes[c]
+        if abs(n_test + size - target) < abs(n_test - target) or (n_test == 0 and test_fraction > 0):
+            split[c] = "test"
+            n_test += size
     return split
 
 
@@ -415,7 +421,7 @@ def build(recipe: Recipe, out: Path, source_dir: Path | None = None, seed: int |
     chosen, cells = select(cands, recipe, selector)
     for c in chosen:
         c.cluster = selector._find(c.doc.doc_id)
-    split_of = assign_splits([c.cluster for c in chosen], recipe.test_fraction, recipe.seed)
+    split_of = assign_splits(Counter(c.cluster for c in chosen), recipe.test_fraction, recipe.seed)
     shortfalls = [f"{cell} {v['built']}/{v['quota']} (candidates {v['candidates']} from "
                   f"{', '.join(v['sources']) or 'no source'})" for cell, v in cells.items() if v["built"] < v["quota"]]
     if shortfalls and not allow_short:

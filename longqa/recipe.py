@@ -29,7 +29,7 @@ class Recipe:
     min_tokens: int
     max_tokens: int
     max_per_doc: int  # at most this many items per document (near-duplicate documents count as one)
-    test_fraction: float  # share of documents (not items) put in the test split
+    test_fraction: float  # share of items in test, reached with whole documents (never split across)
     framing: dict[str, str]  # doc_type -> template with {document} and {question} ({title} for novels)
     # source name -> options (e.g. tasks = [...] for leval); a source is used iff it is listed.
     sources: dict[str, dict[str, Any]]

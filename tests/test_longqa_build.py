@@ -169,13 +169,16 @@ def test_out_that_is_not_a_build_is_refused(tmp_path, recipe_path, shared_data, 
     assert "not an llqa build" in capsys.readouterr().err
 
 
-def test_assign_splits_keeps_clusters_whole_and_is_seeded():
-    clusters = [f"c{i}" for i in range(200)]
-    a = assign_splits(clusters, 0.2, seed=1)
-    assert a == assign_splits(list(reversed(clusters)), 0.2, seed=1)
-    assert 20 <= sum(v == "test" for v in a.values()) <= 60
-    assert assign_splits(["x", "y"], 0.0, 0) == {"x": "train", "y": "train"}
-    assert "test" in assign_splits(["x", "y"], 0.01, 0).values()
+def test_assign_splits_hits_the_item_share_by_whole_clusters():
+    sizes = {f"c{i}": 1 + i % 7 for i in range(300)}
+    a = assign_splits(sizes, 0.2, seed=1)
+    assert a == assign_splits(dict(reversed(list(sizes.items()))), 0.2, seed=1)  # order-free, seeded
+    assert a != assign_splits(sizes, 0.2, seed=2)
+    test_items = sum(n for c, n in sizes.items() if a[c] == "test")
+    assert abs(test_items - 0.2 * sum(sizes.values())) <= 7  # within one cluster of the target
+    assert set(assign_splits({"x": 1, "y": 1}, 0.0, 0).values()) == {"train"}
+    assert sorted(assign_splits({"x": 5, "y": 5}, 0.01, 0).values()) == ["test", "train"]
+    assert assign_splits({"x": 5}, 0.5, 0) == {"x": "train"}
 
 
 def test_help_lists_the_shipped_recipe_and_shipped_recipe_loads():
