@@ -23,6 +23,7 @@ from evals.longchat import (
     load_testcases,
     normalize_answer,
     parse_verdict,
+    prepare_testcases,
     read_conversations,
     run_judge,
     summarize,
@@ -233,6 +234,26 @@ def test_download_from_a_mirror_and_offline_error(longeval, tmp_path, monkeypatc
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(LlqaError, match="--testcases DIR"):
         downloaded_testcases("topics", [1])
+
+
+def test_prepare_reads_what_the_folder_has_and_generates_the_rest(longeval, tmp_path, monkeypatch):
+    cfg = LongEvalConfig(task="topics", testcases=str(longeval), sizes=[1, 2], generate=True, cases=3,
+                         conversations=str(longeval / "topics" / "conversations.jsonl"))
+    files = prepare_testcases(cfg, tmp_path)
+    assert files[1] == longeval / "topics" / "testcases" / "1_topics.jsonl"  # published: read, not generated
+    assert files[2] == tmp_path / "testcases" / "2_topics.jsonl"
+    assert [len(c["topics"]) for c in load_testcases(files[2], "topics")] == [2, 2, 2]
+    with pytest.raises(LlqaError, match="has no topics file for N = \\[7\\]"):
+        prepare_testcases(LongEvalConfig(task="topics", testcases=str(longeval), sizes=[7]), tmp_path)
+    # no --conversations and no network: one clear error
+    monkeypatch.setenv("LLQA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(LlqaError, match="cannot be reached"):
+        prepare_testcases(LongEvalConfig(task="topics", sizes=[3], generate=True), tmp_path / "other")
+    # without --testcases the published files come from LongChat's repository (here a file:// mirror)
+    monkeypatch.setenv("LLQA_LONGCHAT_URL", longeval.as_uri())
+    files = prepare_testcases(LongEvalConfig(task="lines", sizes=[300]), tmp_path / "dl")
+    assert load_testcases(files[300], "lines")[0]["num_lines"] == 300
 
 
 def test_judge_hook(tmp_path):
