@@ -158,9 +158,11 @@ def assign_splits(cluster_sizes: dict[str, int], test_fraction: float, seed: int
     n_test = 0
     for c in clusters[:-1]:  # the last one stays train: never an empty train split
         size = cluster_sizes[c]
-        if abs(n_test + size - target) < abs(n_test - target) or (n_test == 0 and test_fraction > 0):
+        if abs(n_test + size - target) < abs(n_test - target):
             split[c] = "test"
             n_test += size
+    if n_test == 0 and test_fraction > 0 and len(clusters) > 1:  # every cluster overshoots: the closest
+        split[min(clusters[:-1], key=lambda c: abs(cluster_sizes[c] - target))] = "test"
     return split
 
 
