@@ -551,6 +551,7 @@ def run_longeval(loaded: LoadedModel, cfg: LongEvalConfig, out_dir: str | Path, 
                        f"LongChat {cfg.task}: {info.spec} @ ctx {ctx}, "
                        f"{'chat template' if template else 'no template'}",
                        xlabel="mean prompt length (tokens)",
+                       ylabel="accuracy / mean F1" if cfg.task == "topics" else "accuracy",
                        annotations={f"{cfg.task} accuracy": [f"{r['n']} {cfg.task}" for r in done_rows]})
     store.finalize(semantics=SEMANTICS[cfg.task], summary={"by_n": rows}, rows=rows, model=info.to_dict(),
                    data={"files": {str(n): str(p) for n, p in files.items()}},

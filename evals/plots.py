@@ -53,7 +53,7 @@ def accuracy_heatmap(path: str | Path, lengths: Sequence[int], depths: Sequence[
 def accuracy_vs_length(path: str | Path, series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
                        title: str, xlabel: str = "prompt length (tokens)", threshold: float | None = None,
                        marker: float | None = None, marker_label: str | None = None,
-                       annotations: Mapping[str, Sequence[str]] | None = None) -> Path:
+                       annotations: Mapping[str, Sequence[str]] | None = None, ylabel: str = "accuracy") -> Path:
     """Accuracy (y, 0..1) against length (x), one line per series; optional threshold and a vertical marker."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -65,9 +65,9 @@ def accuracy_vs_length(path: str | Path, series: Mapping[str, tuple[Sequence[flo
         ax.axhline(threshold, color="grey", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
     if marker is not None and marker > 0:
         ax.axvline(marker, color="tab:red", linestyle=":", linewidth=1, label=marker_label)
-    ax.set_ylim(-0.03, 1.03)
+    ax.set_ylim(-0.03, 1.1 if annotations else 1.03)  # room for labels above points at 1.0
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("accuracy")
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
