@@ -12,7 +12,9 @@ What is scored (also written into every result file as `semantics`):
   with `all-tokens`, LongLoRA's eval.py report; bits per byte = sum NLL / ln 2 / UTF-8 bytes of the
   scored tokens' text (from the tokenizer's character offsets; a scored occurrence counts its bytes each time).
 - One model is loaded at Position Interpolation context `ctx` (default: the longest length) and every
-  length is scored with that same RoPE scaling.
+  length is scored with that same RoPE scaling. With `pi=False` (`--no-pi`) the model keeps its own RoPE
+  (its native context, or the context an llqa run was trained at) and windows may be longer than that
+  context: an extrapolation measurement (result.json: `config.pi` false, `model.rope_factor` unchanged).
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ SEMANTICS = (
     "scored once, context restarts each window. ppl = exp(sum NLL / scored tokens) (token-weighted, the "
     "headline); window_ppl = exp(mean over windows of the window's mean NLL) (YaRN; LongLoRA with "
     "all-tokens); bpb = sum NLL / ln2 / UTF-8 bytes of the scored tokens' text. All lengths share one "
-    "model with Position Interpolation at ctx."
+    "model with Position Interpolation at ctx; with pi=false (--no-pi) the model keeps its own RoPE scaling "
+    "and lengths beyond its context measure extrapolation."
 )
 
 
@@ -68,6 +71,7 @@ class PerplexityConfig:
     concat: bool = False  # join all documents into one stream (LongLoRA) instead of windows per document
     max_tokens: int | None = None  # keep the first N tokens of each document's stream
     ctx: int | None = None  # Position Interpolation target; None: max(lengths)
+    pi: bool = True  # False: no RoPE rescaling for the eval lengths (windows may exceed the model's context)
 
     def __post_init__(self):
         if not self.lengths:
@@ -89,14 +93,18 @@ class PerplexityConfig:
                                 "between windows would never be scored", f"use --stride {length} or less")
         if self.max_tokens is not None and self.max_tokens < 2:
             raise LlqaError(f"--max-tokens must be at least 2, got {self.max_tokens}", "e.g. --max-tokens 32768")
+        if not self.pi and self.ctx is not None:
+            raise LlqaError("--no-pi and --ctx contradict each other: --ctx sets Position Interpolation",
+                            "drop --ctx to score at the model's own RoPE, or drop --no-pi")
         if self.ctx is not None and self.ctx < max(self.lengths):
             raise LlqaError(f"--ctx {self.ctx} is shorter than the longest window {max(self.lengths)}",
                             f"use --ctx {max(self.lengths)} or more")
         self.lengths = sorted(set(self.lengths))
 
     @property
-    def model_ctx(self) -> int:
-        return self.ctx or max(self.lengths)
+    def model_ctx(self) -> int | None:
+        """The `ctx` to load the model at: None (the model as it is) without PI."""
+        return (self.ctx or max(self.lengths)) if self.pi else None
 
     def windows(self, n_tokens: int, length: int) -> list[Window]:
         return windows(n_tokens, length, self.stride, self.scoring)
@@ -200,6 +208,9 @@ class WindowScorer:
     def __init__(self, model, logits_budget_bytes: int = 1 << 29, sdpa_backend: str = "auto"):
         import torch
 
+        self.compile_mode: str = "off"  # see `compile`
+        self._layers = None
+
         base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT wrapper
         self.body = base.get_decoder()
         self.head = base.get_output_embeddings()
@@ -223,6 +234,39 @@ class WindowScorer:
         if self.sdpa_backend == "cudnn" and gqa and getattr(base.config, "_attn_implementation", None) == "sdpa":
             register_dense_kv_attention()
             self.attn_impl = DENSE_KV_ATTENTION
+
+    def compile(self, mode: str = "default", backend: str = "inductor", shapes: int = 1) -> None:
+        """torch.compile each decoder layer in place (regional compilation: the layers share one compiled
+        graph per input shape), with static shapes. The mask, RoPE tables and LM head stay eager: under
+        compile, transformers (before torch 2.14) would build a dense [B, 1, T, T] mask instead of letting
+        SDPA run its causal kernel. `shapes`: the distinct batch shapes that will be compiled (the caller
+        runs every other shape eagerly, see `score`); the recompile limits are raised to fit them.
+        `mode` is inductor's (default, max-autotune-no-cudagraphs, reduce-overhead = CUDA graphs)."""
+        import torch
+
+        if mode not in COMPILE_MODES or mode == "off":
+            raise LlqaError(f"--compile {mode} is unknown", f"use one of: {', '.join(COMPILE_MODES)}")
+        layers = getattr(self.body, "layers", None)
+        if not isinstance(layers, torch.nn.ModuleList) or not len(layers):
+            raise LlqaError("--compile: this model's decoder has no list of layers to compile", "run without --compile")
+        # a layer's graph may be specialised per layer (its index is a constant in it), so budget one
+        # entry per layer and shape rather than letting dynamo fall back to eager at its default limit
+        need = len(layers) * max(1, shapes) + 8
+        dyn = torch._dynamo.config
+        for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
+                     "accumulated_cache_size_limit"):
+            if isinstance(getattr(dyn, name, None), int) and getattr(dyn, name) < need:
+                setattr(dyn, name, need)
+        kwargs = {"mode": None if mode == "default" else mode} if backend == "inductor" else {}
+        for layer in layers:
+            layer.compile(backend=backend, dynamic=False, **kwargs)
+        self._layers, self.compile_mode = layers, mode
+
+    def uncompile(self) -> None:
+        """Undo `compile`: the model's layers run eagerly again (the caller's model is left as it came)."""
+        for layer in self._layers or ():
+            layer._compiled_call_impl = None
+        self._layers, self.compile_mode = None, "off"
 
     @contextlib.contextmanager
     def _attention(self):
@@ -248,10 +292,12 @@ class WindowScorer:
             logits = (logits / self.softcap).tanh() * self.softcap
         return logits
 
-    def score(self, input_ids: torch.Tensor, first: Sequence[int]) -> torch.Tensor:
-        """See `_score`. A cuDNN attention failure under `auto` falls back to torch's kernel order, once."""
+    def score(self, input_ids: torch.Tensor, first: Sequence[int], compiled: bool = True) -> torch.Tensor:
+        """See `_score`; `compiled=False` runs this batch eagerly even when the layers are compiled (a batch
+        shape seen once should not cost a compilation). A cuDNN attention failure under `auto` falls back
+        to torch's kernel order, once."""
         try:
-            return self._score(input_ids, first)
+            return self._score(input_ids, first, compiled)
         except RuntimeError as e:
             if not self._auto_cudnn:
                 raise
@@ -260,15 +306,20 @@ class WindowScorer:
             warnings.warn(f"cuDNN attention failed ({str(e).splitlines()[0][:200]}); using torch's SDPA order",
                           stacklevel=2)
             self._auto_cudnn, self.sdpa_backend, self.attn_impl = False, "auto", None
-            return self._score(input_ids, first)
+            return self._score(input_ids, first, compiled)
 
-    def _score(self, input_ids: torch.Tensor, first: Sequence[int]) -> torch.Tensor:
+    def _score(self, input_ids: torch.Tensor, first: Sequence[int], compiled: bool = True) -> torch.Tensor:
         """input_ids (B, T) on the model's device; row b scores tokens first[b]..T-1 (first[b] >= 1).
         Returns the NLL sum per row, (B,) float64 on the device (not synchronised: the caller reads it
         when convenient, so the host keeps queueing work)."""
         import torch
 
-        with torch.inference_mode(), sdpa_preference(self.sdpa_backend), self._attention():
+        stance = contextlib.nullcontext()
+        if self._layers is not None and not compiled:
+            stance = torch.compiler.set_stance("force_eager")
+        elif self.compile_mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()  # the previous batch's graph outputs are no longer read
+        with torch.inference_mode(), sdpa_preference(self.sdpa_backend), self._attention(), stance:
             hidden = self.body(input_ids=input_ids, use_cache=False).last_hidden_state  # (B, T, H)
             b_len = hidden.shape[1]
             rows = torch.cat([torch.full((b_len - f,), b, dtype=torch.long) for b, f in enumerate(first)])
@@ -288,6 +339,7 @@ class WindowScorer:
 
 
 SDPA_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math")
+COMPILE_MODES = ("off", "default", "max-autotune-no-cudagraphs", "reduce-overhead")
 DENSE_KV_ATTENTION = "llqa_sdpa_dense_kv"
 
 
@@ -388,8 +440,14 @@ def _progress(enabled: bool):
 def run(loaded, documents: Sequence[Document], cfg: PerplexityConfig, out_dir: str | Path, *,
         data_info: dict[str, Any] | None = None, overwrite: bool = False, batch_tokens: int | None = None,
         sdpa_backend: str = "auto", show_progress: bool = True, poll_s: float = 2.0,
-        on_batch: Callable[[int], None] | None = None) -> RunOutput:
+        on_batch: Callable[[int], None] | None = None, compile_mode: str = "off",
+        compile_backend: str = "inductor") -> RunOutput:
     """Score `documents` at every length of `cfg` and write result files into `out_dir`.
+
+    `compile_mode` other than "off" compiles the decoder layers (`WindowScorer.compile`) for the full
+    batches of each length (`batch_tokens // L` windows of L tokens); other batches (the last of a chunk,
+    windows of documents shorter than L) run eagerly, so at most len(lengths) shapes are ever compiled.
+    The model's layers are left uncompiled on return.
 
     Under torchrun/accelerate (RANK/WORLD_SIZE set) every rank scores its share of the cells and appends
     them to its own log `out_dir/rank{r}/cells.jsonl`; rank 0 then waits until every expected cell is in
@@ -404,7 +462,7 @@ def run(loaded, documents: Sequence[Document], cfg: PerplexityConfig, out_dir: s
     rank, world = dist_env()
     out_dir = Path(out_dir)
     info = loaded.info
-    config = {**asdict(cfg), "model_ctx": cfg.model_ctx, "model": info.spec, "dtype": info.dtype,
+    config = {**asdict(cfg), "model_ctx": cfg.model_ctx or info.target_ctx, "model": info.spec, "dtype": info.dtype,
               "rope_factor": info.rope_factor, "data": (data_info or {}).get("source"), "documents": len(documents)}
     main = ResultStore(out_dir, TASK, config, overwrite=overwrite) if rank == 0 else None
     mine = main if world == 1 else ResultStore(out_dir / f"rank{rank}", TASK, config, overwrite=overwrite)
@@ -431,9 +489,16 @@ def run(loaded, documents: Sequence[Document], cfg: PerplexityConfig, out_dir: s
 
     if sdpa_backend not in SDPA_BACKENDS:
         raise LlqaError(f"--sdpa-backend {sdpa_backend} is unknown", f"use one of: {', '.join(SDPA_BACKENDS)}")
+    if compile_mode not in COMPILE_MODES:
+        raise LlqaError(f"--compile {compile_mode} is unknown", f"use one of: {', '.join(COMPILE_MODES)}")
     scorer = WindowScorer(loaded.model, sdpa_backend=sdpa_backend)
+    if compile_mode != "off":
+        scorer.compile(compile_mode, compile_backend, shapes=len(cfg.lengths))
+    counts = {"compiled_batches": 0, "eager_batches": 0}
     started = time.time()
-    with _progress(show_progress) as progress:
+    with contextlib.ExitStack() as stack:
+        stack.callback(scorer.uncompile)
+        progress = stack.enter_context(_progress(show_progress))
         task = progress.add_task("tokenizing", total=len(my_cells))
         planned = []
         for c in my_cells:
@@ -442,7 +507,7 @@ def run(loaded, documents: Sequence[Document], cfg: PerplexityConfig, out_dir: s
         progress.reset(task, total=sum(w.length for _, ws in planned for w in ws),
                        description=f"perplexity{f' rank {rank}' if world > 1 else ''}")
         for chunk in _chunks(planned, 8 * batch_tokens):
-            stats = _score_chunk(scorer, chunk, stream, batch_tokens, progress, task, on_batch)
+            stats = _score_chunk(scorer, chunk, stream, batch_tokens, progress, task, on_batch, counts)
             for (cell, ws), st in zip(chunk, stats, strict=True):
                 s = stream(cell.doc)
                 rec = {"doc": s.id, "length": cell.length, "doc_tokens": len(s.ids), "windows": len(ws), **st}
@@ -459,7 +524,7 @@ def run(loaded, documents: Sequence[Document], cfg: PerplexityConfig, out_dir: s
             "documents": doc_ids if not cfg.concat else ids, "world_size": world}
     forward = sum(w.length for _, ws in planned for w in ws)
     speed = {"forward_tokens": forward, "seconds": round(elapsed, 3), "batch_tokens": batch_tokens,
-             "sdpa_backend": sdpa_backend, "sdpa_effective": scorer.sdpa_backend,
+             "sdpa_backend": sdpa_backend, "sdpa_effective": scorer.sdpa_backend, "compile": compile_mode, **counts,
              "tokens_per_s": round(forward / elapsed, 1) if elapsed > 0 else None}
     result = main.finalize(semantics=SEMANTICS, summary=summary, rows=rows, model=info.to_dict(), data=data,
                            extra={"this_session": speed})
@@ -485,16 +550,24 @@ def _chunks(planned, budget: int):
         yield chunk
 
 
-def _score_chunk(scorer: WindowScorer, chunk, stream, batch_tokens, progress, task, on_batch) -> list[dict]:
+def _score_chunk(scorer: WindowScorer, chunk, stream, batch_tokens, progress, task, on_batch,
+                 counts: dict[str, int]) -> list[dict]:
     import torch
 
     jobs = [Job(i, w) for i, (_, ws) in enumerate(chunk) for w in ws]
     batches = plan_batches(jobs, batch_tokens)
+    lengths = {cell.length for cell, _ in chunk}
+    pin = scorer.device.type == "cuda"
     sums = []
     for batch in batches:
-        rows = np.stack([stream(chunk[j.cell][0].doc).ids[j.window.start:j.window.end] for j in batch])
-        input_ids = torch.from_numpy(rows).to(scorer.device, non_blocking=True)
-        sums.append(scorer.score(input_ids, [j.window.first_scored - j.window.start for j in batch]))
+        length = batch[0].window.length
+        rows = torch.from_numpy(np.stack([stream(chunk[j.cell][0].doc).ids[j.window.start:j.window.end]
+                                          for j in batch]))
+        # pinned host memory: the copy runs asynchronously while the previous batch still computes
+        input_ids = (rows.pin_memory() if pin else rows).to(scorer.device, non_blocking=True)
+        full = length in lengths and len(batch) == max(1, batch_tokens // length)  # the one static shape per L
+        counts["compiled_batches" if full and scorer.compile_mode != "off" else "eager_batches"] += 1
+        sums.append(scorer.score(input_ids, [j.window.first_scored - j.window.start for j in batch], compiled=full))
         progress.advance(task, sum(j.window.length for j in batch))
         if on_batch is not None:
             on_batch(len(batch))

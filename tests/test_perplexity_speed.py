@@ -1,0 +1,95 @@
+"""The perplexity engine's compiled path (`--compile`): same numbers as eager, a bounded number of compiled
+shapes, the model left uncompiled afterwards."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from evals.perplexity import PerplexityConfig, WindowScorer, run
+from evals.texts import Document
+from llqa.errors import LlqaError
+
+TEXT = ("Alice was beginning to get very tired of sitting by her sister on the bank, and of having nothing to "
+        "do: once or twice she had peeped into the book her sister was reading, but it had no pictures or "
+        "conversations in it, 'and what is the use of a book,' thought Alice 'without pictures or conversations?' "
+        "So she was considering in her own mind (as well as she could, for the hot day made her feel very "
+        "sleepy and stupid), whether the pleasure of making a daisy-chain would be worth the trouble.")
+# a long document, one shorter than the longest window (its windows have a length of their own)
+DOCS = [Document("long", TEXT), Document("short", TEXT[:90])]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_llama_dir):
+    from llqa.models import load_model
+
+    return load_model(str(tiny_llama_dir), dtype="float32", device="cpu")
+
+
+def _frames(counter) -> int:
+    return sum(counter["stats"].values()) if "stats" in counter else 0
+
+
+def scored(tiny, tmp_path, name, **kwargs):
+    cfg = PerplexityConfig(lengths=[24, 40], stride=7, bos="never")
+    return run(tiny, DOCS, cfg, tmp_path / name, batch_tokens=120, show_progress=False, **kwargs)
+
+
+def test_compiled_plumbing_equals_eager_and_compiles_only_full_batches(tiny, tmp_path):
+    """dynamo's `aot_eager` backend (no C compiler, seconds): the layers really go through torch.compile,
+    only the full batch shape of each length is compiled, and the numbers equal eager ones."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    eager = scored(tiny, tmp_path, "eager")
+    compiled = scored(tiny, tmp_path, "compiled", compile_mode="default", compile_backend=counter)
+    # the layers were compiled once per length (2), at most once per length and layer, never per batch
+    layers = len(tiny.model.get_decoder().layers)
+    assert 2 <= counter.frame_count <= 2 * layers
+    speed = compiled.result_path.parent.joinpath("result.json").read_text()
+    assert '"compiled_batches"' in speed
+    import json
+
+    this = json.loads(speed)["this_session"]
+    assert this["compile"] == "default" and this["compiled_batches"] > counter.frame_count
+    assert this["eager_batches"] > 0  # the last batch of a length and the short document's windows
+    for a, b in zip(eager.rows, compiled.rows, strict=True):
+        assert a["scored_tokens"] == b["scored_tokens"]
+        assert b["ppl"] == pytest.approx(a["ppl"], rel=1e-6)
+    # uncompiled afterwards: a plain forward compiles nothing more
+    before = counter.frame_count
+    with torch.no_grad():
+        tiny.model(torch.tensor([[1, 2, 3]]))
+    assert counter.frame_count == before
+    assert all(layer._compiled_call_impl is None for layer in tiny.model.get_decoder().layers)
+
+
+def test_inductor_compiled_equals_eager(tiny, tmp_path):
+    """The real thing on CPU (inductor + gcc, about 20 s): fp32 numbers equal eager to fp32 tolerance."""
+    torch._dynamo.reset()
+    eager = scored(tiny, tmp_path, "eager")
+    compiled = scored(tiny, tmp_path, "inductor", compile_mode="default")
+    for a, b in zip(eager.rows, compiled.rows, strict=True):
+        assert b["ppl"] == pytest.approx(a["ppl"], rel=1e-5)
+        assert b["window_ppl"] == pytest.approx(a["window_ppl"], rel=1e-5)
+
+
+def test_compile_mode_errors(tiny, tmp_path):
+    with pytest.raises(LlqaError, match="--compile fast is unknown"):
+        scored(tiny, tmp_path, "bad", compile_mode="fast")
+
+    class NoLayers(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lm_head = torch.nn.Linear(4, 8)
+            self.config = tiny.model.config
+
+        def get_decoder(self):
+            return torch.nn.Identity()
+
+        def get_output_embeddings(self):
+            return self.lm_head
+
+    with pytest.raises(LlqaError, match="no list of layers"):
+        WindowScorer(NoLayers()).compile("default", "eager")
