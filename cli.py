@@ -120,7 +120,8 @@ PPL_SEMANTICS_HELP = (
     "Reported per L: ppl = exp(total NLL / scored tokens) (headline), window_ppl = exp(mean of window mean "
     "NLLs) (YaRN; LongLoRA with all-tokens), bits per byte over the UTF-8 bytes of the scored tokens. "
     "--bos auto puts the tokenizer's BOS before each document when the tokenizer adds one by default; "
-    "never mid-document. One model at PI context --ctx (default: the longest L) scores every L."
+    "never mid-document. One model at PI context --ctx (default: the longest L) scores every L; --no-pi "
+    "keeps the model's own RoPE, so L beyond its context measures extrapolation (result.json: pi false)."
 )
 LengthsOpt = Annotated[str | None, typer.Option(
     "--lengths", "-L", help="Window lengths, comma-separated (e.g. 2048,4096,8192). Default: --ctx, else 4096.")]
@@ -142,6 +143,13 @@ ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Pro
 SdpaOpt = Annotated[str, typer.Option("--sdpa-backend", help="Preferred torch SDPA kernel: auto (torch's "
                                       "choice), cudnn, flash, efficient or math; others remain fallbacks.")]
 RevisionOpt = Annotated[str | None, typer.Option("--revision", help="Hub dataset revision (branch, tag or commit).")]
+PiOpt = Annotated[bool, typer.Option("--pi/--no-pi", help="--pi (default): Position Interpolation to --ctx (or "
+                                     "the longest L). --no-pi: the model at its own RoPE and context; longer "
+                                     "windows are scored anyway (an extrapolation measurement).")]
+CompileOpt = Annotated[str, typer.Option("--compile", help="torch.compile the decoder layers: off (default), "
+                                         "default, max-autotune-no-cudagraphs or reduce-overhead (CUDA graphs). "
+                                         "Costs a one-time compilation per L (tens of seconds on GPU); worth it "
+                                         "for long runs. Same numbers up to kernel rounding.")]
 
 
 def _parse_lengths(lengths: str | None, ctx: int | None) -> list[int]:
@@ -156,7 +164,8 @@ def _parse_lengths(lengths: str | None, ctx: int | None) -> list[int]:
 
 def _perplexity(documents_fn, *, model: str, lengths: str | None, ctx: int | None, stride: int, scoring: str,
                 bos: str, concat: bool, max_tokens: int | None, batch_tokens: int | None, dtype: str, device: str,
-                out: Path, overwrite: bool, progress: bool, sdpa_backend: str = "auto") -> None:
+                out: Path, overwrite: bool, progress: bool, sdpa_backend: str = "auto", pi: bool = True,
+                compile_mode: str = "off") -> None:
     """Shared body of the three perplexity commands: config, model, documents, run, table."""
     from evals.perplexity import PerplexityConfig, run
     from llqa.models import load_model
@@ -165,18 +174,19 @@ def _perplexity(documents_fn, *, model: str, lengths: str | None, ctx: int | Non
     if batch_tokens is not None and batch_tokens < 1:
         raise LlqaError(f"--batch-tokens must be positive, got {batch_tokens}", "e.g. --batch-tokens 65536")
     cfg = PerplexityConfig(lengths=_parse_lengths(lengths, ctx), stride=stride, scoring=scoring, bos=bos,
-                           concat=concat, max_tokens=max_tokens, ctx=ctx)
+                           concat=concat, max_tokens=max_tokens, ctx=ctx, pi=pi)
     documents, data_info = documents_fn(cfg)  # before the weights load: bad data fails at once
     import torch
 
     torch.manual_seed(0)  # random:<shape> weights are then the same on every rank and every resume
     loaded = load_model(model, ctx=cfg.model_ctx, dtype=dtype, device=device)
     result = run(loaded, documents, cfg, out, data_info=data_info, overwrite=overwrite, batch_tokens=batch_tokens,
-                 sdpa_backend=sdpa_backend, show_progress=progress)
+                 sdpa_backend=sdpa_backend, show_progress=progress, compile_mode=compile_mode)
     if result.result_path is None:  # a rank other than 0 under torchrun: rank 0 reports
         return
-    table = Table(title=f"perplexity ({cfg.scoring}, stride {cfg.stride}) — {loaded.info.spec} at ctx "
-                  f"{cfg.model_ctx}, {len(documents)} documents")
+    at = f"ctx {cfg.model_ctx}" if pi else f"its own RoPE (ctx {loaded.info.target_ctx}, no PI)"
+    table = Table(title=f"perplexity ({cfg.scoring}, stride {cfg.stride}) — {loaded.info.spec} at {at}, "
+                  f"{len(documents)} documents")
     for col in ("L", "windows", "scored tokens", "ppl", "window ppl", "bits/byte"):
         table.add_column(col, justify="right")
     def fmt(v, spec):
@@ -210,6 +220,8 @@ def perplexity_cmd(
     max_tokens: MaxTokensOpt = None,
     batch_tokens: BatchTokensOpt = None,
     sdpa_backend: SdpaOpt = "auto",
+    pi: PiOpt = True,
+    compile_mode: CompileOpt = "off",
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
     out: OutOpt = Path("runs/perplexity"),
@@ -223,7 +235,8 @@ def perplexity_cmd(
 
     _perplexity(documents, model=model, lengths=lengths, ctx=ctx, stride=stride, scoring=scoring, bos=bos,
                 concat=concat, max_tokens=max_tokens, batch_tokens=batch_tokens, dtype=dtype, device=device,
-                out=out, overwrite=overwrite, progress=progress, sdpa_backend=sdpa_backend)
+                out=out, overwrite=overwrite, progress=progress, sdpa_backend=sdpa_backend,
+                pi=pi, compile_mode=compile_mode)
 
 
 @eval_app.command("pg19", short_help="Sliding-window perplexity on PG19's test books.",
@@ -245,6 +258,8 @@ def pg19_cmd(
     max_tokens: MaxTokensOpt = None,
     batch_tokens: BatchTokensOpt = None,
     sdpa_backend: SdpaOpt = "auto",
+    pi: PiOpt = True,
+    compile_mode: CompileOpt = "off",
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
     out: OutOpt = Path("runs/pg19"),
@@ -258,7 +273,8 @@ def pg19_cmd(
 
     _perplexity(documents, model=model, lengths=lengths, ctx=ctx, stride=stride, scoring=scoring, bos=bos,
                 concat=concat, max_tokens=max_tokens, batch_tokens=batch_tokens, dtype=dtype, device=device,
-                out=out, overwrite=overwrite, progress=progress, sdpa_backend=sdpa_backend)
+                out=out, overwrite=overwrite, progress=progress, sdpa_backend=sdpa_backend,
+                pi=pi, compile_mode=compile_mode)
 
 
 @eval_app.command("proof-pile", short_help="Sliding-window perplexity on proof-pile (PI protocol: 128 docs "
@@ -283,6 +299,8 @@ def proof_pile_cmd(
     bos: BosOpt = "auto",
     batch_tokens: BatchTokensOpt = None,
     sdpa_backend: SdpaOpt = "auto",
+    pi: PiOpt = True,
+    compile_mode: CompileOpt = "off",
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
     out: OutOpt = Path("runs/proof-pile"),
@@ -304,7 +322,8 @@ def proof_pile_cmd(
 
     _perplexity(documents, model=model, lengths=lengths, ctx=ctx, stride=stride, scoring=scoring, bos=bos,
                 concat=False, max_tokens=min_tokens, batch_tokens=batch_tokens, dtype=dtype, device=device,
-                out=out, overwrite=overwrite, progress=progress, sdpa_backend=sdpa_backend)
+                out=out, overwrite=overwrite, progress=progress, sdpa_backend=sdpa_backend,
+                pi=pi, compile_mode=compile_mode)
 
 
 # ----------------------------------------------------------------------------- eval: retrieval (issue 4)
