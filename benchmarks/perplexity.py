@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from evals.perplexity import PerplexityConfig, run  # noqa: E402
+from evals.perplexity import PerplexityConfig, default_batch_tokens, run  # noqa: E402
 from evals.texts import Document, load_texts  # noqa: E402
 from evals.windows import sliding_windows  # noqa: E402
 from llqa.io import atomic_write_json  # noqa: E402
@@ -72,25 +72,35 @@ def sync(device) -> None:
 
 
 def engine_time(loaded, text: str, length: int, stride: int, n_tokens: int, batch_tokens: int | None,
-                sdpa_backend: str, repeat: int = 1) -> dict:
-    """A short warm-up run (two batches), then `repeat` timed runs of the whole engine (fresh output dirs)."""
-    per_batch = max(1, (batch_tokens or 65536) // length)
+                sdpa_backend: str, repeat: int = 1, compile_mode: str = "off") -> dict:
+    """A short warm-up run (two full batches and one more window: every batch shape the timed runs use, so
+    a compiled engine compiles here), then `repeat` timed runs of the whole engine (fresh output dirs).
+
+    compile_s: the warm-up's time beyond what its windows cost at the steady rate — the one-time cost of
+    compilation (and of cuDNN/cuBLAS plan creation, which an uncompiled warm-up pays too)."""
+    per_batch = max(1, (batch_tokens or default_batch_tokens(loaded.model, length)) // length)
     warm_tokens = min(n_tokens, length + 2 * per_batch * stride)
     doc = [Document("bench", text)]
-    times, out = [], None
+    times, out, warm = [], None, None
     for i, max_tokens in enumerate([warm_tokens] + [n_tokens] * repeat):
         cfg = PerplexityConfig(lengths=[length], stride=stride, bos="never", max_tokens=max_tokens)
         with tempfile.TemporaryDirectory() as tmp:
             sync(loaded.model.device)
             t0 = time.perf_counter()
             out = run(loaded, doc, cfg, tmp, batch_tokens=batch_tokens, sdpa_backend=sdpa_backend,
-                      show_progress=False)
+                      show_progress=False, compile_mode=compile_mode)
             sync(loaded.model.device)
-            if i > 0:
-                times.append(time.perf_counter() - t0)
+            seconds = time.perf_counter() - t0
+            if i == 0:
+                warm = (seconds, out.rows[0]["windows"])
+            else:
+                times.append(seconds)
+                this = json.loads((Path(tmp) / "result.json").read_text())["this_session"]
     row = out.rows[0]
-    return {"seconds": min(times), "ppl": row["ppl"], "windows": row["windows"],
-            "scored_tokens": row["scored_tokens"]}
+    steady = min(times) / row["windows"]  # seconds per window
+    return {"seconds": min(times), "ppl": row["ppl"], "windows": row["windows"], "scored_tokens": row["scored_tokens"],
+            "warmup_s": warm[0], "compile_s": max(0.0, warm[0] - warm[1] * steady),
+            "compiled_batches": this["compiled_batches"], "eager_batches": this["eager_batches"]}
 
 
 def naive_time(loaded, ids, length: int, stride: int, warmup: int = 2) -> dict:
@@ -128,21 +138,27 @@ def part_small(args, device: str) -> list[dict]:
         n_tokens = length + (args.small_windows - 1) * args.stride
         text, ids = real_text(args.data, tok, n_tokens)
         naive = naive_time(loaded, ids, length, args.stride)
-        for bt, backend in [(bt, b) for b in args.sdpa for bt in args.small_batch_tokens]:
+        settings = [(bt, b, c) for c in args.compile for b in args.sdpa for bt in args.small_batch_tokens]
+        for bt, backend, mode in settings:
             try:
-                eng = engine_time(loaded, text, length, args.stride, n_tokens, bt or None, backend, args.repeat)
+                eng = engine_time(loaded, text, length, args.stride, n_tokens, bt or None, backend, args.repeat, mode)
             except Exception as e:  # a kernel preference this GPU/torch cannot run is reported, not fatal
-                rows.append({"part": "a", "length": length, "sdpa": backend, "error": repr(e)[:500]})
+                rows.append({"part": "a", "length": length, "sdpa": backend, "compile": mode, "error": repr(e)[:500]})
                 print(json.dumps(rows[-1]), flush=True)
                 continue
             assert eng["windows"] == naive["windows"] and eng["scored_tokens"] == naive["scored_tokens"]
             row = {"part": "a", "model": args.small_model, "length": length, "stride": args.stride,
-                   "windows": naive["windows"], "batch_tokens": bt or "default", "sdpa": backend,
+                   "windows": naive["windows"], "batch_tokens": bt or "default", "sdpa": backend, "compile": mode,
                    "naive_windows_per_s": naive["windows"] / naive["seconds"],
                    "engine_windows_per_s": eng["windows"] / eng["seconds"],
                    "naive_s": naive["seconds"], "engine_s": eng["seconds"],
-                   "naive_ppl": naive["ppl"], "engine_ppl": eng["ppl"]}
+                   "naive_ppl": naive["ppl"], "engine_ppl": eng["ppl"],
+                   "compile_s": eng["compile_s"], "warmup_s": eng["warmup_s"],
+                   "compiled_batches": eng["compiled_batches"], "eager_batches": eng["eager_batches"]}
             row["speedup"] = row["engine_windows_per_s"] / row["naive_windows_per_s"]
+            # end to end for these windows with the one-time cost paid in this run
+            row["speedup_incl_compile"] = (naive["seconds"] / (eng["seconds"] + eng["compile_s"])
+                                           if mode != "off" else row["speedup"])
             print(json.dumps(row), flush=True)
             rows.append(row)
     del loaded
@@ -170,12 +186,12 @@ def part_big(args, device: str) -> list[dict]:
     for length in args.big_lengths:
         n_tokens = length + (args.big_windows - 1) * args.stride
         text, _ = real_text(args.data, loaded.tokenizer, n_tokens)
-        for backend in args.sdpa:
+        for backend, mode in [(b, c) for c in args.compile for b in args.sdpa]:
             try:
                 eng = engine_time(loaded, text, length, args.stride, n_tokens, args.big_batch_tokens or None,
-                                  backend, args.repeat)
+                                  backend, args.repeat, mode)
             except Exception as e:  # a kernel preference this GPU/torch cannot run is reported, not fatal
-                rows.append({"part": "b", "length": length, "sdpa": backend, "error": repr(e)[:500]})
+                rows.append({"part": "b", "length": length, "sdpa": backend, "compile": mode, "error": repr(e)[:500]})
                 print(json.dumps(rows[-1]), flush=True)
                 continue
             ws = list(sliding_windows(n_tokens, length, args.stride))
@@ -185,12 +201,15 @@ def part_big(args, device: str) -> list[dict]:
                 stated, executed = stated + s, executed + e
             forward_tokens = sum(w.length for w in ws)
             row = {"part": "b", "model": args.big_model, "params": info.params, "length": length,
-                   "stride": args.stride, "windows": len(ws), "sdpa": backend, "seconds": eng["seconds"],
+                   "stride": args.stride, "windows": len(ws), "sdpa": backend, "compile": mode,
+                   "seconds": eng["seconds"], "compile_s": eng["compile_s"], "warmup_s": eng["warmup_s"],
+                   "compiled_batches": eng["compiled_batches"], "eager_batches": eng["eager_batches"],
                    "tokens_per_s": forward_tokens / eng["seconds"], "windows_per_s": len(ws) / eng["seconds"],
                    "tflops_stated": stated / eng["seconds"] / 1e12,
                    "mfu": stated / eng["seconds"] / peak if peak else None,
                    "mfu_executed": executed / eng["seconds"] / peak if peak else None,
                    "peak_tflops": peak / 1e12 if peak else None, "ppl": eng["ppl"],
+                   "mfu_incl_compile": stated / (eng["seconds"] + eng["compile_s"]) / peak if peak else None,
                    "max_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device != "cpu" else None}
             print(json.dumps(row), flush=True)
             rows.append(row)
@@ -215,8 +234,10 @@ def main(argv=None) -> None:
     p.add_argument("--big-lengths", type=parse_ints, default=[8192, 32768])
     p.add_argument("--big-windows", type=int, default=8, help="windows measured per length")
     p.add_argument("--big-batch-tokens", type=int, default=0)
-    p.add_argument("--sdpa", type=lambda s: s.split(","), default=["auto", "flash"],
-                   help="engine SDPA kernel preferences to measure (auto = cuDNN first on Hopper)")
+    p.add_argument("--sdpa", type=lambda s: s.split(","), default=["auto"],
+                   help="engine SDPA kernel preferences to measure (auto = cuDNN first on Hopper), e.g. auto,flash")
+    p.add_argument("--compile", type=lambda s: s.split(","), default=["off", "default"],
+                   help="engine --compile modes to measure: off, default, max-autotune-no-cudagraphs, reduce-overhead")
     p.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak, if the GPU is not known")
     args = p.parse_args(argv)
     args.data = args.data or default_data()
@@ -225,6 +246,10 @@ def main(argv=None) -> None:
     from llqa.models import resolve_device
 
     device = str(resolve_device(args.device))
+    # every (model, length, batch size) measured compiles its own shapes in this one process: room for all
+    for name in ("recompile_limit", "cache_size_limit"):
+        if isinstance(getattr(torch._dynamo.config, name, None), int):
+            setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 512))
     started = time.time()
     env = {"device": torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu",
            "torch": torch.__version__, "transformers": __import__("transformers").__version__,

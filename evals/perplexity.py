@@ -218,10 +218,12 @@ class WindowScorer:
             raise LlqaError("this model has no language-model head", "pass a causal language model")
         self.softcap = getattr(base.config, "final_logit_softcapping", None)
         self.device = next(base.parameters()).device
-        self._w32 = self._b32 = None
+        self._w32 = self._b32 = self._w16 = None
         if isinstance(self.head, torch.nn.Linear):
             self._w32 = self.head.weight.detach().float()
             self._b32 = None if self.head.bias is None else self.head.bias.detach().float()
+            if self.head.weight.dtype in (torch.bfloat16, torch.float16) and self.head.weight.device.type == "cuda":
+                self._w16 = self.head.weight.detach()
         vocab = self._w32.shape[0] if self._w32 is not None else base.config.get_text_config().vocab_size
         self.chunk_rows = max(1, logits_budget_bytes // (4 * vocab))
         self.sdpa_backend = effective_sdpa_backend(sdpa_backend, self.device)
@@ -282,9 +284,21 @@ class WindowScorer:
             self.config._attn_implementation = saved
 
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        """fp32 logits of hidden states h (m, H). A 16-bit head on CUDA multiplies in 16 bits with fp32
+        output: bf16/fp16 products are exact in fp32 and cuBLAS accumulates in fp32, so this equals the
+        fp32 GEMM of the upcast operands (up to summation order) on tensor cores, not fp32 SIMT units."""
+        import torch
         import torch.nn.functional as F
 
-        if self._w32 is not None:
+        if self._w16 is not None and h.dtype == self._w16.dtype:
+            try:
+                logits = torch.mm(h, self._w16.t(), out_dtype=torch.float32)
+            except (RuntimeError, TypeError):  # a torch without mm(out_dtype=) for this device: fp32 GEMM
+                self._w16 = None
+                return self._logits(h)
+            if self._b32 is not None:
+                logits += self._b32
+        elif self._w32 is not None:
             logits = F.linear(h.float(), self._w32, self._b32)
         else:
             logits = self.head(h).float()
