@@ -93,3 +93,36 @@ def test_compile_mode_errors(tiny, tmp_path):
 
     with pytest.raises(LlqaError, match="no list of layers"):
         WindowScorer(NoLayers()).compile("default", "eager")
+
+
+def _bf16_scorer(tiny):
+    from conftest import build_tiny_llama
+
+    model = build_tiny_llama(len(tiny.tokenizer)).to(torch.bfloat16)
+    return model, WindowScorer(model)
+
+
+def test_16bit_head_falls_back_to_the_fp32_gemm_where_torch_cannot_mm_with_fp32_output(tiny):
+    """On CPU torch has no mm(out_dtype=): forcing the 16-bit path there must give the fp32 GEMM's logits
+    and switch the path off for the rest of the run."""
+    model, scorer = _bf16_scorer(tiny)
+    assert scorer._w16 is None  # only a CUDA head takes the 16-bit path
+    scorer._w16 = model.lm_head.weight.detach()
+    h = torch.randn(5, model.config.hidden_size, dtype=torch.bfloat16)
+    logits = scorer._logits(h)
+    assert scorer._w16 is None and logits.dtype == torch.float32
+    torch.testing.assert_close(logits, h.float() @ model.lm_head.weight.float().t(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_16bit_head_on_cuda_equals_the_fp32_gemm(tiny):
+    """bf16 x bf16 products are exact in fp32 and accumulate in fp32: the tensor-core GEMM with fp32 output
+    equals the fp32 GEMM of the upcast operands up to summation order."""
+    model, _ = _bf16_scorer(tiny)
+    model = model.cuda()
+    scorer = WindowScorer(model)
+    assert scorer._w16 is not None
+    h = torch.randn(300, model.config.hidden_size, dtype=torch.bfloat16, device="cuda")
+    logits = scorer._logits(h)
+    assert scorer._w16 is not None  # the 16-bit path really ran
+    torch.testing.assert_close(logits, h.float() @ model.lm_head.weight.float().t(), rtol=1e-5, atol=1e-5)
