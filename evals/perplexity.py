@@ -338,7 +338,7 @@ class WindowScorer:
             b_len = hidden.shape[1]
             rows = torch.cat([torch.full((b_len - f,), b, dtype=torch.long) for b, f in enumerate(first)])
             pos = torch.cat([torch.arange(f - 1, b_len - 1) for f in first])  # hidden at t-1 predicts token t
-            rows, pos = rows.to(self.device), pos.to(self.device)
+            rows, pos = to_device(rows, self.device), to_device(pos, self.device)
             targets = input_ids[rows, pos + 1]
             picked = hidden[rows, pos]  # (M, H)
             del hidden
@@ -350,6 +350,15 @@ class WindowScorer:
             sums = torch.zeros(len(first), dtype=torch.float64, device=self.device)
             sums.index_add_(0, rows, nll.double())
             return sums
+
+
+def to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """A host tensor on `device` without a host sync: a blocking copy to CUDA would wait for every queued
+    kernel (torch synchronises the stream after a pageable copy), starving the GPU between batches; a
+    pinned, non-blocking one is queued like a kernel (the pinned buffer is kept until the copy is done)."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 SDPA_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math")
@@ -571,14 +580,12 @@ def _score_chunk(scorer: WindowScorer, chunk, stream, batch_tokens, progress, ta
     jobs = [Job(i, w) for i, (_, ws) in enumerate(chunk) for w in ws]
     batches = plan_batches(jobs, batch_tokens)
     lengths = {cell.length for cell, _ in chunk}
-    pin = scorer.device.type == "cuda"
     sums = []
     for batch in batches:
         length = batch[0].window.length
         rows = torch.from_numpy(np.stack([stream(chunk[j.cell][0].doc).ids[j.window.start:j.window.end]
                                           for j in batch]))
-        # pinned host memory: the copy runs asynchronously while the previous batch still computes
-        input_ids = (rows.pin_memory() if pin else rows).to(scorer.device, non_blocking=True)
+        input_ids = to_device(rows, scorer.device)  # queued behind the previous batch, no host sync
         full = length in lengths and len(batch) == max(1, batch_tokens // length)  # the one static shape per L
         counts["compiled_batches" if full and scorer.compile_mode != "off" else "eager_batches"] += 1
         sums.append(scorer.score(input_ids, [j.window.first_scored - j.window.start for j in batch], compiled=full))
