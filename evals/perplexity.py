@@ -14,7 +14,8 @@ What is scored (also written into every result file as `semantics`):
 - One model is loaded at Position Interpolation context `ctx` (default: the longest length) and every
   length is scored with that same RoPE scaling. With `pi=False` (`--no-pi`) the model keeps its own RoPE
   (its native context, or the context an llqa run was trained at) and windows may be longer than that
-  context: an extrapolation measurement (result.json: `config.pi` false, `model.rope_factor` unchanged).
+  context: an extrapolation measurement (result.json: `config.pi` false — absent means PI on —,
+  `model.rope_factor` unchanged).
 """
 
 from __future__ import annotations
@@ -487,6 +488,8 @@ def run(loaded, documents: Sequence[Document], cfg: PerplexityConfig, out_dir: s
     info = loaded.info
     config = {**asdict(cfg), "model_ctx": cfg.model_ctx or info.target_ctx, "model": info.spec, "dtype": info.dtype,
               "rope_factor": info.rope_factor, "data": (data_info or {}).get("source"), "documents": len(documents)}
+    if cfg.pi:  # recorded only when off, so that runs started before --no-pi existed still resume
+        del config["pi"]
     main = ResultStore(out_dir, TASK, config, overwrite=overwrite) if rank == 0 else None
     mine = main if world == 1 else ResultStore(out_dir / f"rank{rank}", TASK, config, overwrite=overwrite)
     done = dict(mine.done)

@@ -46,7 +46,7 @@ def test_no_pi_keeps_native_rope_and_scores_longer_windows(capsys, results):
     assert row["windows"] > 0 and row["scored_tokens"] == 639 and math.isfinite(row["ppl"])
 
     pi = score(capsys, tiny_llama_dir, book, root / "pi")  # the default interpolates to the longest L
-    assert pi["config"]["pi"] is True
+    assert "pi" not in pi["config"]  # absent = PI on: run.json as before --no-pi existed, so old runs resume
     assert pi["model"]["rope_factor"] == pytest.approx(384 / NATIVE) and pi["model"]["target_ctx"] == 384
     # another RoPE: other numbers even where both are inside the native context
     assert pi["summary"]["128"]["ppl"] != pytest.approx(nopi["summary"]["128"]["ppl"], rel=1e-6)
