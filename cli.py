@@ -167,12 +167,14 @@ def _perplexity(documents_fn, *, model: str, lengths: str | None, ctx: int | Non
                 out: Path, overwrite: bool, progress: bool, sdpa_backend: str = "auto", pi: bool = True,
                 compile_mode: str = "off") -> None:
     """Shared body of the three perplexity commands: config, model, documents, run, table."""
-    from evals.perplexity import PerplexityConfig, run
+    from evals.perplexity import COMPILE_MODES, PerplexityConfig, run
     from llqa.models import load_model
 
     _check_ctx(ctx)
     if batch_tokens is not None and batch_tokens < 1:
         raise LlqaError(f"--batch-tokens must be positive, got {batch_tokens}", "e.g. --batch-tokens 65536")
+    if compile_mode not in COMPILE_MODES:
+        raise LlqaError(f"--compile {compile_mode} is unknown", f"use one of: {', '.join(COMPILE_MODES)}")
     cfg = PerplexityConfig(lengths=_parse_lengths(lengths, ctx), stride=stride, scoring=scoring, bos=bos,
                            concat=concat, max_tokens=max_tokens, ctx=ctx, pi=pi)
     documents, data_info = documents_fn(cfg)  # before the weights load: bad data fails at once

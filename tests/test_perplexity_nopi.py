@@ -87,3 +87,15 @@ def test_report_puts_no_pi_with_the_native_model_and_pi_apart(capsys, results, t
     rows = {row[0]: row for row in table.rows}
     assert rows[labels[1.0]][1] == NATIVE and rows[labels[1.5]][1] == 384  # ctx column: what each ran at
     assert all(v is not None for row in table.rows for v in row[2:])
+
+
+def test_cli_compile_flag_reaches_the_engine_and_bad_modes_fail_early(capsys, tiny_llama_dir, book, tmp_path):
+    """The default CPU batch budget holds no full batch here, so nothing is compiled: this checks the
+    plumbing (tests/test_perplexity_speed.py checks the compiled numbers)."""
+    out = tmp_path / "c"
+    score(capsys, tiny_llama_dir, book, out, "--compile", "default")
+    this = json.loads((out / "result.json").read_text())["this_session"]
+    assert this["compile"] == "default" and this["compiled_batches"] == 0
+    line = one_line_error(capsys, "eval", "perplexity", "--data", str(book), "--model", "no/such-model",
+                          "--compile", "fast", "--out", str(tmp_path / "x"), "--device", "cpu")
+    assert "--compile fast is unknown" in line  # before the model is looked up
