@@ -310,18 +310,27 @@ class WindowScorer:
     def score(self, input_ids: torch.Tensor, first: Sequence[int], compiled: bool = True) -> torch.Tensor:
         """See `_score`; `compiled=False` runs this batch eagerly even when the layers are compiled (a batch
         shape seen once should not cost a compilation). A cuDNN attention failure under `auto` falls back
-        to torch's kernel order, once."""
+        to torch's kernel order, once; a compilation failure falls back to eager layers, once."""
+        import warnings
+
+        import torch
+
         try:
             return self._score(input_ids, first, compiled)
+        except torch._dynamo.exc.TorchDynamoException as e:  # raised while compiling, not by kernels
+            if self._layers is None:
+                raise
+            warnings.warn(f"torch.compile failed ({str(e).splitlines()[0][:200]}); scoring with eager layers",
+                          stacklevel=2)
+            self.uncompile()
+            return self.score(input_ids, first, compiled)
         except RuntimeError as e:
             if not self._auto_cudnn:
                 raise
-            import warnings
-
             warnings.warn(f"cuDNN attention failed ({str(e).splitlines()[0][:200]}); using torch's SDPA order",
                           stacklevel=2)
             self._auto_cudnn, self.sdpa_backend, self.attn_impl = False, "auto", None
-            return self._score(input_ids, first, compiled)
+            return self.score(input_ids, first, compiled)
 
     def _score(self, input_ids: torch.Tensor, first: Sequence[int], compiled: bool = True) -> torch.Tensor:
         """input_ids (B, T) on the model's device; row b scores tokens first[b]..T-1 (first[b] >= 1).
@@ -518,12 +527,12 @@ def run(loaded, documents: Sequence[Document], cfg: PerplexityConfig, out_dir: s
     if compile_mode not in COMPILE_MODES:
         raise LlqaError(f"--compile {compile_mode} is unknown", f"use one of: {', '.join(COMPILE_MODES)}")
     scorer = WindowScorer(loaded.model, sdpa_backend=sdpa_backend)
-    if compile_mode != "off":
-        scorer.compile(compile_mode, compile_backend, shapes=len(cfg.lengths))
     counts = {"compiled_batches": 0, "eager_batches": 0}
     started = time.time()
     with contextlib.ExitStack() as stack:
         stack.callback(scorer.uncompile)
+        if compile_mode != "off":
+            scorer.compile(compile_mode, compile_backend, shapes=len(cfg.lengths))
         progress = stack.enter_context(_progress(show_progress))
         task = progress.add_task("tokenizing", total=len(my_cells))
         planned = []
@@ -590,8 +599,9 @@ def _score_chunk(scorer: WindowScorer, chunk, stream, batch_tokens, progress, ta
                                           for j in batch]))
         input_ids = to_device(rows, scorer.device)  # queued behind the previous batch, no host sync
         full = length in lengths and len(batch) == max(1, batch_tokens // length)  # the one static shape per L
-        counts["compiled_batches" if full and scorer.compile_mode != "off" else "eager_batches"] += 1
         sums.append(scorer.score(input_ids, [j.window.first_scored - j.window.start for j in batch], compiled=full))
+        # counted after scoring: a compilation that failed and fell back makes this batch an eager one
+        counts["compiled_batches" if full and scorer.compile_mode != "off" else "eager_batches"] += 1
         progress.advance(task, sum(j.window.length for j in batch))
         if on_batch is not None:
             on_batch(len(batch))

@@ -3,6 +3,8 @@ shapes, the model left uncompiled afterwards."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -49,8 +51,6 @@ def test_compiled_plumbing_equals_eager_and_compiles_only_full_batches(tiny, tmp
     assert 2 <= counter.frame_count <= 2 * layers
     speed = compiled.result_path.parent.joinpath("result.json").read_text()
     assert '"compiled_batches"' in speed
-    import json
-
     this = json.loads(speed)["this_session"]
     assert this["compile"] == "default" and this["compiled_batches"] > counter.frame_count
     assert this["eager_batches"] > 0  # the last batch of a length and the short document's windows
@@ -126,3 +126,17 @@ def test_16bit_head_on_cuda_equals_the_fp32_gemm(tiny):
     logits = scorer._logits(h)
     assert scorer._w16 is not None  # the 16-bit path really ran
     torch.testing.assert_close(logits, h.float() @ model.lm_head.weight.float().t(), rtol=1e-5, atol=1e-5)
+
+
+def test_a_failing_compilation_falls_back_to_eager_layers(tiny, tmp_path):
+    def broken_backend(gm, example_inputs):
+        raise RuntimeError("no compiler here")
+
+    torch._dynamo.reset()
+    eager = scored(tiny, tmp_path, "eager")
+    with pytest.warns(UserWarning, match="torch.compile failed"):
+        fell_back = scored(tiny, tmp_path, "broken", compile_mode="default", compile_backend=broken_backend)
+    this = json.loads((tmp_path / "broken" / "result.json").read_text())["this_session"]
+    assert this["compiled_batches"] == 0 and this["eager_batches"] > 0
+    assert [r["ppl"] for r in fell_back.rows] == [r["ppl"] for r in eager.rows]
+    assert all(layer._compiled_call_impl is None for layer in tiny.model.get_decoder().layers)
