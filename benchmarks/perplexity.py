@@ -5,13 +5,17 @@
     result files) against batch-1 `model(input_ids, labels=...)` per window (LongLoRA's eval.py / the HF
     perplexity recipe), and the two perplexities side by side (they score the same tokens).
 (b) a Llama-2-7B-shaped model with random weights at L=8192 and 32768: tokens/s and model FLOP
-    utilisation of the engine end to end, for each SDPA kernel preference asked for.
+    utilisation of the engine end to end.
+Every engine setting is measured uncompiled and with `--compile` (torch.compile of the decoder layers);
+the one-time compilation seconds are reported apart (`compile_s`), steady-state rates exclude them and
+`speedup_incl_compile` / `mfu_incl_compile` include them.
 
-One command on an H100 (about 5 minutes; see the .md):
-    python benchmarks/perplexity.py --data .data/gutenberg_novels --out benchmarks/results/perplexity-h100
+One command on an H100 (about 4 minutes; see the .md):
+    python benchmarks/perplexity.py --data .data/novels --out benchmarks/results/perplexity-h100-compile
 CPU smoke test at tiny sizes:
-    python benchmarks/perplexity.py --device cpu --small-model random:tiny --small-lengths 256 \\
-        --small-windows 6 --big-model random:tiny --big-lengths 512 --big-windows 3 --out /tmp/bench
+    python benchmarks/perplexity.py --device cpu --dtype float32 --stride 64 --small-model random:tiny \\
+        --small-lengths 256 --small-windows 12 --small-batch-tokens 0,1024 --big-model random:tiny \\
+        --big-lengths 512 --big-windows 6 --big-batch-tokens 1024 --out /tmp/bench
 """
 
 from __future__ import annotations
