@@ -146,8 +146,9 @@ RevisionOpt = Annotated[str | None, typer.Option("--revision", help="Hub dataset
 PiOpt = Annotated[bool, typer.Option("--pi/--no-pi", help="--pi (default): Position Interpolation to --ctx (or "
                                      "the longest L). --no-pi: the model at its own RoPE and context; longer "
                                      "windows are scored anyway (an extrapolation measurement).")]
-CompileOpt = Annotated[str, typer.Option("--compile", help="torch.compile the decoder layers: off (default), "
-                                         "default, max-autotune-no-cudagraphs or reduce-overhead (CUDA graphs). "
+CompileOpt = Annotated[str, typer.Option("--compile", help="torch.compile the decoder layers: auto (default: "
+                                         "mode default on CUDA, off elsewhere), off, default, "
+                                         "max-autotune-no-cudagraphs or reduce-overhead (CUDA graphs). "
                                          "Costs a one-time compilation per L (tens of seconds on GPU); worth it "
                                          "for long runs. Same numbers up to kernel rounding.")]
 
@@ -165,7 +166,7 @@ def _parse_lengths(lengths: str | None, ctx: int | None) -> list[int]:
 def _perplexity(documents_fn, *, model: str, lengths: str | None, ctx: int | None, stride: int, scoring: str,
                 bos: str, concat: bool, max_tokens: int | None, batch_tokens: int | None, dtype: str, device: str,
                 out: Path, overwrite: bool, progress: bool, sdpa_backend: str = "auto", pi: bool = True,
-                compile_mode: str = "off") -> None:
+                compile_mode: str = "auto") -> None:
     """Shared body of the three perplexity commands: config, model, documents, run, table."""
     from evals.perplexity import COMPILE_MODES, PerplexityConfig, run
     from llqa.models import load_model
@@ -223,7 +224,7 @@ def perplexity_cmd(
     batch_tokens: BatchTokensOpt = None,
     sdpa_backend: SdpaOpt = "auto",
     pi: PiOpt = True,
-    compile_mode: CompileOpt = "off",
+    compile_mode: CompileOpt = "auto",
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
     out: OutOpt = Path("runs/perplexity"),
@@ -261,7 +262,7 @@ def pg19_cmd(
     batch_tokens: BatchTokensOpt = None,
     sdpa_backend: SdpaOpt = "auto",
     pi: PiOpt = True,
-    compile_mode: CompileOpt = "off",
+    compile_mode: CompileOpt = "auto",
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
     out: OutOpt = Path("runs/pg19"),
@@ -302,7 +303,7 @@ def proof_pile_cmd(
     batch_tokens: BatchTokensOpt = None,
     sdpa_backend: SdpaOpt = "auto",
     pi: PiOpt = True,
-    compile_mode: CompileOpt = "off",
+    compile_mode: CompileOpt = "auto",
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
     out: OutOpt = Path("runs/proof-pile"),
@@ -700,6 +701,12 @@ ShuffleOpt = Annotated[bool, typer.Option("--shuffle/--no-shuffle", help="Shuffl
                                           rich_help_panel=_TRAIN_PANEL)]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its newest checkpoint "
                                          "(same options; ends with the same weights as an uninterrupted run).")]
+OffloadOpt = Annotated[bool, typer.Option("--offload-activations", help="Keep the gradient checkpoints (each "
+                                         "layer's input) in pinned CPU memory instead of GPU memory; same result.",
+                                         rich_help_panel=_TRAIN_PANEL)]
+SdpaBackendOpt = Annotated[str, typer.Option("--sdpa-backend", help="torch SDPA kernel: auto, flash, cudnn, "
+                                             "efficient, math; same result up to rounding.",
+                                             rich_help_panel=_TRAIN_PANEL)]
 StopAfterOpt = Annotated[int | None, typer.Option("--stop-after", hidden=True,
                                                   help="Stop after this many steps, as if interrupted.")]
 
@@ -734,7 +741,8 @@ def train_cmd(
     micro_batch_size: MicroOpt = 1, max_grad_norm: ClipOpt = 1.0, dtype: DtypeOpt = "auto", device: DeviceOpt = "auto",
     gradient_checkpointing: GcOpt = True, loss_chunk: ChunkOpt = 4096, save_every: SaveEveryOpt = 100,
     keep_checkpoints: KeepOpt = 2, log_every: LogEveryOpt = 1, seed: SeedOpt = 42, shuffle: ShuffleOpt = True,
-    resume: ResumeOpt = False, stop_after: StopAfterOpt = None,
+    resume: ResumeOpt = False, stop_after: StopAfterOpt = None, offload_activations: OffloadOpt = False,
+    sdpa_backend: SdpaBackendOpt = "auto",
 ) -> None:
     """Continued pre-training at --ctx (LongLoRA's fine-tune.py): documents joined with EOS and packed into
     sequences of exactly ctx tokens, every token scored. Loss: mean next-token NLL over the scored tokens of
@@ -747,7 +755,7 @@ def train_cmd(
                  micro_batch_size=micro_batch_size, max_grad_norm=max_grad_norm, dtype=dtype, device=device,
                  gradient_checkpointing=gradient_checkpointing, loss_chunk=loss_chunk, save_every=save_every,
                  keep_checkpoints=keep_checkpoints, log_every=log_every, seed=seed, shuffle=shuffle, resume=resume,
-                 stop_after=stop_after)
+                 stop_after=stop_after, offload_activations=offload_activations, sdpa_backend=sdpa_backend)
 
 
 @app.command("sft")
@@ -768,7 +776,8 @@ def sft_cmd(
     micro_batch_size: MicroOpt = 1, max_grad_norm: ClipOpt = 1.0, dtype: DtypeOpt = "auto", device: DeviceOpt = "auto",
     gradient_checkpointing: GcOpt = True, loss_chunk: ChunkOpt = 4096, save_every: SaveEveryOpt = 100,
     keep_checkpoints: KeepOpt = 2, log_every: LogEveryOpt = 1, seed: SeedOpt = 42, shuffle: ShuffleOpt = True,
-    resume: ResumeOpt = False, stop_after: StopAfterOpt = None,
+    resume: ResumeOpt = False, stop_after: StopAfterOpt = None, offload_activations: OffloadOpt = False,
+    sdpa_backend: SdpaBackendOpt = "auto",
 ) -> None:
     """Supervised fine-tuning at --ctx on instruction/answer pairs; loss on answer tokens only (prompt labels
     -100): mean next-token NLL over the answer tokens of each step's global batch, in fp32, chunk by chunk.
@@ -782,7 +791,7 @@ def sft_cmd(
                  micro_batch_size=micro_batch_size, max_grad_norm=max_grad_norm, dtype=dtype, device=device,
                  gradient_checkpointing=gradient_checkpointing, loss_chunk=loss_chunk, save_every=save_every,
                  keep_checkpoints=keep_checkpoints, log_every=log_every, seed=seed, shuffle=shuffle, resume=resume,
-                 stop_after=stop_after)
+                 stop_after=stop_after, offload_activations=offload_activations, sdpa_backend=sdpa_backend)
 
 
 @app.command("merge")
