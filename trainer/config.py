@@ -20,10 +20,12 @@ TASKS = ("train", "sft")
 METHODS = ("longlora", "lora+", "lora", "full")
 ATTNS = ("full", "s2")
 TEMPLATES = ("auto", "chat", "inst")
+SDPA_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
 CONFIG_FILE = "train_config.json"
-# Fields that may change between an interrupted run and its `--resume` without changing its result.
-RESUMABLE_CHANGES = frozenset({"max_steps", "save_every", "keep_checkpoints", "log_every", "resume",
-                               "stop_after"})
+# Fields that may change between an interrupted run and its `--resume` without changing its result
+# ("out": a run directory that was moved or copied, e.g. to another machine, resumes where it now lies).
+RESUMABLE_CHANGES = frozenset({"out", "offload_activations", "sdpa_backend", "max_steps", "save_every",
+                               "keep_checkpoints", "log_every", "resume", "stop_after"})
 
 
 @dataclass
@@ -57,6 +59,9 @@ class TrainConfig:
     device: str = "auto"
     gradient_checkpointing: bool = True
     loss_chunk: int = 4096  # tokens per chunk of the chunked cross-entropy
+    # issue 7, speed/memory levers that leave the result unchanged (see benchmarks/train_7b.md):
+    offload_activations: bool = False  # keep the checkpointed layer inputs in (pinned) CPU memory, not on the GPU
+    sdpa_backend: str = "auto"  # torch SDPA kernel: auto (torch's choice), flash, cudnn, efficient, math
     save_every: int = 100  # checkpoint every N optimizer steps (and at the end)
     keep_checkpoints: int = 2  # newest checkpoints kept on disk
     log_every: int = 1  # console/TensorBoard logging period in steps
@@ -90,6 +95,12 @@ class TrainConfig:
         if self.batch_size % self.micro_batch_size:
             raise LlqaError(f"--batch-size {self.batch_size} is not a multiple of --micro-batch-size "
                             f"{self.micro_batch_size}", "the global batch is micro-batch × gradient accumulation")
+        if self.sdpa_backend not in SDPA_BACKENDS:
+            raise LlqaError(f"--sdpa-backend {self.sdpa_backend} is not an SDPA backend",
+                            f"use one of: {', '.join(SDPA_BACKENDS)}")
+        if self.offload_activations and not self.gradient_checkpointing:
+            raise LlqaError("--offload-activations moves the gradient checkpoints to CPU memory, but gradient "
+                            "checkpointing is off", "drop --no-gradient-checkpointing or --offload-activations")
         if self.attn == "s2":
             self._check_s2()
 

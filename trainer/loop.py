@@ -144,12 +144,17 @@ def _prepare_model(cfg: TrainConfig, model, compute_dtype: torch.dtype | None = 
 
         enable_s2_attention(model, group_ratio=cfg.group_ratio)
     if cfg.gradient_checkpointing:
+        # Offloading needs the reentrant form: it saves each layer's input with save_for_backward, where
+        # `save_on_cpu` (see `step_contexts`) moves it to CPU; the non-reentrant form keeps it on the GPU.
+        kwargs = {"use_reentrant": cfg.offload_activations}
         # transformers >= 5.2x renamed it activation_checkpointing_enable; older 5.x only has the old name
         enable = getattr(model, "activation_checkpointing_enable", None)
         if enable is not None:
-            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            enable(activation_checkpointing_kwargs=kwargs)
         else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        if cfg.offload_activations:  # reentrant checkpoints only backpropagate into inputs that require grad
+            model.enable_input_require_grads()
     compute_dtype = compute_dtype or model.dtype
     model = prepare_trainable(model, cfg.method, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
     if compute_dtype != torch.float32:
@@ -173,6 +178,28 @@ def _optimizer(cfg: TrainConfig, model):
 
 
 # --------------------------------------------------------------------------- one step
+
+
+def sdpa_context(backend: str):
+    """torch's SDPA kernel choice for forward, recomputation and backward (`--sdpa-backend`)."""
+    if backend == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    names = {"flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
+             "math": "MATH"}
+    return sdpa_kernel([getattr(SDPBackend, names[backend])])
+
+
+def offload_context(cfg: TrainConfig, device):
+    """Saved activations of the forward pass (with gradient checkpointing: each layer's input) go to CPU memory,
+    pinned on CUDA so the copies overlap compute (`--offload-activations`)."""
+    if not cfg.offload_activations:
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.autograd.graph.save_on_cpu(pin_memory=device.type == "cuda")
+
 
 
 def _peak_memory_gib(device: torch.device) -> float | None:
@@ -202,26 +229,41 @@ def oom_error(cfg: TrainConfig, device) -> LlqaError:
 
 
 def train_step(model, params, optimizer, scheduler, batches, cfg: TrainConfig, device, autocast_dtype,
-               step: int) -> tuple[float, float | None]:
-    """One optimizer step over `batches` (the micro-batches); returns (mean loss, grad norm)."""
+               step: int, dist=None) -> tuple[float, float | None]:
+    """One optimizer step over `batches` (this rank's micro-batches); returns (mean loss, grad norm).
+
+    `model` is a `trainer.loss.CausalLMLoss` (or a bare causal LM, wrapped here), DDP-wrapped when several
+    processes train (`dist`, see `trainer.distributed`): the loss and its gradient are then the token-weighted
+    mean over the global batch of all ranks, equal to one process training on the same global batch."""
     import torch
 
-    from trainer.loss import causal_lm_loss
+    from trainer.distributed import DistInfo, all_reduce
+    from trainer.loss import CausalLMLoss
 
-    total = sum(int((labels[:, 1:] != -100).sum()) for _, labels, _ in batches) or 1
+    dist = dist or DistInfo()
+    if hasattr(model, "get_input_embeddings"):  # a bare causal LM (not already a loss module)
+        model = CausalLMLoss(model, cfg.loss_chunk)
+    local = sum(int((labels[:, 1:] != -100).sum()) for _, labels, _ in batches)
+    total = int(all_reduce(dist, [local])[0]) or 1
     use_autocast = autocast_dtype != torch.float32
     loss_sum = 0.0
-    for ids, labels, mask in batches:
+    for n, (ids, labels, mask) in enumerate(batches):
         ids, labels = ids.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         mask = mask.to(device) if mask is not None else None
         ctx = torch.autocast(device.type, dtype=autocast_dtype) if use_autocast else contextlib.nullcontext()
-        with ctx:
-            loss, count = causal_lm_loss(model, ids, labels, attention_mask=mask, chunk_size=cfg.loss_chunk)
-        value = loss.item()
-        if not math.isfinite(value):
-            raise _nan_error("loss", value, step, cfg)
-        (loss * (count / total)).backward()
+        # gradients are reduced over ranks once, in the last micro-batch's backward
+        sync = model.no_sync() if dist.enabled and n < len(batches) - 1 else contextlib.nullcontext()
+        with sync, sdpa_context(cfg.sdpa_backend):
+            with ctx, offload_context(cfg, device):
+                loss, count = model(ids, labels, mask)
+            value = loss.item()
+            if not dist.enabled and not math.isfinite(value):
+                raise _nan_error("loss", value, step, cfg)
+            (loss * (int(count) * dist.world / total)).backward()  # DDP's average (÷ world) is undone
         loss_sum += value * int(count)
+    loss_sum = all_reduce(dist, [loss_sum])[0]
+    if not math.isfinite(loss_sum):  # every rank sees the same sum, so all stop together
+        raise _nan_error("loss", loss_sum, step, cfg)
     norm = None
     if cfg.max_grad_norm > 0:
         norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
@@ -243,9 +285,12 @@ def _nan_error(what: str, value: float, step: int, cfg: TrainConfig) -> Training
 # --------------------------------------------------------------------------- the run
 
 
-def _write_run_files(cfg: TrainConfig, loaded, data_stats, trainable: dict[str, int], step: int) -> None:
+def _write_run_files(cfg: TrainConfig, loaded, data_stats, trainable: dict[str, int], step: int,
+                     world: int = 1) -> None:
+    """`grad_accum`: micro-batches per optimizer step on each of the `world_size` processes of the last
+    (possibly resumed) launch; global batch = micro-batch × grad_accum × world_size."""
     atomic_write_json(cfg.run_dir / CONFIG_FILE, {
-        "config": cfg.to_dict(), "semantics": SEMANTICS, "grad_accum": cfg.grad_accum,
+        "config": cfg.to_dict(), "semantics": SEMANTICS, "grad_accum": cfg.grad_accum // world, "world_size": world,
         "model": loaded.info.to_dict(), "data": data_stats, "trainable": trainable, "steps_done": step})
 
 
@@ -281,65 +326,105 @@ def _save_random_base(cfg: TrainConfig, loaded) -> None:
 
 
 def run_training(cfg: TrainConfig, console=None) -> TrainResult:
-    """Train (or resume) the run described by `cfg`; see the module doc for what lands in the run directory."""
+    """Train (or resume) the run described by `cfg`; see the module doc for what lands in the run directory.
+
+    Under `torchrun` / `accelerate launch` every process calls this: data-parallel training (DDP, see
+    `trainer.distributed`), rank 0 alone writes the run directory, logs and checkpoints."""
+    from llqa.models import resolve_device
+    from trainer.distributed import barrier, init_distributed, micro_batches_per_rank, shutdown
+
+    dist = init_distributed(resolve_device(cfg.device))
+    try:
+        micro_batches_per_rank(cfg.batch_size, cfg.micro_batch_size, dist.world)
+        resume_from = _check_run_dir(cfg)
+        barrier(dist)  # every rank has checked the run directory before rank 0 writes into it
+        return _run(cfg, console, dist, resume_from)
+    finally:
+        shutdown(dist)
+
+
+def _run(cfg: TrainConfig, console, dist, resume_from: Path | None) -> TrainResult:
     import torch
 
-    resume_from = _check_run_dir(cfg)
-    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    from trainer.distributed import all_reduce, barrier, wrap_for_training
+    from trainer.loss import CausalLMLoss
+
+    if dist.main:
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
     loaded, device, compute_dtype = _load(cfg)
-    _save_random_base(cfg, loaded)
-    dataset, data_stats = build_data(cfg, loaded.tokenizer)
+    if dist.main:  # rank 0 writes the random base copy and the packed data; the others then read the packed data
+        _save_random_base(cfg, loaded)
+        dataset, data_stats = build_data(cfg, loaded.tokenizer)
+    barrier(dist)
+    if not dist.main:
+        dataset, data_stats = build_data(cfg, loaded.tokenizer)
     model = _prepare_model(cfg, loaded.model, compute_dtype)
     params, optimizer, scheduler = _optimizer(cfg, model)
     trainable = {"parameters": sum(p.numel() for p in params), "tensors": len(params),
                  "of_total": sum(p.numel() for p in model.parameters())}
     state = {"step": 0, "consumed": 0}
-    if resume_from is not None:
+    if resume_from is not None:  # every rank loads the same full checkpoint, whatever world size wrote it
         state = load_checkpoint(resume_from, model, optimizer, scheduler)
-    _write_run_files(cfg, loaded, data_stats, trainable, state["step"])
+    step_model = wrap_for_training(CausalLMLoss(model, cfg.loss_chunk), dist, device)
+    if dist.main:
+        _write_run_files(cfg, loaded, data_stats, trainable, state["step"], dist.world)
     pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
     result = TrainResult(cfg.run_dir, state["step"], data=data_stats)
-    logger = StepLogger(cfg, console, start=state["step"])
+    logger = StepLogger(cfg, console, start=state["step"]) if dist.main else contextlib.nullcontext()
     try:
         with logger:
             while state["step"] < cfg.max_steps:
                 if cfg.stop_after is not None and state["step"] >= cfg.stop_after:
                     return result
-                batches = _next_batches(cfg, dataset, state["consumed"], pad_id)
+                batches = _next_batches(cfg, dataset, state["consumed"], pad_id, dist)
                 t0 = time.perf_counter()
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
                 lr = optimizer.param_groups[0]["lr"]
-                loss, norm = train_step(model, params, optimizer, scheduler, batches, cfg, device, compute_dtype,
-                                        state["step"])
+                loss, norm = train_step(step_model, params, optimizer, scheduler, batches, cfg, device,
+                                        compute_dtype, state["step"], dist)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 dt = time.perf_counter() - t0
                 state["step"] += 1
                 state["consumed"] += cfg.batch_size
                 tokens = sum(int(ids.numel()) if mask is None else int(mask.sum()) for ids, _, mask in batches)
+                peak = _peak_memory_gib(device)
+                tokens, dt = all_reduce(dist, [tokens])[0], all_reduce(dist, [dt], op="max")[0]
+                if peak is not None:  # the fullest GPU is the one that runs out
+                    peak = all_reduce(dist, [peak], op="max")[0]
                 result.losses.append(loss)
                 result.steps = state["step"]
-                logger.log(state["step"], {"loss": loss, "lr": lr, "grad_norm": norm, "tokens": tokens,
-                                           "tokens_per_s": tokens / dt, "step_s": dt,
-                                           "peak_mem_gib": _peak_memory_gib(device)})
+                if dist.main:
+                    logger.log(state["step"], {"loss": loss, "lr": lr, "grad_norm": norm, "tokens": int(tokens),
+                                               "tokens_per_s": tokens / dt, "step_s": dt, "peak_mem_gib": peak,
+                                               "world_size": dist.world})
                 if state["step"] % cfg.save_every == 0 or state["step"] == cfg.max_steps:
-                    save_checkpoint(cfg.run_dir, model, optimizer, scheduler,
-                                    {**state, "last_loss": loss}, keep=cfg.keep_checkpoints)
+                    if dist.main:  # the trainable state is identical on every rank: one full checkpoint
+                        save_checkpoint(cfg.run_dir, model, optimizer, scheduler,
+                                        {**state, "last_loss": loss, "world_size": dist.world},
+                                        keep=cfg.keep_checkpoints)
+                    barrier(dist)
     except torch.OutOfMemoryError:
         raise oom_error(cfg, device) from None
-    save_final(cfg, model, loaded, state["step"])
-    _write_run_files(cfg, loaded, data_stats, trainable, state["step"])
+    if dist.main:
+        save_final(cfg, model, loaded, state["step"])
+        _write_run_files(cfg, loaded, data_stats, trainable, state["step"], dist.world)
+    barrier(dist)
     result.finished = True
     result.model = model
     return result
 
 
-def _next_batches(cfg: TrainConfig, dataset, consumed: int, pad_id: int):
+def _next_batches(cfg: TrainConfig, dataset, consumed: int, pad_id: int, dist=None):
+    """This rank's micro-batches of the global batch that starts at sample `consumed`."""
     from trainer.data import collate, sample_index
+    from trainer.distributed import DistInfo, rank_slice
 
+    dist = dist or DistInfo()
     n = len(dataset)
     items = [dataset.item(sample_index(consumed + i, n, cfg.seed, cfg.shuffle)) for i in range(cfg.batch_size)]
+    items = rank_slice(items, dist.rank, dist.world)
     mb = cfg.micro_batch_size
     return [collate(items[i:i + mb], pad_id, cfg.pad_multiple) for i in range(0, len(items), mb)]
 

@@ -145,3 +145,20 @@ def causal_lm_loss(model, input_ids: torch.Tensor, labels: torch.Tensor,
     weight, bias, softcap = lm_head_of(model)
     return chunked_causal_lm_loss(out.last_hidden_state, weight, labels, bias=bias, chunk_size=chunk_size,
                                   softcap=softcap)
+
+
+class CausalLMLoss(torch.nn.Module):
+    """A causal LM and its chunked loss as one module: forward(ids, labels, mask) -> (mean NLL, scored tokens).
+
+    The training step calls this rather than `causal_lm_loss` directly, so that a data-parallel wrapper
+    (DDP) put around it sees the whole forward pass and reduces the gradients of every trainable weight.
+    """
+
+    def __init__(self, model: torch.nn.Module, chunk_size: int = DEFAULT_CHUNK):
+        super().__init__()
+        self.model, self.chunk_size = model, chunk_size
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor,
+                attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return causal_lm_loss(self.model, input_ids, labels, attention_mask=attention_mask,
+                              chunk_size=self.chunk_size)

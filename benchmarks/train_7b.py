@@ -1,0 +1,224 @@
+"""A Llama-2-7B-shaped model trained with LoRA+ and S2-Attn on one GPU: tokens/s, MFU and peak memory.
+
+One optimizer step per measurement exactly as `llqa train --method longlora` runs it (`trainer.loop.train_step`):
+`random:7b` (Llama-2-7B shape, 49,152-token vocabulary, random weights initialised on the GPU) loaded at
+ctx = the longest length (Position Interpolation), bf16 frozen base, LoRA r 8 on q,k,v,o + embeddings
+and norms trainable (fp32 master weights, fused AdamW; the 49,152 × 4096 embedding alone is 0.2 B
+trainable parameters = 3.2 GB of weight + gradient + two moments), S2-Attn (group = N/4), gradient
+checkpointing, chunked loss, batch 1 of N random tokens, every next-token prediction scored.
+
+Levers (`--levers`, each measured on its own on top of the trainer defaults, `base`):
+- base          trainer defaults: chunked loss, non-reentrant checkpointing, S2 on torch SDPA (torch's kernel)
+- hf-loss       transformers' own head + loss (full [N × vocab] fp32 logits): what the chunked loss saves
+- offload       `--offload-activations`: checkpoints (layer inputs) in pinned CPU memory (save_on_cpu)
+- sdpa-flash / sdpa-cudnn / sdpa-efficient   `--sdpa-backend`: one SDPA kernel forced
+- s2-flash-attn S2 through flash-attn's varlen kernel (fused shift-and-group), when flash-attn is installed
+- full-attn     full causal attention instead of S2 (the comparison LongLoRA makes)
+- compile       `torch.compile` of every decoder layer (benchmark only; applied last, it cannot be undone)
+`base` runs at every `--lengths`; the other levers at `--lever-lengths` (default 65536) to fit the budget.
+
+FLOPs (reported per step, and MFU = FLOPs / step time / `--peak-tflops`, H100 SXM bf16 dense = 989):
+- P = parameters of the matmuls (every Linear incl. the LM head; the embedding lookup is no matmul).
+- full-parameter step: 6·P·N (forward 2PN, backward 4PN: input and weight gradients);
+- LoRA step (`linear_flops`): 4·P·N — the frozen weights' weight-gradient GEMMs are skipped, the
+  trainable LoRA/norm/embedding work is < 0.1 % and ignored; gradient checkpointing's recomputation
+  (+2·P·N) is NOT counted (model FLOPs, not hardware FLOPs: recomputation lowers MFU, as it should);
+- attention (`attn_flops`): causal full attention costs 2·N²·d per layer forward (QKᵀ and PV, half the
+  square), ×3 for forward + backward; S2-Attn with 4 groups costs a quarter of that (each head attends
+  within groups of N/4). Both are reported; `mfu` uses linear + S2 attention FLOPs (full for full-attn).
+Memory: `torch.cuda.max_memory_allocated` over the timed step (weights, optimizer state, activations).
+
+One command (H100 80 GB, about 6 minutes):
+    python benchmarks/train_7b.py --out benchmarks/results/train-7b-h100
+CPU proof at tiny sizes:
+    python benchmarks/train_7b.py --model random:tiny --lengths 256,512 --lever-lengths 256 --out /tmp/t7
+Results: OUT/train_7b.json, rewritten atomically after every measurement (a rerun measures only what is
+missing); an out-of-memory or failing measurement is recorded with its error and the run goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import platform
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from llqa.io import atomic_write_json  # noqa: E402
+from trainer.config import TrainConfig  # noqa: E402
+from trainer.loop import _load, _optimizer, _prepare_model, train_step  # noqa: E402
+from trainer.loss import CausalLMLoss  # noqa: E402
+
+LEVERS = ("base", "hf-loss", "offload", "sdpa-flash", "sdpa-cudnn", "sdpa-efficient", "sdpa-math", "s2-flash-attn",
+          "full-attn", "compile")
+TARGET = {"tokens_per_s_64k": 8500, "peak_gib_64k": 36.0}
+BASELINE = {"32768": {"step_s": 4.62, "peak_gib": 33.9}, "65536": {"step_s": 10.3, "peak_gib": 54.4}}
+
+
+class HfLoss(torch.nn.Module):
+    """transformers' own loss (the plain stack), in the step's (loss, count) form."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids, labels, mask=None):
+        out = self.model(input_ids=ids, labels=labels, attention_mask=mask, use_cache=False)
+        return out.loss, (labels[:, 1:] != -100).sum()
+
+
+def flops(model, n: int, attn: str) -> dict[str, float]:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    c = base.config
+    p = sum(m.weight.numel() for name, m in base.named_modules()
+            if isinstance(m, torch.nn.Linear) and "lora_" not in name)
+    d, layers = c.num_attention_heads * (c.hidden_size // c.num_attention_heads), c.num_hidden_layers
+    full_attn = 3 * 2 * n * n * d * layers  # causal: half of QKᵀ + PV (2·2·N²·d), forward + backward = 3×
+    s2_attn = full_attn / 4  # 4 groups of N/4 tokens (group ratio 1/4)
+    linear = 4 * p * n
+    return {"matmul_params": p, "linear_flops": linear, "full_param_step_flops": 6 * p * n,
+            "attn_flops_full": full_attn, "attn_flops_s2": s2_attn,
+            "model_flops": linear + (s2_attn if attn == "s2" else full_attn)}
+
+
+def configure(model, lever: str, cfg: TrainConfig):
+    """(step module, cfg) for `lever`, switching the already prepared model as needed."""
+    from trainer.s2attn import disable_s2_attention, enable_s2_attention
+
+    cfg_kw = {}
+    if lever == "full-attn":
+        disable_s2_attention(model)
+    else:
+        enable_s2_attention(model, group_ratio=0.25, backend="flash" if lever == "s2-flash-attn" else "sdpa")
+    if lever == "offload":
+        cfg_kw["offload_activations"] = True
+    if lever.startswith("sdpa-"):
+        cfg_kw["sdpa_backend"] = lever.removeprefix("sdpa-")
+    base = model.get_base_model()
+    kwargs = {"use_reentrant": lever == "offload"}
+    enable = getattr(base, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if lever == "compile":
+        for layer in base.model.layers:
+            layer.compile()
+    new = TrainConfig(**{**cfg.to_dict(), **cfg_kw})
+    step = HfLoss(model) if lever == "hf-loss" else CausalLMLoss(model, cfg.loss_chunk)
+    return step, new
+
+
+def measure(step_model, model, params, opt, sched, cfg, device, dtype, n: int, warmup: int) -> dict:
+    vocab = model.get_input_embeddings().num_embeddings
+    ids = torch.randint(0, vocab, (1, n), generator=torch.Generator().manual_seed(n))
+    batches = [(ids, ids.clone(), None)]
+    for _ in range(warmup):
+        train_step(step_model, params, opt, sched, batches, cfg, device, dtype, 0)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    loss, _ = train_step(step_model, params, opt, sched, batches, cfg, device, dtype, 0)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    dt = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return {"step_s": dt, "tokens_per_s": n / dt, "peak_gib": peak, "loss": loss}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="random:7b")
+    ap.add_argument("--lengths", default="32768,65536,131072", help="token counts for the `base` lever")
+    ap.add_argument("--lever-lengths", default="65536", help="token counts for every other lever")
+    ap.add_argument("--levers", default="base,hf-loss,offload,sdpa-cudnn,sdpa-flash,full-attn,compile",
+                    help=f"comma list of {', '.join(LEVERS)}")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed steps before each timed step")
+    ap.add_argument("--loss-chunk", type=int, default=4096)
+    ap.add_argument("--peak-tflops", type=float, default=989.0, help="device bf16 dense peak (H100 SXM: 989)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    levers = [x for x in args.levers.split(",") if x]
+    if unknown := [x for x in levers if x not in LEVERS]:
+        ap.error(f"unknown lever(s) {unknown}; use {', '.join(LEVERS)}")
+    levers.sort(key=lambda x: x == "compile")  # compiling cannot be undone: last
+    lengths = [int(x) for x in args.lengths.split(",")]
+    lever_lengths = [int(x) for x in args.lever_lengths.split(",")]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "train_7b.json"
+    results = {}
+    if path.is_file():
+        import json
+
+        results = json.loads(path.read_text()).get("results", {})
+
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "d.txt").write_text("x")
+        ctx = max(lengths + lever_lengths)
+        cfg = TrainConfig(task="train", out=tmp, model=args.model, ctx=ctx, data=[str(Path(tmp) / "d.txt")],
+                          method="longlora", lr=0.0, warmup_steps=0, loss_chunk=args.loss_chunk, device=args.device)
+        t0 = time.perf_counter()
+        loaded, device, dtype = _load(cfg)
+        model = _prepare_model(cfg, loaded.model, dtype)
+        params, opt, sched = _optimizer(cfg, model)
+        load_s = time.perf_counter() - t0
+        meta = {"model": args.model, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else
+                platform.processor() or "cpu", "torch": torch.__version__, "dtype": str(dtype),
+                "trainable_params": sum(p.numel() for p in params), "load_s": load_s, "ctx": ctx,
+                "peak_tflops": args.peak_tflops, "target": TARGET, "baseline_plain_stack_h100": BASELINE}
+        for lever in levers:
+            ns = lengths if lever == "base" else lever_lengths
+            todo = [n for n in ns if f"{lever}@{n}" not in results]
+            if not todo:
+                continue
+            try:
+                step_model, lcfg = configure(model, lever, cfg)
+            except Exception as e:  # e.g. flash-attn missing: recorded, the others still run
+                for n in todo:
+                    results[f"{lever}@{n}"] = {"lever": lever, "tokens": n, "error": f"{type(e).__name__}: {e}"}
+                atomic_write_json(path, {"meta": meta, "results": results})
+                continue
+            for n in todo:
+                row = {"lever": lever, "tokens": n}
+                try:
+                    row.update(measure(step_model, model, params, opt, sched, lcfg, device, dtype, n, args.warmup))
+                    f = flops(model, n, "full" if lever == "full-attn" else "s2")
+                    row.update(f, mfu=f["model_flops"] / row["step_s"] / (args.peak_tflops * 1e12))
+                except torch.OutOfMemoryError:
+                    row["error"] = "out of memory"
+                except Exception as e:
+                    row["error"] = f"{type(e).__name__}: {e}"
+                    traceback.print_exc()
+                finally:
+                    opt.zero_grad(set_to_none=True)
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                results[f"{lever}@{n}"] = row
+                print(_line(row), flush=True)
+                atomic_write_json(path, {"meta": meta, "results": results})
+    print(f"wrote {path}")
+    return 0
+
+
+def _line(r: dict) -> str:
+    if "error" in r:
+        return f"{r['lever']:>14} {r['tokens']:>7}: {r['error']}"
+    peak = f"{r['peak_gib']:.1f} GiB" if r["peak_gib"] is not None else "-"
+    return (f"{r['lever']:>14} {r['tokens']:>7}: {r['step_s']:.2f} s  {r['tokens_per_s']:,.0f} tok/s  "
+            f"MFU {r['mfu']:.1%}  peak {peak}  loss {r['loss']:.3f}")
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())

@@ -1,0 +1,120 @@
+"""Data-parallel training (issue 7): two gloo processes on CPU, as `torchrun --nproc-per-node 2` starts them.
+
+One spawn of 2 ranks trains a tiny LoRA+ model (tied embeddings) 2 steps, stops (as if killed), then
+resumes to step 4; rank 0 copies the stopped run first, and that copy resumes in ONE process. All three
+end states must equal a single-process run of the same global batch (4 sequences per step)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import time
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from tests.conftest import build_tiny_llama
+from trainer.config import TrainConfig
+from trainer.distributed import micro_batches_per_rank, rank_slice
+from trainer.loop import read_log, run_training
+
+CTX = 64
+
+
+def _cfg(out, model, data, **kw) -> TrainConfig:
+    base = dict(task="train", out=str(out), model=str(model), ctx=CTX, data=[str(data)], method="lora+",
+                max_steps=4, batch_size=4, lr=2e-3, warmup_steps=2, save_every=2, device="cpu", dtype="float32",
+                seed=11)
+    return TrainConfig(**{**base, **kw})
+
+
+def _trainable(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _worker(rank: int, world: int, ports: tuple[int, int], root, model, data) -> None:
+    import os
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(ports[0]))
+    torch.set_num_threads(1)
+    first = run_training(_cfg(root / "ddp", model, data, stop_after=2))
+    if rank == 0:  # the stopped 2-rank run, to be resumed by one process
+        shutil.copytree(root / "ddp", root / "single-resume")
+    os.environ["MASTER_PORT"] = str(ports[1])  # a second launch, as a second torchrun would be
+    done = run_training(_cfg(root / "ddp", model, data, resume=True))
+    torch.save({"losses": first.losses + done.losses, "weights": _trainable(done.model), "finished": done.finished},
+               root / f"rank{rank}.pt")
+
+
+def _free_ports() -> tuple[int, int]:
+    with socket.socket() as a, socket.socket() as b:
+        a.bind(("127.0.0.1", 0))
+        b.bind(("127.0.0.1", 0))
+        return a.getsockname()[1], b.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, smollm2_tokenizer, shared_data):
+    root = tmp_path_factory.mktemp("ddp-tiny")
+    build_tiny_llama(len(smollm2_tokenizer), seed=3, tie_word_embeddings=True,
+                     max_position_embeddings=32).save_pretrained(root / "model")
+    smollm2_tokenizer.save_pretrained(root / "model")
+    src = sorted((shared_data / "paul_graham_essays").rglob("*.txt"))[0]
+    (root / "essay.txt").write_text(src.read_text()[:4000])
+    return root / "model", root / "essay.txt"
+
+
+def _assert_close(got: dict, want: dict) -> None:
+    assert got.keys() == want.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_two_gloo_ranks_train_like_one_process_and_resume_on_two_and_one(tmp_path, tiny):
+    model, data = tiny
+    procs = mp.spawn(_worker, args=(2, _free_ports(), tmp_path, model, data), nprocs=2, join=False)
+    deadline = time.monotonic() + 240  # a rendezvous that never completes fails the test instead of hanging it
+    while not procs.join(timeout=5):
+        if time.monotonic() > deadline:
+            for p in procs.processes:
+                p.kill()
+            pytest.fail("the 2 gloo ranks did not finish within 240 s")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    assert all(r["finished"] for r in ranks)
+    # both ranks hold exactly the same weights (DDP reduced the gradients) and report the same global loss
+    assert ranks[0]["losses"] == ranks[1]["losses"] and len(ranks[0]["losses"]) == 4
+    assert all(torch.isfinite(torch.tensor(r["losses"])).all() for r in ranks)
+    for name, w in ranks[0]["weights"].items():
+        assert torch.equal(w, ranks[1]["weights"][name]), name
+
+    single = run_training(_cfg(tmp_path / "single", model, data))
+    torch.testing.assert_close(torch.tensor(ranks[0]["losses"]), torch.tensor(single.losses), rtol=1e-5, atol=1e-6)
+    want = _trainable(single.model)
+    _assert_close(ranks[0]["weights"], want)
+    assert any(not torch.equal(want[n], w) for n, w in _trainable(run_training(
+        _cfg(tmp_path / "untrained", model, data, max_steps=1)).model).items())  # the comparison can fail
+
+    # the checkpoint written under 2 ranks resumes in 1 process to the same end state
+    resumed = run_training(_cfg(tmp_path / "single-resume", model, data, resume=True))
+    assert resumed.finished and resumed.steps == 4
+    _assert_close(_trainable(resumed.model), want)
+    log = read_log(tmp_path / "ddp")
+    assert [r["step"] for r in log] == [1, 2, 3, 4]
+    assert all(r["world_size"] == 2 and r["tokens"] == 4 * CTX for r in log)  # global tokens of the step
+
+
+def test_global_batch_is_split_by_rank():
+    items = list(range(8))
+    assert [rank_slice(items, r, 2) for r in range(2)] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert sum((rank_slice(items, r, 4) for r in range(4)), []) == items
+    assert micro_batches_per_rank(64, 1, 8) == 8 and micro_batches_per_rank(64, 2, 2) == 16
+
+
+def test_batch_not_divisible_by_world_is_a_clear_error():
+    from llqa.errors import LlqaError
+
+    with pytest.raises(LlqaError, match="not a multiple of --micro-batch-size 2 × 3 processes") as err:
+        micro_batches_per_rank(8, 2, 3)
+    assert "divisible by 6" in err.value.fix

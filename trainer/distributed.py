@@ -1,0 +1,124 @@
+"""Data-parallel training under `torchrun` / `accelerate launch`: torch's DistributedDataParallel (DDP).
+
+Why DDP and not FSDP: every llqa method except `full` trains a small set (LoRA matrices, plus for
+LoRA+ the input embedding and the norms: 0.2 B parameters for a 7B model, 3.2 GB with fp32 master
+weights and AdamW moments), and the frozen bf16 base of a 7B model (13.5 GB) fits on every GPU
+that can hold a long-context activation footprint anyway. DDP keeps one full, identical copy of the
+trainable state on every rank, so
+- PEFT wrappers work as they are (LoRA, `modules_to_save` copies, and the embedding tied to the
+  output head by `ensure_weight_tying` stay one shared parameter; FSDP shards would split a tie);
+- a checkpoint is the plain single-process checkpoint written by rank 0, which resumes on any
+  number of ranks (1, 2, 8 ...), since nothing in it depends on the world size.
+Sharding the frozen base (FSDP) would only pay off for models whose bf16 weights do not fit on one
+GPU (70B); that is not implemented.
+
+Batch semantics: the global batch (`--batch-size`) is the same sequences as in one process; rank r
+takes the r-th contiguous slice of it, so each rank runs batch_size / (micro × world) micro-batches
+(the gradient accumulation). The loss stays the token-weighted mean over the whole global batch: the
+number of scored tokens is summed over ranks before the step, each micro-batch's loss is weighted by
+its tokens × world / global tokens, and DDP's gradient average (a sum / world) then yields exactly the
+gradient of the single-process loss.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from llqa.errors import LlqaError
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    initialized_here: bool = False  # this run created the process group (and destroys it at the end)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+
+def launched_world() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from the launcher's environment (torchrun, accelerate); (0, 1, 0) alone."""
+    env = os.environ
+    return int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
+
+
+def init_distributed(device: torch.device) -> DistInfo:
+    """Join the process group the launcher describes (nccl on CUDA, gloo on CPU); a no-op in one process."""
+    import torch
+    import torch.distributed as dist
+
+    rank, world, local = launched_world()
+    if world <= 1:
+        return DistInfo()
+    if dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), local)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        dist.init_process_group("gloo")
+    return DistInfo(rank, world, local, initialized_here=True)
+
+
+def shutdown(info: DistInfo) -> None:
+    import torch.distributed as dist
+
+    if info.initialized_here and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def all_reduce(info: DistInfo, values: list[float], op: str = "sum") -> list[float]:
+    """Sum (or max) of `values` over ranks, as Python floats (fp64 on the wire: token counts stay exact)."""
+    if not info.enabled:
+        return list(values)
+    import torch
+    import torch.distributed as dist
+
+    device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"  # nccl: GPU tensors
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def micro_batches_per_rank(batch_size: int, micro_batch_size: int, world: int) -> int:
+    """Gradient-accumulation steps per rank: global batch = micro × accumulation × world."""
+    per_step = micro_batch_size * world
+    if batch_size % per_step:
+        raise LlqaError(f"--batch-size {batch_size} is not a multiple of --micro-batch-size {micro_batch_size} × "
+                        f"{world} processes", f"use a --batch-size divisible by {per_step} (global batch = "
+                        "micro-batch × gradient accumulation × processes)")
+    return batch_size // per_step
+
+
+def rank_slice(items: list, rank: int, world: int) -> list:
+    """The contiguous share of a global batch that `rank` trains on (the batch size divides by `world`)."""
+    per = len(items) // world
+    return items[rank * per:(rank + 1) * per]
+
+
+def wrap_for_training(module: torch.nn.Module, info: DistInfo, device: torch.device) -> torch.nn.Module:
+    """`module` as DDP when several processes train (gradients averaged over ranks in backward)."""
+    if not info.enabled:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
