@@ -718,6 +718,10 @@ def _run_trainer(**options) -> None:
     _check_ctx(options["ctx"])
     cfg = TrainConfig(**options)
     result = run_training(cfg, console=console)
+    from trainer.distributed import launched_world
+
+    if launched_world()[0] != 0:  # under torchrun every rank runs this; rank 0 reports
+        return
     if result.finished:
         console.print(f"[green]done[/]: {result.steps} steps; run in {cfg.out} "
                       f"(use it as --model {cfg.out}, or `llqa merge {cfg.out} --out DIR`)")

@@ -391,14 +391,16 @@ def _run(cfg: TrainConfig, console, dist, resume_from: Path | None) -> TrainResu
                 tokens = sum(int(ids.numel()) if mask is None else int(mask.sum()) for ids, _, mask in batches)
                 peak = _peak_memory_gib(device)
                 tokens, dt = all_reduce(dist, [tokens])[0], all_reduce(dist, [dt], op="max")[0]
-                if peak is not None:  # the fullest GPU is the one that runs out
-                    peak = all_reduce(dist, [peak], op="max")[0]
+                per_rank = None
+                if peak is not None and dist.enabled:  # peak_mem_gib: the fullest GPU, the one that runs out
+                    per_rank = all_reduce(dist, [peak if r == dist.rank else 0.0 for r in range(dist.world)])
+                    peak = max(per_rank)
                 result.losses.append(loss)
                 result.steps = state["step"]
                 if dist.main:
                     logger.log(state["step"], {"loss": loss, "lr": lr, "grad_norm": norm, "tokens": int(tokens),
                                                "tokens_per_s": tokens / dt, "step_s": dt, "peak_mem_gib": peak,
-                                               "world_size": dist.world})
+                                               "world_size": dist.world, "peak_mem_gib_per_rank": per_rank})
                 if state["step"] % cfg.save_every == 0 or state["step"] == cfg.max_steps:
                     if dist.main:  # the trainable state is identical on every rank: one full checkpoint
                         save_checkpoint(cfg.run_dir, model, optimizer, scheduler,
@@ -460,7 +462,7 @@ class StepLogger:
         self.progress.update(self.task, completed=step, metrics=text)
         if step % self.cfg.log_every == 0 or step == self.cfg.max_steps:
             for k, v in metrics.items():
-                if v is not None:
+                if isinstance(v, (int, float)):  # None (no GPU) and per-rank lists are not scalars
                     self.writer.add_scalar(f"train/{k}", v, step)
             self.writer.flush()
 
