@@ -14,8 +14,11 @@ Levers (`--levers`, each measured on its own on top of the trainer defaults, `ba
 - sdpa-flash / sdpa-cudnn / sdpa-efficient   `--sdpa-backend`: one SDPA kernel forced
 - s2-flash-attn S2 through flash-attn's varlen kernel (fused shift-and-group), when flash-attn is installed
 - full-attn     full causal attention instead of S2 (the comparison LongLoRA makes)
+- no-checkpointing  gradient checkpointing off (the other end of the checkpointing policy)
 - compile       `torch.compile` of every decoder layer (benchmark only; applied last, it cannot be undone)
-`base` runs at every `--lengths`; the other levers at `--lever-lengths` (default 65536) to fit the budget.
+`base` runs at every `--lengths`; the other levers at `--lever-lengths` (default 65536) to fit the budget;
+`lever@N` in `--levers` measures a lever at N tokens only (default: offload also at 131072, no-checkpointing
+at 32768 only).
 
 FLOPs (reported per step, and MFU = FLOPs / step time / `--peak-tflops`, H100 SXM bf16 dense = 989):
 - P = parameters of the matmuls (every Linear incl. the LM head; the embedding lookup is no matmul).
@@ -57,7 +60,7 @@ from trainer.loop import _load, _optimizer, _prepare_model, train_step  # noqa: 
 from trainer.loss import CausalLMLoss  # noqa: E402
 
 LEVERS = ("base", "hf-loss", "offload", "sdpa-flash", "sdpa-cudnn", "sdpa-efficient", "sdpa-math", "s2-flash-attn",
-          "full-attn", "compile")
+          "full-attn", "no-checkpointing", "compile")
 TARGET = {"tokens_per_s_64k": 8500, "peak_gib_64k": 36.0}
 BASELINE = {"32768": {"step_s": 4.62, "peak_gib": 33.9}, "65536": {"step_s": 10.3, "peak_gib": 54.4}}
 
@@ -104,7 +107,10 @@ def configure(model, lever: str, cfg: TrainConfig):
     base = model.get_base_model()
     kwargs = {"use_reentrant": lever == "offload"}
     enable = getattr(base, "activation_checkpointing_enable", None)
-    if enable is not None:
+    if lever == "no-checkpointing":
+        disable = getattr(base, "activation_checkpointing_disable", None) or base.gradient_checkpointing_disable
+        disable()
+    elif enable is not None:
         enable(activation_checkpointing_kwargs=kwargs)
     else:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
@@ -140,20 +146,24 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="random:7b")
     ap.add_argument("--lengths", default="32768,65536,131072", help="token counts for the `base` lever")
     ap.add_argument("--lever-lengths", default="65536", help="token counts for every other lever")
-    ap.add_argument("--levers", default="base,hf-loss,offload,sdpa-cudnn,sdpa-flash,full-attn,compile",
-                    help=f"comma list of {', '.join(LEVERS)}")
+    ap.add_argument("--levers", default="base,hf-loss,offload,offload@131072,sdpa-cudnn,sdpa-flash,full-attn,"
+                    "no-checkpointing@32768,compile", help=f"comma list of {', '.join(LEVERS)}, each optionally @N")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps before each timed step")
     ap.add_argument("--loss-chunk", type=int, default=4096)
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="device bf16 dense peak (H100 SXM: 989)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
-    levers = [x for x in args.levers.split(",") if x]
-    if unknown := [x for x in levers if x not in LEVERS]:
-        ap.error(f"unknown lever(s) {unknown}; use {', '.join(LEVERS)}")
-    levers.sort(key=lambda x: x == "compile")  # compiling cannot be undone: last
     lengths = [int(x) for x in args.lengths.split(",")]
     lever_lengths = [int(x) for x in args.lever_lengths.split(",")]
+    plan: dict[str, list[int]] = {}  # lever -> token counts, in the order given
+    for item in filter(None, args.levers.split(",")):
+        lever, _, n = item.partition("@")
+        if lever not in LEVERS:
+            ap.error(f"unknown lever {lever!r}; use {', '.join(LEVERS)}")
+        ns = [int(n)] if n else (lengths if lever == "base" else lever_lengths)
+        plan[lever] = plan.get(lever, []) + [x for x in ns if x not in plan.get(lever, [])]
+    levers = sorted(plan, key=lambda x: x == "compile")  # compiling cannot be undone: last
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "train_7b.json"
@@ -165,7 +175,7 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "d.txt").write_text("x")
-        ctx = max(lengths + lever_lengths)
+        ctx = max(n for ns in plan.values() for n in ns)
         cfg = TrainConfig(task="train", out=tmp, model=args.model, ctx=ctx, data=[str(Path(tmp) / "d.txt")],
                           method="longlora", lr=0.0, warmup_steps=0, loss_chunk=args.loss_chunk, device=args.device)
         t0 = time.perf_counter()
@@ -178,8 +188,7 @@ def main(argv=None) -> int:
                 "trainable_params": sum(p.numel() for p in params), "load_s": load_s, "ctx": ctx,
                 "peak_tflops": args.peak_tflops, "target": TARGET, "baseline_plain_stack_h100": BASELINE}
         for lever in levers:
-            ns = lengths if lever == "base" else lever_lengths
-            todo = [n for n in ns if f"{lever}@{n}" not in results]
+            todo = [n for n in plan[lever] if f"{lever}@{n}" not in results]
             if not todo:
                 continue
             try:
