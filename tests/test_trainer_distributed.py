@@ -118,3 +118,22 @@ def test_batch_not_divisible_by_world_is_a_clear_error():
     with pytest.raises(LlqaError, match="not a multiple of --micro-batch-size 2 × 3 processes") as err:
         micro_batches_per_rank(8, 2, 3)
     assert "divisible by 6" in err.value.fix
+
+
+@pytest.mark.slow
+def test_multi_gpu_script_runs_under_torchrun_on_cpu(tmp_path):
+    """The documented launch (`torchrun ... -m cli train`, then `--resume`) through the benchmark script,
+    2 gloo ranks on CPU with a tiny model (about 20 s)."""
+    import json
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "NPROC": "2", "MODEL": "random:tiny", "CTX": "256"}
+    proc = subprocess.run(["bash", str(root / "benchmarks" / "train_multi_gpu.sh"), str(tmp_path)], cwd=root,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["resume_ok"] and summary["steps"] == 4 and summary["nproc"] == 2
+    assert "resume worked" in proc.stdout
