@@ -77,8 +77,9 @@ def _check_run_dir(cfg: TrainConfig) -> Path | None:
     diff = TrainConfig.read(run).differences(cfg)
     if diff:
         raise LlqaError(f"--resume: the options differ from the run in {run}: {', '.join(diff)}",
-                        "resume with the same options (only --max-steps, --save-every, --log-every, --keep-checkpoints, "
-                        "--out, --offload-activations, --sdpa-backend and the number of GPUs may change)")
+                        "resume with the same options (only --max-steps, --save-every, --log-every, "
+                        "--keep-checkpoints, --out, --offload-activations, --sdpa-backend and the number of GPUs "
+                        "may change)")
     return latest_checkpoint(run)
 
 
