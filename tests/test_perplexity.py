@@ -194,11 +194,9 @@ def test_config_errors(kwargs, needle):
         PerplexityConfig(**kwargs)
 
 
-def test_proof_pile_sample_is_seeded_uniform_and_recorded(tmp_path, smollm2_tokenizer):
+def test_proof_pile_sample_is_seeded_uniform_and_recorded(tmp_path, smollm2_tokenizer, shared_data):
     """PI's protocol on a local file in proof-pile's schema (`text`, `meta`)."""
-    from conftest import SHARED_DATA
-
-    book = (SHARED_DATA / "gutenberg_novels" / "pg11.txt").read_text()
+    book = (shared_data / "gutenberg_novels" / "pg11.txt").read_text()
     sizes = [50, 3000, 400, 5000, 2500, 100, 4000, 3500, 20]
     path = tmp_path / "proofpile_test.jsonl"
     with open(path, "w") as f:
