@@ -24,7 +24,7 @@ SDPA_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
 CONFIG_FILE = "train_config.json"
 # Fields that may change between an interrupted run and its `--resume` without changing its result
 # ("out": a run directory that was moved or copied, e.g. to another machine, resumes where it now lies).
-RESUMABLE_CHANGES = frozenset({"out", "offload_activations", "sdpa_backend", "max_steps", "save_every",
+RESUMABLE_CHANGES = frozenset({"out", "offload_activations", "sdpa_backend", "compile", "max_steps", "save_every",
                                "keep_checkpoints", "log_every", "resume", "stop_after"})
 
 
@@ -62,6 +62,10 @@ class TrainConfig:
     # issue 7, speed/memory levers that leave the result unchanged (see benchmarks/train_7b.md):
     offload_activations: bool = False  # keep the checkpointed layer inputs in (pinned) CPU memory, not on the GPU
     sdpa_backend: str = "auto"  # torch SDPA kernel: auto (torch's choice), flash, cudnn, efficient, math
+    # regional torch.compile of the decoder layers (trainer.compile): off, auto (default mode on CUDA, off on
+    # CPU), default, max-autotune-no-cudagraphs. Off by default: compilation takes a minute or more per run
+    # and shape, and SFT's varying lengths recompile; opt in for long runs at a fixed --ctx.
+    compile: str = "off"
     save_every: int = 100  # checkpoint every N optimizer steps (and at the end)
     keep_checkpoints: int = 2  # newest checkpoints kept on disk
     log_every: int = 1  # console/TensorBoard logging period in steps
@@ -98,6 +102,9 @@ class TrainConfig:
         if self.sdpa_backend not in SDPA_BACKENDS:
             raise LlqaError(f"--sdpa-backend {self.sdpa_backend} is not an SDPA backend",
                             f"use one of: {', '.join(SDPA_BACKENDS)}")
+        from trainer.compile import check_compile_mode
+
+        check_compile_mode(self.compile)
         if self.offload_activations and not self.gradient_checkpointing:
             raise LlqaError("--offload-activations moves the gradient checkpoints to CPU memory, but gradient "
                             "checkpointing is off", "drop --no-gradient-checkpointing or --offload-activations")

@@ -78,8 +78,8 @@ def _check_run_dir(cfg: TrainConfig) -> Path | None:
     if diff:
         raise LlqaError(f"--resume: the options differ from the run in {run}: {', '.join(diff)}",
                         "resume with the same options (only --max-steps, --save-every, --log-every, "
-                        "--keep-checkpoints, --out, --offload-activations, --sdpa-backend and the number of GPUs "
-                        "may change)")
+                        "--keep-checkpoints, --out, --offload-activations, --sdpa-backend, --compile and the number "
+                        "of GPUs may change)")
     return latest_checkpoint(run)
 
 
@@ -165,7 +165,17 @@ def _prepare_model(cfg: TrainConfig, model, compute_dtype: torch.dtype | None = 
         # SmolLM2 at 64k). Cast it to the compute dtype, as a bf16 model's embedding output is.
         model.get_input_embeddings().register_forward_hook(lambda _m, _i, out: out.to(compute_dtype))
     model.train()
+    _compile(cfg, model)
     return model
+
+
+def _compile(cfg: TrainConfig, model) -> None:
+    """`--compile`: the decoder layers compiled in place, after LoRA is applied (see `trainer.compile`)."""
+    from trainer.compile import compile_layers, resolve_compile_mode
+
+    mode = resolve_compile_mode(cfg.compile, next(model.parameters()).device)
+    if mode != "off":
+        compile_layers(model, mode)
 
 
 def _optimizer(cfg: TrainConfig, model):

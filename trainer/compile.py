@@ -1,0 +1,85 @@
+"""`--compile`: regional torch.compile of the decoder layers for training (issue 7).
+
+Each decoder layer is compiled in place (`nn.Module.compile`: the layer object, its LoRA matrices and its
+gradient-checkpointing wrapper stay as they are, only its forward runs through inductor). The layers share one
+traced code object, so compilation costs about one layer, not all of them. Embeddings, RoPE tables, the mask
+and the chunked loss stay eager. Gradient checkpointing wraps the compiled layer (transformers'
+`GradientCheckpointingLayer` calls the module's compiled `__call__` inside the checkpoint), so it composes
+with both checkpoint forms: non-reentrant (default) and reentrant + `save_on_cpu` (`--offload-activations`,
+whose forward runs under no_grad and whose recomputation under grad: two graphs per shape). S2-Attn's
+shift-and-group is traced into the layer's graph.
+
+The result is the eager step's up to floating-point reassociation (inductor fuses and reorders
+reductions); `tests/test_trainer_compile.py` checks loss and gradients against eager.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from llqa.errors import LlqaError
+
+if TYPE_CHECKING:
+    import torch
+
+COMPILE_MODES = ("off", "auto", "default", "max-autotune-no-cudagraphs")
+# CUDA graphs (`reduce-overhead`) are left out: they keep every activation of the graph alive in a static
+# pool, which defeats checkpointing and offloading, and a training step's few big kernels gain nothing.
+
+
+def check_compile_mode(mode: str) -> None:
+    if mode not in COMPILE_MODES:
+        raise LlqaError(f"--compile {mode} is not a compile mode", f"use one of: {', '.join(COMPILE_MODES)}")
+
+
+def resolve_compile_mode(mode: str, device: torch.device) -> str:
+    """`auto`: inductor's default mode on CUDA (where it was measured faster), off elsewhere (on CPU the
+    compile time outweighs the gain for the short runs made there)."""
+    check_compile_mode(mode)
+    if mode == "auto":
+        return "default" if device.type == "cuda" else "off"
+    return mode
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The decoder's list of layers under a peft wrapper and/or a causal-LM head (`model.model.layers`)."""
+    import torch
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    body = getattr(inner, "model", inner)
+    layers = getattr(body, "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList) or not len(layers):
+        raise LlqaError(f"--compile: {type(inner).__name__} has no list of decoder layers to compile",
+                        "run with --compile off")
+    return layers
+
+
+def compile_layers(model, mode: str = "default", backend: str = "inductor") -> int:
+    """torch.compile every decoder layer of `model` in place; returns how many. Call it after LoRA is applied
+    (the compiled forward must see the adapted Linear layers). `mode`: inductor's `default` or
+    `max-autotune-no-cudagraphs`; `backend`: `inductor`, or `eager` / `aot_eager` to test the plumbing."""
+    import torch
+
+    check_compile_mode(mode)
+    if mode in ("off", "auto"):
+        raise LlqaError(f"compile_layers needs a resolved mode, got {mode!r}", "call resolve_compile_mode first")
+    layers = decoder_layers(model)
+    # A layer's graph may be specialised per layer (its index is a constant in it) and per grad mode (the
+    # reentrant checkpoint's no-grad forward and its recomputation), so budget entries for all of them
+    # rather than letting dynamo silently fall back to eager at its default limit of 8.
+    need = 4 * len(layers) + 8
+    dyn = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
+                 "accumulated_cache_size_limit"):
+        if isinstance(getattr(dyn, name, None), int) and getattr(dyn, name) < need:
+            setattr(dyn, name, need)
+    kwargs = {"mode": None if mode == "default" else mode} if backend == "inductor" else {}
+    for layer in layers:
+        layer.compile(backend=backend, **kwargs)
+    return len(layers)
+
+
+def uncompile_layers(model) -> None:
+    """Undo `compile_layers`: the layers run eagerly again."""
+    for layer in decoder_layers(model):
+        layer._compiled_call_impl = None
