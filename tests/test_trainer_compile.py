@@ -98,3 +98,33 @@ def test_compile_modes_are_checked_and_resolved():
 def test_compile_needs_decoder_layers():
     with pytest.raises(LlqaError, match="no list of decoder layers"):
         compile_layers(torch.nn.Linear(2, 2), "default")
+
+
+def _llqa(capsys, *args) -> tuple[int, str]:
+    import cli
+
+    try:
+        cli.main(list(args))
+        code = 0
+    except SystemExit as e:
+        code = e.code or 0
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def test_train_cli_compile_option(capsys, tmp_path, tiny_llama_dir):
+    """`llqa train --compile default --offload-activations` trains with S2-Attn and records the mode; a bad mode
+    is one line and exit 2."""
+    text = tmp_path / "doc.txt"
+    text.write_text("A long enough document about compiling the decoder layers. " * 40)
+    args = ["train", "--model", str(tiny_llama_dir), "--ctx", "64", "--data", str(text), "--max-steps", "1",
+            "--batch-size", "1", "--device", "cpu", "--offload-activations"]
+    code, out = _llqa(capsys, *args, "--out", str(tmp_path / "bad"), "--compile", "fastest")
+    assert code == 2 and "--compile fastest is not a compile mode" in out and "Traceback" not in out, out
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    code, out = _llqa(capsys, *args, "--out", str(tmp_path / "run"), "--compile", "default")
+    assert code == 0 and "done: 1 steps" in out, out
+    assert _graphs() >= 1
+    saved = TrainConfig.read(tmp_path / "run")
+    assert saved.compile == "default" and saved.attn == "s2" and saved.offload_activations
