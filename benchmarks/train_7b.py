@@ -7,7 +7,8 @@ and norms trainable (fp32 master weights, fused AdamW; the 49,152 × 4096 embedd
 trainable parameters = 3.2 GB of weight + gradient + two moments), S2-Attn (group = N/4), gradient
 checkpointing, chunked loss, batch 1 of N random tokens, every next-token prediction scored.
 
-Levers (`--levers`, each measured on its own on top of the trainer defaults, `base`):
+Levers (`--levers`, each measured on top of the trainer defaults, `base`; levers joined by `+` are measured
+together, e.g. `compile+offload`):
 - base          trainer defaults: chunked loss, non-reentrant checkpointing, S2 on torch SDPA (torch's kernel)
 - hf-loss       transformers' own head + loss (full [N × vocab] fp32 logits): what the chunked loss saves
 - offload       `--offload-activations`: checkpoints (layer inputs) in pinned CPU memory (save_on_cpu)
@@ -15,10 +16,14 @@ Levers (`--levers`, each measured on its own on top of the trainer defaults, `ba
 - s2-flash-attn S2 through flash-attn's varlen kernel (fused shift-and-group), when flash-attn is installed
 - full-attn     full causal attention instead of S2 (the comparison LongLoRA makes)
 - no-checkpointing  gradient checkpointing off (the other end of the checkpointing policy)
-- compile       `torch.compile` of every decoder layer (benchmark only; applied last, it cannot be undone)
+- compile       `--compile`: regional torch.compile of every decoder layer (`trainer.compile.compile_layers`,
+                the trainer's own code; static shapes, one graph per length; `--compile-mode`)
 `base` runs at every `--lengths`; the other levers at `--lever-lengths` (default 65536) to fit the budget;
 `lever@N` in `--levers` measures a lever at N tokens only (default: offload also at 131072, no-checkpointing
-at 32768 only).
+at 32768 only). A combination may hold at most one SDPA kernel and one attention (full-attn / s2-flash-attn),
+and no-checkpointing cannot combine with offload (offloading moves the checkpoints). Rows are keyed
+`lever@N`, e.g. `compile+offload@65536`; combinations with compile run last (compiling is slow, not final:
+the other levers run the layers eagerly again).
 
 FLOPs (reported per step, and MFU = FLOPs / step time / `--peak-tflops`, H100 SXM bf16 dense = 989):
 - P = parameters of the matmuls (every Linear incl. the LM head; the embedding lookup is no matmul).
@@ -33,6 +38,8 @@ Memory: `torch.cuda.max_memory_allocated` over the timed step (weights, optimize
 
 One command (H100 80 GB, about 6 minutes):
     python benchmarks/train_7b.py --out benchmarks/results/train-7b-h100
+Compile and offload together at 64k and 128k (H100, about 4 minutes):
+    python benchmarks/train_7b.py --levers compile+offload@65536,compile+offload@131072 --out OUT
 CPU proof at tiny sizes:
     python benchmarks/train_7b.py --model random:tiny --lengths 256,512 --lever-lengths 256 --out /tmp/t7
 Results: OUT/train_7b.json, rewritten atomically after every measurement (a rerun measures only what is
@@ -55,6 +62,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from llqa.io import atomic_write_json  # noqa: E402
+from trainer.compile import compile_layers, uncompile_layers  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.loop import _load, _optimizer, _prepare_model, train_step  # noqa: E402
 from trainer.loss import CausalLMLoss  # noqa: E402
@@ -91,34 +99,59 @@ def flops(model, n: int, attn: str) -> dict[str, float]:
             "model_flops": linear + (s2_attn if attn == "s2" else full_attn)}
 
 
-def configure(model, lever: str, cfg: TrainConfig):
-    """(step module, cfg) for `lever`, switching the already prepared model as needed."""
+def lever_parts(lever: str) -> list[str]:
+    """The levers of `lever` (`a+b+...`), checked: known, no repeats, no two that contradict each other."""
+    parts = lever.split("+")
+    unknown = [p for p in parts if p not in LEVERS]
+    if unknown:
+        raise ValueError(f"unknown lever {unknown[0]!r} in {lever!r}; use {', '.join(LEVERS)}, joined by +")
+    if len(set(parts)) < len(parts):
+        raise ValueError(f"lever {lever!r} repeats a lever")
+    if "base" in parts and len(parts) > 1:
+        raise ValueError(f"{lever!r}: base is the defaults, it combines with nothing (drop base+)")
+    for group in (tuple(x for x in LEVERS if x.startswith("sdpa-")), ("full-attn", "s2-flash-attn"),
+                  ("offload", "no-checkpointing")):
+        clash = [p for p in parts if p in group]
+        if len(clash) > 1:
+            raise ValueError(f"{lever!r}: {' and '.join(clash)} exclude each other")
+    return parts
+
+
+def configure(model, lever: str, cfg: TrainConfig, compile_mode: str = "default"):
+    """(step module, cfg) for `lever` (one lever or several joined by +), switching the prepared model."""
     from trainer.s2attn import disable_s2_attention, enable_s2_attention
 
+    parts = lever_parts(lever)
     cfg_kw = {}
-    if lever == "full-attn":
+    if "full-attn" in parts:
         disable_s2_attention(model)
     else:
-        enable_s2_attention(model, group_ratio=0.25, backend="flash" if lever == "s2-flash-attn" else "sdpa")
-    if lever == "offload":
+        enable_s2_attention(model, group_ratio=0.25, backend="flash" if "s2-flash-attn" in parts else "sdpa")
+    offload = "offload" in parts
+    if offload:
         cfg_kw["offload_activations"] = True
-    if lever.startswith("sdpa-"):
-        cfg_kw["sdpa_backend"] = lever.removeprefix("sdpa-")
+    for p in parts:
+        if p.startswith("sdpa-"):
+            cfg_kw["sdpa_backend"] = p.removeprefix("sdpa-")
     base = model.get_base_model()
-    kwargs = {"use_reentrant": lever == "offload"}
+    kwargs = {"use_reentrant": offload}  # as the trainer's _prepare_model: reentrant only to offload
     enable = getattr(base, "activation_checkpointing_enable", None)
-    if lever == "no-checkpointing":
+    if "no-checkpointing" in parts:
         disable = getattr(base, "activation_checkpointing_disable", None) or base.gradient_checkpointing_disable
         disable()
     elif enable is not None:
         enable(activation_checkpointing_kwargs=kwargs)
     else:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    if lever == "compile":
-        for layer in base.model.layers:
-            layer.compile()
+    if offload and getattr(base, "_require_grads_hook", None) is None:  # as the trainer: reentrant checkpoints
+        base.enable_input_require_grads()  # only backpropagate into inputs that require grad
+    if "compile" in parts:
+        compile_layers(model, compile_mode, dynamic=False)  # fixed lengths: one static graph each
+        cfg_kw["compile"] = compile_mode
+    else:
+        uncompile_layers(model)
     new = TrainConfig(**{**cfg.to_dict(), **cfg_kw})
-    step = HfLoss(model) if lever == "hf-loss" else CausalLMLoss(model, cfg.loss_chunk)
+    step = HfLoss(model) if "hf-loss" in parts else CausalLMLoss(model, cfg.loss_chunk)
     return step, new
 
 
@@ -147,7 +180,10 @@ def main(argv=None) -> int:
     ap.add_argument("--lengths", default="32768,65536,131072", help="token counts for the `base` lever")
     ap.add_argument("--lever-lengths", default="65536", help="token counts for every other lever")
     ap.add_argument("--levers", default="base,hf-loss,offload,offload@131072,sdpa-cudnn,sdpa-flash,full-attn,"
-                    "no-checkpointing@32768,compile", help=f"comma list of {', '.join(LEVERS)}, each optionally @N")
+                    "no-checkpointing@32768,compile", help=f"comma list of {', '.join(LEVERS)}, each optionally "
+                    "@N; levers joined by + are measured together (e.g. compile+offload@65536)")
+    ap.add_argument("--compile-mode", default="default", choices=("default", "max-autotune-no-cudagraphs"),
+                    help="inductor mode of the compile lever (as `llqa train --compile`)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps before each timed step")
     ap.add_argument("--loss-chunk", type=int, default=4096)
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="device bf16 dense peak (H100 SXM: 989)")
@@ -159,11 +195,13 @@ def main(argv=None) -> int:
     plan: dict[str, list[int]] = {}  # lever -> token counts, in the order given
     for item in filter(None, args.levers.split(",")):
         lever, _, n = item.partition("@")
-        if lever not in LEVERS:
-            ap.error(f"unknown lever {lever!r}; use {', '.join(LEVERS)}")
+        try:
+            lever_parts(lever)
+        except ValueError as e:
+            ap.error(str(e))
         ns = [int(n)] if n else (lengths if lever == "base" else lever_lengths)
         plan[lever] = plan.get(lever, []) + [x for x in ns if x not in plan.get(lever, [])]
-    levers = sorted(plan, key=lambda x: x == "compile")  # compiling cannot be undone: last
+    levers = sorted(plan, key=lambda x: "compile" in lever_parts(x))  # slow to compile: last
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "train_7b.json"
@@ -192,7 +230,7 @@ def main(argv=None) -> int:
             if not todo:
                 continue
             try:
-                step_model, lcfg = configure(model, lever, cfg)
+                step_model, lcfg = configure(model, lever, cfg, args.compile_mode)
             except Exception as e:  # e.g. flash-attn missing: recorded, the others still run
                 for n in todo:
                     results[f"{lever}@{n}"] = {"lever": lever, "tokens": n, "error": f"{type(e).__name__}: {e}"}
@@ -202,7 +240,7 @@ def main(argv=None) -> int:
                 row = {"lever": lever, "tokens": n}
                 try:
                     row.update(measure(step_model, model, params, opt, sched, lcfg, device, dtype, n, args.warmup))
-                    f = flops(model, n, "full" if lever == "full-attn" else "s2")
+                    f = flops(model, n, "full" if "full-attn" in lever_parts(lever) else "s2")
                     row.update(f, mfu=f["model_flops"] / row["step_s"] / (args.peak_tflops * 1e12))
                 except torch.OutOfMemoryError:
                     row["error"] = "out of memory"
@@ -222,9 +260,9 @@ def main(argv=None) -> int:
 
 def _line(r: dict) -> str:
     if "error" in r:
-        return f"{r['lever']:>14} {r['tokens']:>7}: {r['error']}"
+        return f"{r['lever']:>16} {r['tokens']:>7}: {r['error']}"
     peak = f"{r['peak_gib']:.1f} GiB" if r["peak_gib"] is not None else "-"
-    return (f"{r['lever']:>14} {r['tokens']:>7}: {r['step_s']:.2f} s  {r['tokens_per_s']:,.0f} tok/s  "
+    return (f"{r['lever']:>16} {r['tokens']:>7}: {r['step_s']:.2f} s  {r['tokens_per_s']:,.0f} tok/s  "
             f"MFU {r['mfu']:.1%}  peak {peak}  loss {r['loss']:.3f}")
 
 

@@ -6,6 +6,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "train_7b.py"
 
 
@@ -46,3 +48,36 @@ def test_train_7b_benchmark_runs_on_cpu(tmp_path):
     before = (tmp_path / "train_7b.json").read_text()
     assert bench.main(args) == 0
     assert json.loads((tmp_path / "train_7b.json").read_text())["results"] == json.loads(before)["results"]
+
+
+def test_combined_levers_are_parsed_and_checked():
+    bench = load_bench()
+    assert bench.lever_parts("compile+offload") == ["compile", "offload"]
+    assert bench.lever_parts("base") == ["base"]
+    for bad, why in [("compile+fast", "unknown lever 'fast'"), ("offload+offload", "repeats"),
+                     ("base+compile", "combines with nothing"), ("sdpa-flash+sdpa-cudnn", "exclude each other"),
+                     ("offload+no-checkpointing", "exclude each other"), ("full-attn+s2-flash-attn", "exclude")]:
+        with pytest.raises(ValueError, match=why):
+            bench.lever_parts(bad)
+    with pytest.raises(SystemExit):
+        bench.main(["--levers", "compile+nope", "--out", "unused"])
+
+
+def test_compile_and_offload_together_on_cpu(tmp_path):
+    """`compile+offload@N` at two lengths in one command (the H100 command's shape), same loss as base."""
+    import torch
+
+    bench = load_bench()
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    args = ["--model", "random:tiny", "--lengths", "128", "--device", "cpu",
+            "--levers", "base,compile+offload@128,compile+offload@256", "--out", str(tmp_path)]
+    assert bench.main(args) == 0
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 2  # the layers ran compiled, at both lengths
+    rows = json.loads((tmp_path / "train_7b.json").read_text())["results"]
+    assert set(rows) == {"base@128", "compile+offload@128", "compile+offload@256"}
+    assert all("error" not in r for r in rows.values()), rows
+    assert rows["compile+offload@128"]["lever"] == "compile+offload"
+    assert abs(rows["compile+offload@128"]["loss"] - rows["base@128"]["loss"]) < 1e-4
+    assert rows["compile+offload@256"]["model_flops"] == rows["compile+offload@256"]["linear_flops"] + \
+        rows["compile+offload@256"]["attn_flops_s2"]

@@ -54,20 +54,22 @@ def decoder_layers(model) -> torch.nn.ModuleList:
     return layers
 
 
-def compile_layers(model, mode: str = "default", backend: str = "inductor") -> int:
+def compile_layers(model, mode: str = "default", backend: str = "inductor", dynamic: bool | None = None) -> int:
     """torch.compile every decoder layer of `model` in place; returns how many. Call it after LoRA is applied
     (the compiled forward must see the adapted Linear layers). `mode`: inductor's `default` or
-    `max-autotune-no-cudagraphs`; `backend`: `inductor`, or `eager` / `aot_eager` to test the plumbing."""
+    `max-autotune-no-cudagraphs`; `backend`: `inductor`, or `eager` / `aot_eager` to test the plumbing.
+    `dynamic`: torch.compile's; None (training) compiles the first shape statically and turns dynamic when a
+    second length arrives (sft), False keeps one static graph per length (the benchmark's fixed lengths)."""
     import torch
 
     check_compile_mode(mode)
     if mode in ("off", "auto"):
         raise LlqaError(f"compile_layers needs a resolved mode, got {mode!r}", "call resolve_compile_mode first")
     layers = decoder_layers(model)
-    # A layer's graph may be specialised per layer (its index is a constant in it) and per grad mode (the
-    # reentrant checkpoint's no-grad forward and its recomputation), so budget entries for all of them
+    # A layer's graph may be specialised per layer (its index is a constant in it), per grad mode (the
+    # reentrant checkpoint's no-grad forward and its recomputation) and per length, so budget entries for them
     # rather than letting dynamo silently fall back to eager at its default limit of 8.
-    need = 4 * len(layers) + 8
+    need = 8 * len(layers) + 8
     dyn = torch._dynamo.config
     for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
                  "accumulated_cache_size_limit"):
@@ -75,7 +77,7 @@ def compile_layers(model, mode: str = "default", backend: str = "inductor") -> i
             setattr(dyn, name, need)
     kwargs = {"mode": None if mode == "default" else mode} if backend == "inductor" else {}
     for layer in layers:
-        layer.compile(backend=backend, **kwargs)
+        layer.compile(backend=backend, dynamic=dynamic, **kwargs)
     return len(layers)
 
 
