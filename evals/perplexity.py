@@ -33,6 +33,7 @@ import numpy as np
 
 from evals.texts import Document
 from evals.windows import SCORING, Window, windows
+from llqa.compile import compile_modules, uncompile_modules
 from llqa.errors import LlqaError
 from llqa.io import read_jsonl_tolerant
 from llqa.results import ResultStore
@@ -252,23 +253,12 @@ class WindowScorer:
         layers = getattr(self.body, "layers", None)
         if not isinstance(layers, torch.nn.ModuleList) or not len(layers):
             raise LlqaError("--compile: this model's decoder has no list of layers to compile", "run without --compile")
-        # a layer's graph may be specialised per layer (its index is a constant in it), so budget one
-        # entry per layer and shape rather than letting dynamo fall back to eager at its default limit
-        need = len(layers) * max(1, shapes) + 8
-        dyn = torch._dynamo.config
-        for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
-                     "accumulated_cache_size_limit"):
-            if isinstance(getattr(dyn, name, None), int) and getattr(dyn, name) < need:
-                setattr(dyn, name, need)
-        kwargs = {"mode": None if mode == "default" else mode} if backend == "inductor" else {}
-        for layer in layers:
-            layer.compile(backend=backend, dynamic=False, **kwargs)
+        compile_modules(layers, mode, backend, dynamic=False, entries_per_module=shapes)
         self._layers, self.compile_mode = layers, mode
 
     def uncompile(self) -> None:
         """Undo `compile`: the model's layers run eagerly again (the caller's model is left as it came)."""
-        for layer in self._layers or ():
-            layer._compiled_call_impl = None
+        uncompile_modules(self._layers or ())
         self._layers, self.compile_mode = None, "off"
 
     @contextlib.contextmanager

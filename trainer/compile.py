@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from llqa.compile import compile_modules, uncompile_modules
 from llqa.errors import LlqaError
 
 if TYPE_CHECKING:
@@ -60,28 +61,16 @@ def compile_layers(model, mode: str = "default", backend: str = "inductor", dyna
     `max-autotune-no-cudagraphs`; `backend`: `inductor`, or `eager` / `aot_eager` to test the plumbing.
     `dynamic`: torch.compile's; None (training) compiles the first shape statically and turns dynamic when a
     second length arrives (sft), False keeps one static graph per length (the benchmark's fixed lengths)."""
-    import torch
 
     check_compile_mode(mode)
     if mode in ("off", "auto"):
         raise LlqaError(f"compile_layers needs a resolved mode, got {mode!r}", "call resolve_compile_mode first")
     layers = decoder_layers(model)
-    # A layer's graph may be specialised per layer (its index is a constant in it), per grad mode (the
-    # reentrant checkpoint's no-grad forward and its recomputation) and per length, so budget entries for them
-    # rather than letting dynamo silently fall back to eager at its default limit of 8.
-    need = 8 * len(layers) + 8
-    dyn = torch._dynamo.config
-    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
-                 "accumulated_cache_size_limit"):
-        if isinstance(getattr(dyn, name, None), int) and getattr(dyn, name) < need:
-            setattr(dyn, name, need)
-    kwargs = {"mode": None if mode == "default" else mode} if backend == "inductor" else {}
-    for layer in layers:
-        layer.compile(backend=backend, dynamic=dynamic, **kwargs)
+    # per layer: grad mode (the reentrant checkpoint's no-grad forward and its recomputation) x lengths
+    compile_modules(layers, mode, backend, dynamic, entries_per_module=8)
     return len(layers)
 
 
 def uncompile_layers(model) -> None:
     """Undo `compile_layers`: the layers run eagerly again."""
-    for layer in decoder_layers(model):
-        layer._compiled_call_impl = None
+    uncompile_modules(decoder_layers(model))

@@ -1,0 +1,35 @@
+"""Regional torch.compile shared by the perplexity engine and the trainer: compile each module of a list
+(the decoder layers) in place, and undo it.
+
+The layers share one traced code object, so compilation costs about one layer, not all of them. A layer's
+graph may still be specialised per layer (its index is a constant in it), per grad mode and per input
+shape, so the dynamo cache limits are raised to `entries_per_module` per layer: at torch's default limit of
+8, dynamo would silently fall back to eager for the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def compile_modules(modules: Sequence, mode: str = "default", backend: str = "inductor",
+                    dynamic: bool | None = False, entries_per_module: int = 1) -> None:
+    """`module.compile(...)` on each module in place. `mode`: inductor's (`default` = its default mode)."""
+    import torch
+
+    need = len(modules) * max(1, entries_per_module) + 8
+    dyn = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
+                 "accumulated_cache_size_limit"):
+        if isinstance(getattr(dyn, name, None), int) and getattr(dyn, name) < need:
+            setattr(dyn, name, need)
+    kwargs = {"mode": None if mode == "default" else mode} if backend == "inductor" else {}
+    for module in modules:
+        module.compile(backend=backend, dynamic=dynamic, **kwargs)
+
+
+def uncompile_modules(modules: Sequence) -> None:
+    """Undo `compile_modules`: the modules run eagerly again (`nn.Module.compile` keeps the compiled call
+    in `_compiled_call_impl`; clearing it restores the plain forward)."""
+    for module in modules:
+        module._compiled_call_impl = None
