@@ -312,7 +312,7 @@ def gguf_to_hf_dir(directory: str, gguf_file: str) -> Path:
     return target
 
 
-def _files_location(source: ModelSource) -> str:
+def files_location(source: ModelSource) -> str:
     """A path or hub id that transformers' from_pretrained reads for this source."""
     if source.kind == "gguf":
         return str(gguf_to_hf_dir(source.location, source.gguf_file))
@@ -401,7 +401,7 @@ def load_config(source: ModelSource) -> PretrainedConfig:
                            **RANDOM_SHAPES[source.location])
     if source.kind == "peft":
         return load_config(source.base)
-    return _from_pretrained(AutoConfig, source, _files_location(source))
+    return _from_pretrained(AutoConfig, source, files_location(source))
 
 
 def load_tokenizer(source: ModelSource) -> PreTrainedTokenizerBase:
@@ -416,7 +416,7 @@ def load_tokenizer(source: ModelSource) -> PreTrainedTokenizerBase:
             return load_tokenizer(source.base)
         tok = _from_pretrained(AutoTokenizer, source, where)
     else:
-        tok = _from_pretrained(AutoTokenizer, source, _files_location(source))
+        tok = _from_pretrained(AutoTokenizer, source, files_location(source))
     if tok.pad_token is None:  # batched evals pad; the pad id is always masked out
         tok.pad_token = tok.eos_token
     return tok
@@ -485,7 +485,7 @@ def load_model(spec: str | None = None, ctx: int | None = None, dtype: str = "au
         with dev:
             model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype, attn_implementation=attn_implementation)
     else:
-        model = _from_pretrained(AutoModelForCausalLM, weights, _files_location(weights), config=config,
+        model = _from_pretrained(AutoModelForCausalLM, weights, files_location(weights), config=config,
                                  dtype=torch_dtype, attn_implementation=attn_implementation)
         model.to(dev)
     if source.kind == "peft":

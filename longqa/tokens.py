@@ -69,7 +69,7 @@ def load_counter(spec: str) -> TokenCounter:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     from tokenizers import Tokenizer
 
-    from llqa.models import _files_location, resolve
+    from llqa.models import files_location, resolve
 
     source = resolve(spec)
     if source.kind == "peft":
@@ -77,7 +77,7 @@ def load_counter(spec: str) -> TokenCounter:
         source = source if local.is_file() else source.base
     if source.kind == "random":
         source = resolve("smollm2-135m")
-    where = _files_location(source)
+    where = files_location(source)
     path = Path(where) / "tokenizer.json"
     if not path.is_file() and not Path(where).exists():  # a hub id
         from huggingface_hub import hf_hub_download

@@ -172,12 +172,12 @@ def test_smollm2_resolves_offline_to_gguf_or_cache():
 
 
 def test_smollm2_conversion_is_cached_by_checksum(smollm2):
-    from llqa.models import _files_location, cache_dir
+    from llqa.models import cache_dir, files_location
 
     source = resolve("smollm2-135m")
     if source.kind != "gguf":
         pytest.skip("hub weights in cache; GGUF path not used")
-    location = _files_location(source)
+    location = files_location(source)
     assert location.startswith(str(cache_dir() / "gguf"))
     meta = json.loads(open(f"{location}/llqa_source.json").read())
     assert meta["sha256"].startswith(location.rsplit("/", 1)[-1])
