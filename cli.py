@@ -419,6 +419,8 @@ def passkey_cmd(
                         "pass `filler` or a folder of .txt files (e.g. essays)")
     loaded = load_model(model, ctx=ctx, dtype=dtype, device=device)
     summary = run_passkey(loaded, cfg, out, overwrite=overwrite, progress=progress, ctx=ctx)
+    if summary is None:  # a torchrun rank other than 0: its trials are logged, rank 0 writes the result
+        return
     table = Table(title=f"passkey — {loaded.info.spec} at ctx {ctx or loaded.info.target_ctx}")
     for col in ("length", "trials", "accuracy", "skipped"):
         table.add_column(col, justify="right")
@@ -450,6 +452,8 @@ def _longeval(task: str, *, model, ctx, testcases, sizes, generate, generate_onl
     prepare_testcases(cfg, out, load_tokenizer(resolve(model)))  # bad or missing data fails before the weights load
     loaded = load_model(model, ctx=ctx, dtype=dtype, device=device)
     rows = run_longeval(loaded, cfg, out, overwrite=overwrite, progress=progress, ctx=ctx)
+    if rows is None:  # a torchrun rank other than 0: its cases are logged, rank 0 writes the result
+        return
     table = Table(title=f"LongChat {task} — {loaded.info.spec} at ctx {ctx or loaded.info.target_ctx}")
     cols = ["N", "cases", "skipped", "mean prompt tokens", "accuracy"]
     cols += ["mean F1", "judge"] if task == "topics" else []

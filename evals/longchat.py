@@ -46,7 +46,7 @@ from evals.generation import (
 )
 from llqa.errors import LlqaError
 from llqa.io import atomic_write_text
-from llqa.results import ResultStore
+from llqa.ranks import RankedStore
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -499,9 +499,13 @@ def _score(task: str, case: dict, output: str, judge_cmd: str | None) -> dict[st
 
 
 def run_longeval(loaded: LoadedModel, cfg: LongEvalConfig, out_dir: str | Path, overwrite: bool = False,
-                 progress: bool = True, ctx: int | None = None) -> list[dict]:
+                 progress: bool = True, ctx: int | None = None, poll_s: float = 2.0) -> list[dict] | None:
     """Run (or resume) topics or lines; writes cells.jsonl, result.json/csv and an accuracy plot in out_dir.
-    `ctx`: prompts above it are over-long (--overlong); None: the model's context."""
+    `ctx`: prompts above it are over-long (--overlong); None: the model's context.
+
+    Under torchrun (RANK/WORLD_SIZE set) each rank runs every world-size-th test case into
+    out_dir/rank{r}/cells.jsonl and returns None, except rank 0, which waits for all cases (polling the
+    logs every `poll_s` seconds), then writes the results and returns the rows (`llqa.ranks`)."""
     from evals.generation import default_batch_tokens
 
     tok, model, info = loaded.tokenizer, loaded.model, loaded.info
@@ -512,24 +516,21 @@ def run_longeval(loaded: LoadedModel, cfg: LongEvalConfig, out_dir: str | Path, 
     batch_tokens = cfg.batch_tokens or default_batch_tokens(next(model.parameters()).device)
     run_config = {**{k: v for k, v in cfg.to_dict().items() if k != "batch_tokens"}, "model": info.spec, "ctx": ctx,
                   "chat_template_applied": template, "files": {str(n): str(p) for n, p in files.items()}}
-    store = ResultStore(out_dir, cfg.task, run_config, overwrite=overwrite)
+    store = RankedStore(out_dir, cfg.task, run_config, overwrite=overwrite)
 
+    grid = [(n, case) for n, path in files.items() for case in load_testcases(path, cfg.task)[: cfg.limit]]
+    keys = [f"n={n}|test_id={case['test_id']}" for n, case in grid]
     pending: list[tuple[str, dict, dict, list[int]]] = []
-    keys = []
-    for n, path in files.items():
-        cases = load_testcases(path, cfg.task)[: cfg.limit]
-        for case in cases:
-            key = f"n={n}|test_id={case['test_id']}"
-            keys.append(key)
-            if key in store.done:
-                continue
-            full = frame.encode(tok, case["prompt"])
-            meta = {"n": n, "test_id": case["test_id"], "prompt_tokens": len(full)}
-            ids, truncated = fit_to_context(full, ctx, cfg.overlong)
-            if ids is None:
-                store.add(key, {**meta, "skipped": True})
-                continue
-            pending.append((key, {**meta, "truncated": truncated}, case, ids))
+    for key, (n, case) in store.share(list(zip(keys, grid, strict=True))):
+        if key in store.done:
+            continue
+        full = frame.encode(tok, case["prompt"])
+        meta = {"n": n, "test_id": case["test_id"], "prompt_tokens": len(full)}
+        ids, truncated = fit_to_context(full, ctx, cfg.overlong)
+        if ids is None:
+            store.add(key, {**meta, "skipped": True})
+            continue
+        pending.append((key, {**meta, "truncated": truncated}, case, ids))
 
     for batch in generate_greedy(model, tok, [p[3] for p in pending], cfg.max_new_tokens, batch_tokens,
                                  progress=progress, desc=cfg.task):
@@ -538,7 +539,10 @@ def run_longeval(loaded: LoadedModel, cfg: LongEvalConfig, out_dir: str | Path, 
             verdict = _score(cfg.task, case, g.text, cfg.judge_cmd)
             store.add(key, {**meta, "output": g.text, "skipped": False, **verdict})
 
-    rows = summarize([store.done[k] for k in keys], cfg.task)
+    if not store.is_main:
+        return None
+    merged = store.merge(keys, poll_s)
+    rows = summarize([merged[k] for k in keys], cfg.task)
     out = Path(out_dir)
     from evals.plots import accuracy_vs_length
 
@@ -553,7 +557,7 @@ def run_longeval(loaded: LoadedModel, cfg: LongEvalConfig, out_dir: str | Path, 
                        xlabel="mean prompt length (tokens)",
                        ylabel="accuracy / mean F1" if cfg.task == "topics" else "accuracy",
                        annotations={f"{cfg.task} accuracy": [f"{r['n']} {cfg.task}" for r in done_rows]})
-    store.finalize(semantics=SEMANTICS[cfg.task], summary={"by_n": rows}, rows=rows, model=info.to_dict(),
+    store.main.finalize(semantics=SEMANTICS[cfg.task], summary={"by_n": rows}, rows=rows, model=info.to_dict(),
                    data={"files": {str(n): str(p) for n, p in files.items()}},
                    extra={"plots": [f"{cfg.task}_accuracy.png"], "batch_tokens": batch_tokens})
     return rows

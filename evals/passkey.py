@@ -38,7 +38,7 @@ from evals.generation import (
     use_chat_template,
 )
 from llqa.errors import LlqaError
-from llqa.results import ResultStore
+from llqa.ranks import RankedStore
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -267,11 +267,15 @@ def _plots(out: Path, summary: dict, lengths: list[int], depths: list[float], ti
 
 
 def run_passkey(loaded: LoadedModel, cfg: PasskeyConfig, out_dir: str | Path, overwrite: bool = False,
-                progress: bool = True, ctx: int | None = None) -> dict[str, Any]:
+                progress: bool = True, ctx: int | None = None, poll_s: float = 2.0) -> dict[str, Any] | None:
     """Run (or resume) the passkey grid; writes cells.jsonl, result.json/csv and the two PNGs in out_dir.
 
     `ctx`: the context of the eval (--ctx; default lengths reach it, longer prompts are over-long);
-    None: the model's (its PI target context, else its native one)."""
+    None: the model's (its PI target context, else its native one).
+
+    Under torchrun (RANK/WORLD_SIZE set) each rank runs every world-size-th trial of the grid into
+    out_dir/rank{r}/cells.jsonl and returns None, except rank 0, which waits for all trials (polling the
+    logs every `poll_s` seconds), then writes the results and returns the summary (`llqa.ranks`)."""
     from evals.generation import default_batch_tokens
 
     tok, model, info = loaded.tokenizer, loaded.model, loaded.info
@@ -291,23 +295,22 @@ def run_passkey(loaded: LoadedModel, cfg: PasskeyConfig, out_dir: str | Path, ov
     resolved = {**cfg.to_dict(), "lengths": lengths, "batch_tokens": batch_tokens}
     run_config = {**{k: v for k, v in resolved.items() if k != "batch_tokens"}, "model": info.spec,
                   "ctx": ctx, "chat_template_applied": template, "length_tolerance_tokens": LENGTH_TOLERANCE}
-    store = ResultStore(out_dir, "passkey", run_config, overwrite=overwrite)
+    store = RankedStore(out_dir, "passkey", run_config, overwrite=overwrite)
 
+    grid = [(length, depth, trial) for length in lengths for depth in cfg.depths for trial in range(cfg.trials)]
     pending: list[tuple[str, dict, list[int]]] = []
-    for length in lengths:
-        for depth in cfg.depths:
-            for trial in range(cfg.trials):
-                key = cell_key(length, depth, trial)
-                if key in store.done:
-                    continue
-                p = builder.build(length, depth, trial_key(cfg.seed, length, depth, trial))
-                meta = {"length": length, "depth": depth, "trial": trial, "key_value": p.key,
-                        "tokens": len(p.ids), "key_start": p.key_start}
-                ids, truncated = fit_to_context(p.ids, ctx, cfg.overlong)
-                if ids is None:
-                    store.add(key, {**meta, "skipped": True})
-                    continue
-                pending.append((key, {**meta, "truncated": truncated}, ids))
+    for length, depth, trial in store.share(grid):
+        key = cell_key(length, depth, trial)
+        if key in store.done:
+            continue
+        p = builder.build(length, depth, trial_key(cfg.seed, length, depth, trial))
+        meta = {"length": length, "depth": depth, "trial": trial, "key_value": p.key,
+                "tokens": len(p.ids), "key_start": p.key_start}
+        ids, truncated = fit_to_context(p.ids, ctx, cfg.overlong)
+        if ids is None:
+            store.add(key, {**meta, "skipped": True})
+            continue
+        pending.append((key, {**meta, "truncated": truncated}, ids))
 
     for batch in generate_greedy(model, tok, [ids for _, _, ids in pending], cfg.max_new_tokens, batch_tokens,
                                  stop_when=integer_complete, progress=progress, desc="passkey"):
@@ -317,7 +320,11 @@ def run_passkey(loaded: LoadedModel, cfg: PasskeyConfig, out_dir: str | Path, ov
             store.add(key, {**meta, "output": g.text, "predicted": predicted,
                             "correct": predicted == meta["key_value"], "skipped": False})
 
-    records = [r for r in store.done.values() if r["length"] in lengths and r["depth"] in cfg.depths]
+    if not store.is_main:
+        return None
+    keys = [cell_key(*c) for c in grid]
+    merged = store.merge(keys, poll_s)
+    records = [merged[k] for k in keys]
     summary = summarize(records, cfg.threshold)
     out = Path(out_dir)
     title = (f"passkey: {info.spec} @ ctx {ctx} (rope x{info.rope_factor:g}), "
@@ -328,7 +335,7 @@ def run_passkey(loaded: LoadedModel, cfg: PasskeyConfig, out_dir: str | Path, ov
             + [{"length": r["length"], "depth": r["depth"], "trials": r["trials"], "correct": r["correct"],
                 "accuracy": r["accuracy"], "skipped": ""} for r in summary["by_length_depth"]])
     semantics = SEMANTICS + (SEMANTICS_TRUNCATED if cfg.overlong == "middle" else "")
-    store.finalize(semantics=semantics, summary=summary, rows=rows, model=info.to_dict(),
+    store.main.finalize(semantics=semantics, summary=summary, rows=rows, model=info.to_dict(),
                    data={"haystack": cfg.haystack, "task": TASK, "filler": FILLER, "key_line": KEY_LINE,
                          "question": QUESTION},
                    extra={"plots": pngs, "batch_tokens": batch_tokens})

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -35,8 +34,7 @@ from evals.texts import Document
 from evals.windows import SCORING, Window, windows
 from llqa.compile import compile_modules, uncompile_modules
 from llqa.errors import LlqaError
-from llqa.io import read_jsonl_tolerant
-from llqa.results import ResultStore
+from llqa.ranks import RankedStore
 
 if TYPE_CHECKING:
     import torch
@@ -440,11 +438,6 @@ class Cell:
         return f"{doc_id}|{self.length}"
 
 
-def dist_env() -> tuple[int, int]:
-    """(rank, world size) from torchrun/accelerate's environment; (0, 1) when launched plainly."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
 @dataclass
 class RunOutput:
     result_path: Path | None  # None on ranks other than 0
@@ -483,7 +476,7 @@ def run(loaded, documents: Sequence[Document], cfg: PerplexityConfig, out_dir: s
 
     Under torchrun/accelerate (RANK/WORLD_SIZE set) every rank scores its share of the cells and appends
     them to its own log `out_dir/rank{r}/cells.jsonl`; rank 0 then waits until every expected cell is in
-    some rank's log (polling the files: no process group is needed) and writes the final result.
+    some rank's log (polling the files: no process group is needed; `llqa.ranks`) and writes the final result.
     """
     if not documents:
         raise LlqaError("no documents to score", "pass --data with text in it")
@@ -491,24 +484,20 @@ def run(loaded, documents: Sequence[Document], cfg: PerplexityConfig, out_dir: s
     dupes = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) < len(ids) else []
     if dupes:
         raise LlqaError(f"document ids are not unique ({', '.join(dupes[:3])})", "pass --id-field with unique values")
-    rank, world = dist_env()
     out_dir = Path(out_dir)
     info = loaded.info
     config = {**asdict(cfg), "model_ctx": cfg.model_ctx or info.target_ctx, "model": info.spec, "dtype": info.dtype,
               "rope_factor": info.rope_factor, "data": (data_info or {}).get("source"), "documents": len(documents)}
     if cfg.pi:  # recorded only when off, so that runs started before --no-pi existed still resume
         del config["pi"]
-    main = ResultStore(out_dir, TASK, config, overwrite=overwrite) if rank == 0 else None
-    mine = main if world == 1 else ResultStore(out_dir / f"rank{rank}", TASK, config, overwrite=overwrite)
-    done = dict(mine.done)
-    if not overwrite:
-        done.update(_all_cells(out_dir))
+    store = RankedStore(out_dir, TASK, config, overwrite=overwrite)
+    rank, world = store.rank, store.world
 
     tokenizer = loaded.tokenizer
     bos = uses_bos(tokenizer, cfg.bos)
     doc_ids = ["concat"] if cfg.concat else ids
     cells = [Cell(d, length) for length in cfg.lengths for d in range(len(doc_ids))]
-    my_cells = [c for j, c in enumerate(cells) if j % world == rank and c.key(doc_ids[c.doc]) not in done]
+    my_cells = [c for c in store.share(cells) if c.key(doc_ids[c.doc]) not in store.done]
     batch_tokens = batch_tokens or default_batch_tokens(loaded.model, max(cfg.lengths))
 
     streams: dict[int, Stream] = {}
@@ -546,14 +535,12 @@ def run(loaded, documents: Sequence[Document], cfg: PerplexityConfig, out_dir: s
             for (cell, ws), st in zip(chunk, stats, strict=True):
                 s = stream(cell.doc)
                 rec = {"doc": s.id, "length": cell.length, "doc_tokens": len(s.ids), "windows": len(ws), **st}
-                mine.add(cell.key(s.id), rec)
-                if main is not None and mine is not main:
-                    main.add(cell.key(s.id), rec)
+                store.add(cell.key(s.id), rec)
     elapsed = time.time() - started
-    if rank != 0:
+    if not store.is_main:
         return RunOutput(None, [], {})
     keys = [c.key(doc_ids[c.doc]) for c in cells]
-    merged = _wait_for_cells(out_dir, main, keys, world, poll_s)
+    merged = store.merge(keys, poll_s)
     rows, summary = summarize(cfg, [merged[k] for k in keys])
     data = {**(data_info or {}), "bos": bos, "bos_token": tokenizer.bos_token if bos else None,
             "documents": doc_ids if not cfg.concat else ids, "world_size": world}
@@ -561,7 +548,7 @@ def run(loaded, documents: Sequence[Document], cfg: PerplexityConfig, out_dir: s
     speed = {"forward_tokens": forward, "seconds": round(elapsed, 3), "batch_tokens": batch_tokens,
              "sdpa_backend": sdpa_backend, "sdpa_effective": scorer.sdpa_backend, "compile": compile_mode, **counts,
              "tokens_per_s": round(forward / elapsed, 1) if elapsed > 0 else None}
-    result = main.finalize(semantics=SEMANTICS, summary=summary, rows=rows, model=info.to_dict(), data=data,
+    result = store.main.finalize(semantics=SEMANTICS, summary=summary, rows=rows, model=info.to_dict(), data=data,
                            extra={"this_session": speed})
     return RunOutput(result, rows, summary)
 
@@ -614,35 +601,6 @@ def _score_chunk(scorer: WindowScorer, chunk, stream, batch_tokens, progress, ta
         a["window_mean_nll_sum"] += nll / w.n_scored
         a["scored_bytes"] += stream(chunk[j.cell][0].doc).scored_bytes(w.first_scored, w.end)
     return acc
-
-
-def _all_cells(out_dir: Path) -> dict[str, dict]:
-    """Finished cells from the main log and every rank's log (a resume may use another world size)."""
-    found = {}
-    for log in [out_dir / "cells.jsonl", *sorted(out_dir.glob("rank*/cells.jsonl"))]:
-        for rec in read_jsonl_tolerant(log):
-            if "key" in rec:
-                found.setdefault(rec["key"], rec)
-    return found
-
-
-def _wait_for_cells(out_dir: Path, main: ResultStore, keys: list[str], world: int, poll_s: float) -> dict:
-    """Rank 0: wait until every cell of the run is logged by some rank, copying them into the main log."""
-    missing_since = time.time()
-    while True:
-        found = {**_all_cells(out_dir), **main.done}
-        missing = [k for k in keys if k not in found]
-        if not missing:
-            for k in keys:
-                if k not in main.done:
-                    main.add(k, {kk: v for kk, v in found[k].items() if kk != "key"})
-            return found
-        if world == 1:  # nothing else will write them: a bug, not a wait
-            raise RuntimeError(f"{len(missing)} cells were never scored, e.g. {missing[0]}")
-        if time.time() - missing_since > 30:
-            print(f"rank 0: waiting for {len(missing)} cells from other ranks", flush=True)
-            missing_since = time.time()
-        time.sleep(poll_s)
 
 
 # --------------------------------------------------------------------------- aggregation (pure)
