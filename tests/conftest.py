@@ -75,3 +75,51 @@ def run_llqa(*args: str, env: dict | None = None, timeout: float = 600):
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-c", "import cli; cli.main()", *args], capture_output=True,
                           text=True, env=full_env, timeout=timeout)
+
+
+def llqa_in_process(capsys, *args: str) -> tuple[int, str]:
+    """Run `cli.main(args)` in this process: (exit code, stdout + stderr)."""
+    import cli
+
+    try:
+        cli.main(list(args))
+        code = 0
+    except SystemExit as e:
+        code = e.code or 0
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def train_step_grads(tmp_path, compile_backend: str | None = None, **config):
+    """One training step of a tiny Llama (vocab 512) on a fixed batch of 2 x 64 tokens, micro-batch 1:
+    (loss, the gradients the optimizer received by parameter name, the model). Gradients rather than
+    updated weights: AdamW's first step divides each gradient by its own magnitude, which turns rounding
+    noise in near-zero gradients into full-size updates. `config`: TrainConfig fields (method, attn,
+    offload_activations, compile, ...); `compile_backend`: compile the layers with this torch.compile
+    backend before the step."""
+    import torch
+
+    from trainer.compile import compile_layers
+    from trainer.config import TrainConfig
+    from trainer.loop import _optimizer, _prepare_model, train_step
+
+    cfg = TrainConfig(task="train", out=str(tmp_path), data=["x"], ctx=64, lr=0.1, warmup_steps=0, batch_size=2,
+                      device="cpu", dtype="float32", **config)
+    torch.manual_seed(0)
+    model = _prepare_model(cfg, build_tiny_llama(512, seed=1), torch.float32)
+    if compile_backend is not None:
+        assert compile_layers(model, "default", backend=compile_backend) == 2  # the tiny Llama's layers
+    params, opt, sched = _optimizer(cfg, model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    grads: dict[str, torch.Tensor] = {}
+    real_step = opt.step
+
+    def step(*a, **k):
+        grads.update({names[id(p)]: p.grad.clone() for p in params})
+        return real_step(*a, **k)
+
+    opt.step = step
+    ids = torch.randint(0, 512, (2, 64), generator=torch.Generator().manual_seed(2))
+    batches = [(ids[:1], ids[:1].clone(), None), (ids[1:], ids[1:].clone(), None)]
+    loss, _ = train_step(model, params, opt, sched, batches, cfg, torch.device("cpu"), torch.float32, 0)
+    return loss, grads, model

@@ -7,18 +7,7 @@ import json
 import pytest
 import torch
 
-import cli
-from tests.conftest import build_tiny_llama
-
-
-def _llqa(capsys, *args) -> tuple[int, str]:
-    try:
-        cli.main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    out = capsys.readouterr()
-    return code, out.out + out.err
+from tests.conftest import build_tiny_llama, llqa_in_process
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +30,13 @@ def test_sft_then_merge_from_the_command_line(capsys, tmp_path, tiny_dir, sft_fi
     from transformers import AutoModelForCausalLM
 
     run, merged = tmp_path / "run", tmp_path / "merged"
-    code, out = _llqa(capsys, "sft", "--model", str(tiny_dir), "--ctx", "128", "--data", str(sft_file), "--out",
-                      str(run), "--max-steps", "2", "--batch-size", "2", "--lr", "1e-3", "--device", "cpu",
-                      "--template", "inst")
+    code, out = llqa_in_process(capsys, "sft", "--model", str(tiny_dir), "--ctx", "128", "--data", str(sft_file),
+                                "--out", str(run), "--max-steps", "2", "--batch-size", "2", "--lr", "1e-3",
+                                "--device", "cpu", "--template", "inst")
     assert code == 0, out
     assert "done" in out and (run / "adapter_model.safetensors").is_file()
     assert json.loads((run / "train_config.json").read_text())["data"]["template"] == "inst"
-    code, out = _llqa(capsys, "merge", str(run), "--out", str(merged), "--dtype", "float32")
+    code, out = llqa_in_process(capsys, "merge", str(run), "--out", str(merged), "--dtype", "float32")
     assert code == 0, out
     model = AutoModelForCausalLM.from_pretrained(merged)
     assert model.config.max_position_embeddings == 256  # 128 is below the native 256: no PI
@@ -64,11 +53,11 @@ def test_train_with_resume_from_the_command_line(capsys, tmp_path, tiny_dir, sha
     args = ["train", "--model", str(tiny_dir), "--ctx", "64", "--data", str(sorted(essays.rglob("*.txt"))[0]),
             "--out", str(tmp_path / "run"), "--max-steps", "2", "--batch-size", "1", "--save-every", "1",
             "--method", "lora", "--device", "cpu"]
-    code, out = _llqa(capsys, *args, "--stop-after", "1")
+    code, out = llqa_in_process(capsys, *args, "--stop-after", "1")
     assert code == 0 and "--resume" in out, out
-    code, out = _llqa(capsys, *args)
+    code, out = llqa_in_process(capsys, *args)
     assert code == 2 and "already holds a training run" in out
-    code, out = _llqa(capsys, *args, "--resume")
+    code, out = llqa_in_process(capsys, *args, "--resume")
     assert code == 0 and "done: 2 steps" in out, out
 
 
@@ -89,11 +78,11 @@ def test_user_errors_are_one_line_and_exit_2(capsys, tmp_path, tiny_dir, case):
         args = args[:-2]
     elif case == "bad-method":
         args += ["--method", "qlora"]
-    code, out = _llqa(capsys, *args)
+    code, out = llqa_in_process(capsys, *args)
     assert code == 2, out
     assert expect in out and "Traceback" not in out
 
 
 def test_merge_of_a_non_run_is_a_clear_error(capsys, tmp_path):
-    code, out = _llqa(capsys, "merge", str(tmp_path), "--out", str(tmp_path / "m"))
+    code, out = llqa_in_process(capsys, "merge", str(tmp_path), "--out", str(tmp_path / "m"))
     assert code == 2 and "is not an llqa training run" in out

@@ -7,35 +7,9 @@ import pytest
 import torch
 
 from llqa.errors import LlqaError
-from tests.conftest import build_tiny_llama
+from tests.conftest import llqa_in_process, train_step_grads
 from trainer.compile import compile_layers, decoder_layers, resolve_compile_mode, uncompile_layers
 from trainer.config import TrainConfig
-from trainer.loop import _optimizer, _prepare_model, train_step
-
-
-def _step(tmp_path, backend: str | None = None, **kw) -> tuple[float, dict[str, torch.Tensor]]:
-    """One LongLoRA step (S2-Attn, LoRA+) on a fixed batch of 2 × 64 tokens: (loss, gradients at optimizer.step).
-    `backend`: compile the layers with this torch.compile backend (None: as the config says)."""
-    cfg = TrainConfig(task="train", out=str(tmp_path), data=["x"], ctx=64, lr=0.1, warmup_steps=0, batch_size=2,
-                      device="cpu", dtype="float32", **kw)
-    torch.manual_seed(0)
-    model = _prepare_model(cfg, build_tiny_llama(512, seed=1), torch.float32)
-    if backend is not None:
-        assert compile_layers(model, "default", backend=backend) == 2
-    params, opt, sched = _optimizer(cfg, model)
-    names = {id(p): n for n, p in model.named_parameters()}
-    grads: dict[str, torch.Tensor] = {}
-    real_step = opt.step
-
-    def step(*a, **k):
-        grads.update({names[id(p)]: p.grad.clone() for p in params})
-        return real_step(*a, **k)
-
-    opt.step = step
-    ids = torch.randint(0, 512, (2, 64), generator=torch.Generator().manual_seed(2))
-    batches = [(ids[:1], ids[:1].clone(), None), (ids[1:], ids[1:].clone(), None)]
-    loss, _ = train_step(model, params, opt, sched, batches, cfg, torch.device("cpu"), torch.float32, 0)
-    return loss, grads, model
 
 
 def _graphs() -> int:
@@ -59,9 +33,9 @@ def test_compiled_layers_give_the_eager_step(tmp_path, offload):
     checkpoint wrapper calls the compiled layer, under both checkpoint forms."""
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
-    eager = _step(tmp_path / "a", offload_activations=offload)
+    eager = train_step_grads(tmp_path / "a", offload_activations=offload)
     assert _graphs() == 0
-    compiled = _step(tmp_path / "b", backend="aot_eager", offload_activations=offload)
+    compiled = train_step_grads(tmp_path / "b", compile_backend="aot_eager", offload_activations=offload)
     assert all(layer._compiled_call_impl is not None for layer in decoder_layers(compiled[2]))
     assert _graphs() >= 1
     _assert_same(eager, compiled, rtol=1e-5, atol=1e-7)
@@ -71,9 +45,9 @@ def test_compile_option_runs_inductor_with_offload(tmp_path):
     """`compile="default"` through the trainer's own path: inductor's generated CPU kernels, offloaded checkpoints."""
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
-    eager = _step(tmp_path / "a", offload_activations=True)
+    eager = train_step_grads(tmp_path / "a", offload_activations=True)
     assert _graphs() == 0
-    compiled = _step(tmp_path / "b", offload_activations=True, compile="default")
+    compiled = train_step_grads(tmp_path / "b", offload_activations=True, compile="default")
     assert all(layer._compiled_call_impl is not None for layer in decoder_layers(compiled[2]))
     assert _graphs() >= 1
     _assert_same(eager, compiled, rtol=1e-4, atol=1e-6)  # inductor reorders reductions
@@ -100,18 +74,6 @@ def test_compile_needs_decoder_layers():
         compile_layers(torch.nn.Linear(2, 2), "default")
 
 
-def _llqa(capsys, *args) -> tuple[int, str]:
-    import cli
-
-    try:
-        cli.main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    out = capsys.readouterr()
-    return code, out.out + out.err
-
-
 def test_train_cli_compile_option(capsys, tmp_path, tiny_llama_dir):
     """`llqa train --compile default --offload-activations` trains with S2-Attn and records the mode; a bad mode
     is one line and exit 2."""
@@ -119,11 +81,11 @@ def test_train_cli_compile_option(capsys, tmp_path, tiny_llama_dir):
     text.write_text("A long enough document about compiling the decoder layers. " * 40)
     args = ["train", "--model", str(tiny_llama_dir), "--ctx", "64", "--data", str(text), "--max-steps", "1",
             "--batch-size", "1", "--device", "cpu", "--offload-activations"]
-    code, out = _llqa(capsys, *args, "--out", str(tmp_path / "bad"), "--compile", "fastest")
+    code, out = llqa_in_process(capsys, *args, "--out", str(tmp_path / "bad"), "--compile", "fastest")
     assert code == 2 and "--compile fastest is not a compile mode" in out and "Traceback" not in out, out
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
-    code, out = _llqa(capsys, *args, "--out", str(tmp_path / "run"), "--compile", "default")
+    code, out = llqa_in_process(capsys, *args, "--out", str(tmp_path / "run"), "--compile", "default")
     assert code == 0 and "done: 1 steps" in out, out
     assert _graphs() >= 1
     saved = TrainConfig.read(tmp_path / "run")
