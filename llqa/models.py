@@ -17,6 +17,7 @@ linear factor the checkpoint already carries (a Ã—4 checkpoint taken a further Ã
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -271,6 +272,14 @@ def _alias_source(name: str) -> ModelSource:
 
 
 def _sha256(path: Path) -> str:
+    stat = path.stat()
+    return _sha256_of(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
+    """Hash once per file version: one model load asks for the cache dir three times (config, tokenizer,
+    weights), and hashing the 98 MB default model takes a noticeable fraction of a second."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
@@ -393,14 +402,15 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 # --------------------------------------------------------------------------- loading
 
 
-def load_config(source: ModelSource) -> PretrainedConfig:
+def load_config(source: ModelSource, tokenizer: PreTrainedTokenizerBase | None = None) -> PretrainedConfig:
+    """The checkpoint's config; for `random:` shapes the vocabulary is the (given or default) tokenizer's."""
     from transformers import AutoConfig, LlamaConfig
 
     if source.kind == "random":
-        return LlamaConfig(vocab_size=len(load_tokenizer(resolve(DEFAULT_MODEL))),
-                           **RANDOM_SHAPES[source.location])
+        tokenizer = tokenizer or load_tokenizer(resolve(DEFAULT_MODEL))
+        return LlamaConfig(vocab_size=len(tokenizer), **RANDOM_SHAPES[source.location])
     if source.kind == "peft":
-        return load_config(source.base)
+        return load_config(source.base, tokenizer)
     return _from_pretrained(AutoConfig, source, files_location(source))
 
 
@@ -477,7 +487,7 @@ def load_model(spec: str | None = None, ctx: int | None = None, dtype: str = "au
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     tokenizer = load_tokenizer(source)
-    base_config = load_config(source)
+    base_config = load_config(source, tokenizer)
     ctx = ctx if ctx is not None else source.trained_ctx
     config = apply_position_interpolation(base_config, ctx)
     weights = source.base if source.kind == "peft" else source
