@@ -11,7 +11,10 @@ Levers (`--levers`, each measured on top of the trainer defaults, `base`; levers
 together, e.g. `compile+offload`):
 - base          trainer defaults: chunked loss, non-reentrant checkpointing, S2 on torch SDPA (torch's kernel)
 - hf-loss       transformers' own head + loss (full [N × vocab] fp32 logits): what the chunked loss saves
-- offload       `--offload-activations`: checkpoints (layer inputs) in pinned CPU memory (save_on_cpu)
+- offload       `--offload-activations`: checkpoints (layer inputs) in pinned CPU memory, copied on a side
+                stream with prefetch (`trainer.offload`)
+- offload-half  the same for the first half of the layers only (`offload_fraction` 0.5)
+- offload-sync  the previous implementation, torch's `save_on_cpu` around the forward (for comparison)
 - sdpa-flash / sdpa-cudnn / sdpa-efficient   `--sdpa-backend`: one SDPA kernel forced
 - s2-flash-attn S2 through flash-attn's varlen kernel (fused shift-and-group), when flash-attn is installed
 - full-attn     full causal attention instead of S2 (the comparison LongLoRA makes)
@@ -67,8 +70,8 @@ from trainer.config import TrainConfig  # noqa: E402
 from trainer.loop import _load, _optimizer, _prepare_model, train_step  # noqa: E402
 from trainer.loss import CausalLMLoss  # noqa: E402
 
-LEVERS = ("base", "hf-loss", "offload", "sdpa-flash", "sdpa-cudnn", "sdpa-efficient", "sdpa-math", "s2-flash-attn",
-          "full-attn", "no-checkpointing", "compile")
+LEVERS = ("base", "hf-loss", "offload", "offload-half", "offload-sync", "sdpa-flash", "sdpa-cudnn", "sdpa-efficient",
+          "sdpa-math", "s2-flash-attn", "full-attn", "no-checkpointing", "compile")
 TARGET = {"tokens_per_s_64k": 8500, "peak_gib_64k": 36.0}
 BASELINE = {"32768": {"step_s": 4.62, "peak_gib": 33.9}, "65536": {"step_s": 10.3, "peak_gib": 54.4}}
 
@@ -110,7 +113,7 @@ def lever_parts(lever: str) -> list[str]:
     if "base" in parts and len(parts) > 1:
         raise ValueError(f"{lever!r}: base is the defaults, it combines with nothing (drop base+)")
     for group in (tuple(x for x in LEVERS if x.startswith("sdpa-")), ("full-attn", "s2-flash-attn"),
-                  ("offload", "no-checkpointing")):
+                  ("offload", "offload-half", "offload-sync", "no-checkpointing")):
         clash = [p for p in parts if p in group]
         if len(clash) > 1:
             raise ValueError(f"{lever!r}: {' and '.join(clash)} exclude each other")
@@ -127,9 +130,10 @@ def configure(model, lever: str, cfg: TrainConfig, compile_mode: str = "default"
         disable_s2_attention(model)
     else:
         enable_s2_attention(model, group_ratio=0.25, backend="flash" if "s2-flash-attn" in parts else "sdpa")
-    offload = "offload" in parts
-    if offload:
+    offload = any(p.startswith("offload") for p in parts)  # every form needs reentrant checkpointing
+    if "offload" in parts or "offload-half" in parts:  # the trainer's offload (trainer.offload)
         cfg_kw["offload_activations"] = True
+        cfg_kw["offload_fraction"] = 0.5 if "offload-half" in parts else 1.0
     for p in parts:
         if p.startswith("sdpa-"):
             cfg_kw["sdpa_backend"] = p.removeprefix("sdpa-")
@@ -152,7 +156,21 @@ def configure(model, lever: str, cfg: TrainConfig, compile_mode: str = "default"
         uncompile_layers(model)
     new = TrainConfig(**{**cfg.to_dict(), **cfg_kw})
     step = HfLoss(model) if "hf-loss" in parts else CausalLMLoss(model, cfg.loss_chunk)
-    return step, new
+    return (SaveOnCpu(step) if "offload-sync" in parts else step), new
+
+
+class SaveOnCpu(torch.nn.Module):
+    """The previous `--offload-activations`: torch's save_on_cpu around the forward (every saved tensor, copied
+    on the compute stream, copied back when backward asks for it), kept for comparison."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.model = inner.model  # the trainer reads the config through it
+
+    def forward(self, *args):
+        with torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()):
+            return self.inner(*args)
 
 
 def measure(step_model, model, params, opt, sched, cfg, device, dtype, n: int, warmup: int) -> dict:

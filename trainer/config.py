@@ -24,8 +24,8 @@ SDPA_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
 CONFIG_FILE = "train_config.json"
 # Fields that may change between an interrupted run and its `--resume` without changing its result
 # ("out": a run directory that was moved or copied, e.g. to another machine, resumes where it now lies).
-RESUMABLE_CHANGES = frozenset({"out", "offload_activations", "sdpa_backend", "compile", "max_steps", "save_every",
-                               "keep_checkpoints", "log_every", "resume", "stop_after"})
+RESUMABLE_CHANGES = frozenset({"out", "offload_activations", "offload_fraction", "sdpa_backend", "compile",
+                               "max_steps", "save_every", "keep_checkpoints", "log_every", "resume", "stop_after"})
 
 
 @dataclass
@@ -61,6 +61,7 @@ class TrainConfig:
     loss_chunk: int = 4096  # tokens per chunk of the chunked cross-entropy
     # issue 7, speed/memory levers that leave the result unchanged (see benchmarks/train_7b.md):
     offload_activations: bool = False  # keep the checkpointed layer inputs in (pinned) CPU memory, not on the GPU
+    offload_fraction: float = 1.0  # with offload_activations: the first this fraction of the layers offload (1 = all)
     sdpa_backend: str = "auto"  # torch SDPA kernel: auto (torch's choice), flash, cudnn, efficient, math
     # regional torch.compile of the decoder layers (trainer.compile): off, auto (default mode on CUDA, off on
     # CPU), default, max-autotune-no-cudagraphs. Off by default: compilation takes a minute or more per run
@@ -105,6 +106,9 @@ class TrainConfig:
         from trainer.compile import check_compile_mode
 
         check_compile_mode(self.compile)
+        if not 0 <= self.offload_fraction <= 1:
+            raise LlqaError(f"--offload-fraction {self.offload_fraction} is not in [0, 1]",
+                            "pass the fraction of layers whose checkpoints go to CPU memory, e.g. 1 or 0.5")
         if self.offload_activations and not self.gradient_checkpointing:
             raise LlqaError("--offload-activations moves the gradient checkpoints to CPU memory, but gradient "
                             "checkpointing is off", "drop --no-gradient-checkpointing or --offload-activations")

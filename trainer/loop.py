@@ -146,8 +146,8 @@ def _prepare_model(cfg: TrainConfig, model, compute_dtype: torch.dtype | None = 
 
         enable_s2_attention(model, group_ratio=cfg.group_ratio)
     if cfg.gradient_checkpointing:
-        # Offloading needs the reentrant form: it saves each layer's input with save_for_backward, where
-        # `save_on_cpu` (see `step_contexts`) moves it to CPU; the non-reentrant form keeps it on the GPU.
+        # Offloading needs the reentrant form: it saves each layer's input with save_for_backward, where the
+        # hooks of `trainer.offload` move it to CPU; the non-reentrant form keeps it on the GPU (its own hooks win).
         kwargs = {"use_reentrant": cfg.offload_activations}
         # transformers >= 5.2x renamed it activation_checkpointing_enable; older 5.x only has the old name
         enable = getattr(model, "activation_checkpointing_enable", None)
@@ -203,15 +203,17 @@ def sdpa_context(backend: str):
     return sdpa_kernel([getattr(SDPBackend, names[backend])])
 
 
-def offload_context(cfg: TrainConfig, device):
-    """Saved activations of the forward pass (with gradient checkpointing: each layer's input) go to CPU memory,
-    pinned on CUDA so the copies overlap compute (`--offload-activations`)."""
+def offload_context(cfg: TrainConfig, device, model):
+    """`--offload-activations`: the checkpointed layer inputs of this forward pass go to pinned CPU memory, copied
+    on a side stream and prefetched back in backward (`trainer.offload`); all layers, or the first
+    `--offload-fraction` of them. A no-op without CUDA (the tensors stay where they are)."""
     if not cfg.offload_activations:
         return contextlib.nullcontext()
-    import torch
+    from trainer.offload import checkpoint_offload
 
-    return torch.autograd.graph.save_on_cpu(pin_memory=device.type == "cuda")
-
+    inner = getattr(model, "module", model)  # DDP
+    config = getattr(getattr(inner, "model", inner), "config", None)
+    return checkpoint_offload(device, config.num_hidden_layers, cfg.offload_fraction)
 
 
 def _peak_memory_gib(device: torch.device) -> float | None:
@@ -266,7 +268,7 @@ def train_step(model, params, optimizer, scheduler, batches, cfg: TrainConfig, d
         # gradients are reduced over ranks once, in the last micro-batch's backward
         sync = model.no_sync() if dist.enabled and n < len(batches) - 1 else contextlib.nullcontext()
         with sync, sdpa_context(cfg.sdpa_backend):
-            with ctx, offload_context(cfg, device):
+            with ctx, offload_context(cfg, device, model):
                 loss, count = model(ids, labels, mask)
             value = loss.item()
             if not dist.enabled and not math.isfinite(value):
