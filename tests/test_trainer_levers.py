@@ -1,5 +1,5 @@
 """Speed/memory levers of issue 7 leave the training step's result unchanged: offloading the gradient
-checkpoints to CPU memory (reentrant checkpointing + save_on_cpu) and forcing an SDPA kernel."""
+checkpoints to CPU memory (reentrant checkpointing + trainer.offload's hooks) and forcing an SDPA kernel."""
 
 from __future__ import annotations
 

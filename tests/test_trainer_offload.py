@@ -22,7 +22,7 @@ class HostCopier:
     """The copier interface on CPU tensors: offloads every tensor, logs (direction, tensor tag) per copy."""
 
     def __init__(self, complete: bool = True):
-        self.complete, self.log, self.events = complete, [], []
+        self.complete, self.log, self.events, self.shapes = complete, [], [], []
 
     def offloads(self, t):
         return True
@@ -32,6 +32,7 @@ class HostCopier:
 
     def to_host(self, src, dst):
         dst.copy_(src)
+        self.shapes.append(tuple(src.shape))
         self.log.append(("d2h", _tag(src)))
         self.events.append(FakeEvent(self.complete))
         return self.events[-1]
@@ -201,10 +202,22 @@ def test_offloaded_checkpoints_give_bit_identical_gradients():
     assert hooks.stats["packed"] == 1 and all(torch.equal(want[n], got[n]) for n in want)
 
 
-def test_trainer_step_with_partial_offload_on_cpu(tmp_path):
+@pytest.mark.parametrize("fraction", [1.0, 0.5])
+def test_trainer_step_offloads_exactly_the_checkpoint_inputs(tmp_path, monkeypatch, fraction):
+    """The trainer's own step (LoRA+, S2-Attn, chunked loss) with the host copier standing in for CUDA: per
+    micro-batch the first layers' inputs, and nothing else, are offloaded; loss and gradients are bit-identical
+    to the same step without offloading (the CPU path, where the hooks keep every tensor in place)."""
+    import trainer.offload as offload
+
     loss, want, _ = train_step_grads(tmp_path / "a", offload_activations=True)
-    loss2, got, _ = train_step_grads(tmp_path / "b", offload_activations=True, offload_fraction=0.5)
-    assert loss2 == loss and all(torch.equal(want[n], got[n]) for n in want)
+    hooks, copier = _offload()
+    hooks.min_bytes = 1024  # as MIN_BYTES at full size: a layer input (64 x 64 fp32 = 16 KiB) counts
+    monkeypatch.setattr(offload, "_per_device", lambda device: hooks)
+    loss2, got, _ = train_step_grads(tmp_path / "b", offload_activations=True, offload_fraction=fraction)
+    per_batch = round(2 * fraction)  # the tiny Llama has 2 layers; the step runs 2 micro-batches of 1 x 64
+    assert copier.shapes == [(1, 64, 64)] * (2 * per_batch)
+    assert hooks.stats["packed"] == 2 * per_batch and hooks.stats["prefetched"] == 2 * (per_batch - 1)
+    assert loss2 == loss and want.keys() == got.keys() and all(torch.equal(want[n], got[n]) for n in want)
 
 
 @pytest.mark.gpu
@@ -234,3 +247,22 @@ def test_offload_on_cuda_lowers_peak_memory_and_keeps_gradients():
     assert hooks.stats["packed"] == 8 and hooks.stats["prefetched"] >= 1
     assert peak1 < peak0 - 4 * 8192 * 1024 * 4  # at least half of the 8 checkpoints are not on the GPU
     assert torch.equal(gx0, gx1) and all(torch.equal(a, b) for a, b in zip(gp0, gp1, strict=True))
+
+
+def test_train_7b_offload_rows_on_cpu(tmp_path):
+    """benchmarks/train_7b.py: the new offload, its half form and the previous save_on_cpu form run and give the
+    base loss; two offload forms cannot combine."""
+    from tests.test_trainer_bench import load_bench
+
+    bench = load_bench()
+    with pytest.raises(ValueError, match="exclude each other"):
+        bench.lever_parts("offload+offload-sync")
+    args = ["--model", "random:tiny", "--lengths", "128", "--lever-lengths", "128", "--device", "cpu",
+            "--levers", "base,offload,offload-half,offload-sync", "--out", str(tmp_path)]
+    assert bench.main(args) == 0
+    import json
+
+    rows = json.loads((tmp_path / "train_7b.json").read_text())["results"]
+    assert set(rows) == {"base@128", "offload@128", "offload-half@128", "offload-sync@128"}
+    for key in ("offload@128", "offload-half@128", "offload-sync@128"):
+        assert "error" not in rows[key] and abs(rows[key]["loss"] - rows["base@128"]["loss"]) < 1e-4, key

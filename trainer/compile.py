@@ -5,9 +5,9 @@ gradient-checkpointing wrapper stay as they are, only its forward runs through i
 traced code object, so compilation costs about one layer, not all of them. Embeddings, RoPE tables, the mask
 and the chunked loss stay eager. Gradient checkpointing wraps the compiled layer (transformers'
 `GradientCheckpointingLayer` calls the module's compiled `__call__` inside the checkpoint), so it composes
-with both checkpoint forms: non-reentrant (default) and reentrant + `save_on_cpu` (`--offload-activations`,
-whose forward runs under no_grad and whose recomputation under grad: two graphs per shape). S2-Attn's
-shift-and-group is traced into the layer's graph.
+with both checkpoint forms: non-reentrant (default) and reentrant + `trainer.offload`'s hooks
+(`--offload-activations`, whose forward runs under no_grad and whose recomputation under grad: two graphs per
+shape). S2-Attn's shift-and-group is traced into the layer's graph.
 
 The result is the eager step's up to floating-point reassociation (inductor fuses and reorders
 reductions); `tests/test_trainer_compile.py` checks loss and gradients against eager.

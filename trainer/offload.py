@@ -8,8 +8,8 @@ With reentrant gradient checkpointing, the only tensor a decoder layer saves in 
   copied device → host into a pinned buffer on a side stream, which first waits for the compute stream's
   work so far. The GPU tensor stays referenced until the copy's event has completed (checked, never waited
   for, at every later pack/unpack), so the allocator cannot hand its memory out while the copy reads it.
-  Small tensors, CPU tensors and parameters are saved as they are. A tensor saved twice (same object, same
-  version) gets the same host copy.
+  Small tensors, integer tensors, CPU tensors and parameters are saved as they are. A tensor saved twice
+  (same object, same version) gets the same host copy.
 - unpack: backward asks for the tensors in reverse order, so when it asks for tensor k (packing order), the
   host → device copy of the next live tensor below k is issued on the side stream (`prefetch` of them), to
   run while tensor k's layer recomputes and backpropagates; the compute stream waits on an event only for
@@ -43,11 +43,12 @@ class CudaCopier:
     """Device ↔ pinned-host copies on one side stream; events order them against the compute stream."""
 
     def __init__(self, device: torch.device):
-        self.device = device
-        self.stream = torch.cuda.Stream(device)
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        self.device = torch.device("cuda", index)
+        self.stream = torch.cuda.Stream(self.device)
 
     def offloads(self, t: torch.Tensor) -> bool:
-        return t.is_cuda
+        return t.is_cuda and t.device.index == self.device.index
 
     def host_buffer(self, nbytes: int) -> torch.Tensor:
         return torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
@@ -97,7 +98,10 @@ class _Saved:
     key: Any = field(default=None, repr=False)
 
     def __del__(self):
-        self.owner._release(self)
+        try:
+            self.owner._release(self)
+        except Exception:  # interpreter shutdown: CUDA or the pool may already be gone
+            pass
 
 
 class ActivationOffload(torch.autograd.graph.saved_tensors_hooks):
@@ -152,6 +156,8 @@ class ActivationOffload(torch.autograd.graph.saved_tensors_hooks):
             return False
         if isinstance(t, torch.nn.Parameter) or isinstance(t._base, torch.nn.Parameter):
             return False  # a weight (or its transpose) stays in GPU memory anyway: copying it frees nothing
+        if not t.is_floating_point():
+            return False  # token ids and other indices: small, and not the activations `limit` counts
         if self.limit is not None and self._this_entry >= self.limit:
             return False
         return t.numel() * t.element_size() >= self.min_bytes
@@ -163,7 +169,7 @@ class ActivationOffload(torch.autograd.graph.saved_tensors_hooks):
         nbytes = src.numel() * src.element_size()
         host = self._buffer(nbytes)
         view = host[:nbytes].view(src.dtype).view(src.shape)
-        saved = _Saved(self._count, host, tuple(src.shape), src.dtype, inverse, self, t._version)
+        saved = _Saved(self._count, host, tuple(src.shape), src.dtype, inverse, self, src._version)
         # detached: the reference keeps the memory, not the autograd graph the tensor belongs to
         saved.gpu, saved.gpu_event = src.detach(), self.copier.to_host(src, view)
         self._count += 1
@@ -227,7 +233,8 @@ class ActivationOffload(torch.autograd.graph.saved_tensors_hooks):
         for index in sorted((i for i in self._live if i < saved.index), reverse=True):
             if want <= 0:
                 return
-            s = self._live[index]()
+            ref = self._live.get(index)  # a release (a graph freed meanwhile) may have removed it
+            s = ref() if ref is not None else None
             if s is None or s.unpacks >= saved.unpacks:
                 continue
             want -= 1
@@ -275,7 +282,7 @@ def checkpoint_offload(device: torch.device, layers: int, fraction: float = 1.0)
     """The hooks `llqa train --offload-activations` enters around each micro-batch's forward pass.
 
     Under reentrant gradient checkpointing the first large tensors a forward pass saves are the checkpoint
-    inputs, one per decoder layer, in layer order (the embedding saves only the token ids, under `MIN_BYTES`;
+    inputs, one per decoder layer, in layer order (the embedding saves only the token ids, an integer tensor;
     inside a layer nothing is saved); then come the final norm's and the loss's saves. So offloading the
     first `round(fraction × layers)` large tensors of each forward pass (`limit`) offloads exactly the inputs
     of the first layers, and the tail, needed first in backward, stays on the GPU. The first layers' inputs
