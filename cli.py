@@ -716,6 +716,12 @@ TrainCompileOpt = Annotated[str, typer.Option(
     "off, auto (default mode on CUDA, off on CPU), default, max-autotune-no-cudagraphs; same result up to "
     "rounding. Works with --offload-activations and S2-Attn. Best at a fixed --ctx (sft's varying lengths "
     "recompile).", rich_help_panel=_TRAIN_PANEL)]
+ParallelOpt = Annotated[str, typer.Option(
+    "--parallel", help="Engine under torchrun / accelerate launch (ignored in one process): ddp (a whole model "
+    "per GPU), fsdp (FSDP2: base and trained weights sharded over the GPUs, for models one GPU cannot hold, "
+    "e.g. 70B), auto (ddp unless the model's weights — for --method full also gradients and AdamW state — "
+    "exceed half a GPU's memory). Same result; checkpoints resume under either engine and any GPU count.",
+    rich_help_panel=_TRAIN_PANEL)]
 StopAfterOpt = Annotated[int | None, typer.Option("--stop-after", hidden=True,
                                                   help="Stop after this many steps, as if interrupted.")]
 
@@ -755,7 +761,7 @@ def train_cmd(
     gradient_checkpointing: GcOpt = True, loss_chunk: ChunkOpt = 4096, save_every: SaveEveryOpt = 100,
     keep_checkpoints: KeepOpt = 2, log_every: LogEveryOpt = 1, seed: SeedOpt = 42, shuffle: ShuffleOpt = True,
     resume: ResumeOpt = False, stop_after: StopAfterOpt = None, offload_activations: OffloadOpt = False,
-    sdpa_backend: SdpaBackendOpt = "auto", compile_mode: TrainCompileOpt = "off",
+    sdpa_backend: SdpaBackendOpt = "auto", compile_mode: TrainCompileOpt = "off", parallel: ParallelOpt = "auto",
 ) -> None:
     """Continued pre-training at --ctx (LongLoRA's fine-tune.py): documents joined with EOS and packed into
     sequences of exactly ctx tokens, every token scored. Loss: mean next-token NLL over the scored tokens of
@@ -769,7 +775,7 @@ def train_cmd(
                  gradient_checkpointing=gradient_checkpointing, loss_chunk=loss_chunk, save_every=save_every,
                  keep_checkpoints=keep_checkpoints, log_every=log_every, seed=seed, shuffle=shuffle, resume=resume,
                  stop_after=stop_after, offload_activations=offload_activations, sdpa_backend=sdpa_backend,
-                 compile=compile_mode)
+                 compile=compile_mode, parallel=parallel)
 
 
 @app.command("sft")
@@ -791,7 +797,7 @@ def sft_cmd(
     gradient_checkpointing: GcOpt = True, loss_chunk: ChunkOpt = 4096, save_every: SaveEveryOpt = 100,
     keep_checkpoints: KeepOpt = 2, log_every: LogEveryOpt = 1, seed: SeedOpt = 42, shuffle: ShuffleOpt = True,
     resume: ResumeOpt = False, stop_after: StopAfterOpt = None, offload_activations: OffloadOpt = False,
-    sdpa_backend: SdpaBackendOpt = "auto", compile_mode: TrainCompileOpt = "off",
+    sdpa_backend: SdpaBackendOpt = "auto", compile_mode: TrainCompileOpt = "off", parallel: ParallelOpt = "auto",
 ) -> None:
     """Supervised fine-tuning at --ctx on instruction/answer pairs; loss on answer tokens only (prompt labels
     -100): mean next-token NLL over the answer tokens of each step's global batch, in fp32, chunk by chunk.
@@ -806,7 +812,7 @@ def sft_cmd(
                  gradient_checkpointing=gradient_checkpointing, loss_chunk=loss_chunk, save_every=save_every,
                  keep_checkpoints=keep_checkpoints, log_every=log_every, seed=seed, shuffle=shuffle, resume=resume,
                  stop_after=stop_after, offload_activations=offload_activations, sdpa_backend=sdpa_backend,
-                 compile=compile_mode)
+                 compile=compile_mode, parallel=parallel)
 
 
 @app.command("merge")

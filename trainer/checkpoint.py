@@ -62,12 +62,28 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def full_training_state(model: torch.nn.Module, optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(trainable weights by name, optimizer state_dict) as full CPU tensors: the single-process format, whatever
+    the engine. FSDP-sharded tensors are all-gathered, so under `--parallel fsdp` every rank must call this."""
+    from trainer.fsdp import full_tensor, trainable_state
+
+    weights = trainable_state(model)
+    opt = optimizer.state_dict()
+    opt["state"] = {i: {k: full_tensor(v).cpu() if hasattr(v, "cpu") else v for k, v in s.items()}
+                    for i, s in opt["state"].items()}
+    return weights, opt
+
+
 def save_checkpoint(run_dir: str | Path, model: torch.nn.Module, optimizer, scheduler, state: dict[str, Any],
-                    keep: int = 2) -> Path:
-    """Write checkpoint `state['step']` atomically and prune to the newest `keep`."""
+                    keep: int = 2, write: bool = True) -> Path | None:
+    """Write checkpoint `state['step']` atomically and prune to the newest `keep`. With sharded (FSDP) weights
+    every rank calls this (the state is gathered) and only the one with `write` writes."""
     import torch
     from safetensors.torch import save_file
 
+    weights, opt_state = full_training_state(model, optimizer)
+    if not write:
+        return None
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{state['step']:06d}"
@@ -75,9 +91,8 @@ def save_checkpoint(run_dir: str | Path, model: torch.nn.Module, optimizer, sche
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        weights = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
         save_file(weights, str(tmp / "trainable.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+        torch.save({"optimizer": opt_state, "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
         torch.save(rng_state(), tmp / "rng.pt")
         (tmp / "state.json").write_text(json.dumps(state, indent=2))
         for f in tmp.iterdir():  # contents on disk before the rename makes them visible
@@ -95,9 +110,12 @@ def save_checkpoint(run_dir: str | Path, model: torch.nn.Module, optimizer, sche
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) -> dict[str, Any]:
-    """Restore weights, optimizer, scheduler and RNG from `path`; returns its state.json."""
+    """Restore weights, optimizer, scheduler and RNG from `path`; returns its state.json. Every process reads the
+    whole checkpoint; under FSDP each keeps its shard, so a checkpoint resumes on any number of ranks."""
     import torch
     from safetensors.torch import load_file
+
+    from trainer.fsdp import like_param
 
     weights = load_file(str(path / "trainable.safetensors"))
     params = dict(model.named_parameters())
@@ -108,8 +126,11 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) ->
                         f"{len(unknown)} unknown)", "resume with the same --model and --method")
     with torch.no_grad():
         for n, w in weights.items():
-            params[n].copy_(w)
+            params[n].copy_(like_param(w, params[n]))
     opt = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False)
+    ordered = [p for group in optimizer.param_groups for p in group["params"]]  # state ids index this order
+    opt["optimizer"]["state"] = {i: {k: like_param(v, ordered[int(i)]) if isinstance(v, torch.Tensor) else v
+                                     for k, v in s.items()} for i, s in opt["optimizer"]["state"].items()}
     optimizer.load_state_dict(opt["optimizer"])
     scheduler.load_state_dict(opt["scheduler"])
     set_rng_state(torch.load(path / "rng.pt", map_location="cpu", weights_only=False))

@@ -21,11 +21,13 @@ METHODS = ("longlora", "lora+", "lora", "full")
 ATTNS = ("full", "s2")
 TEMPLATES = ("auto", "chat", "inst")
 SDPA_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
+PARALLEL = ("auto", "ddp", "fsdp")
 CONFIG_FILE = "train_config.json"
 # Fields that may change between an interrupted run and its `--resume` without changing its result
 # ("out": a run directory that was moved or copied, e.g. to another machine, resumes where it now lies).
 RESUMABLE_CHANGES = frozenset({"out", "offload_activations", "offload_fraction", "sdpa_backend", "compile",
-                               "max_steps", "save_every", "keep_checkpoints", "log_every", "resume", "stop_after"})
+                               "parallel", "max_steps", "save_every", "keep_checkpoints", "log_every", "resume",
+                               "stop_after"})
 
 
 @dataclass
@@ -67,6 +69,10 @@ class TrainConfig:
     # CPU), default, max-autotune-no-cudagraphs. Off by default: compilation takes a minute or more per run
     # and shape, and SFT's varying lengths recompile; opt in for long runs at a fixed --ctx.
     compile: str = "off"
+    # the engine when several processes train (torchrun / accelerate launch; trainer.distributed): ddp (a full
+    # model per GPU), fsdp (FSDP2: every weight sharded over the GPUs), auto (ddp unless the model would take
+    # over half of one GPU's memory). Ignored in one process.
+    parallel: str = "auto"
     save_every: int = 100  # checkpoint every N optimizer steps (and at the end)
     keep_checkpoints: int = 2  # newest checkpoints kept on disk
     log_every: int = 1  # console/TensorBoard logging period in steps
@@ -106,6 +112,8 @@ class TrainConfig:
         from trainer.compile import check_compile_mode
 
         check_compile_mode(self.compile)
+        if self.parallel not in PARALLEL:
+            raise LlqaError(f"--parallel {self.parallel} is not an engine", f"use one of: {', '.join(PARALLEL)}")
         if not 0 <= self.offload_fraction <= 1:
             raise LlqaError(f"--offload-fraction {self.offload_fraction} is not in [0, 1]",
                             "pass the fraction of layers whose checkpoints go to CPU memory, e.g. 1 or 0.5")

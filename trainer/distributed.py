@@ -115,6 +115,26 @@ def rank_slice(items: list, rank: int, world: int) -> list:
     return items[rank * per:(rank + 1) * per]
 
 
+def choose_engine(cfg, info: DistInfo, device: torch.device) -> str:
+    """'single' in one process; else `cfg.parallel`, where `auto` is ddp unless the model's per-GPU state under
+    DDP — its weights (2 bytes per parameter in bf16, 4 in fp32), or for `--method full` fp32 weights, gradients
+    and AdamW moments (16 bytes per parameter) — would exceed half of the GPU's memory: then fsdp. DDP is
+    preferred when it fits: no per-layer all-gathers, and peft's modules stay whole on every rank."""
+    if not info.enabled:
+        return "single"
+    if cfg.parallel != "auto":
+        return cfg.parallel
+    if device.type != "cuda":
+        return "ddp"
+    import torch
+
+    from llqa.models import describe, resolve_dtype
+
+    params = describe(cfg.model, cfg.ctx, cfg.dtype, str(device)).params
+    per_param = 16 if cfg.method == "full" else resolve_dtype(cfg.dtype, device).itemsize
+    return "fsdp" if params * per_param > torch.cuda.get_device_properties(device).total_memory / 2 else "ddp"
+
+
 def wrap_for_training(module: torch.nn.Module, info: DistInfo, device: torch.device) -> torch.nn.Module:
     """`module` as DDP when several processes train (gradients averaged over ranks in backward)."""
     if not info.enabled:

@@ -108,9 +108,20 @@ def _load(cfg: TrainConfig):
     device = resolve_device(cfg.device)
     dtype = _compute_dtype(cfg, device)
     torch.manual_seed(cfg.seed)  # random:<shape> bases and LoRA init derive from the seed
-    loaded = load_model(cfg.model, ctx=cfg.ctx, dtype="float32" if cfg.method == "full" else dtype,
+    loaded = load_model(weights_spec(cfg), ctx=cfg.ctx, dtype="float32" if cfg.method == "full" else dtype,
                         device=str(device))
     return loaded, device, getattr(torch, dtype)
+
+
+def weights_spec(cfg: TrainConfig) -> str:
+    """What to load: `--model`, except that a resumed LoRA run on a random base reloads the copy of that base
+    kept in the run directory (whatever engine, device or number of processes created it)."""
+    from llqa.models import resolve
+
+    base = cfg.run_dir / "base"
+    if cfg.resume and cfg.lora and resolve(cfg.model).kind == "random" and (base / "config.json").is_file():
+        return str(base)
+    return cfg.model
 
 
 def build_data(cfg: TrainConfig, tokenizer):
@@ -266,7 +277,9 @@ def train_step(model, params, optimizer, scheduler, batches, cfg: TrainConfig, d
         mask = mask.to(device) if mask is not None else None
         ctx = torch.autocast(device.type, dtype=autocast_dtype) if use_autocast else contextlib.nullcontext()
         # gradients are reduced over ranks once, in the last micro-batch's backward
-        sync = model.no_sync() if dist.enabled and n < len(batches) - 1 else contextlib.nullcontext()
+        # (FSDP has no no_sync: it reduce-scatters every micro-batch into the sharded fp32 gradients)
+        last = n == len(batches) - 1
+        sync = model.no_sync() if dist.enabled and not last and hasattr(model, "no_sync") else contextlib.nullcontext()
         with sync, sdpa_context(cfg.sdpa_backend):
             with ctx, offload_context(cfg, device, model):
                 loss, count = model(ids, labels, mask)
@@ -280,7 +293,9 @@ def train_step(model, params, optimizer, scheduler, batches, cfg: TrainConfig, d
         raise _nan_error("loss", loss_sum, step, cfg)
     norm = None
     if cfg.max_grad_norm > 0:
-        norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+        from trainer.fsdp import clip_grad_norm
+
+        norm = clip_grad_norm(params, cfg.max_grad_norm)
         if not math.isfinite(norm):
             raise _nan_error("gradient norm", norm, step, cfg)
     optimizer.step()
@@ -312,18 +327,19 @@ def _base_spec(cfg: TrainConfig, loaded) -> str:
     """The spec that reloads this run's base: local paths made absolute, random bases the copy in the run."""
     if loaded.source.kind == "random" and cfg.lora:
         return str((cfg.run_dir / "base").resolve())
-    path = Path(cfg.model).expanduser()
-    return str(path.resolve()) if path.exists() else cfg.model
+    path = Path(loaded.source.spec).expanduser()  # on resume, possibly the random base's copy (`weights_spec`)
+    return str(path.resolve()) if path.exists() else loaded.source.spec
 
 
-def save_final(cfg: TrainConfig, model, loaded, step: int) -> None:
-    """Final weights + tokenizer + llqa_model.json into the run directory (loadable by `--model RUN_DIR`)."""
+def save_final(cfg: TrainConfig, model, loaded, step: int, state_dict: dict | None = None) -> None:
+    """Final weights + tokenizer + llqa_model.json into the run directory (loadable by `--model RUN_DIR`).
+    `state_dict`: the trained weights as full tensors, when `model` holds only this rank's shards (FSDP)."""
     run = cfg.run_dir
     if cfg.attn == "s2":
         from trainer.s2attn import disable_s2_attention
 
         disable_s2_attention(model.get_base_model() if hasattr(model, "get_base_model") else model)
-    model.save_pretrained(run)
+    model.save_pretrained(run, **({"state_dict": state_dict} if state_dict is not None else {}))
     loaded.tokenizer.save_pretrained(run)
     base = _base_spec(cfg, loaded)
     atomic_write_json(run / RUN_FILE, {"base_model": base, "ctx": cfg.ctx, "method": cfg.method, "attn": cfg.attn,
@@ -360,26 +376,36 @@ def run_training(cfg: TrainConfig, console=None) -> TrainResult:
 def _run(cfg: TrainConfig, console, dist, resume_from: Path | None) -> TrainResult:
     import torch
 
-    from trainer.distributed import all_reduce, barrier, wrap_for_training
+    from llqa.models import resolve_device
+    from trainer.distributed import all_reduce, barrier, choose_engine, wrap_for_training
     from trainer.loss import CausalLMLoss
 
     if dist.main:
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    loaded, device, compute_dtype = _load(cfg)
+    sharded = choose_engine(cfg, dist, resolve_device(cfg.device)) == "fsdp"
+    if sharded:  # built on the meta device, prepared and sharded; rank 0 has saved a random base (trainer.fsdp)
+        from trainer.fsdp import load_sharded
+
+        loaded, device, compute_dtype, model, step_model = load_sharded(cfg, dist)
+    else:
+        loaded, device, compute_dtype = _load(cfg)
     if dist.main:  # rank 0 writes the random base copy and the packed data; the others then read the packed data
-        _save_random_base(cfg, loaded)
+        if not sharded:
+            _save_random_base(cfg, loaded)
         dataset, data_stats = build_data(cfg, loaded.tokenizer)
     barrier(dist)
     if not dist.main:
         dataset, data_stats = build_data(cfg, loaded.tokenizer)
-    model = _prepare_model(cfg, loaded.model, compute_dtype)
+    if not sharded:
+        model = _prepare_model(cfg, loaded.model, compute_dtype)
     params, optimizer, scheduler = _optimizer(cfg, model)
     trainable = {"parameters": sum(p.numel() for p in params), "tensors": len(params),
                  "of_total": sum(p.numel() for p in model.parameters())}
     state = {"step": 0, "consumed": 0}
     if resume_from is not None:  # every rank loads the same full checkpoint, whatever world size wrote it
         state = load_checkpoint(resume_from, model, optimizer, scheduler)
-    step_model = wrap_for_training(CausalLMLoss(model, cfg.loss_chunk), dist, device)
+    if not sharded:
+        step_model = wrap_for_training(CausalLMLoss(model, cfg.loss_chunk), dist, device)
     if dist.main:
         _write_run_files(cfg, loaded, data_stats, trainable, state["step"], dist.world)
     pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
@@ -416,15 +442,20 @@ def _run(cfg: TrainConfig, console, dist, resume_from: Path | None) -> TrainResu
                                                "tokens_per_s": tokens / dt, "step_s": dt, "peak_mem_gib": peak,
                                                "world_size": dist.world, "peak_mem_gib_per_rank": per_rank})
                 if state["step"] % cfg.save_every == 0 or state["step"] == cfg.max_steps:
-                    if dist.main:  # the trainable state is identical on every rank: one full checkpoint
+                    if dist.main or sharded:  # one full checkpoint (FSDP: gathered from every rank's shards)
                         save_checkpoint(cfg.run_dir, model, optimizer, scheduler,
                                         {**state, "last_loss": loss, "world_size": dist.world},
-                                        keep=cfg.keep_checkpoints)
+                                        keep=cfg.keep_checkpoints, write=dist.main)
                     barrier(dist)
     except torch.OutOfMemoryError:
         raise oom_error(cfg, device) from None
+    full_state = None
+    if sharded:  # the adapter (or model) is written from full tensors gathered on every rank
+        from trainer.fsdp import trainable_state
+
+        full_state = trainable_state(model, aliases=True)
     if dist.main:
-        save_final(cfg, model, loaded, state["step"])
+        save_final(cfg, model, loaded, state["step"], full_state)
         _write_run_files(cfg, loaded, data_stats, trainable, state["step"], dist.world)
     barrier(dist)
     result.finished = True

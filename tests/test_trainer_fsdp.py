@@ -1,0 +1,179 @@
+"""Sharded data parallelism (`--parallel fsdp`, FSDP2; issue 7): two gloo processes on CPU, as
+`torchrun --nproc-per-node 2` starts them, against one process training the same global batch.
+
+One spawn of 2 ranks runs, on a tiny model with tied embeddings (the LoRA+ embedding copy is shared with
+the LM head), `--method longlora` (LoRA+ and S2-Attn, gradient checkpointing) and `--method full`:
+- longlora: 2 steps, stop (as if killed), resume to step 4 on 2 ranks; rank 0 first copies the stopped run,
+  which then resumes in ONE process; and a run stopped by ONE process resumes on the 2 ranks;
+- full: 2 steps;
+- `random:tiny`: 1 step, whose base copy in the run directory must equal the weights the ranks drew.
+Every end state (losses, checkpointed trainable weights and AdamW moments, the final adapter/model) must
+equal the single-process run's to fp32 tolerance."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+from llqa.errors import LlqaError
+from tests.conftest import build_tiny_llama
+from trainer.config import TrainConfig
+from trainer.fsdp import base_name, is_sharded
+from trainer.loop import read_log, run_training
+
+CTX = 64
+
+
+def _cfg(out, model, data, **kw) -> TrainConfig:
+    base = dict(task="train", out=str(out), model=str(model), ctx=CTX, data=[str(data)], method="longlora",
+                max_steps=4, batch_size=4, lr=2e-3, warmup_steps=2, save_every=2, device="cpu", dtype="float32",
+                seed=11, parallel="fsdp")
+    return TrainConfig(**{**base, **kw})
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _worker(rank: int, world: int, ports: list[int], root, model, data) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1")
+    torch.set_num_threads(1)
+    launches = iter(ports)  # each run_training is a launch of its own (its own rendezvous), as torchrun's would be
+
+    def run(cfg):
+        os.environ["MASTER_PORT"] = str(next(launches))
+        return run_training(cfg)
+
+    first = run(_cfg(root / "fsdp", model, data, stop_after=2))
+    if rank == 0:  # the stopped 2-rank run, to be resumed by one process
+        shutil.copytree(root / "fsdp", root / "one-resume")
+    done = run(_cfg(root / "fsdp", model, data, resume=True))
+    from_one = run(_cfg(root / "from-one", model, data, resume=True))  # stopped by one process, resumed on 2
+    full = run(_cfg(root / "full", model, data, method="full", max_steps=2))
+    rnd = run(_cfg(root / "random", "random:tiny", data, max_steps=1))  # shards drawn on each rank, base gathered
+    shards = {base_name(n): p.to_local().detach().clone() for n, p in rnd.model.named_parameters()
+              if base_name(n) is not None}
+    torch.save({"sharded": is_sharded(done.model) and is_sharded(full.model),
+                "losses": first.losses + done.losses, "full": full.losses, "from_one": from_one.losses,
+                "shards": shards,
+                "finished": done.finished and from_one.finished and full.finished}, root / f"rank{rank}.pt")
+
+
+def _spawn(tmp_path, model, data) -> list[dict]:
+    procs = mp.spawn(_worker, args=(2, _free_ports(5), tmp_path, model, data), nprocs=2, join=False)
+    deadline = time.monotonic() + 300  # a rendezvous that never completes fails the test instead of hanging it
+    while not procs.join(timeout=5):
+        if time.monotonic() > deadline:
+            for p in procs.processes:
+                p.kill()
+            pytest.fail("the 2 gloo ranks did not finish within 300 s")
+    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, smollm2_tokenizer, shared_data):
+    root = tmp_path_factory.mktemp("fsdp-tiny")
+    build_tiny_llama(len(smollm2_tokenizer), seed=3, tie_word_embeddings=True,
+                     max_position_embeddings=32).save_pretrained(root / "model")
+    smollm2_tokenizer.save_pretrained(root / "model")
+    src = sorted((shared_data / "paul_graham_essays").rglob("*.txt"))[0]
+    (root / "essay.txt").write_text(src.read_text()[:4000])
+    return root / "model", root / "essay.txt"
+
+
+def _checkpoint(run, step: int = 4) -> tuple[dict, dict]:
+    ckpt = run / "checkpoints" / f"step-{step:06d}"
+    opt = torch.load(ckpt / "optimizer.pt", weights_only=False)["optimizer"]["state"]
+    moments = {f"{i}.{k}": v for i, s in opt.items() for k, v in s.items() if k != "step"}
+    return load_file(str(ckpt / "trainable.safetensors")), moments
+
+
+def _assert_close(got: dict, want: dict) -> None:
+    assert got.keys() == want.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_fsdp_on_two_gloo_ranks_trains_like_one_process_and_resumes_across_counts(tmp_path, tiny):
+    model, data = tiny
+    run_training(_cfg(tmp_path / "from-one", model, data, stop_after=2))  # one process, stopped at step 2
+    ranks = _spawn(tmp_path, model, data)
+    assert all(r["finished"] and r["sharded"] for r in ranks)
+    assert ranks[0]["losses"] == ranks[1]["losses"] and len(ranks[0]["losses"]) == 4
+    base = load_file(str(tmp_path / "random" / "base" / "model.safetensors"))
+    assert base.keys() == ranks[0]["shards"].keys()
+    for name, weight in base.items():  # the saved random base is exactly the weights the ranks drew, in order
+        assert torch.equal(weight, torch.cat([r["shards"][name] for r in ranks])), name
+
+    single = run_training(_cfg(tmp_path / "single", model, data))
+    torch.testing.assert_close(torch.tensor(ranks[0]["losses"]), torch.tensor(single.losses), rtol=1e-5, atol=1e-6)
+    want = _checkpoint(tmp_path / "single")
+    for run in ("fsdp", "from-one"):  # 2 ranks throughout; 1 process then 2 ranks
+        for got, exp in zip(_checkpoint(tmp_path / run), want, strict=True):
+            _assert_close(got, exp)
+    # the final adapter is the single-process format, with the same weights
+    _assert_close(load_file(str(tmp_path / "fsdp" / "adapter_model.safetensors")),
+                  load_file(str(tmp_path / "single" / "adapter_model.safetensors")))
+    untrained = load_file(str(tmp_path / "fsdp" / "checkpoints" / "step-000002" / "trainable.safetensors"))
+    assert any(not torch.equal(untrained[n], w) for n, w in want[0].items())  # the comparison can fail
+
+    # the checkpoint written by 2 ranks resumes in 1 process to the same end state
+    resumed = run_training(_cfg(tmp_path / "one-resume", model, data, resume=True))
+    assert resumed.finished and resumed.steps == 4
+    for got, exp in zip(_checkpoint(tmp_path / "one-resume"), want, strict=True):
+        _assert_close(got, exp)
+    log = read_log(tmp_path / "fsdp")
+    assert [r["step"] for r in log] == [1, 2, 3, 4] and all(r["world_size"] == 2 for r in log)
+
+    # full fine-tuning: every weight sharded and trained
+    full = run_training(_cfg(tmp_path / "single-full", model, data, method="full", max_steps=2))
+    torch.testing.assert_close(torch.tensor(ranks[0]["full"]), torch.tensor(full.losses), rtol=1e-5, atol=1e-6)
+    _assert_close(load_file(str(tmp_path / "full" / "model.safetensors")),
+                  load_file(str(tmp_path / "single-full" / "model.safetensors")))
+
+
+def test_fsdp_refuses_what_it_does_not_support(tmp_path):
+    from trainer.fsdp import check_combination
+
+    with pytest.raises(LlqaError, match="--compile default is not supported with --parallel fsdp") as err:
+        check_combination(_cfg(tmp_path, "m", tmp_path, compile="default"), torch.device("cpu"))
+    assert "--parallel ddp" in err.value.fix
+    with pytest.raises(LlqaError, match="--offload-activations is not supported with --parallel fsdp"):
+        check_combination(_cfg(tmp_path, "m", tmp_path, offload_activations=True), torch.device("cpu"))
+    check_combination(_cfg(tmp_path, "m", tmp_path, compile="auto"), torch.device("cpu"))  # auto: off under FSDP
+    with pytest.raises(LlqaError, match="--parallel zero3 is not an engine"):
+        _cfg(tmp_path, "m", tmp_path, parallel="zero3")
+
+
+def test_engine_choice():
+    from trainer.distributed import DistInfo, choose_engine
+
+    cpu = torch.device("cpu")
+    assert choose_engine(_cfg("o", "m", "d", parallel="fsdp"), DistInfo(), cpu) == "single"  # one process
+    assert choose_engine(_cfg("o", "m", "d", parallel="fsdp"), DistInfo(0, 2), cpu) == "fsdp"
+    assert choose_engine(_cfg("o", "m", "d", parallel="auto"), DistInfo(0, 2), cpu) == "ddp"  # no GPU memory limit
+
+
+def test_base_names_of_peft_parameters():
+    from trainer.fsdp import base_name
+
+    assert base_name("base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight") == \
+        "model.layers.0.self_attn.q_proj.weight"
+    assert base_name("base_model.model.model.embed_tokens.original_module.weight") == "model.embed_tokens.weight"
+    assert base_name("base_model.model.lm_head.weight") == "lm_head.weight"
+    assert base_name("base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight") is None
+    assert base_name("base_model.model.model.norm.modules_to_save.default.weight") is None
+    assert base_name("model.layers.0.mlp.up_proj.weight") == "model.layers.0.mlp.up_proj.weight"  # --method full
