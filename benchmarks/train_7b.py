@@ -173,7 +173,8 @@ class SaveOnCpu(torch.nn.Module):
             return self.inner(*args)
 
 
-def measure(step_model, model, params, opt, sched, cfg, device, dtype, n: int, warmup: int) -> dict:
+def measure(step_model, model, params, opt, sched, cfg, device, dtype, n: int, warmup: int, steps: int = 1) -> dict:
+    """`warmup` untimed steps, then `steps` timed ones: mean step time, the peak memory over the timed steps."""
     vocab = model.get_input_embeddings().num_embeddings
     ids = torch.randint(0, vocab, (1, n), generator=torch.Generator().manual_seed(n))
     batches = [(ids, ids.clone(), None)]
@@ -184,12 +185,13 @@ def measure(step_model, model, params, opt, sched, cfg, device, dtype, n: int, w
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
-    loss, _ = train_step(step_model, params, opt, sched, batches, cfg, device, dtype, 0)
+    for _ in range(steps):
+        loss, _ = train_step(step_model, params, opt, sched, batches, cfg, device, dtype, 0)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    dt = time.perf_counter() - t0
+    dt = (time.perf_counter() - t0) / steps
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    return {"step_s": dt, "tokens_per_s": n / dt, "peak_gib": peak, "loss": loss}
+    return {"step_s": dt, "tokens_per_s": n / dt, "peak_gib": peak, "loss": loss, "timed_steps": steps}
 
 
 def main(argv=None) -> int:
@@ -202,7 +204,8 @@ def main(argv=None) -> int:
                     "@N; levers joined by + are measured together (e.g. compile+offload@65536)")
     ap.add_argument("--compile-mode", default="default", choices=("default", "max-autotune-no-cudagraphs"),
                     help="inductor mode of the compile lever (as `llqa train --compile`)")
-    ap.add_argument("--warmup", type=int, default=1, help="untimed steps before each timed step")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed steps before each measurement")
+    ap.add_argument("--steps", type=int, default=1, help="timed steps per measurement (step_s: their mean)")
     ap.add_argument("--loss-chunk", type=int, default=4096)
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="device bf16 dense peak (H100 SXM: 989)")
     ap.add_argument("--device", default="auto")
@@ -257,7 +260,8 @@ def main(argv=None) -> int:
             for n in todo:
                 row = {"lever": lever, "tokens": n}
                 try:
-                    row.update(measure(step_model, model, params, opt, sched, lcfg, device, dtype, n, args.warmup))
+                    row.update(measure(step_model, model, params, opt, sched, lcfg, device, dtype, n, args.warmup,
+                                       args.steps))
                     f = flops(model, n, "full" if "full-attn" in lever_parts(lever) else "s2")
                     row.update(f, mfu=f["model_flops"] / row["step_s"] / (args.peak_tflops * 1e12))
                 except torch.OutOfMemoryError:
