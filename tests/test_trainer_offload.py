@@ -49,7 +49,7 @@ class HostCopier:
 
 
 def _tag(t):
-    return float(t.reshape(-1)[0])
+    return float(t.detach().reshape(-1)[0])
 
 
 def _offload(**kw):
@@ -57,9 +57,9 @@ def _offload(**kw):
     return ActivationOffload(copier=copier, min_bytes=0, **kw), copier
 
 
-def _chain(n: int, hooks=None):
-    """x_k = sin(x_{k-1}) for k = 1..n (each sin saves its input); x_0 = 0.5 + 1 (tags 1.5, sin(1.5), ...)."""
-    x0 = torch.full((4, 4), 1.5, requires_grad=True)
+def _chain(n: int, hooks=None, shape=(4, 4)):
+    """x_k = sin(x_{k-1}) for k = 1..n (each sin saves its input); x_0 = 1.5 (tags 1.5, sin(1.5), ...)."""
+    x0 = torch.full(shape, 1.5, requires_grad=True)
     xs = [x0]
     with hooks if hooks is not None else torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
         for _ in range(n):
@@ -146,6 +146,24 @@ def test_retain_graph_unpacks_twice_and_unused_tensors_are_freed_into_the_pool()
     del xs
     gc.collect()
     assert hooks.pooled_buffers == 3 and not hooks._live and not hooks._pending
+
+
+def test_pool_rounds_sizes_and_stays_within_the_most_ever_held():
+    hooks, _ = _offload()
+    _, xs = _chain(3, hooks, (4, 5))  # 80 B each -> 128 B buffers
+    del xs
+    gc.collect()
+    assert hooks.pooled_bytes == 3 * 128 and hooks.stats["buffers_allocated"] == 3
+    _, xs = _chain(3, hooks, (4, 6))  # 96 B: the same 128 B buffers serve a slightly different length
+    assert hooks.stats["buffers_reused"] == 3 and hooks.stats["buffers_allocated"] == 3
+    del xs
+    gc.collect()
+    for shape in [(16, 16), (4, 4), (16, 16)]:  # sizes that change: the pool drops what no longer fits
+        _, xs = _chain(3, hooks, shape)
+        assert hooks.pooled_bytes + hooks._held <= hooks._most_held
+        del xs
+        gc.collect()
+    assert hooks._held == 0 and hooks.pooled_bytes <= hooks._most_held == 3 * 1024
 
 
 def test_limit_offloads_the_first_tensors_of_each_entry():

@@ -14,8 +14,9 @@ With reentrant gradient checkpointing, the only tensor a decoder layer saves in 
   host → device copy of the next live tensor below k is issued on the side stream (`prefetch` of them), to
   run while tensor k's layer recomputes and backpropagates; the compute stream waits on an event only for
   the tensor it needs now. A tensor unpacked twice (`retain_graph`) is copied again from its host copy;
-  one never unpacked is freed with its autograd graph. Pinned buffers return to a pool when their graph is
-  freed and are reused by the next step (pinning memory is slow).
+  one never unpacked is freed with its autograd graph. Pinned buffers (sizes rounded up to a power of two)
+  return to a pool when their graph is freed and are reused by the next step (pinning memory is slow); the
+  pool never holds more than the most bytes the hooks ever held at once.
 
 Dense non-contiguous tensors (a permutation of a contiguous layout) come back with their strides; other
 views come back contiguous with the same values. Without CUDA the hooks keep every tensor as it is, so
@@ -124,7 +125,9 @@ class ActivationOffload(torch.autograd.graph.saved_tensors_hooks):
         self._live: dict[int, weakref.ref] = {}  # packing index -> live _Saved, in packing order
         self._by_tensor: dict[tuple, weakref.ref] = {}  # (id(tensor), version) -> its _Saved: saved twice
         self._pending: list[weakref.ref] = []  # host copies in flight: their GPU tensors are still referenced
-        self._pool: dict[int, list[torch.Tensor]] = {}  # nbytes -> free pinned buffers
+        self._pool: dict[int, list[torch.Tensor]] = {}  # size (a power of two) -> free pinned buffers
+        self._held = 0  # bytes of the buffers of live entries
+        self._most_held = 0  # the most bytes ever held at once: the pool never keeps more than that in all
         self.stats = {"packed": 0, "offloaded_bytes": 0, "buffers_allocated": 0, "buffers_reused": 0,
                       "prefetched": 0, "copied_on_demand": 0}
         super().__init__(self._pack, self._unpack)
@@ -180,12 +183,21 @@ class ActivationOffload(torch.autograd.graph.saved_tensors_hooks):
         return saved
 
     def _buffer(self, nbytes: int) -> torch.Tensor:
-        free = self._pool.get(nbytes)
+        """A pinned buffer of at least `nbytes`, sized to the next power of two so that lengths that vary a little
+        (sft) still reuse buffers. Pool plus live buffers stay within the most ever held at once: a miss first
+        drops pooled buffers of other sizes (a workload whose sizes changed)."""
+        size = 1 << max(nbytes - 1, 0).bit_length()
+        self._held += size
+        self._most_held = max(self._most_held, self._held)
+        free = self._pool.get(size)
         if free:
             self.stats["buffers_reused"] += 1
             return free.pop()
+        for other in sorted(self._pool, reverse=True):
+            while self._pool[other] and self.pooled_bytes + self._held > self._most_held:
+                self._pool[other].pop()
         self.stats["buffers_allocated"] += 1
-        return self.copier.host_buffer(nbytes)
+        return self.copier.host_buffer(size)
 
     def _collect(self) -> None:
         """Drop the GPU references of host copies that have completed (never blocks)."""
@@ -257,11 +269,16 @@ class ActivationOffload(torch.autograd.graph.saved_tensors_hooks):
                     and self._by_tensor[saved.key[:2]]() in (None, saved):
                 del self._by_tensor[saved.key[:2]]
             self._pending = [r for r in self._pending if r() is not None]
+            self._held -= saved.host.numel()
             self._pool.setdefault(saved.host.numel(), []).append(saved.host)
 
     @property
     def pooled_buffers(self) -> int:
         return sum(len(v) for v in self._pool.values())
+
+    @property
+    def pooled_bytes(self) -> int:
+        return sum(b.numel() for v in self._pool.values() for b in v)
 
 
 def _dense_order(t: torch.Tensor) -> list[int] | None:
