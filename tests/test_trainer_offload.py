@@ -5,6 +5,7 @@ Without CUDA a host-only copier stands in for the device: every copy is logged, 
 from __future__ import annotations
 
 import gc
+import weakref
 
 import pytest
 import torch
@@ -126,8 +127,10 @@ def test_tensor_saved_twice_is_copied_once_and_views_come_back_right():
     s = torch.randn(6, 8)[::2, 1:5]
     back = hooks.unpack_hook(hooks.pack_hook(s))
     assert torch.equal(back, s)
-    p = torch.nn.Parameter(torch.randn(4, 4))
-    assert hooks.pack_hook(p) is p and hooks.pack_hook(p.t())._base is p  # weights stay where they are
+    p, packed = torch.nn.Parameter(torch.randn(4, 4)), hooks.stats["packed"]
+    for weight in (p, p.t()):  # weights stay where they are: saved as themselves (detached), no copy
+        assert hooks.pack_hook(weight).data_ptr() == p.data_ptr()
+    assert hooks.stats["packed"] == packed
 
 
 def test_retain_graph_unpacks_twice_and_unused_tensors_are_freed_into_the_pool():
@@ -177,7 +180,15 @@ def test_limit_offloads_the_first_tensors_of_each_entry():
 def test_cpu_device_leaves_tensors_in_place():
     hooks = ActivationOffload("cpu")
     t = torch.randn(1024, 1024)
-    assert hooks.pack_hook(t) is t
+    assert hooks.pack_hook(t).data_ptr() == t.data_ptr() and hooks.stats["packed"] == 0
+    x = torch.randn(8, requires_grad=True)
+    with hooks:
+        y = x.exp()  # exp saves its own output
+    (y * 2).sum().backward(retain_graph=True)  # the graph (and what it saved) stays alive with y
+    assert torch.equal(x.grad, 2 * x.detach().exp())
+    ref = weakref.ref(y)
+    del y
+    assert ref() is None  # freed at once: the saved output does not point back at its grad_fn (no gc cycle)
     assert checkpoint_offload(torch.device("cpu"), 32, 0.5).limit == 16
     with pytest.raises(Exception, match="not in"):
         checkpoint_offload(torch.device("cpu"), 32, 1.5)

@@ -140,7 +140,9 @@ class ActivationOffload(torch.autograd.graph.saved_tensors_hooks):
 
     def _pack(self, t: torch.Tensor):
         if not self._offloads(t):
-            return t
+            # detached (same storage and version counter): autograd rebuilds the saved tensor's history on unpack,
+            # and the tensor itself would tie a saved output to its own grad_fn, a cycle only gc frees
+            return t.detach()
         with self._lock:
             self._collect()
             key = (id(t), t._version)
