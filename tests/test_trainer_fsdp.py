@@ -177,3 +177,38 @@ def test_base_names_of_peft_parameters():
     assert base_name("base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight") is None
     assert base_name("base_model.model.model.norm.modules_to_save.default.weight") is None
     assert base_name("model.layers.0.mlp.up_proj.weight") == "model.layers.0.mlp.up_proj.weight"  # --method full
+
+
+def test_accelerate_launch_starts_the_fsdp_ranks(tmp_path, tiny):
+    """The documented `accelerate launch --multi_gpu --num_processes N -m cli ...` (accelerate's torchrun launch;
+    on a host without GPUs its ranks join over gloo) trains with 2 FSDP ranks."""
+    import subprocess
+
+    model, data = tiny
+    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+           "no", "--dynamo_backend", "no", "-m", "cli", "train", "--model", str(model), "--ctx", str(CTX), "--data",
+           str(data), "--out", str(tmp_path / "run"), "--batch-size", "2", "--max-steps", "1", "--parallel", "fsdp",
+           "--device", "cpu", "--dtype", "float32"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    log = read_log(tmp_path / "run")
+    assert [r["world_size"] for r in log] == [2] and (tmp_path / "run" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_fsdp_benchmark_runs_on_cpu(tmp_path):
+    """benchmarks/train_fsdp.py end to end at a tiny size: 2 gloo ranks, sft on generated pairs, train 1 step,
+    then --resume to 2 (about 30 s)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(root / "benchmarks" / "train_fsdp.py"), "--nproc", "2", "--runs",
+                           "tiny@256", "--task", "sft", "--steps", "1", "--device", "cpu", "--out", str(tmp_path)],
+                          cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    run = json.loads((tmp_path / "summary.json").read_text())["runs"][0]
+    assert run["resume_ok"] and run["steps"] == 2 and run["nproc"] == 2 and run["task"] == "sft"
+    assert run["tokens_per_s"] > 0 and run["model_flops_per_step"] > 0

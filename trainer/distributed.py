@@ -1,29 +1,37 @@
-"""Data-parallel training under `torchrun` / `accelerate launch`: torch's DistributedDataParallel (DDP).
+"""Data-parallel training under `torchrun` / `accelerate launch`: two engines, chosen by `--parallel`.
 
-Why DDP and not FSDP: every llqa method except `full` trains a small set (LoRA matrices, plus for
-LoRA+ the input embedding and the norms: 0.2 B parameters for a 7B model, 3.2 GB with fp32 master
-weights and AdamW moments), and the frozen bf16 base of a 7B model (13.5 GB) fits on every GPU
-that can hold a long-context activation footprint anyway. DDP keeps one full, identical copy of the
-trainable state on every rank, so
-- PEFT wrappers work as they are (LoRA, `modules_to_save` copies, and the embedding tied to the
-  output head by `ensure_weight_tying` stay one shared parameter; FSDP shards would split a tie);
-- a checkpoint is the plain single-process checkpoint written by rank 0, which resumes on any
-  number of ranks (1, 2, 8 ...), since nothing in it depends on the world size.
-Sharding the frozen base (FSDP) would only pay off for models whose bf16 weights do not fit on one
-GPU (70B); that is not implemented.
+- `ddp` — torch's DistributedDataParallel: every rank holds the whole model. Every llqa method except
+  `full` trains a small set (LoRA matrices, plus for LoRA+ the input embedding and the norms: 0.2 B
+  parameters for a 7B model, 3.2 GB with fp32 master weights and AdamW moments), and the frozen bf16
+  base of a 7B model (13.5 GB) fits on every GPU that can hold a long-context activation footprint
+  anyway. PEFT's wrappers work as they are, and no weight is all-gathered in the step.
+- `fsdp` — torch's FSDP2 (`trainer.fsdp`): every weight, frozen base and trained set alike, is sharded
+  over the ranks (1/world per GPU), each decoder layer gathered only while it runs. For bases whose
+  weights do not fit next to the activations on one GPU (70B in bf16: 130 GB, 17 GB per GPU on 8) and for
+  `--method full` (16 bytes per parameter). The model is built on the meta device and filled shard by
+  shard, so no GPU ever holds the whole model.
+- `auto` (`choose_engine`) — ddp, unless the model's per-GPU state under DDP would exceed half of a GPU's
+  memory: then fsdp.
+
+Checkpoints are the same under both (`trainer.checkpoint`): the plain single-process checkpoint, the
+trainable state gathered into full tensors and written by rank 0, so a checkpoint resumes under either
+engine on any number of ranks (1, 2, 8 ...) or in one process; the final adapter/model is the
+single-process format too.
 
 Batch semantics: the global batch (`--batch-size`) is the same sequences as in one process; rank r
 takes the r-th contiguous slice of it, so each rank runs batch_size / (micro × world) micro-batches
 (the gradient accumulation). The loss stays the token-weighted mean over the whole global batch: the
 number of scored tokens is summed over ranks before the step, each micro-batch's loss is weighted by
-its tokens × world / global tokens, and DDP's gradient average (a sum / world) then yields exactly the
-gradient of the single-process loss.
+its tokens × world / global tokens, and DDP's (or FSDP's reduce-scatter's) gradient average (a sum / world)
+then yields exactly the gradient of the single-process loss. DDP reduces once per step (`no_sync` during
+accumulation); FSDP reduce-scatters every micro-batch's gradients into the sharded fp32 gradients.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from llqa.errors import LlqaError
@@ -64,11 +72,14 @@ def init_distributed(device: torch.device) -> DistInfo:
         return DistInfo()
     if dist.is_initialized():
         return DistInfo(dist.get_rank(), dist.get_world_size(), local)
+    # 30 minutes instead of 10: under FSDP the other ranks wait in a collective while rank 0 loads a 70B base
+    # on its CPU or writes the random base's 130 GB copy
+    timeout = timedelta(minutes=30)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-        dist.init_process_group("nccl", device_id=device)
+        dist.init_process_group("nccl", device_id=device, timeout=timeout)
     else:
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", timeout=timeout)
     return DistInfo(rank, world, local, initialized_here=True)
 
 

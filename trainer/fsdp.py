@@ -86,8 +86,10 @@ def fill_from_rank0(model: torch.nn.Module, source: torch.nn.Module | None, devi
         for name, param in model.named_parameters():
             if source is not None and name not in full:
                 raise LlqaError(f"FSDP loading: parameter {name} missing on rank 0", "report this as a bug")
-            t = full[name].detach() if source is not None else torch.empty(param.shape, dtype=param.dtype)
-            t = t.to(device=device, dtype=param.dtype)
+            if source is not None:
+                t = full[name].detach().to(device=device, dtype=param.dtype)
+            else:  # only rank 0's data is read; the others pass a buffer of the full shape
+                t = torch.empty(param.shape, dtype=param.dtype, device=device)
             if isinstance(param, DTensor):  # scatter from rank 0 (src_data_rank=0: only rank 0's data counts)
                 param.copy_(distribute_tensor(t, param.device_mesh, param.placements))
             else:
