@@ -706,8 +706,13 @@ ShuffleOpt = Annotated[bool, typer.Option("--shuffle/--no-shuffle", help="Shuffl
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its newest checkpoint "
                                          "(same options; ends with the same weights as an uninterrupted run).")]
 OffloadOpt = Annotated[bool, typer.Option("--offload-activations", help="Keep the gradient checkpoints (each "
-                                         "layer's input) in pinned CPU memory instead of GPU memory; same result.",
+                                         "layer's input) in pinned CPU memory instead of GPU memory (copied on a side "
+                                         "CUDA stream, prefetched back in backward); same result.",
                                          rich_help_panel=_TRAIN_PANEL)]
+OffloadFractionOpt = Annotated[float, typer.Option(
+    "--offload-fraction", help="With --offload-activations: offload the checkpoints of only the first this "
+    "fraction of the decoder layers (1 = all; e.g. 0.75 keeps the last quarter on the GPU: less CPU traffic, "
+    "more GPU memory); same result.", rich_help_panel=_TRAIN_PANEL)]
 SdpaBackendOpt = Annotated[str, typer.Option("--sdpa-backend", help="torch SDPA kernel: auto, flash, cudnn, "
                                              "efficient, math; same result up to rounding.",
                                              rich_help_panel=_TRAIN_PANEL)]
@@ -761,6 +766,7 @@ def train_cmd(
     gradient_checkpointing: GcOpt = True, loss_chunk: ChunkOpt = 4096, save_every: SaveEveryOpt = 100,
     keep_checkpoints: KeepOpt = 2, log_every: LogEveryOpt = 1, seed: SeedOpt = 42, shuffle: ShuffleOpt = True,
     resume: ResumeOpt = False, stop_after: StopAfterOpt = None, offload_activations: OffloadOpt = False,
+    offload_fraction: OffloadFractionOpt = 1.0,
     sdpa_backend: SdpaBackendOpt = "auto", compile_mode: TrainCompileOpt = "off", parallel: ParallelOpt = "auto",
 ) -> None:
     """Continued pre-training at --ctx (LongLoRA's fine-tune.py): documents joined with EOS and packed into
@@ -774,8 +780,8 @@ def train_cmd(
                  micro_batch_size=micro_batch_size, max_grad_norm=max_grad_norm, dtype=dtype, device=device,
                  gradient_checkpointing=gradient_checkpointing, loss_chunk=loss_chunk, save_every=save_every,
                  keep_checkpoints=keep_checkpoints, log_every=log_every, seed=seed, shuffle=shuffle, resume=resume,
-                 stop_after=stop_after, offload_activations=offload_activations, sdpa_backend=sdpa_backend,
-                 compile=compile_mode, parallel=parallel)
+                 stop_after=stop_after, offload_activations=offload_activations, offload_fraction=offload_fraction,
+                 sdpa_backend=sdpa_backend, compile=compile_mode, parallel=parallel)
 
 
 @app.command("sft")
@@ -797,6 +803,7 @@ def sft_cmd(
     gradient_checkpointing: GcOpt = True, loss_chunk: ChunkOpt = 4096, save_every: SaveEveryOpt = 100,
     keep_checkpoints: KeepOpt = 2, log_every: LogEveryOpt = 1, seed: SeedOpt = 42, shuffle: ShuffleOpt = True,
     resume: ResumeOpt = False, stop_after: StopAfterOpt = None, offload_activations: OffloadOpt = False,
+    offload_fraction: OffloadFractionOpt = 1.0,
     sdpa_backend: SdpaBackendOpt = "auto", compile_mode: TrainCompileOpt = "off", parallel: ParallelOpt = "auto",
 ) -> None:
     """Supervised fine-tuning at --ctx on instruction/answer pairs; loss on answer tokens only (prompt labels
@@ -811,8 +818,8 @@ def sft_cmd(
                  micro_batch_size=micro_batch_size, max_grad_norm=max_grad_norm, dtype=dtype, device=device,
                  gradient_checkpointing=gradient_checkpointing, loss_chunk=loss_chunk, save_every=save_every,
                  keep_checkpoints=keep_checkpoints, log_every=log_every, seed=seed, shuffle=shuffle, resume=resume,
-                 stop_after=stop_after, offload_activations=offload_activations, sdpa_backend=sdpa_backend,
-                 compile=compile_mode, parallel=parallel)
+                 stop_after=stop_after, offload_activations=offload_activations, offload_fraction=offload_fraction,
+                 sdpa_backend=sdpa_backend, compile=compile_mode, parallel=parallel)
 
 
 @app.command("merge")
