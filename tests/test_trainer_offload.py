@@ -171,11 +171,19 @@ def test_pool_rounds_sizes_and_stays_within_the_most_ever_held():
 
 
 def test_limit_offloads_the_first_tensors_of_each_entry():
-    hooks, _ = _offload(limit=2)
+    hooks, copier = _offload(limit=2)
     _chain(4, hooks)
     assert hooks.stats["packed"] == 2  # the first two of each entry
-    _chain(4, hooks)
+    x0, xs = _chain(4, hooks)
     assert hooks.stats["packed"] == 4
+    tags = [_tag(x) for x in xs[:2]]
+    copier.log.clear()
+    xs[-1].sum().backward()
+    # the kept tensors 3 and 2 come first: unpacking 3 already starts the copy of 1, unpacking 1 that of 0
+    assert copier.log == [("h2d", tags[1]), ("wait",), ("h2d", tags[0]), ("wait",)]
+    x_ref, ys = _chain(4)
+    ys[-1].sum().backward()
+    assert torch.equal(x0.grad, x_ref.grad)
 
 
 def test_cpu_device_leaves_tensors_in_place():
@@ -246,7 +254,9 @@ def test_trainer_step_offloads_exactly_the_checkpoint_inputs(tmp_path, monkeypat
     loss2, got, _ = train_step_grads(tmp_path / "b", offload_activations=True, offload_fraction=fraction)
     per_batch = round(2 * fraction)  # the tiny Llama has 2 layers; the step runs 2 micro-batches of 1 x 64
     assert copier.shapes == [(1, 64, 64)] * (2 * per_batch)
-    assert hooks.stats["packed"] == 2 * per_batch and hooks.stats["prefetched"] == 2 * (per_batch - 1)
+    # every copy back was issued ahead: the loss's and the norm's saves (kept) start the last offloaded input's
+    assert hooks.stats["packed"] == 2 * per_batch and hooks.stats["prefetched"] == 2 * per_batch
+    assert hooks.stats["copied_on_demand"] == 0
     assert loss2 == loss and want.keys() == got.keys() and all(torch.equal(want[n], got[n]) for n in want)
 
 

@@ -13,8 +13,10 @@ With reentrant gradient checkpointing, the only tensor a decoder layer saves in 
 - unpack: backward asks for the tensors in reverse order, so when it asks for tensor k (packing order), the
   host → device copy of the next live tensor below k is issued on the side stream (`prefetch` of them), to
   run while tensor k's layer recomputes and backpropagates; the compute stream waits on an event only for
-  the tensor it needs now. A tensor unpacked twice (`retain_graph`) is copied again from its host copy;
-  one never unpacked is freed with its autograd graph. Pinned buffers (sizes rounded up to a power of two)
+  the tensor it needs now (tensors kept on the GPU by `limit` also start the copy of the next one below them:
+  so the last layer's input is on its way while the loss and the final norm backpropagate). A tensor
+  unpacked twice (`retain_graph`) is copied again from its host copy; one never unpacked is freed with its
+  autograd graph. Pinned buffers (sizes rounded up to a power of two)
   return to a pool when their graph is freed and are reused by the next step (pinning memory is slow); the
   pool never holds more than the most bytes the hooks ever held at once.
 
@@ -105,6 +107,16 @@ class _Saved:
             pass
 
 
+@dataclass(eq=False)
+class _Kept:
+    """A tensor that would be offloaded but is over `limit`: it stays on the GPU, and its place in packing order
+    lets its unpack start the copy of the next offloaded tensor below it."""
+
+    index: int
+    tensor: torch.Tensor
+    unpacks: int = 0
+
+
 class ActivationOffload(torch.autograd.graph.saved_tensors_hooks):
     """Saved tensors to pinned host memory with side-stream copies and prefetch (see the module doc).
 
@@ -139,10 +151,14 @@ class ActivationOffload(torch.autograd.graph.saved_tensors_hooks):
     # ------------------------------------------------------------------ pack
 
     def _pack(self, t: torch.Tensor):
+        # tensors left in place are saved detached (same storage and version counter): autograd rebuilds the saved
+        # tensor's history on unpack, and the tensor itself would tie a saved output to its grad_fn (a gc cycle)
         if not self._offloads(t):
-            # detached (same storage and version counter): autograd rebuilds the saved tensor's history on unpack,
-            # and the tensor itself would tie a saved output to its own grad_fn, a cycle only gc frees
             return t.detach()
+        if self.limit is not None and self._this_entry >= self.limit:
+            with self._lock:
+                self._count += 1
+                return _Kept(self._count - 1, t.detach())
         with self._lock:
             self._collect()
             key = (id(t), t._version)
@@ -163,8 +179,6 @@ class ActivationOffload(torch.autograd.graph.saved_tensors_hooks):
             return False  # a weight (or its transpose) stays in GPU memory anyway: copying it frees nothing
         if not t.is_floating_point():
             return False  # token ids and other indices: small, and not the activations `limit` counts
-        if self.limit is not None and self._this_entry >= self.limit:
-            return False
         return t.numel() * t.element_size() >= self.min_bytes
 
     def _offload(self, t: torch.Tensor) -> _Saved:
@@ -215,11 +229,14 @@ class ActivationOffload(torch.autograd.graph.saved_tensors_hooks):
     # ------------------------------------------------------------------ unpack
 
     def _unpack(self, saved):
-        if not isinstance(saved, _Saved):
+        if isinstance(saved, torch.Tensor):
             return saved
         with self._lock:
             self._collect()
             saved.unpacks += 1
+            if isinstance(saved, _Kept):  # e.g. the final norm's input: the last offloaded layer input is next
+                self._prefetch_below(saved)
+                return saved.tensor
             out = self._take(saved)
             self._prefetch_below(saved)
         return out if saved.inverse is None else out.permute(saved.inverse)
@@ -240,7 +257,7 @@ class ActivationOffload(torch.autograd.graph.saved_tensors_hooks):
         nbytes = torch.Size(saved.shape).numel() * saved.dtype.itemsize
         return self.copier.to_device(saved.host[:nbytes].view(saved.dtype).view(saved.shape))
 
-    def _prefetch_below(self, saved: _Saved) -> None:
+    def _prefetch_below(self, saved: _Saved | _Kept) -> None:
         """Issue the copies of the next `prefetch` live tensors below `saved` in packing order that have been
         unpacked fewer times than it (the ones this backward pass will ask for next)."""
         want = self.prefetch
