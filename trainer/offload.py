@@ -322,8 +322,10 @@ def checkpoint_offload(device: torch.device, layers: int, fraction: float = 1.0)
     inside a layer nothing is saved); then come the final norm's and the loss's saves. So offloading the
     first `round(fraction × layers)` large tensors of each forward pass (`limit`) offloads exactly the inputs
     of the first layers, and the tail, needed first in backward, stays on the GPU. The first layers' inputs
-    are needed last in backward: there is the most time to bring them back. One instance per device, so its
-    pinned buffers are reused from step to step."""
+    are needed last in backward: there is the most time to bring them back. The first unpack in backward
+    (the loss's saved gradient) already starts the copy of the last offloaded input, so with `fraction` < 1
+    that tensor (one layer input) is back on the GPU while the kept layers backpropagate. One instance per
+    device, so its pinned buffers are reused from step to step."""
     if not 0 <= fraction <= 1:
         raise LlqaError(f"offload fraction {fraction} is not in [0, 1]", "pass e.g. 1 (all layers) or 0.5")
     hooks = _per_device(torch.device(device))
