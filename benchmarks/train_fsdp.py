@@ -17,9 +17,10 @@ It then reads the run's `log.jsonl` and writes `OUT/summary.json`:
 
 One command, 2×H200 (about 4 minutes): random:7b at 32768, global batch 4 (2 sequences per GPU):
     python benchmarks/train_fsdp.py --out benchmarks/results/train-fsdp-2xh200
-Issue 9's shapes on 8 GPUs (each its own command):
+Issue 9's shapes on 8 GPUs (each its own command; the 70B run split in two launches, see train_fsdp.md):
     python benchmarks/train_fsdp.py --nproc 8 --runs 13b@65536 --task sft --out OUT13
-    python benchmarks/train_fsdp.py --nproc 8 --runs 70b@32768 --task sft --steps 1 --out OUT70
+    python benchmarks/train_fsdp.py --nproc 8 --runs 70b@32768 --task sft --steps 1 --batch-size 8 --out OUT70 \
+        --phase train        (then the same command with --phase resume)
 CPU proof (gloo):
     python benchmarks/train_fsdp.py --nproc 2 --runs tiny@256 --device cpu --out /tmp/fsdp-bench
 `--task sft` trains on `--data` (a LongQA build directory or a LongAlpaca-style json/jsonl); without `--data`
@@ -111,9 +112,13 @@ def summarise(run: Path, shape: str, ctx: int, nproc: int, steps: int, batch: in
             "losses": [r["loss"] for r in log]}
 
 
-def run_one(args, shape: str, ctx: int, out: Path) -> dict:
+def run_one(args, shape: str, ctx: int, out: Path) -> dict | None:
+    """Launch 1 and/or 2 (`--phase`); the summary once launch 2 has run (None after launch 1 alone)."""
     run = out / f"{shape}-{ctx}"
-    shutil.rmtree(run, ignore_errors=True)
+    walls_file = out / f"{shape}-{ctx}.walls.json"  # launch times, kept across `--phase` commands
+    if args.phase in ("all", "train"):
+        shutil.rmtree(run, ignore_errors=True)
+        walls_file.unlink(missing_ok=True)
     data = args.data
     if data is None:
         data = out / f"{args.task}-{ctx}.{'jsonl' if args.task == 'sft' else 'txt'}"
@@ -121,19 +126,25 @@ def run_one(args, shape: str, ctx: int, out: Path) -> dict:
             write_sft(data, words=ctx // 2, items=4 * args.batch_size * args.steps)  # ~2 tokens per word
         else:
             write_text(data, words_per_doc=2000, docs=max(8, ctx * args.batch_size * args.steps // 1000))
-    batch = args.batch_size
     common = [args.task, "--model", f"random:{shape}", "--ctx", str(ctx), "--data", str(data), "--out", str(run),
-              "--batch-size", str(batch), "--save-every", str(args.steps), "--warmup-steps", "2",
+              "--batch-size", str(args.batch_size), "--save-every", str(args.steps), "--warmup-steps", "2",
               "--method", args.method, "--parallel", "fsdp", "--device", args.device, *args.extra]
-    walls = []
-    for max_steps, resume in ((args.steps, []), (2 * args.steps, ["--resume"])):
+    launches = {"train": (args.steps, []), "resume": (2 * args.steps, ["--resume"])}
+    walls = json.loads(walls_file.read_text()) if walls_file.is_file() else {}
+    for phase, (max_steps, resume) in launches.items():
+        if args.phase not in ("all", phase):
+            continue
         cmd = [*launcher(args.launcher, args.nproc), *common, "--max-steps", str(max_steps), *resume]
         print("+", " ".join(cmd), flush=True)
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, cwd=ROOT)
-        walls.append(round(time.perf_counter() - t0, 1))
+        walls[phase] = round(time.perf_counter() - t0, 1)
+        atomic_write_json(walls_file, walls)
+    if "resume" not in walls:
+        return None
     attn = "s2" if args.method == "longlora" or "s2" in args.extra else "full"
-    return summarise(run, shape, ctx, args.nproc, args.steps, batch, walls, args.peak_tflops, args.task, attn)
+    return summarise(run, shape, ctx, args.nproc, args.steps, args.batch_size, [walls.get("train"), walls["resume"]],
+                     args.peak_tflops, args.task, attn)
 
 
 def main(argv=None) -> int:
@@ -147,23 +158,32 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=2, help="steps per launch (S): S, then --resume to 2S")
     ap.add_argument("--batch-size", type=int, default=0, help="global batch (default: 2 sequences per process)")
     ap.add_argument("--launcher", choices=("torchrun", "accelerate"), default="torchrun")
+    ap.add_argument("--phase", choices=("all", "train", "resume"), default="all",
+                    help="both launches, or only the first (train) or the second (resume, then the summary): to split "
+                         "a long run (70B) into two commands")
     ap.add_argument("--device", default="auto", help="llqa --device (cpu: gloo proof at tiny sizes)")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak per GPU (H100/H200 SXM: 989)")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="further llqa options, last")
     args = ap.parse_args(argv)
     args.batch_size = args.batch_size or 2 * args.nproc
     args.out.mkdir(parents=True, exist_ok=True)
-    results = []
+    summary_file = args.out / "summary.json"
+    results = json.loads(summary_file.read_text())["runs"] if summary_file.is_file() else []
     for spec in args.runs.split(","):
         shape, ctx = spec.split("@")
-        results.append(run_one(args, shape, int(ctx), args.out))
-        r = results[-1]
+        r = run_one(args, shape, int(ctx), args.out)
+        if r is None:
+            print(f"launch 1 of {spec} done; run --phase resume for launch 2 and the summary")
+            continue
+        results = [x for x in results if (x["model"], x["ctx"]) != (r["model"], r["ctx"])] + [r]
         print(f"{r['model']} ctx {r['ctx']} on {r['nproc']}: {r['tokens_per_s']:,.0f} tok/s, "
               f"{r['step_s']:.2f} s/step, MFU {r['mfu']:.1%}, peak per GPU {r['peak_mem_gib_per_gpu']} GiB, "
               f"launches {r['wall_s_per_launch']} s, resume {'ok' if r['resume_ok'] else 'FAILED'}")
         summary = {"runs": results, "host": os.uname().nodename, "peak_tflops": args.peak_tflops,
                    "command": " ".join(sys.argv)}
-        atomic_write_json(args.out / "summary.json", summary)
+        atomic_write_json(summary_file, summary)
+    if args.phase == "train":
+        return 0
     ok = all(r["resume_ok"] for r in results)
     print("resume worked" if ok else "RESUME FAILED")
     return 0 if ok else 1

@@ -34,7 +34,7 @@ CTX = 64
 def _cfg(out, model, data, **kw) -> TrainConfig:
     base = dict(task="train", out=str(out), model=str(model), ctx=CTX, data=[str(data)], method="longlora",
                 max_steps=4, batch_size=4, lr=2e-3, warmup_steps=2, save_every=2, device="cpu", dtype="float32",
-                seed=11, parallel="fsdp")
+                seed=11, parallel="fsdp", max_grad_norm=0.1)  # 0.1: clipping binds (the global norm is larger)
     return TrainConfig(**{**base, **kw})
 
 
@@ -137,6 +137,7 @@ def test_fsdp_on_two_gloo_ranks_trains_like_one_process_and_resumes_across_count
         _assert_close(got, exp)
     log = read_log(tmp_path / "fsdp")
     assert [r["step"] for r in log] == [1, 2, 3, 4] and all(r["world_size"] == 2 for r in log)
+    assert all(r["grad_norm"] > 0.1 for r in log)  # the clipped steps agree, so the sharded norm is the global one
 
     # full fine-tuning: every weight sharded and trained
     full = run_training(_cfg(tmp_path / "single-full", model, data, method="full", max_steps=2))
