@@ -12,6 +12,7 @@ equal the single-process run's to fp32 tolerance."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -137,6 +138,7 @@ def test_fsdp_on_two_gloo_ranks_trains_like_one_process_and_resumes_across_count
         _assert_close(got, exp)
     log = read_log(tmp_path / "fsdp")
     assert [r["step"] for r in log] == [1, 2, 3, 4] and all(r["world_size"] == 2 for r in log)
+    assert json.loads((tmp_path / "fsdp" / "train_config.json").read_text())["engine"] == "fsdp"
     assert all(r["grad_norm"] > 0.1 for r in log)  # the clipped steps agree, so the sharded norm is the global one
 
     # full fine-tuning: every weight sharded and trained
@@ -200,7 +202,6 @@ def test_accelerate_launch_starts_the_fsdp_ranks(tmp_path, tiny):
 def test_fsdp_benchmark_runs_on_cpu(tmp_path):
     """benchmarks/train_fsdp.py end to end at a tiny size: 2 gloo ranks, sft on generated pairs, train 1 step,
     then --resume to 2 (about 30 s)."""
-    import json
     import subprocess
     import sys
     from pathlib import Path

@@ -315,12 +315,14 @@ def _nan_error(what: str, value: float, step: int, cfg: TrainConfig) -> Training
 
 
 def _write_run_files(cfg: TrainConfig, loaded, data_stats, trainable: dict[str, int], step: int,
-                     world: int = 1) -> None:
+                     world: int = 1, engine: str = "single") -> None:
     """`grad_accum`: micro-batches per optimizer step on each of the `world_size` processes of the last
-    (possibly resumed) launch; global batch = micro-batch × grad_accum × world_size."""
+    (possibly resumed) launch; global batch = micro-batch × grad_accum × world_size. `engine`: single, ddp
+    or fsdp (`--parallel` resolved)."""
     atomic_write_json(cfg.run_dir / CONFIG_FILE, {
         "config": cfg.to_dict(), "semantics": SEMANTICS, "grad_accum": cfg.grad_accum // world, "world_size": world,
-        "model": loaded.info.to_dict(), "data": data_stats, "trainable": trainable, "steps_done": step})
+        "engine": engine, "model": loaded.info.to_dict(), "data": data_stats, "trainable": trainable,
+        "steps_done": step})
 
 
 def _base_spec(cfg: TrainConfig, loaded) -> str:
@@ -358,7 +360,7 @@ def _save_random_base(cfg: TrainConfig, loaded) -> None:
 def run_training(cfg: TrainConfig, console=None) -> TrainResult:
     """Train (or resume) the run described by `cfg`; see the module doc for what lands in the run directory.
 
-    Under `torchrun` / `accelerate launch` every process calls this: data-parallel training (DDP, see
+    Under `torchrun` / `accelerate launch` every process calls this: data-parallel training (DDP or FSDP, see
     `trainer.distributed`), rank 0 alone writes the run directory, logs and checkpoints."""
     from llqa.models import resolve_device
     from trainer.distributed import barrier, init_distributed, micro_batches_per_rank, shutdown
@@ -382,7 +384,8 @@ def _run(cfg: TrainConfig, console, dist, resume_from: Path | None) -> TrainResu
 
     if dist.main:
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    sharded = choose_engine(cfg, dist, resolve_device(cfg.device)) == "fsdp"
+    engine = choose_engine(cfg, dist, resolve_device(cfg.device))
+    sharded = engine == "fsdp"
     if sharded:  # built on the meta device, prepared and sharded; rank 0 has saved a random base (trainer.fsdp)
         from trainer.fsdp import load_sharded
 
@@ -407,7 +410,7 @@ def _run(cfg: TrainConfig, console, dist, resume_from: Path | None) -> TrainResu
     if not sharded:
         step_model = wrap_for_training(CausalLMLoss(model, cfg.loss_chunk), dist, device)
     if dist.main:
-        _write_run_files(cfg, loaded, data_stats, trainable, state["step"], dist.world)
+        _write_run_files(cfg, loaded, data_stats, trainable, state["step"], dist.world, engine)
     pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
     result = TrainResult(cfg.run_dir, state["step"], data=data_stats)
     logger = StepLogger(cfg, console, start=state["step"]) if dist.main else contextlib.nullcontext()
@@ -456,7 +459,7 @@ def _run(cfg: TrainConfig, console, dist, resume_from: Path | None) -> TrainResu
         full_state = trainable_state(model, aliases=True)
     if dist.main:
         save_final(cfg, model, loaded, state["step"], full_state)
-        _write_run_files(cfg, loaded, data_stats, trainable, state["step"], dist.world)
+        _write_run_files(cfg, loaded, data_stats, trainable, state["step"], dist.world, engine)
     barrier(dist)
     result.finished = True
     result.model = model
