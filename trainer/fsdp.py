@@ -16,11 +16,18 @@ Gradient accumulation: every micro-batch's backward reduce-scatters its gradient
 as DDP does) and adds them to the sharded fp32 gradients, so the step keeps DDP's token-weighted
 global-batch semantics (`trainer.distributed`) without keeping a full-size gradient between micro-batches.
 
-Model loading without materialising the model on any GPU: every rank builds the model on the meta
-device, applies what the run trains (peft) and shards it, then allocates its shards on its GPU. Rank 0
-alone loads the weights — any `--model` source, `random:<shape>` included — on the CPU, exactly as one
-process would (same seed, same LoRA initialisation), and scatters them parameter by parameter to the
-ranks' shards. CPU memory: the full model once, on rank 0 (130 GB for 70B).
+Model loading without materialising the model on any GPU (`load_sharded`): every rank builds the model
+on the meta device, applies what the run trains (peft) and shards it, then allocates its shards on its
+GPU. Their values:
+- `random:<shape>`: each rank draws its shards on its GPU (`init_random`); for LoRA methods the base is
+  then gathered once into `RUN/base`, as one process saves it, so that the adapter has a base and a resumed
+  run (any number of ranks, either engine) reloads exactly that base;
+- any other source: rank 0 alone loads the model on its CPU, exactly as one process would (same seed, same
+  LoRA initialisation), and scatters it parameter by parameter to the ranks' shards (`fill_from_rank0`).
+  CPU memory: the full model once, on rank 0 (130 GB for 70B).
+
+Not supported here (refused by `check_combination`): `--compile` (other than off/auto) and
+`--offload-activations`; both work with `--parallel ddp`.
 """
 
 from __future__ import annotations
