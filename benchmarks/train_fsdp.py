@@ -123,7 +123,8 @@ def run_one(args, shape: str, ctx: int, out: Path) -> dict | None:
     if data is None:
         data = out / f"{args.task}-{ctx}.{'jsonl' if args.task == 'sft' else 'txt'}"
         if args.task == "sft":
-            write_sft(data, words=ctx // 2, items=4 * args.batch_size * args.steps)  # ~2 tokens per word
+            # ~2 tokens per word; every item is used once (2S steps of the global batch), plus a spare
+            write_sft(data, words=ctx // 2, items=2 * args.batch_size * args.steps + 2)
         else:
             write_text(data, words_per_doc=2000, docs=max(8, ctx * args.batch_size * args.steps // 1000))
     common = [args.task, "--model", f"random:{shape}", "--ctx", str(ctx), "--data", str(data), "--out", str(run),
