@@ -214,3 +214,13 @@ def test_fsdp_benchmark_runs_on_cpu(tmp_path):
     run = json.loads((tmp_path / "summary.json").read_text())["runs"][0]
     assert run["resume_ok"] and run["steps"] == 2 and run["nproc"] == 2 and run["task"] == "sft"
     assert run["tokens_per_s"] > 0 and run["model_flops_per_step"] > 0
+
+
+def test_oom_under_several_processes_suggests_fsdp(monkeypatch, tmp_path):
+    from trainer.loop import oom_error
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert "--parallel fsdp" in str(oom_error(_cfg(tmp_path, "m", tmp_path, parallel="ddp"), torch.device("cpu")))
+    assert "--parallel fsdp" not in str(oom_error(_cfg(tmp_path, "m", tmp_path), torch.device("cpu")))  # fsdp already
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert "--parallel fsdp" not in str(oom_error(_cfg(tmp_path, "m", tmp_path, parallel="ddp"), torch.device("cpu")))

@@ -248,6 +248,10 @@ def oom_error(cfg: TrainConfig, device) -> LlqaError:
         hints.append("--micro-batch-size 1")
     if cfg.method == "full":
         hints.append("--method longlora")
+    from trainer.distributed import launched_world
+
+    if launched_world()[1] > 1 and cfg.parallel != "fsdp":
+        hints.append("--parallel fsdp (weights sharded over the GPUs)")
     hints.append(f"--loss-chunk below {cfg.loss_chunk}")
     return LlqaError(f"CUDA out of memory training at --ctx {cfg.ctx} ({total:.0f} GiB device)",
                      "lower the memory need: " + ", ".join(hints))
