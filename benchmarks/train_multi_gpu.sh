@@ -4,7 +4,7 @@
 # rank 0), then `--resume` to step 4 (every rank loads that checkpoint). Prints tokens/s, peak memory per GPU and
 # whether the resume continued the run.
 #
-#   bash benchmarks/train_multi_gpu.sh [OUT]      (2×H200: about 4 minutes; env NPROC, MODEL, CTX, BATCH override)
+#   bash benchmarks/train_multi_gpu.sh [OUT]      (2×H200: about 4 minutes; env NPROC, MODEL, CTX, BATCH, PARALLEL override)
 #
 # Defaults: random:7b (Llama-2-7B shape, LoRA+ and S2-Attn: `--method longlora`), ctx 32768, global batch 4 =
 # 1 sequence per micro-batch × 2 accumulation × 2 GPUs. The data is generated text (its content is irrelevant
@@ -15,6 +15,7 @@ NPROC=${NPROC:-2}
 MODEL=${MODEL:-random:7b}
 CTX=${CTX:-32768}
 BATCH=${BATCH:-4}
+PARALLEL=${PARALLEL:-ddp}  # fsdp: the same under FSDP2 (benchmarks/train_fsdp.py measures it with MFU)
 rm -rf "$OUT/run"
 mkdir -p "$OUT"
 python - "$OUT/text.txt" <<'PY'
@@ -26,7 +27,7 @@ with open(sys.argv[1], 'w') as f:
         f.write(' '.join(rng.choice(words) for _ in range(2000)) + '.\n\n')
 PY
 common=(train --model "$MODEL" --ctx "$CTX" --data "$OUT/text.txt" --out "$OUT/run" --batch-size "$BATCH"
-        --save-every 2 --warmup-steps 2)
+        --save-every 2 --warmup-steps 2 --parallel "$PARALLEL")
 start=$(date +%s)
 torchrun --standalone --nproc-per-node "$NPROC" -m cli "${common[@]}" --max-steps 2
 torchrun --standalone --nproc-per-node "$NPROC" -m cli "${common[@]}" --max-steps 4 --resume
