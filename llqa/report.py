@@ -207,6 +207,28 @@ def model_identity(spec: str, near: Path | None = None) -> str:
     return str(path.resolve())
 
 
+def moved_training_run(spec: str, trained: Sequence[Path]) -> Path | None:
+    """The training run an eval scored when the eval ran on another machine: its `--model` path does not exist
+    here, and exactly one training run given to the report ends in the most path components in common with it
+    (e.g. GPU host /tmp/exp/train/lora+ -> ./results/train/lora+; at least the run directory's name)."""
+    path = Path(spec).expanduser()
+    if not spec or path.exists() or not (path.is_absolute() or len(path.parts) > 1):
+        return None
+
+    def common_tail(a: Path, b: Path) -> int:
+        n = 0
+        for x, y in zip(reversed(a.parts), reversed(b.parts), strict=False):
+            if x != y:
+                break
+            n += 1
+        return n
+
+    scored = [(common_tail(path, t), t) for t in trained]
+    best = max((n for n, _ in scored), default=0)
+    hits = [t for n, t in scored if n == best]
+    return hits[0] if best >= 1 and len(hits) == 1 else None
+
+
 def _factor(x: Any) -> float:
     try:
         return round(float(x), 6)
@@ -275,6 +297,7 @@ def group_runs(inputs: Inputs, names: Sequence[tuple[str, str]] = ()) -> list[Ru
             runs[key] = Run(identity, key[1], model=dict(model))
         return runs[key]
 
+    trained = [t.path.resolve() for t in inputs.trainings]
     for t in inputs.trainings:
         run_for(str(t.path.resolve()), t.model).training = t
     for r in inputs.results:
@@ -283,7 +306,9 @@ def group_runs(inputs: Inputs, names: Sequence[tuple[str, str]] = ()) -> list[Ru
             inputs.skipped.append(Skipped(r.path / RESULT_FILE, f"malformed {r.task} result ({problem})"))
             continue
         spec = str(r.model.get("spec") or r.config.get("model") or "")
-        run_for(model_identity(spec, r.path) if spec else f"(unknown model: {r.path})", r.model).results.append(r)
+        identity = model_identity(spec, r.path) if spec else f"(unknown model: {r.path})"
+        moved = moved_training_run(spec, trained) if spec else None
+        run_for(str(moved) if moved else identity, r.model).results.append(r)
     # references (models not trained by llqa) first, then trained runs; each in the order found
     ordered = sorted(runs.values(), key=lambda r: _trained_ctx(r) is not None)
     for run in ordered:

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 import pytest
 
 import cli
 from llqa.errors import LlqaError
-from llqa.report import MISSING, fmt, model_identity, parse_names, training_cost, write_report
+from llqa.report import MISSING, fmt, model_identity, moved_training_run, parse_names, training_cost, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 WORDS = ("the river ran past old stone houses while a quiet wind moved over fields of barley and the children "
@@ -290,6 +291,27 @@ def test_relative_model_paths_resolve_from_the_results_when_run_elsewhere(produc
     rep = write_report([produced], tmp_path / "rep")
     lora = next(r for r in rep.runs if r.training is not None)
     assert lora.label == "lora" and len(lora.results) == 3
+
+
+def test_results_scored_on_another_machine_join_their_training_run(produced, tmp_path):
+    """Evals ran on a GPU host with --model /gpu-host/exp/runs/lora; the run directory and the result files were
+    copied back: the results still line up with the training run (same row), and nothing else is claimed."""
+    copy = tmp_path / "copied"
+    shutil.copytree(produced / "runs", copy / "runs")
+    shutil.copytree(produced / "evals", copy / "evals")
+    for result in (copy / "evals").glob("lora-*/result.json"):
+        doc = json.loads(result.read_text())
+        doc["model"]["spec"] = "/gpu-host/exp/runs/lora"
+        result.write_text(json.dumps(doc))
+    rep = write_report([copy], tmp_path / "rep")
+    lora = next(r for r in rep.runs if r.training is not None)
+    assert lora.label == "lora" and sorted(x.path.name for x in lora.results) == [
+        "lora-lines", "lora-passkey", "lora-ppl"]
+    assert moved_training_run("/gpu-host/exp/runs/lora", [copy / "runs" / "lora"]) == copy / "runs" / "lora"
+    assert moved_training_run("/gpu-host/exp/runs/other", [copy / "runs" / "lora"]) is None
+    assert moved_training_run("/h/a/lora", [tmp_path / "x" / "lora", tmp_path / "y" / "lora"]) is None  # ambiguous
+    assert moved_training_run(str(copy / "runs" / "lora"), [tmp_path / "z" / "lora"]) is None  # exists here
+    assert moved_training_run("smollm2-135m", [tmp_path / "smollm2-135m"]) is None  # an alias, not a path
 
 
 def test_merged_model_belongs_to_its_training_run(tmp_path):
