@@ -29,7 +29,7 @@ Bytes per rank (rank 0 holds the largest shards), for one sequence of CTX tokens
 `total` is their sum: a plan of `torch.cuda.max_memory_allocated`, without the allocator's fragmentation or
 NCCL's buffers.
 
-One command, seconds on a CPU (issue 9's shapes on 8 ranks, and 7B at 32k on 2, which was measured on 2×H200):
+One command, seconds on a CPU (issue 9's shapes on 8 ranks; 7B at 32k on 2, measured on 2×H200; 13B at 64k on 2):
     python benchmarks/fsdp_plan.py --out benchmarks/results/fsdp-plan
 """
 
@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 from llqa.io import atomic_write_json  # noqa: E402
 
 GIB = 2**30
-DEFAULT_RUNS = "13b@65536/8,70b@32768/8,7b@32768/2"
+DEFAULT_RUNS = "13b@65536/8,70b@32768/8,7b@32768/2,13b@65536/2"
 COMPONENTS = ("base_shard", "trainable_params", "grads", "adamw", "gathered_layers", "gathered_root",
               "root_grad_unsharded", "checkpoints", "transient")
 
