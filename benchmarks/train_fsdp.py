@@ -17,10 +17,11 @@ It then reads the run's `log.jsonl` and writes `OUT/summary.json`:
 
 One command, 2×H200 (about 4 minutes): random:7b at 32768, global batch 4 (2 sequences per GPU):
     python benchmarks/train_fsdp.py --out benchmarks/results/train-fsdp-2xh200
-Issue 9's shapes on 8 GPUs (each its own command; the 70B run split in two launches, see train_fsdp.md):
-    python benchmarks/train_fsdp.py --nproc 8 --runs 13b@65536 --task sft --out OUT13
-    python benchmarks/train_fsdp.py --nproc 8 --runs 70b@32768 --task sft --steps 1 --batch-size 8 --out OUT70 \
-        --phase train        (then the same command with --phase resume)
+Issue 9's shapes on 8 GPUs, sft on a LongQA build (each its own command; the 70B run split in two launches, see
+train_fsdp.md, which also gives the offline `llqa build` of /tmp/longqa):
+    python benchmarks/train_fsdp.py --nproc 8 --runs 13b@65536 --task sft --data /tmp/longqa --out OUT13
+    python benchmarks/train_fsdp.py --nproc 8 --runs 70b@32768 --task sft --data /tmp/longqa --steps 1 \
+        --batch-size 8 --out OUT70 --phase train        (then the same command with --phase resume)
 CPU proof (gloo):
     python benchmarks/train_fsdp.py --nproc 2 --runs tiny@256 --device cpu --out /tmp/fsdp-bench
 `--task sft` trains on `--data` (a LongQA build directory or a LongAlpaca-style json/jsonl); without `--data`
