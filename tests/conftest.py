@@ -123,3 +123,29 @@ def train_step_grads(tmp_path, compile_backend: str | None = None, **config):
     batches = [(ids[:1], ids[:1].clone(), None), (ids[1:], ids[1:].clone(), None)]
     loss, _ = train_step(model, params, opt, sched, batches, cfg, torch.device("cpu"), torch.float32, 0)
     return loss, grads, model
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free TCP ports on localhost (one per process-group launch of a multi-process test)."""
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.fixture(scope="session")
+def tied_tiny_and_essay(tmp_path_factory, smollm2_tokenizer, shared_data):
+    """(model dir, text file) for the multi-process trainer tests: a tiny Llama with tied embeddings (as
+    SmolLM2's) and the SmolLM2 tokenizer, and 4,000 characters of a real essay."""
+    root = tmp_path_factory.mktemp("gloo-tiny")
+    build_tiny_llama(len(smollm2_tokenizer), seed=3, tie_word_embeddings=True,
+                     max_position_embeddings=32).save_pretrained(root / "model")
+    smollm2_tokenizer.save_pretrained(root / "model")
+    src = sorted((shared_data / "paul_graham_essays").rglob("*.txt"))[0]
+    (root / "essay.txt").write_text(src.read_text()[:4000])
+    return root / "model", root / "essay.txt"

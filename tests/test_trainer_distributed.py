@@ -7,14 +7,13 @@ end states must equal a single-process run of the same global batch (4 sequences
 from __future__ import annotations
 
 import shutil
-import socket
 import time
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
-from tests.conftest import build_tiny_llama
+from tests.conftest import free_ports
 from trainer.config import TrainConfig
 from trainer.distributed import micro_batches_per_rank, rank_slice
 from trainer.loop import read_log, run_training
@@ -48,22 +47,9 @@ def _worker(rank: int, world: int, ports: tuple[int, int], root, model, data) ->
                root / f"rank{rank}.pt")
 
 
-def _free_ports() -> tuple[int, int]:
-    with socket.socket() as a, socket.socket() as b:
-        a.bind(("127.0.0.1", 0))
-        b.bind(("127.0.0.1", 0))
-        return a.getsockname()[1], b.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, smollm2_tokenizer, shared_data):
-    root = tmp_path_factory.mktemp("ddp-tiny")
-    build_tiny_llama(len(smollm2_tokenizer), seed=3, tie_word_embeddings=True,
-                     max_position_embeddings=32).save_pretrained(root / "model")
-    smollm2_tokenizer.save_pretrained(root / "model")
-    src = sorted((shared_data / "paul_graham_essays").rglob("*.txt"))[0]
-    (root / "essay.txt").write_text(src.read_text()[:4000])
-    return root / "model", root / "essay.txt"
+def tiny(tied_tiny_and_essay):
+    return tied_tiny_and_essay
 
 
 def _assert_close(got: dict, want: dict) -> None:
@@ -74,7 +60,7 @@ def _assert_close(got: dict, want: dict) -> None:
 
 def test_two_gloo_ranks_train_like_one_process_and_resume_on_two_and_one(tmp_path, tiny):
     model, data = tiny
-    procs = mp.spawn(_worker, args=(2, _free_ports(), tmp_path, model, data), nprocs=2, join=False)
+    procs = mp.spawn(_worker, args=(2, tuple(free_ports(2)), tmp_path, model, data), nprocs=2, join=False)
     deadline = time.monotonic() + 240  # a rendezvous that never completes fails the test instead of hanging it
     while not procs.join(timeout=5):
         if time.monotonic() > deadline:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import time
 
 import pytest
@@ -24,7 +23,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from llqa.errors import LlqaError
-from tests.conftest import build_tiny_llama
+from tests.conftest import free_ports
 from trainer.config import TrainConfig
 from trainer.fsdp import base_name, is_sharded
 from trainer.loop import read_log, run_training
@@ -37,16 +36,6 @@ def _cfg(out, model, data, **kw) -> TrainConfig:
                 max_steps=4, batch_size=4, lr=2e-3, warmup_steps=2, save_every=2, device="cpu", dtype="float32",
                 seed=11, parallel="fsdp", max_grad_norm=0.1)  # 0.1: clipping binds (the global norm is larger)
     return TrainConfig(**{**base, **kw})
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def _worker(rank: int, world: int, ports: list[int], root, model, data) -> None:
@@ -74,7 +63,7 @@ def _worker(rank: int, world: int, ports: list[int], root, model, data) -> None:
 
 
 def _spawn(tmp_path, model, data) -> list[dict]:
-    procs = mp.spawn(_worker, args=(2, _free_ports(5), tmp_path, model, data), nprocs=2, join=False)
+    procs = mp.spawn(_worker, args=(2, free_ports(5), tmp_path, model, data), nprocs=2, join=False)
     deadline = time.monotonic() + 300  # a rendezvous that never completes fails the test instead of hanging it
     while not procs.join(timeout=5):
         if time.monotonic() > deadline:
@@ -85,14 +74,8 @@ def _spawn(tmp_path, model, data) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, smollm2_tokenizer, shared_data):
-    root = tmp_path_factory.mktemp("fsdp-tiny")
-    build_tiny_llama(len(smollm2_tokenizer), seed=3, tie_word_embeddings=True,
-                     max_position_embeddings=32).save_pretrained(root / "model")
-    smollm2_tokenizer.save_pretrained(root / "model")
-    src = sorted((shared_data / "paul_graham_essays").rglob("*.txt"))[0]
-    (root / "essay.txt").write_text(src.read_text()[:4000])
-    return root / "model", root / "essay.txt"
+def tiny(tied_tiny_and_essay):
+    return tied_tiny_and_essay
 
 
 def _checkpoint(run, step: int = 4) -> tuple[dict, dict]:
