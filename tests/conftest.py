@@ -149,3 +149,29 @@ def tied_tiny_and_essay(tmp_path_factory, smollm2_tokenizer, shared_data):
     src = sorted((shared_data / "paul_graham_essays").rglob("*.txt"))[0]
     (root / "essay.txt").write_text(src.read_text()[:4000])
     return root / "model", root / "essay.txt"
+
+
+def spawn_gloo_ranks(worker, args: tuple, out_dir, nprocs: int = 2, timeout_s: float = 300) -> list:
+    """Run `worker(rank, *args)` in `nprocs` processes and return what each saved to `out_dir/rank{r}.pt`; a
+    rendezvous that never completes fails the test after `timeout_s` instead of hanging it."""
+    import time
+
+    import torch
+    import torch.multiprocessing as mp
+
+    procs = mp.spawn(worker, args=args, nprocs=nprocs, join=False)
+    deadline = time.monotonic() + timeout_s
+    while not procs.join(timeout=5):
+        if time.monotonic() > deadline:
+            for p in procs.processes:
+                p.kill()
+            pytest.fail(f"the {nprocs} gloo ranks did not finish within {timeout_s:g} s")
+    return [torch.load(Path(out_dir) / f"rank{r}.pt", weights_only=False) for r in range(nprocs)]
+
+
+def assert_tensor_dicts_close(got: dict, want: dict, rtol: float = 1e-4, atol: float = 1e-5) -> None:
+    import torch
+
+    assert got.keys() == want.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=rtol, atol=atol, msg=name)

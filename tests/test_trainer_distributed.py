@@ -7,13 +7,11 @@ end states must equal a single-process run of the same global batch (4 sequences
 from __future__ import annotations
 
 import shutil
-import time
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
-from tests.conftest import free_ports
+from tests.conftest import assert_tensor_dicts_close, free_ports, spawn_gloo_ranks
 from trainer.config import TrainConfig
 from trainer.distributed import micro_batches_per_rank, rank_slice
 from trainer.loop import read_log, run_training
@@ -47,27 +45,9 @@ def _worker(rank: int, world: int, ports: tuple[int, int], root, model, data) ->
                root / f"rank{rank}.pt")
 
 
-@pytest.fixture(scope="module")
-def tiny(tied_tiny_and_essay):
-    return tied_tiny_and_essay
-
-
-def _assert_close(got: dict, want: dict) -> None:
-    assert got.keys() == want.keys()
-    for name in want:
-        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-5, msg=name)
-
-
-def test_two_gloo_ranks_train_like_one_process_and_resume_on_two_and_one(tmp_path, tiny):
-    model, data = tiny
-    procs = mp.spawn(_worker, args=(2, tuple(free_ports(2)), tmp_path, model, data), nprocs=2, join=False)
-    deadline = time.monotonic() + 240  # a rendezvous that never completes fails the test instead of hanging it
-    while not procs.join(timeout=5):
-        if time.monotonic() > deadline:
-            for p in procs.processes:
-                p.kill()
-            pytest.fail("the 2 gloo ranks did not finish within 240 s")
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+def test_two_gloo_ranks_train_like_one_process_and_resume_on_two_and_one(tmp_path, tied_tiny_and_essay):
+    model, data = tied_tiny_and_essay
+    ranks = spawn_gloo_ranks(_worker, (2, tuple(free_ports(2)), tmp_path, model, data), tmp_path, timeout_s=240)
     assert all(r["finished"] for r in ranks)
     # both ranks hold exactly the same weights (DDP reduced the gradients) and report the same global loss
     assert ranks[0]["losses"] == ranks[1]["losses"] and len(ranks[0]["losses"]) == 4
@@ -78,14 +58,14 @@ def test_two_gloo_ranks_train_like_one_process_and_resume_on_two_and_one(tmp_pat
     single = run_training(_cfg(tmp_path / "single", model, data))
     torch.testing.assert_close(torch.tensor(ranks[0]["losses"]), torch.tensor(single.losses), rtol=1e-5, atol=1e-6)
     want = _trainable(single.model)
-    _assert_close(ranks[0]["weights"], want)
+    assert_tensor_dicts_close(ranks[0]["weights"], want)
     assert any(not torch.equal(want[n], w) for n, w in _trainable(run_training(
         _cfg(tmp_path / "untrained", model, data, max_steps=1)).model).items())  # the comparison can fail
 
     # the checkpoint written under 2 ranks resumes in 1 process to the same end state
     resumed = run_training(_cfg(tmp_path / "single-resume", model, data, resume=True))
     assert resumed.finished and resumed.steps == 4
-    _assert_close(_trainable(resumed.model), want)
+    assert_tensor_dicts_close(_trainable(resumed.model), want)
     log = read_log(tmp_path / "ddp")
     assert [r["step"] for r in log] == [1, 2, 3, 4]
     assert all(r["world_size"] == 2 and r["tokens"] == 4 * CTX for r in log)  # global tokens of the step

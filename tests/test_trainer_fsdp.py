@@ -15,15 +15,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from llqa.errors import LlqaError
-from tests.conftest import free_ports
+from tests.conftest import assert_tensor_dicts_close, free_ports, spawn_gloo_ranks
 from trainer.config import TrainConfig
 from trainer.fsdp import base_name, is_sharded
 from trainer.loop import read_log, run_training
@@ -63,19 +61,7 @@ def _worker(rank: int, world: int, ports: list[int], root, model, data) -> None:
 
 
 def _spawn(tmp_path, model, data) -> list[dict]:
-    procs = mp.spawn(_worker, args=(2, free_ports(5), tmp_path, model, data), nprocs=2, join=False)
-    deadline = time.monotonic() + 300  # a rendezvous that never completes fails the test instead of hanging it
-    while not procs.join(timeout=5):
-        if time.monotonic() > deadline:
-            for p in procs.processes:
-                p.kill()
-            pytest.fail("the 2 gloo ranks did not finish within 300 s")
-    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
-
-
-@pytest.fixture(scope="module")
-def tiny(tied_tiny_and_essay):
-    return tied_tiny_and_essay
+    return spawn_gloo_ranks(_worker, (2, free_ports(5), tmp_path, model, data), tmp_path)
 
 
 def _checkpoint(run, step: int = 4) -> tuple[dict, dict]:
@@ -85,14 +71,8 @@ def _checkpoint(run, step: int = 4) -> tuple[dict, dict]:
     return load_file(str(ckpt / "trainable.safetensors")), moments
 
 
-def _assert_close(got: dict, want: dict) -> None:
-    assert got.keys() == want.keys()
-    for name in want:
-        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-5, msg=name)
-
-
-def test_fsdp_on_two_gloo_ranks_trains_like_one_process_and_resumes_across_counts(tmp_path, tiny):
-    model, data = tiny
+def test_fsdp_on_two_gloo_ranks_trains_like_one_process_and_resumes_across_counts(tmp_path, tied_tiny_and_essay):
+    model, data = tied_tiny_and_essay
     run_training(_cfg(tmp_path / "from-one", model, data, stop_after=2))  # one process, stopped at step 2
     ranks = _spawn(tmp_path, model, data)
     assert all(r["finished"] and r["sharded"] for r in ranks)
@@ -107,9 +87,9 @@ def test_fsdp_on_two_gloo_ranks_trains_like_one_process_and_resumes_across_count
     want = _checkpoint(tmp_path / "single")
     for run in ("fsdp", "from-one"):  # 2 ranks throughout; 1 process then 2 ranks
         for got, exp in zip(_checkpoint(tmp_path / run), want, strict=True):
-            _assert_close(got, exp)
+            assert_tensor_dicts_close(got, exp)
     # the final adapter is the single-process format, with the same weights
-    _assert_close(load_file(str(tmp_path / "fsdp" / "adapter_model.safetensors")),
+    assert_tensor_dicts_close(load_file(str(tmp_path / "fsdp" / "adapter_model.safetensors")),
                   load_file(str(tmp_path / "single" / "adapter_model.safetensors")))
     untrained = load_file(str(tmp_path / "fsdp" / "checkpoints" / "step-000002" / "trainable.safetensors"))
     assert any(not torch.equal(untrained[n], w) for n, w in want[0].items())  # the comparison can fail
@@ -118,7 +98,7 @@ def test_fsdp_on_two_gloo_ranks_trains_like_one_process_and_resumes_across_count
     resumed = run_training(_cfg(tmp_path / "one-resume", model, data, resume=True))
     assert resumed.finished and resumed.steps == 4
     for got, exp in zip(_checkpoint(tmp_path / "one-resume"), want, strict=True):
-        _assert_close(got, exp)
+        assert_tensor_dicts_close(got, exp)
     log = read_log(tmp_path / "fsdp")
     assert [r["step"] for r in log] == [1, 2, 3, 4] and all(r["world_size"] == 2 for r in log)
     assert json.loads((tmp_path / "fsdp" / "train_config.json").read_text())["engine"] == "fsdp"
@@ -127,7 +107,7 @@ def test_fsdp_on_two_gloo_ranks_trains_like_one_process_and_resumes_across_count
     # full fine-tuning: every weight sharded and trained
     full = run_training(_cfg(tmp_path / "single-full", model, data, method="full", max_steps=2))
     torch.testing.assert_close(torch.tensor(ranks[0]["full"]), torch.tensor(full.losses), rtol=1e-5, atol=1e-6)
-    _assert_close(load_file(str(tmp_path / "full" / "model.safetensors")),
+    assert_tensor_dicts_close(load_file(str(tmp_path / "full" / "model.safetensors")),
                   load_file(str(tmp_path / "single-full" / "model.safetensors")))
 
 
@@ -165,12 +145,12 @@ def test_base_names_of_peft_parameters():
     assert base_name("model.layers.0.mlp.up_proj.weight") == "model.layers.0.mlp.up_proj.weight"  # --method full
 
 
-def test_accelerate_launch_starts_the_fsdp_ranks(tmp_path, tiny):
+def test_accelerate_launch_starts_the_fsdp_ranks(tmp_path, tied_tiny_and_essay):
     """The documented `accelerate launch --multi_gpu --num_processes N -m cli ...` (accelerate's torchrun launch;
     on a host without GPUs its ranks join over gloo) trains with 2 FSDP ranks."""
     import subprocess
 
-    model, data = tiny
+    model, data = tied_tiny_and_essay
     cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
            "no", "--dynamo_backend", "no", "-m", "cli", "train", "--model", str(model), "--ctx", str(CTX), "--data",
            str(data), "--out", str(tmp_path / "run"), "--batch-size", "2", "--max-steps", "1", "--parallel", "fsdp",
