@@ -7,10 +7,13 @@ see the traceback.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import sys
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, get_type_hints
 
 import typer
 from rich.console import Console
@@ -137,6 +140,7 @@ MaxTokensOpt = Annotated[int | None, typer.Option("--max-tokens", help="Keep the
 BatchTokensOpt = Annotated[int | None, typer.Option("--batch-tokens", help="Tokens per forward pass (windows "
                                                     "of equal length batched). Default: 65536 on GPU, 8192 on CPU.")]
 TextFieldOpt = Annotated[str | None, typer.Option("--text-field", help="Text column of a jsonl/parquet file.")]
+MaxDocsOpt = Annotated[int | None, typer.Option("--max-docs", help="Score the first N documents.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Discard finished cells in --out and start afresh "
                                             "(default: resume).")]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")]
@@ -163,31 +167,90 @@ def _parse_lengths(lengths: str | None, ctx: int | None) -> list[int]:
                         "e.g. --lengths 2048,4096,8192") from None
 
 
-def _perplexity(documents_fn, *, model: str, lengths: str | None, ctx: int | None, stride: int, scoring: str,
-                bos: str, concat: bool, max_tokens: int | None, batch_tokens: int | None, dtype: str, device: str,
-                out: Path, overwrite: bool, progress: bool, sdpa_backend: str = "auto", pi: bool = True,
-                compile_mode: str = "auto") -> None:
+@dataclass(frozen=True)
+class PerplexityOptions:
+    """The options the three perplexity commands share, declared once, in --help order.
+
+    `perplexity_options` turns the fields into command-line options; the command receives them as one
+    `opts` object. --max-docs is a field only because --help lists it among these options.
+    """
+
+    model: ModelOpt = DEFAULT_MODEL
+    lengths: LengthsOpt = None
+    ctx: CtxOpt = None
+    stride: StrideOpt = 256
+    scoring: ScoringOpt = "sliding"
+    bos: BosOpt = "auto"
+    concat: ConcatOpt = False
+    max_docs: MaxDocsOpt = None
+    max_tokens: MaxTokensOpt = None
+    batch_tokens: BatchTokensOpt = None
+    sdpa_backend: SdpaOpt = "auto"
+    pi: PiOpt = True
+    compile_mode: CompileOpt = "auto"
+    dtype: DtypeOpt = "auto"
+    device: DeviceOpt = "auto"
+    out: OutOpt = Path("runs/perplexity")
+    overwrite: OverwriteOpt = False
+    progress: ProgressOpt = True
+
+
+def perplexity_options(*, out: str, max_docs_help: str | None = None, omit: tuple[str, ...] = ()):
+    """Add PerplexityOptions' fields (less `omit`) as options after the command's own, and pass them as `opts`.
+
+    Typer reads a command's options from its signature, so the wrapper carries the combined one.
+    """
+    hints = get_type_hints(PerplexityOptions, include_extras=True)  # Annotated[type, typer.Option(...)]
+    shared = []
+    for field in fields(PerplexityOptions):
+        if field.name in omit:
+            continue
+        annotation, default = hints[field.name], field.default
+        if field.name == "out":
+            default = Path(out)
+        elif field.name == "max_docs" and max_docs_help:
+            annotation = Annotated[int | None, typer.Option("--max-docs", help=max_docs_help)]
+        shared.append(inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                        annotation=annotation))
+
+    def decorate(command):
+        own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "opts"]
+
+        @functools.wraps(command)
+        def wrapper(**options):
+            opts = PerplexityOptions(**{p.name: options.pop(p.name) for p in shared})
+            return command(opts=opts, **options)
+
+        wrapper.__signature__ = inspect.Signature(own + shared, return_annotation=None)
+        wrapper.__annotations__ = {p.name: p.annotation for p in own + shared}
+        return wrapper
+
+    return decorate
+
+
+def _perplexity(documents_fn, opts: PerplexityOptions) -> None:
     """Shared body of the three perplexity commands: config, model, documents, run, table."""
     from evals.perplexity import COMPILE_MODES, PerplexityConfig, run
     from llqa.models import load_model
 
-    _check_ctx(ctx)
-    if batch_tokens is not None and batch_tokens < 1:
-        raise LlqaError(f"--batch-tokens must be positive, got {batch_tokens}", "e.g. --batch-tokens 65536")
-    if compile_mode not in COMPILE_MODES:
-        raise LlqaError(f"--compile {compile_mode} is unknown", f"use one of: {', '.join(COMPILE_MODES)}")
-    cfg = PerplexityConfig(lengths=_parse_lengths(lengths, ctx), stride=stride, scoring=scoring, bos=bos,
-                           concat=concat, max_tokens=max_tokens, ctx=ctx, pi=pi)
+    _check_ctx(opts.ctx)
+    if opts.batch_tokens is not None and opts.batch_tokens < 1:
+        raise LlqaError(f"--batch-tokens must be positive, got {opts.batch_tokens}", "e.g. --batch-tokens 65536")
+    if opts.compile_mode not in COMPILE_MODES:
+        raise LlqaError(f"--compile {opts.compile_mode} is unknown", f"use one of: {', '.join(COMPILE_MODES)}")
+    cfg = PerplexityConfig(lengths=_parse_lengths(opts.lengths, opts.ctx), stride=opts.stride, scoring=opts.scoring,
+                           bos=opts.bos, concat=opts.concat, max_tokens=opts.max_tokens, ctx=opts.ctx, pi=opts.pi)
     documents, data_info = documents_fn(cfg)  # before the weights load: bad data fails at once
     import torch
 
     torch.manual_seed(0)  # random:<shape> weights are then the same on every rank and every resume
-    loaded = load_model(model, ctx=cfg.model_ctx, dtype=dtype, device=device)
-    result = run(loaded, documents, cfg, out, data_info=data_info, overwrite=overwrite, batch_tokens=batch_tokens,
-                 sdpa_backend=sdpa_backend, show_progress=progress, compile_mode=compile_mode)
+    loaded = load_model(opts.model, ctx=cfg.model_ctx, dtype=opts.dtype, device=opts.device)
+    result = run(loaded, documents, cfg, opts.out, data_info=data_info, overwrite=opts.overwrite,
+                 batch_tokens=opts.batch_tokens, sdpa_backend=opts.sdpa_backend, show_progress=opts.progress,
+                 compile_mode=opts.compile_mode)
     if result.result_path is None:  # a rank other than 0 under torchrun: rank 0 reports
         return
-    at = f"ctx {cfg.model_ctx}" if pi else f"its own RoPE (ctx {loaded.info.target_ctx}, no PI)"
+    at = f"ctx {cfg.model_ctx}" if opts.pi else f"its own RoPE (ctx {loaded.info.target_ctx}, no PI)"
     table = Table(title=f"perplexity ({cfg.scoring}, stride {cfg.stride}) — {loaded.info.spec} at {at}, "
                   f"{len(documents)} documents")
     for col in ("L", "windows", "scored tokens", "ppl", "window ppl", "bits/byte"):
@@ -205,79 +268,41 @@ def _perplexity(documents_fn, *, model: str, lengths: str | None, ctx: int | Non
 @eval_app.command("perplexity", short_help="Sliding-window perplexity on your own text (file, folder, jsonl, parquet).",
                   help="Sliding-window perplexity of a model on your own text (a .txt file, "
                   "a folder of text files, or jsonl/parquet with a text field). " + PPL_SEMANTICS_HELP)
+@perplexity_options(out="runs/perplexity")
 def perplexity_cmd(
+    opts: PerplexityOptions,
     data: Annotated[Path, typer.Option("--data", "-d", help="A .txt file, a folder (files matching --glob), "
                                        "or a .jsonl/.jsonl.gz/.json/.parquet table.")],
     text_field: TextFieldOpt = None,
     id_field: Annotated[str | None, typer.Option("--id-field", help="Column naming each row (default: file:row).")]
     = None,
     glob: Annotated[str, typer.Option("--glob", help="Files of a --data folder to read.")] = "*.txt",
-    model: ModelOpt = DEFAULT_MODEL,
-    lengths: LengthsOpt = None,
-    ctx: CtxOpt = None,
-    stride: StrideOpt = 256,
-    scoring: ScoringOpt = "sliding",
-    bos: BosOpt = "auto",
-    concat: ConcatOpt = False,
-    max_docs: Annotated[int | None, typer.Option("--max-docs", help="Score the first N documents.")] = None,
-    max_tokens: MaxTokensOpt = None,
-    batch_tokens: BatchTokensOpt = None,
-    sdpa_backend: SdpaOpt = "auto",
-    pi: PiOpt = True,
-    compile_mode: CompileOpt = "auto",
-    dtype: DtypeOpt = "auto",
-    device: DeviceOpt = "auto",
-    out: OutOpt = Path("runs/perplexity"),
-    overwrite: OverwriteOpt = False,
-    progress: ProgressOpt = True,
 ) -> None:
     from evals.perplexity import local_documents
 
     def documents(cfg):
-        return local_documents(data, text_field or "text", id_field, glob, max_docs)
+        return local_documents(data, text_field or "text", id_field, glob, opts.max_docs)
 
-    _perplexity(documents, model=model, lengths=lengths, ctx=ctx, stride=stride, scoring=scoring, bos=bos,
-                concat=concat, max_tokens=max_tokens, batch_tokens=batch_tokens, dtype=dtype, device=device,
-                out=out, overwrite=overwrite, progress=progress, sdpa_backend=sdpa_backend,
-                pi=pi, compile_mode=compile_mode)
+    _perplexity(documents, opts)
 
 
 @eval_app.command("pg19", short_help="Sliding-window perplexity on PG19's test books.",
                   help="Perplexity on the PG19 test split (100 books; hub emozilla/pg19-test, or a "
                   "local copy with --data). " + PPL_SEMANTICS_HELP)
+@perplexity_options(out="runs/pg19", max_docs_help="Score the first N books.")
 def pg19_cmd(
+    opts: PerplexityOptions,
     data: Annotated[Path | None, typer.Option("--data", "-d", help="A local copy: jsonl/parquet rows with "
                                               "'text', or a folder of .txt books.")] = None,
     revision: RevisionOpt = None,
     text_field: TextFieldOpt = None,
-    model: ModelOpt = DEFAULT_MODEL,
-    lengths: LengthsOpt = None,
-    ctx: CtxOpt = None,
-    stride: StrideOpt = 256,
-    scoring: ScoringOpt = "sliding",
-    bos: BosOpt = "auto",
-    concat: ConcatOpt = False,
-    max_docs: Annotated[int | None, typer.Option("--max-docs", help="Score the first N books.")] = None,
-    max_tokens: MaxTokensOpt = None,
-    batch_tokens: BatchTokensOpt = None,
-    sdpa_backend: SdpaOpt = "auto",
-    pi: PiOpt = True,
-    compile_mode: CompileOpt = "auto",
-    dtype: DtypeOpt = "auto",
-    device: DeviceOpt = "auto",
-    out: OutOpt = Path("runs/pg19"),
-    overwrite: OverwriteOpt = False,
-    progress: ProgressOpt = True,
 ) -> None:
     from evals.perplexity import pg19_documents
 
     def documents(cfg):
-        return pg19_documents(data, revision, max_docs, text_field)
+        return pg19_documents(data, revision, opts.max_docs, text_field)
 
-    _perplexity(documents, model=model, lengths=lengths, ctx=ctx, stride=stride, scoring=scoring, bos=bos,
-                concat=concat, max_tokens=max_tokens, batch_tokens=batch_tokens, dtype=dtype, device=device,
-                out=out, overwrite=overwrite, progress=progress, sdpa_backend=sdpa_backend,
-                pi=pi, compile_mode=compile_mode)
+    _perplexity(documents, opts)
 
 
 @eval_app.command("proof-pile", short_help="Sliding-window perplexity on proof-pile (PI protocol: 128 docs "
@@ -285,7 +310,10 @@ def pg19_cmd(
                   "protocol: a seeded sample of --num-docs documents with >= --min-tokens tokens, each cut to "
                   "its first --min-tokens tokens; seed and document ids are recorded. Hub "
                   "hoskinson-center/proof-pile, or a local jsonl/parquet copy with --data. " + PPL_SEMANTICS_HELP)
+# The protocol fixes the documents and their length: per-document windows, cut at --min-tokens.
+@perplexity_options(out="runs/proof-pile", omit=("concat", "max_docs", "max_tokens"))
 def proof_pile_cmd(
+    opts: PerplexityOptions,
     data: Annotated[Path | None, typer.Option("--data", "-d", help="A local copy: jsonl/parquet rows with "
                                               "'text' (and 'meta'), or a folder of them.")] = None,
     revision: RevisionOpt = None,
@@ -294,21 +322,6 @@ def proof_pile_cmd(
     min_tokens: Annotated[int, typer.Option("--min-tokens", help="Only documents at least this long are "
                                             "sampled; each is cut to this many tokens.")] = 32768,
     seed: SeedOpt = 0,
-    model: ModelOpt = DEFAULT_MODEL,
-    lengths: LengthsOpt = None,
-    ctx: CtxOpt = None,
-    stride: StrideOpt = 256,
-    scoring: ScoringOpt = "sliding",
-    bos: BosOpt = "auto",
-    batch_tokens: BatchTokensOpt = None,
-    sdpa_backend: SdpaOpt = "auto",
-    pi: PiOpt = True,
-    compile_mode: CompileOpt = "auto",
-    dtype: DtypeOpt = "auto",
-    device: DeviceOpt = "auto",
-    out: OutOpt = Path("runs/proof-pile"),
-    overwrite: OverwriteOpt = False,
-    progress: ProgressOpt = True,
 ) -> None:
     from evals.perplexity import proof_pile_documents
 
@@ -319,14 +332,11 @@ def proof_pile_cmd(
         from evals.perplexity import uses_bos
         from llqa.models import load_tokenizer, resolve
 
-        tokenizer = load_tokenizer(resolve(model))  # the sample depends on token counts; no weights needed
+        tokenizer = load_tokenizer(resolve(opts.model))  # the sample depends on token counts; no weights needed
         return proof_pile_documents(tokenizer, uses_bos(tokenizer, cfg.bos), data, revision, num_docs, min_tokens,
                                     seed, text_field)
 
-    _perplexity(documents, model=model, lengths=lengths, ctx=ctx, stride=stride, scoring=scoring, bos=bos,
-                concat=False, max_tokens=min_tokens, batch_tokens=batch_tokens, dtype=dtype, device=device,
-                out=out, overwrite=overwrite, progress=progress, sdpa_backend=sdpa_backend,
-                pi=pi, compile_mode=compile_mode)
+    _perplexity(documents, replace(opts, max_tokens=min_tokens))
 
 
 # ----------------------------------------------------------------------------- eval: retrieval (issue 4)
