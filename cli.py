@@ -11,7 +11,7 @@ import functools
 import inspect
 import os
 import sys
-from dataclasses import dataclass, fields, replace
+from dataclasses import MISSING, dataclass, fields, replace
 from pathlib import Path
 from typing import Annotated, get_type_hints
 
@@ -57,6 +57,43 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (every sampled
 def _check_ctx(ctx: int | None) -> None:
     if ctx is not None and ctx <= 0:
         raise LlqaError(f"--ctx must be a positive number of tokens, got {ctx}", "e.g. --ctx 32768")
+
+
+def shared_options(options_class, *, own_after: str | None = None, omit: tuple[str, ...] = (),
+                   defaults: dict | None = None, annotations: dict | None = None):
+    """Add a frozen dataclass's fields (less `omit`) to a command's options and pass them as one `opts` object.
+
+    Typer reads a command's options from its signature, so the wrapper carries the combined one, in --help
+    order: the command's own parameters first, or right after the field `own_after`. For this command only,
+    `defaults` replaces a field's default and `annotations` its `Annotated[type, typer.Option(...)]` (e.g. its
+    help text). The fields' annotations are such `Annotated` types; a field without a default is a required option.
+    """
+    hints = get_type_hints(options_class, include_extras=True)
+    defaults, annotations = defaults or {}, annotations or {}
+    shared = []
+    for f in fields(options_class):
+        if f.name in omit:
+            continue
+        default = inspect.Parameter.empty if f.default is MISSING else f.default
+        shared.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=defaults.get(f.name, default),
+                                        annotation=annotations.get(f.name, hints[f.name])))
+    split = 0 if own_after is None else 1 + [p.name for p in shared].index(own_after)
+
+    def decorate(command):
+        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)  # keyword-only, as they may follow shared ones
+               for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "opts"]
+        params = shared[:split] + own + shared[split:]
+
+        @functools.wraps(command)
+        def wrapper(**options):
+            opts = options_class(**{p.name: options.pop(p.name) for p in shared})
+            return command(opts=opts, **options)
+
+        wrapper.__signature__ = inspect.Signature(params, return_annotation=None)
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        return wrapper
+
+    return decorate
 
 
 # ----------------------------------------------------------------------------- models / info
@@ -141,6 +178,7 @@ BatchTokensOpt = Annotated[int | None, typer.Option("--batch-tokens", help="Toke
                                                     "of equal length batched). Default: 65536 on GPU, 8192 on CPU.")]
 TextFieldOpt = Annotated[str | None, typer.Option("--text-field", help="Text column of a jsonl/parquet file.")]
 MaxDocsOpt = Annotated[int | None, typer.Option("--max-docs", help="Score the first N documents.")]
+MaxBooksOpt = Annotated[int | None, typer.Option("--max-docs", help="Score the first N books.")]  # pg19
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Discard finished cells in --out and start afresh "
                                             "(default: resume).")]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")]
@@ -171,7 +209,7 @@ def _parse_lengths(lengths: str | None, ctx: int | None) -> list[int]:
 class PerplexityOptions:
     """The options the three perplexity commands share, declared once, in --help order.
 
-    `perplexity_options` turns the fields into command-line options; the command receives them as one
+    `shared_options` turns the fields into command-line options; the command receives them as one
     `opts` object. --max-docs is a field only because --help lists it among these options.
     """
 
@@ -193,39 +231,6 @@ class PerplexityOptions:
     out: OutOpt = Path("runs/perplexity")
     overwrite: OverwriteOpt = False
     progress: ProgressOpt = True
-
-
-def perplexity_options(*, out: str, max_docs_help: str | None = None, omit: tuple[str, ...] = ()):
-    """Add PerplexityOptions' fields (less `omit`) as options after the command's own, and pass them as `opts`.
-
-    Typer reads a command's options from its signature, so the wrapper carries the combined one.
-    """
-    hints = get_type_hints(PerplexityOptions, include_extras=True)  # Annotated[type, typer.Option(...)]
-    shared = []
-    for field in fields(PerplexityOptions):
-        if field.name in omit:
-            continue
-        annotation, default = hints[field.name], field.default
-        if field.name == "out":
-            default = Path(out)
-        elif field.name == "max_docs" and max_docs_help:
-            annotation = Annotated[int | None, typer.Option("--max-docs", help=max_docs_help)]
-        shared.append(inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=default,
-                                        annotation=annotation))
-
-    def decorate(command):
-        own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "opts"]
-
-        @functools.wraps(command)
-        def wrapper(**options):
-            opts = PerplexityOptions(**{p.name: options.pop(p.name) for p in shared})
-            return command(opts=opts, **options)
-
-        wrapper.__signature__ = inspect.Signature(own + shared, return_annotation=None)
-        wrapper.__annotations__ = {p.name: p.annotation for p in own + shared}
-        return wrapper
-
-    return decorate
 
 
 def _perplexity(documents_fn, opts: PerplexityOptions) -> None:
@@ -268,7 +273,7 @@ def _perplexity(documents_fn, opts: PerplexityOptions) -> None:
 @eval_app.command("perplexity", short_help="Sliding-window perplexity on your own text (file, folder, jsonl, parquet).",
                   help="Sliding-window perplexity of a model on your own text (a .txt file, "
                   "a folder of text files, or jsonl/parquet with a text field). " + PPL_SEMANTICS_HELP)
-@perplexity_options(out="runs/perplexity")
+@shared_options(PerplexityOptions, defaults={"out": Path("runs/perplexity")})
 def perplexity_cmd(
     opts: PerplexityOptions,
     data: Annotated[Path, typer.Option("--data", "-d", help="A .txt file, a folder (files matching --glob), "
@@ -289,7 +294,7 @@ def perplexity_cmd(
 @eval_app.command("pg19", short_help="Sliding-window perplexity on PG19's test books.",
                   help="Perplexity on the PG19 test split (100 books; hub emozilla/pg19-test, or a "
                   "local copy with --data). " + PPL_SEMANTICS_HELP)
-@perplexity_options(out="runs/pg19", max_docs_help="Score the first N books.")
+@shared_options(PerplexityOptions, defaults={"out": Path("runs/pg19")}, annotations={"max_docs": MaxBooksOpt})
 def pg19_cmd(
     opts: PerplexityOptions,
     data: Annotated[Path | None, typer.Option("--data", "-d", help="A local copy: jsonl/parquet rows with "
@@ -311,7 +316,8 @@ def pg19_cmd(
                   "its first --min-tokens tokens; seed and document ids are recorded. Hub "
                   "hoskinson-center/proof-pile, or a local jsonl/parquet copy with --data. " + PPL_SEMANTICS_HELP)
 # The protocol fixes the documents and their length: per-document windows, cut at --min-tokens.
-@perplexity_options(out="runs/proof-pile", omit=("concat", "max_docs", "max_tokens"))
+@shared_options(PerplexityOptions, defaults={"out": Path("runs/proof-pile")},
+                omit=("concat", "max_docs", "max_tokens"))
 def proof_pile_cmd(
     opts: PerplexityOptions,
     data: Annotated[Path | None, typer.Option("--data", "-d", help="A local copy: jsonl/parquet rows with "
@@ -667,86 +673,114 @@ def validate_cmd(
 # ----------------------------------------------------------------------------- train / sft / merge (issue 6)
 
 _TRAIN_PANEL = "Training (defaults: LongLoRA paper)"
-TrainCtxOpt = Annotated[int, typer.Option(
-    "--ctx", help="Training context in tokens (required). Above the model's native context, Position "
-    "Interpolation scales RoPE linearly by ctx/native. With S2-Attn it must be a multiple of 8 (ratio 1/4).")]
-TrainOutOpt = Annotated[Path, typer.Option(
-    "--out", "-o", help="Run directory: final adapter/model, checkpoints, train_config.json, log.jsonl, tb/.")]
-MethodOpt = Annotated[str, typer.Option(
-    "--method", help="longlora: S2-Attn + LoRA+; lora+: LoRA on q,k,v,o + trained embeddings and norms; "
-    "lora: LoRA only; full: every weight.")]
-AttnOpt = Annotated[str | None, typer.Option(
-    "--attn", help="Training attention: s2 (Shifted Sparse Attention) or full. Default: s2 for longlora, "
-    "full otherwise. Eval and generation always use full attention.")]
-GroupRatioOpt = Annotated[float, typer.Option("--group-ratio", help="S2-Attn group size as a fraction of the "
-                                              "sequence length.")]
-DatasetOpt = Annotated[str | None, typer.Option("--dataset", help="Hub dataset id instead of --data.")]
-DatasetConfigOpt = Annotated[str | None, typer.Option("--dataset-config", help="Hub dataset configuration.")]
-SplitOpt = Annotated[str, typer.Option("--split", help="Hub dataset split.")]
-LoraROpt = Annotated[int, typer.Option("--lora-r", help="LoRA rank.", rich_help_panel=_TRAIN_PANEL)]
-LoraAlphaOpt = Annotated[int, typer.Option("--lora-alpha", help="LoRA alpha.", rich_help_panel=_TRAIN_PANEL)]
-LoraDropoutOpt = Annotated[float, typer.Option("--lora-dropout", help="LoRA dropout.", rich_help_panel=_TRAIN_PANEL)]
-LrOpt = Annotated[float, typer.Option("--lr", help="AdamW learning rate.", rich_help_panel=_TRAIN_PANEL)]
-Beta1Opt = Annotated[float, typer.Option("--beta1", help="AdamW beta1.", rich_help_panel=_TRAIN_PANEL)]
-Beta2Opt = Annotated[float, typer.Option("--beta2", help="AdamW beta2.", rich_help_panel=_TRAIN_PANEL)]
-WdOpt = Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay.", rich_help_panel=_TRAIN_PANEL)]
-WarmupOpt = Annotated[int, typer.Option("--warmup-steps", help="Linear warm-up steps, then a constant rate.",
-                                        rich_help_panel=_TRAIN_PANEL)]
-StepsOpt = Annotated[int, typer.Option("--max-steps", help="Optimizer steps.", rich_help_panel=_TRAIN_PANEL)]
-BatchOpt = Annotated[int, typer.Option("--batch-size", help="Global batch in sequences per optimizer step "
-                                       "(= micro-batch × gradient accumulation).", rich_help_panel=_TRAIN_PANEL)]
-MicroOpt = Annotated[int, typer.Option("--micro-batch-size", help="Sequences per forward pass.",
-                                       rich_help_panel=_TRAIN_PANEL)]
-ClipOpt = Annotated[float, typer.Option("--max-grad-norm", help="Gradient clipping norm (0: off).",
-                                        rich_help_panel=_TRAIN_PANEL)]
-GcOpt = Annotated[bool, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing",
-                                     help="Recompute layer activations in backward (saves memory).",
-                                     rich_help_panel=_TRAIN_PANEL)]
-ChunkOpt = Annotated[int, typer.Option("--loss-chunk", help="Tokens per chunk of the chunked cross-entropy "
-                                       "(no full [tokens × vocab] logits are ever built).",
-                                       rich_help_panel=_TRAIN_PANEL)]
-SaveEveryOpt = Annotated[int, typer.Option("--save-every", help="Checkpoint every N steps (and at the end).",
-                                           rich_help_panel=_TRAIN_PANEL)]
-KeepOpt = Annotated[int, typer.Option("--keep-checkpoints", help="Newest checkpoints kept.",
-                                      rich_help_panel=_TRAIN_PANEL)]
-LogEveryOpt = Annotated[int, typer.Option("--log-every", help="TensorBoard logging period in steps.",
-                                          rich_help_panel=_TRAIN_PANEL)]
-ShuffleOpt = Annotated[bool, typer.Option("--shuffle/--no-shuffle", help="Shuffle sequences (seeded, per epoch).",
-                                          rich_help_panel=_TRAIN_PANEL)]
-ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its newest checkpoint "
-                                         "(same options; ends with the same weights as an uninterrupted run).")]
-OffloadOpt = Annotated[bool, typer.Option("--offload-activations", help="Keep the gradient checkpoints (each "
-                                         "layer's input) in pinned CPU memory instead of GPU memory (copied on a side "
-                                         "CUDA stream, prefetched back in backward); same result.",
-                                         rich_help_panel=_TRAIN_PANEL)]
-OffloadFractionOpt = Annotated[float, typer.Option(
-    "--offload-fraction", help="With --offload-activations: offload the checkpoints of only the first this "
-    "fraction of the decoder layers (1 = all; e.g. 0.75 keeps the last quarter on the GPU: less CPU traffic, "
-    "more GPU memory); same result.", rich_help_panel=_TRAIN_PANEL)]
-SdpaBackendOpt = Annotated[str, typer.Option("--sdpa-backend", help="torch SDPA kernel: auto, flash, cudnn, "
-                                             "efficient, math; same result up to rounding.",
-                                             rich_help_panel=_TRAIN_PANEL)]
-TrainCompileOpt = Annotated[str, typer.Option(
-    "--compile", help="torch.compile each decoder layer (regional; compiled once, about a minute, then faster steps): "
-    "off, auto (default mode on CUDA, off on CPU), default, max-autotune-no-cudagraphs; same result up to "
-    "rounding. Works with --offload-activations and S2-Attn. Best at a fixed --ctx (sft's varying lengths "
-    "recompile).", rich_help_panel=_TRAIN_PANEL)]
-ParallelOpt = Annotated[str, typer.Option(
-    "--parallel", help="Engine under torchrun / accelerate launch (ignored in one process): ddp (a whole model "
-    "per GPU), fsdp (FSDP2: base and trained weights sharded over the GPUs, for models one GPU cannot hold, "
-    "e.g. 70B), auto (ddp unless the model's weights — for --method full also gradients and AdamW state — "
-    "exceed half a GPU's memory). Same result; checkpoints resume under either engine and any GPU count.",
-    rich_help_panel=_TRAIN_PANEL)]
-StopAfterOpt = Annotated[int | None, typer.Option("--stop-after", hidden=True,
-                                                  help="Stop after this many steps, as if interrupted.")]
+SftDataOpt = Annotated[list[Path] | None, typer.Option(
+    "--data", metavar="PATH", help="LongAlpaca/LongQA json or jsonl (fields instruction, output; "
+    "optional input), or a LongQA build directory (its train.jsonl). Repeatable.")]
 
 
-def _run_trainer(**options) -> None:
+@dataclass(frozen=True)
+class TrainOptions:
+    """The options train and sft share, declared once, in --help order; each command adds its own option after
+    --split (--text-field, --template) and sft its own --data help.
+
+    `shared_options` turns the fields into command-line options; the command receives them as one `opts`
+    object. The fields are TrainConfig's, with compile_mode for its `compile`.
+    """
+
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Run directory: final adapter/model, checkpoints, train_config.json, log.jsonl, tb/.")]
+    ctx: Annotated[int, typer.Option(
+        "--ctx", help="Training context in tokens (required). Above the model's native context, Position Interpolation "
+        "scales RoPE linearly by ctx/native. With S2-Attn it must be a multiple of 8 (ratio 1/4).")]
+    data: Annotated[list[Path] | None, typer.Option(
+        "--data", help="Text files (one document each), folders (walked for .txt/.md/.tex/.jsonl/.json/.parquet), "
+        "jsonl/json/parquet files (one document per record, --text-field). Repeatable.", metavar="PATH")] = None
+    dataset: Annotated[str | None, typer.Option("--dataset", help="Hub dataset id instead of --data.")] = None
+    dataset_config: Annotated[str | None, typer.Option("--dataset-config", help="Hub dataset configuration.")] = None
+    split: Annotated[str, typer.Option("--split", help="Hub dataset split.")] = "train"
+    model: ModelOpt = DEFAULT_MODEL
+    method: Annotated[str, typer.Option(
+        "--method", help="longlora: S2-Attn + LoRA+; lora+: LoRA on q,k,v,o + trained embeddings and norms; lora: LoRA "
+        "only; full: every weight.")] = "longlora"
+    attn: Annotated[str | None, typer.Option(
+        "--attn", help="Training attention: s2 (Shifted Sparse Attention) or full. Default: s2 for longlora, full "
+        "otherwise. Eval and generation always use full attention.")] = None
+    group_ratio: Annotated[float, typer.Option(
+        "--group-ratio", help="S2-Attn group size as a fraction of the sequence length.")] = 0.25
+    lora_r: Annotated[int, typer.Option("--lora-r", help="LoRA rank.", rich_help_panel=_TRAIN_PANEL)] = 8
+    lora_alpha: Annotated[int, typer.Option("--lora-alpha", help="LoRA alpha.", rich_help_panel=_TRAIN_PANEL)] = 16
+    lora_dropout: Annotated[float, typer.Option(
+        "--lora-dropout", help="LoRA dropout.", rich_help_panel=_TRAIN_PANEL)] = 0.0
+    lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate.", rich_help_panel=_TRAIN_PANEL)] = 2e-5
+    beta1: Annotated[float, typer.Option("--beta1", help="AdamW beta1.", rich_help_panel=_TRAIN_PANEL)] = 0.9
+    beta2: Annotated[float, typer.Option("--beta2", help="AdamW beta2.", rich_help_panel=_TRAIN_PANEL)] = 0.95
+    weight_decay: Annotated[float, typer.Option(
+        "--weight-decay", help="AdamW weight decay.", rich_help_panel=_TRAIN_PANEL)] = 0.0
+    warmup_steps: Annotated[int, typer.Option(
+        "--warmup-steps", help="Linear warm-up steps, then a constant rate.", rich_help_panel=_TRAIN_PANEL)] = 20
+    max_steps: Annotated[int, typer.Option("--max-steps", help="Optimizer steps.", rich_help_panel=_TRAIN_PANEL)] = 1000
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", help="Global batch in sequences per optimizer step (= micro-batch × gradient accumulation).",
+        rich_help_panel=_TRAIN_PANEL)] = 64
+    micro_batch_size: Annotated[int, typer.Option(
+        "--micro-batch-size", help="Sequences per forward pass.", rich_help_panel=_TRAIN_PANEL)] = 1
+    max_grad_norm: Annotated[float, typer.Option(
+        "--max-grad-norm", help="Gradient clipping norm (0: off).", rich_help_panel=_TRAIN_PANEL)] = 1.0
+    dtype: DtypeOpt = "auto"
+    device: DeviceOpt = "auto"
+    gradient_checkpointing: Annotated[bool, typer.Option(
+        "--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute layer activations in backward (saves "
+        "memory).", rich_help_panel=_TRAIN_PANEL)] = True
+    loss_chunk: Annotated[int, typer.Option(
+        "--loss-chunk", help="Tokens per chunk of the chunked cross-entropy (no full [tokens × vocab] logits are ever "
+        "built).", rich_help_panel=_TRAIN_PANEL)] = 4096
+    save_every: Annotated[int, typer.Option(
+        "--save-every", help="Checkpoint every N steps (and at the end).", rich_help_panel=_TRAIN_PANEL)] = 100
+    keep_checkpoints: Annotated[int, typer.Option(
+        "--keep-checkpoints", help="Newest checkpoints kept.", rich_help_panel=_TRAIN_PANEL)] = 2
+    log_every: Annotated[int, typer.Option(
+        "--log-every", help="TensorBoard logging period in steps.", rich_help_panel=_TRAIN_PANEL)] = 1
+    seed: SeedOpt = 42
+    shuffle: Annotated[bool, typer.Option(
+        "--shuffle/--no-shuffle", help="Shuffle sequences (seeded, per epoch).", rich_help_panel=_TRAIN_PANEL)] = True
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue the run in --out from its newest checkpoint (same options; ends with the same "
+        "weights as an uninterrupted run).")] = False
+    stop_after: Annotated[int | None, typer.Option(
+        "--stop-after", help="Stop after this many steps, as if interrupted.", hidden=True)] = None
+    offload_activations: Annotated[bool, typer.Option(
+        "--offload-activations", help="Keep the gradient checkpoints (each layer's input) in pinned CPU memory instead "
+        "of GPU memory (copied on a side CUDA stream, prefetched back in backward); same result.",
+        rich_help_panel=_TRAIN_PANEL)] = False
+    offload_fraction: Annotated[float, typer.Option(
+        "--offload-fraction", help="With --offload-activations: offload the checkpoints of only the first this "
+        "fraction of the decoder layers (1 = all; e.g. 0.75 keeps the last quarter on the GPU: less CPU traffic, "
+        "more GPU memory); same result.", rich_help_panel=_TRAIN_PANEL)] = 1.0
+    sdpa_backend: Annotated[str, typer.Option(
+        "--sdpa-backend", help="torch SDPA kernel: auto, flash, cudnn, efficient, math; same result up to rounding.",
+        rich_help_panel=_TRAIN_PANEL)] = "auto"
+    compile_mode: Annotated[str, typer.Option(
+        "--compile", help="torch.compile each decoder layer (regional; compiled once, about a minute, then faster "
+        "steps): off, auto (default mode on CUDA, off on CPU), default, max-autotune-no-cudagraphs; same result up to "
+        "rounding. Works with --offload-activations and S2-Attn. Best at a fixed --ctx (sft's varying lengths "
+        "recompile).", rich_help_panel=_TRAIN_PANEL)] = "off"
+    parallel: Annotated[str, typer.Option(
+        "--parallel", help="Engine under torchrun / accelerate launch (ignored in one process): ddp (a whole model per "
+        "GPU), fsdp (FSDP2: base and trained weights sharded over the GPUs, for models one GPU cannot hold, e.g. "
+        "70B), auto (ddp unless the model's weights — for --method full also gradients and AdamW state — exceed half "
+        "a GPU's memory). Same result; checkpoints resume under either engine and any GPU count.",
+        rich_help_panel=_TRAIN_PANEL)] = "auto"
+
+
+def _run_trainer(task: str, opts: TrainOptions, **own) -> None:
+    """Shared body of train and sft: the TrainConfig, the run, and one line on how it ended."""
     from trainer.config import TrainConfig
     from trainer.loop import run_training
 
-    _check_ctx(options["ctx"])
-    cfg = TrainConfig(**options)
+    _check_ctx(opts.ctx)
+    options = {f.name: getattr(opts, f.name) for f in fields(opts)}
+    options.update(data=list(opts.data or []), compile=options.pop("compile_mode"))
+    cfg = TrainConfig(task=task, **options, **own)
     result = run_training(cfg, console=console)
     from trainer.distributed import launched_world
 
@@ -760,76 +794,30 @@ def _run_trainer(**options) -> None:
 
 
 @app.command("train")
+@shared_options(TrainOptions, own_after="split")
 def train_cmd(
-    out: TrainOutOpt,
-    ctx: TrainCtxOpt,
-    data: Annotated[list[Path] | None, typer.Option(
-        "--data", metavar="PATH", help="Text files (one document each), folders (walked for .txt/.md/.tex/.jsonl/.json/"
-        ".parquet), jsonl/json/parquet files (one document per record, --text-field). Repeatable.")] = None,
-    dataset: DatasetOpt = None, dataset_config: DatasetConfigOpt = None, split: SplitOpt = "train",
+    opts: TrainOptions,
     text_field: Annotated[str, typer.Option("--text-field", help="Record field holding the text.")] = "text",
-    model: ModelOpt = DEFAULT_MODEL, method: MethodOpt = "longlora", attn: AttnOpt = None,
-    group_ratio: GroupRatioOpt = 0.25, lora_r: LoraROpt = 8, lora_alpha: LoraAlphaOpt = 16,
-    lora_dropout: LoraDropoutOpt = 0.0, lr: LrOpt = 2e-5, beta1: Beta1Opt = 0.9, beta2: Beta2Opt = 0.95,
-    weight_decay: WdOpt = 0.0, warmup_steps: WarmupOpt = 20, max_steps: StepsOpt = 1000, batch_size: BatchOpt = 64,
-    micro_batch_size: MicroOpt = 1, max_grad_norm: ClipOpt = 1.0, dtype: DtypeOpt = "auto", device: DeviceOpt = "auto",
-    gradient_checkpointing: GcOpt = True, loss_chunk: ChunkOpt = 4096, save_every: SaveEveryOpt = 100,
-    keep_checkpoints: KeepOpt = 2, log_every: LogEveryOpt = 1, seed: SeedOpt = 42, shuffle: ShuffleOpt = True,
-    resume: ResumeOpt = False, stop_after: StopAfterOpt = None, offload_activations: OffloadOpt = False,
-    offload_fraction: OffloadFractionOpt = 1.0,
-    sdpa_backend: SdpaBackendOpt = "auto", compile_mode: TrainCompileOpt = "off", parallel: ParallelOpt = "auto",
 ) -> None:
     """Continued pre-training at --ctx (LongLoRA's fine-tune.py): documents joined with EOS and packed into
     sequences of exactly ctx tokens, every token scored. Loss: mean next-token NLL over the scored tokens of
     each step's global batch (token-weighted across micro-batches), computed in fp32 chunk by chunk."""
-    _run_trainer(task="train", out=out, ctx=ctx, data=list(data or []), dataset=dataset,
-                 dataset_config=dataset_config, split=split, text_field=text_field, model=model, method=method,
-                 attn=attn, group_ratio=group_ratio, lora_r=lora_r, lora_alpha=lora_alpha,
-                 lora_dropout=lora_dropout, lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay,
-                 warmup_steps=warmup_steps, max_steps=max_steps, batch_size=batch_size,
-                 micro_batch_size=micro_batch_size, max_grad_norm=max_grad_norm, dtype=dtype, device=device,
-                 gradient_checkpointing=gradient_checkpointing, loss_chunk=loss_chunk, save_every=save_every,
-                 keep_checkpoints=keep_checkpoints, log_every=log_every, seed=seed, shuffle=shuffle, resume=resume,
-                 stop_after=stop_after, offload_activations=offload_activations, offload_fraction=offload_fraction,
-                 sdpa_backend=sdpa_backend, compile=compile_mode, parallel=parallel)
+    _run_trainer("train", opts, text_field=text_field)
 
 
 @app.command("sft")
+@shared_options(TrainOptions, own_after="split", annotations={"data": SftDataOpt})
 def sft_cmd(
-    out: TrainOutOpt,
-    ctx: TrainCtxOpt,
-    data: Annotated[list[Path] | None, typer.Option(
-        "--data", metavar="PATH", help="LongAlpaca/LongQA json or jsonl (fields instruction, output; "
-        "optional input), or a LongQA build directory (its train.jsonl). Repeatable.")] = None,
-    dataset: DatasetOpt = None, dataset_config: DatasetConfigOpt = None, split: SplitOpt = "train",
+    opts: TrainOptions,
     template: Annotated[str, typer.Option(
         "--template", help="auto: the model's chat template when it has one, else inst; chat; "
         "inst: LongLoRA's [INST]{instruction}[/INST].")] = "auto",
-    model: ModelOpt = DEFAULT_MODEL, method: MethodOpt = "longlora", attn: AttnOpt = None,
-    group_ratio: GroupRatioOpt = 0.25, lora_r: LoraROpt = 8, lora_alpha: LoraAlphaOpt = 16,
-    lora_dropout: LoraDropoutOpt = 0.0, lr: LrOpt = 2e-5, beta1: Beta1Opt = 0.9, beta2: Beta2Opt = 0.95,
-    weight_decay: WdOpt = 0.0, warmup_steps: WarmupOpt = 20, max_steps: StepsOpt = 1000, batch_size: BatchOpt = 64,
-    micro_batch_size: MicroOpt = 1, max_grad_norm: ClipOpt = 1.0, dtype: DtypeOpt = "auto", device: DeviceOpt = "auto",
-    gradient_checkpointing: GcOpt = True, loss_chunk: ChunkOpt = 4096, save_every: SaveEveryOpt = 100,
-    keep_checkpoints: KeepOpt = 2, log_every: LogEveryOpt = 1, seed: SeedOpt = 42, shuffle: ShuffleOpt = True,
-    resume: ResumeOpt = False, stop_after: StopAfterOpt = None, offload_activations: OffloadOpt = False,
-    offload_fraction: OffloadFractionOpt = 1.0,
-    sdpa_backend: SdpaBackendOpt = "auto", compile_mode: TrainCompileOpt = "off", parallel: ParallelOpt = "auto",
 ) -> None:
     """Supervised fine-tuning at --ctx on instruction/answer pairs; loss on answer tokens only (prompt labels
     -100): mean next-token NLL over the answer tokens of each step's global batch, in fp32, chunk by chunk.
     Items longer than ctx lose the middle of their instruction; items whose answer alone exceeds ctx are
     skipped (both counted in train_config.json)."""
-    _run_trainer(task="sft", out=out, ctx=ctx, data=list(data or []), dataset=dataset,
-                 dataset_config=dataset_config, split=split, template=template, model=model, method=method,
-                 attn=attn, group_ratio=group_ratio, lora_r=lora_r, lora_alpha=lora_alpha,
-                 lora_dropout=lora_dropout, lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay,
-                 warmup_steps=warmup_steps, max_steps=max_steps, batch_size=batch_size,
-                 micro_batch_size=micro_batch_size, max_grad_norm=max_grad_norm, dtype=dtype, device=device,
-                 gradient_checkpointing=gradient_checkpointing, loss_chunk=loss_chunk, save_every=save_every,
-                 keep_checkpoints=keep_checkpoints, log_every=log_every, seed=seed, shuffle=shuffle, resume=resume,
-                 stop_after=stop_after, offload_activations=offload_activations, offload_fraction=offload_fraction,
-                 sdpa_backend=sdpa_backend, compile=compile_mode, parallel=parallel)
+    _run_trainer("sft", opts, template=template)
 
 
 @app.command("merge")
