@@ -363,9 +363,22 @@ RetrBatchOpt = Annotated[int | None, typer.Option("--batch-tokens", help="Batch 
                                                   "batch. Default: 262144 on GPU, 16384 on CPU.")]
 RetrNewTokensOpt = Annotated[int | None, typer.Option("--max-new-tokens", help="Tokens generated per prompt "
                                                       "at most.")]
-RetrOverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Discard finished cells in --out and "
-                                                "start afresh (default: resume).")]
-RetrProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")]
+
+
+@dataclass(frozen=True)
+class RetrievalOptions:
+    """The options passkey, topics and lines share, declared once, in --help order (see `shared_options`)."""
+
+    chat_template: RetrChatOpt = "auto"
+    overlong: RetrOverlongOpt = "skip"
+    max_new_tokens: RetrNewTokensOpt = None
+    batch_tokens: RetrBatchOpt = None
+    seed: SeedOpt = 0
+    dtype: DtypeOpt = "auto"
+    device: DeviceOpt = "auto"
+    out: OutOpt = Path("runs/retrieval")  # each command sets its own
+    overwrite: OverwriteOpt = False
+    progress: ProgressOpt = True
 
 
 def _int_list(value: str | None, option: str, example: str) -> list[int] | None:
@@ -397,7 +410,9 @@ def _float_list(value: str | None, option: str, example: str) -> list[float] | N
                   "integer generated equals the key. Reported: accuracy per length and per (length, depth), and the "
                   "effective context window (PI): the largest tested length k such that every tested length <= k "
                   "reaches accuracy >= --threshold." + _RETRIEVAL_ENGINE_HELP)
+@shared_options(RetrievalOptions, defaults={"out": Path("runs/passkey")})
 def passkey_cmd(
+    opts: RetrievalOptions,
     model: ModelOpt = DEFAULT_MODEL,
     ctx: CtxOpt = None,
     lengths: Annotated[str | None, typer.Option("--lengths", "-L", help="Prompt lengths in tokens, comma-separated. "
@@ -410,16 +425,6 @@ def passkey_cmd(
                                           "files (e.g. essays) / a text file, repeated when too short.")] = "filler",
     threshold: Annotated[float, typer.Option("--threshold", help="Accuracy a length must reach for the effective "
                                              "context window.")] = 0.2,
-    chat_template: RetrChatOpt = "auto",
-    overlong: RetrOverlongOpt = "skip",
-    max_new_tokens: RetrNewTokensOpt = None,
-    batch_tokens: RetrBatchOpt = None,
-    seed: SeedOpt = 0,
-    dtype: DtypeOpt = "auto",
-    device: DeviceOpt = "auto",
-    out: OutOpt = Path("runs/passkey"),
-    overwrite: RetrOverwriteOpt = False,
-    progress: RetrProgressOpt = True,
 ) -> None:
     from evals.passkey import DEFAULT_DEPTHS, DEFAULT_MAX_NEW_TOKENS, PasskeyConfig, run_passkey
     from llqa.models import load_model
@@ -427,14 +432,14 @@ def passkey_cmd(
     _check_ctx(ctx)
     cfg = PasskeyConfig(lengths=_int_list(lengths, "--lengths", "1024,2048,4096"),
                         depths=_float_list(depths, "--depths", "0,0.5,1") or list(DEFAULT_DEPTHS), trials=trials,
-                        seed=seed, haystack=haystack, chat_template=chat_template, overlong=overlong,
-                        max_new_tokens=max_new_tokens or DEFAULT_MAX_NEW_TOKENS, batch_tokens=batch_tokens,
-                        threshold=threshold)
+                        seed=opts.seed, haystack=haystack, chat_template=opts.chat_template, overlong=opts.overlong,
+                        max_new_tokens=opts.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
+                        batch_tokens=opts.batch_tokens, threshold=threshold)
     if cfg.haystack != "filler" and not Path(cfg.haystack).expanduser().exists():
         raise LlqaError(f"--haystack {cfg.haystack}: no such file or folder",
                         "pass `filler` or a folder of .txt files (e.g. essays)")
-    loaded = load_model(model, ctx=ctx, dtype=dtype, device=device)
-    summary = run_passkey(loaded, cfg, out, overwrite=overwrite, progress=progress, ctx=ctx)
+    loaded = load_model(model, ctx=ctx, dtype=opts.dtype, device=opts.device)
+    summary = run_passkey(loaded, cfg, opts.out, overwrite=opts.overwrite, progress=opts.progress, ctx=ctx)
     if summary is None:  # a torchrun rank other than 0: its trials are logged, rank 0 writes the result
         return
     table = Table(title=f"passkey — {loaded.info.spec} at ctx {ctx or loaded.info.target_ctx}")
@@ -445,12 +450,11 @@ def passkey_cmd(
         table.add_row(str(r["length"]), str(r["trials"]), acc, str(r["skipped"]))
     console.print(table)
     console.print(f"effective context window (accuracy >= {cfg.threshold:g}): "
-                  f"{summary['effective_context_window']} tokens; results in {out}")
+                  f"{summary['effective_context_window']} tokens; results in {opts.out}")
 
 
-def _longeval(task: str, *, model, ctx, testcases, sizes, generate, generate_only, conversations, cases, limit,
-              judge_cmd, chat_template, overlong, max_new_tokens, batch_tokens, seed, dtype, device, out,
-              overwrite, progress) -> None:
+def _longeval(task: str, opts: RetrievalOptions, *, model, ctx, testcases, sizes, generate, generate_only,
+              conversations, cases, limit, judge_cmd) -> None:
     from evals.longchat import LongEvalConfig, prepare_testcases, run_longeval
     from llqa.models import load_model, load_tokenizer, resolve
 
@@ -458,16 +462,17 @@ def _longeval(task: str, *, model, ctx, testcases, sizes, generate, generate_onl
     cfg = LongEvalConfig(task=task, sizes=_int_list(sizes, "--sizes", "1,5,10"),
                          testcases=str(testcases) if testcases else None, generate=generate or generate_only,
                          conversations=str(conversations) if conversations else None, cases=cases, limit=limit,
-                         seed=seed, chat_template=chat_template, overlong=overlong, max_new_tokens=max_new_tokens,
-                         batch_tokens=batch_tokens, judge_cmd=judge_cmd)
+                         seed=opts.seed, chat_template=opts.chat_template, overlong=opts.overlong,
+                         max_new_tokens=opts.max_new_tokens, batch_tokens=opts.batch_tokens, judge_cmd=judge_cmd)
     if generate_only:
-        files = prepare_testcases(cfg, out, load_tokenizer(resolve(model)) if task == "lines" else None)
+        files = prepare_testcases(cfg, opts.out, load_tokenizer(resolve(model)) if task == "lines" else None)
         for n, path in files.items():
             console.print(f"{n}: {path}")
         return
-    prepare_testcases(cfg, out, load_tokenizer(resolve(model)))  # bad or missing data fails before the weights load
-    loaded = load_model(model, ctx=ctx, dtype=dtype, device=device)
-    rows = run_longeval(loaded, cfg, out, overwrite=overwrite, progress=progress, ctx=ctx)
+    # bad or missing data fails before the weights load
+    prepare_testcases(cfg, opts.out, load_tokenizer(resolve(model)))
+    loaded = load_model(model, ctx=ctx, dtype=opts.dtype, device=opts.device)
+    rows = run_longeval(loaded, cfg, opts.out, overwrite=opts.overwrite, progress=opts.progress, ctx=ctx)
     if rows is None:  # a torchrun rank other than 0: its cases are logged, rank 0 writes the result
         return
     table = Table(title=f"LongChat {task} — {loaded.info.spec} at ctx {ctx or loaded.info.target_ctx}")
@@ -484,7 +489,7 @@ def _longeval(task: str, *, model, ctx, testcases, sizes, generate, generate_onl
             cells += [fmt(r["mean_f1"]), fmt(r["judge_accuracy"])]
         table.add_row(*cells)
     console.print(table)
-    console.print(f"results in {out}")
+    console.print(f"results in {opts.out}")
 
 
 _LONGEVAL_DATA_HELP = (
@@ -509,7 +514,9 @@ LimitOpt = Annotated[int | None, typer.Option("--limit", help="Evaluate only the
                   "optional judge: CMD gets JSON {task, test_id, question, gold, answer} on stdin and prints "
                   "{\"correct\": true|false} or yes/no. Max new tokens default 50 (LongChat)."
                   + _LONGEVAL_DATA_HELP.format(task="topics") + _RETRIEVAL_ENGINE_HELP)
+@shared_options(RetrievalOptions, defaults={"out": Path("runs/topics")})
 def topics_cmd(
+    opts: RetrievalOptions,
     model: ModelOpt = DEFAULT_MODEL,
     ctx: CtxOpt = None,
     testcases: TestcasesOpt = None,
@@ -523,18 +530,9 @@ def topics_cmd(
     cases: CasesOpt = 50,
     limit: LimitOpt = None,
     judge_cmd: Annotated[str | None, typer.Option("--judge-cmd", help="Optional judge command (see above).")] = None,
-    chat_template: RetrChatOpt = "auto",
-    overlong: RetrOverlongOpt = "skip",
-    max_new_tokens: RetrNewTokensOpt = None,
-    batch_tokens: RetrBatchOpt = None,
-    seed: SeedOpt = 0,
-    dtype: DtypeOpt = "auto",
-    device: DeviceOpt = "auto",
-    out: OutOpt = Path("runs/topics"),
-    overwrite: RetrOverwriteOpt = False,
-    progress: RetrProgressOpt = True,
 ) -> None:
-    _longeval("topics", **{k: v for k, v in locals().items()})
+    _longeval("topics", opts, model=model, ctx=ctx, testcases=testcases, sizes=sizes, generate=generate,
+              generate_only=generate_only, conversations=conversations, cases=cases, limit=limit, judge_cmd=judge_cmd)
 
 
 @eval_app.command("lines", short_help="LongChat line retrieval: the number on one of N lines.",
@@ -542,7 +540,9 @@ def topics_cmd(
                   "then a question about one line. Correct when the last integer in the output equals expected_number "
                   "(LongChat's rule); accuracy per N. Max new tokens default 100 (LongChat)."
                   + _LONGEVAL_DATA_HELP.format(task="lines") + _RETRIEVAL_ENGINE_HELP)
+@shared_options(RetrievalOptions, defaults={"out": Path("runs/lines")})
 def lines_cmd(
+    opts: RetrievalOptions,
     model: ModelOpt = DEFAULT_MODEL,
     ctx: CtxOpt = None,
     testcases: TestcasesOpt = None,
@@ -552,18 +552,9 @@ def lines_cmd(
     generate_only: GenerateOnlyOpt = False,
     cases: CasesOpt = 50,
     limit: LimitOpt = None,
-    chat_template: RetrChatOpt = "auto",
-    overlong: RetrOverlongOpt = "skip",
-    max_new_tokens: RetrNewTokensOpt = None,
-    batch_tokens: RetrBatchOpt = None,
-    seed: SeedOpt = 0,
-    dtype: DtypeOpt = "auto",
-    device: DeviceOpt = "auto",
-    out: OutOpt = Path("runs/lines"),
-    overwrite: RetrOverwriteOpt = False,
-    progress: RetrProgressOpt = True,
 ) -> None:
-    _longeval("lines", conversations=None, judge_cmd=None, **{k: v for k, v in locals().items()})
+    _longeval("lines", opts, model=model, ctx=ctx, testcases=testcases, sizes=sizes, generate=generate,
+              generate_only=generate_only, conversations=None, cases=cases, limit=limit, judge_cmd=None)
 
 
 # ----------------------------------------------------------------------------- build / validate (issue 5)
