@@ -77,8 +77,8 @@ def run_llqa(*args: str, env: dict | None = None, timeout: float = 600):
                           text=True, env=full_env, timeout=timeout)
 
 
-def llqa_in_process(capsys, *args: str) -> tuple[int, str]:
-    """Run `cli.main(args)` in this process: (exit code, stdout + stderr)."""
+def llqa_call(capsys, *args: str) -> tuple[int, str, str]:
+    """Run `cli.main(args)` in this process, as `main` does for a user: (exit code, stdout, stderr)."""
     import cli
 
     try:
@@ -86,8 +86,14 @@ def llqa_in_process(capsys, *args: str) -> tuple[int, str]:
         code = 0
     except SystemExit as e:
         code = e.code or 0
-    out = capsys.readouterr()
-    return code, out.out + out.err
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def llqa_in_process(capsys, *args: str) -> tuple[int, str]:
+    """Run `cli.main(args)` in this process: (exit code, stdout + stderr)."""
+    code, out, err = llqa_call(capsys, *args)
+    return code, out + err
 
 
 def train_step_grads(tmp_path, compile_backend: str | None = None, **config):

@@ -8,23 +8,11 @@ import math
 
 import pytest
 
-import cli
-from conftest import run_llqa
-
-
-def call(capsys, *args: str) -> tuple[int, str, str]:
-    """Run the CLI in-process (as `main` does for a user): exit code, stdout, stderr."""
-    try:
-        cli.main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from conftest import llqa_call, run_llqa
 
 
 def one_line_error(capsys, *args: str) -> str:
-    code, _, err = call(capsys, *args)
+    code, _, err = llqa_call(capsys, *args)
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     assert code == 2 and "Traceback" not in err, err
     assert len(lines) == 1 and lines[0].startswith("error:"), err
@@ -81,7 +69,7 @@ def test_cli_proof_pile_local_copy(tiny_llama_dir, tmp_path, capsys, shared_data
             for i, n in enumerate([3000, 200, 2500, 4000, 100])]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "pp"
-    code, stdout, err = call(capsys, "eval", "proof-pile", "--data", str(path), "--model", str(tiny_llama_dir),
+    code, stdout, err = llqa_call(capsys, "eval", "proof-pile", "--data", str(path), "--model", str(tiny_llama_dir),
                              "--num-docs", "2", "--min-tokens", "300", "--seed", "3", "--lengths", "128",
                              "--stride", "64", "--out", str(out), "--no-progress", "--device", "cpu")
     assert code == 0, err
@@ -96,7 +84,7 @@ def test_cli_proof_pile_local_copy(tiny_llama_dir, tmp_path, capsys, shared_data
 
 @pytest.mark.parametrize("command", ["perplexity", "pg19", "proof-pile"])
 def test_help_states_the_semantics(capsys, command):
-    code, out, _ = call(capsys, "eval", command, "--help")
+    code, out, _ = llqa_call(capsys, "eval", command, "--help")
     flat = " ".join(out.split())
     assert code == 0 and "exactly once" in flat and "all-tokens" in flat and "bits per byte" in flat
 

@@ -8,8 +8,9 @@ import json
 import math
 
 import pytest
-from test_perplexity_cli import call, one_line_error
+from test_perplexity_cli import one_line_error
 
+from conftest import llqa_call as call
 from llqa.errors import LlqaError
 
 NATIVE = 256  # the tiny model's max_position_embeddings (conftest.build_tiny_llama)
