@@ -181,3 +181,17 @@ def assert_tensor_dicts_close(got: dict, want: dict, rtol: float = 1e-4, atol: f
     assert got.keys() == want.keys()
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=rtol, atol=atol, msg=name)
+
+
+def load_benchmark(name: str):
+    """benchmarks/<name>.py imported as a module (benchmarks/ is not a package), registered in sys.modules so
+    that its dataclasses can look their module up."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

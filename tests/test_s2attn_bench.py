@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "s2attn.py"
+from tests.conftest import load_benchmark
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_s2attn", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("s2attn")
 
 
 def test_benchmark_runs_on_cpu(tmp_path):

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "train_7b.py"
+from tests.conftest import load_benchmark
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_train_7b", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("train_7b")
 
 
 def test_train_7b_benchmark_runs_on_cpu(tmp_path):

@@ -3,7 +3,6 @@ plan's agreement with a measurement is reported in benchmarks/train_fsdp.md, nev
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -15,11 +14,10 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.conftest import load_benchmark
+
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("bench_fsdp_plan", ROOT / "benchmarks" / "fsdp_plan.py")
-fp = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = fp  # its dataclass looks its module up there
-_spec.loader.exec_module(fp)
+fp = load_benchmark("fsdp_plan")
 
 
 @given(st.integers(1, 10_000), st.integers(1, 64))

@@ -10,7 +10,7 @@ import weakref
 import pytest
 import torch
 
-from tests.conftest import build_tiny_llama, llqa_in_process, train_step_grads
+from tests.conftest import build_tiny_llama, llqa_in_process, load_benchmark, train_step_grads
 from trainer.config import TrainConfig
 from trainer.offload import ActivationOffload, checkpoint_offload
 
@@ -311,9 +311,7 @@ def test_offload_on_cuda_lowers_peak_memory_and_keeps_gradients():
 def test_train_7b_offload_rows_on_cpu(tmp_path):
     """benchmarks/train_7b.py: the new offload, its half form and the previous save_on_cpu form run and give the
     base loss; two offload forms cannot combine."""
-    from tests.test_trainer_bench import load_bench
-
-    bench = load_bench()
+    bench = load_benchmark("train_7b")
     with pytest.raises(ValueError, match="exclude each other"):
         bench.lever_parts("offload+offload-sync")
     args = ["--model", "random:tiny", "--lengths", "128", "--lever-lengths", "128", "--device", "cpu",
