@@ -9,17 +9,18 @@
 #   heldout           the four held-out documents as one text file each (the math book's chapters joined)
 #   testcases         LongChat line/topic test cases: the published ones plus seeded longer ones up to ~29k tokens
 #   train:METHOD      METHOD in full, lora, lora+, longlora: 100 steps × 4 sequences of 32,768 tokens
-#   eval:RUN          RUN in base (no PI), pi (PI ×4, no training), full, lora, lora+, longlora:
-#                     perplexity, passkey, line and topic retrieval
+#   eval:RUN[:TASKS]  RUN in base (no PI), pi (PI ×4, no training), full, lora, lora+, longlora:
+#                     perplexity, passkey, line and topic retrieval (TASKS, comma-separated, picks some of them)
 #   report            llqa report over everything in $R
 #
 # Environment: D = the data folder (default ../shared/data), R = output root (default runs/smollm2-8k-to-32k),
-# STEPS (default 100), DEADLINE = epoch seconds after which a running stage is stopped (training resumes from
+# STEPS (default 100), SAVE_EVERY (checkpoint interval, default 10), DEADLINE = epoch seconds after which a running stage is stopped (training resumes from
 # its newest checkpoint on the next invocation; evals resume from their cells.jsonl).
 set -euo pipefail
 D=${D:-../shared/data}
 R=${R:-runs/smollm2-8k-to-32k}
 STEPS=${STEPS:-100}
+SAVE_EVERY=${SAVE_EVERY:-10}
 DEADLINE=${DEADLINE:-0}
 # The experiment's settings; the overrides exist for a CPU smoke test of this script (see README.md here).
 MODEL=${MODEL:-smollm2-135m}
@@ -95,7 +96,7 @@ stage_train() {
   [[ -f $out/train_config.json ]] && resume=(--resume)
   mapfile -t data < <(train_data)
   llqa train --model "$MODEL" --ctx $CTX --method "$method" "${data[@]}" --out "$out" \
-    --max-steps "$STEPS" --batch-size "$BATCH" --lr 2e-4 --warmup-steps 10 --seed 42 --save-every 10 \
+    --max-steps "$STEPS" --batch-size "$BATCH" --lr 2e-4 --warmup-steps 10 --seed 42 --save-every "$SAVE_EVERY" \
     --no-gradient-checkpointing "${resume[@]}"
 }
 
@@ -109,17 +110,18 @@ model_args() {
 }
 
 stage_eval() {
-  local run=$1 out=$R/eval/$1 pi=()
+  local run=$1 tasks=${2:-perplexity,passkey,lines,topics} out=$R/eval/$1 pi=()
   read -r -a m <<< "$(model_args "$run")"
   [[ $run == base ]] && pi=(--no-pi)
-  llqa eval perplexity "${m[@]}" "${pi[@]}" --data "$R/heldout" --lengths "$LENGTHS" \
-    --max-tokens $CTX --stride 256 --out "$out/perplexity" --no-progress
-  llqa eval passkey "${m[@]}" --lengths "$PK_LENGTHS" \
+  [[ ,$tasks, == *,perplexity,* ]] && llqa eval perplexity "${m[@]}" "${pi[@]}" --data "$R/heldout" \
+    --lengths "$LENGTHS" --max-tokens $CTX --stride 256 --out "$out/perplexity" --no-progress
+  [[ ,$tasks, == *,passkey,* ]] && llqa eval passkey "${m[@]}" --lengths "$PK_LENGTHS" \
     --depths 0,0.25,0.5,0.75,1 --trials 4 --chat-template none --overlong keep --out "$out/passkey" --no-progress
-  llqa eval lines "${m[@]}" --testcases "$R/testcases/lines" --sizes "$LINE_SIZES" --limit "$LIMIT" \
-    --max-new-tokens 32 --chat-template "$LC_TEMPLATE" --overlong keep --out "$out/lines" --no-progress
-  llqa eval topics "${m[@]}" --testcases "$R/testcases/topics" --sizes "$TOPIC_SIZES" --limit "$LIMIT" \
-    --max-new-tokens 32 --chat-template "$LC_TEMPLATE" --overlong keep --out "$out/topics" --no-progress
+  [[ ,$tasks, == *,lines,* ]] && llqa eval lines "${m[@]}" --testcases "$R/testcases/lines" --sizes "$LINE_SIZES" \
+    --limit "$LIMIT" --max-new-tokens 32 --chat-template "$LC_TEMPLATE" --overlong keep --out "$out/lines" --no-progress
+  [[ ,$tasks, == *,topics,* ]] && llqa eval topics "${m[@]}" --testcases "$R/testcases/topics" --sizes "$TOPIC_SIZES" \
+    --limit "$LIMIT" --max-new-tokens 32 --chat-template "$LC_TEMPLATE" --overlong keep --out "$out/topics" --no-progress
+  return 0
 }
 
 stage_report() {
@@ -140,6 +142,7 @@ case_stage() {
     heldout) stage_heldout ;;
     testcases) stage_testcases ;;
     train:*) stage_train "${1#train:}" ;;
+    eval:*:*) local spec=${1#eval:}; stage_eval "${spec%%:*}" "${spec#*:}" ;;
     eval:*) stage_eval "${1#eval:}" ;;
     report) stage_report ;;
     *) echo "unknown stage '$1'" >&2; exit 2 ;;
