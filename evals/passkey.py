@@ -12,6 +12,11 @@ Accuracy is the share of correct trials, per length and per (length, depth); ski
 longer than the context under `--overlong skip`) are counted apart and never scored. The effective
 context window (PI's definition) is the largest tested length k such that every tested length <= k
 reaches accuracy >= the threshold (default 0.2); 0 when the shortest length already fails.
+
+A diagnostic, never used for the window: a wrong answer whose first integer is one digit edit (one digit
+dropped, added or changed) from the key is a near miss. A model that finds the key line but copies it
+badly, as position-interpolated models do before they have recovered, shows near misses where a model
+that never found the key shows none. `accuracy_one_edit` = (correct + near misses) / evaluated trials.
 """
 
 from __future__ import annotations
@@ -66,7 +71,9 @@ SEMANTICS = (
     "generated text equals the key. accuracy = correct / evaluated trials, per length and per "
     "(length, depth); skipped trials (prompt longer than the context) are counted, not scored. "
     "effective_context_window = the largest tested length k such that every tested length <= k has "
-    "accuracy >= threshold (0 if the shortest fails)."
+    "accuracy >= threshold (0 if the shortest fails). Diagnostic only: near_misses = wrong trials whose "
+    "first integer is one digit edit (drop, insert or change) from the key; accuracy_one_edit = (correct + "
+    "near_misses) / evaluated trials."
 )
 
 SEMANTICS_TRUNCATED = " Under --overlong middle, prompts above the context lost their middle (the key may be lost)."
@@ -217,9 +224,28 @@ def cell_key(length: int, depth: float, trial: int) -> str:
     return f"len={length}|depth={depth!r}|trial={trial}"
 
 
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance: the fewest single-character insertions, deletions and substitutions from a to b."""
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        diag, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            diag, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diag + (ca != cb))
+    return row[-1]
+
+
+def near_miss(record: dict) -> bool:
+    """A wrong answer one digit edit from the key (see the module docstring); False for old or skipped records."""
+    predicted, key = record.get("predicted"), record.get("key_value")
+    if record.get("correct") or predicted is None or key is None:
+        return False
+    return edit_distance(str(predicted), str(key)) == 1
+
+
 def summarize(records: Iterable[dict], threshold: float) -> dict[str, Any]:
-    """Accuracy per length and per (length, depth), skipped counts, effective context window."""
+    """Accuracy per length and per (length, depth), skipped counts, effective context window; near misses."""
     by_len: dict[int, list[bool]] = defaultdict(list)
+    near: dict[int, int] = defaultdict(int)
     by_cell: dict[tuple[int, float], list[bool]] = defaultdict(list)
     skipped: dict[int, int] = defaultdict(int)
     truncated = 0
@@ -229,19 +255,25 @@ def summarize(records: Iterable[dict], threshold: float) -> dict[str, Any]:
             continue
         by_len[r["length"]].append(bool(r["correct"]))
         by_cell[(r["length"], r["depth"])].append(bool(r["correct"]))
+        near[r["length"]] += near_miss(r)
         truncated += bool(r.get("truncated"))
     acc = {n: sum(v) / len(v) for n, v in sorted(by_len.items())}
     evaluated = sum(len(v) for v in by_len.values())
+    correct = sum(sum(v) for v in by_len.values())
     return {
-        "accuracy": (sum(sum(v) for v in by_len.values()) / evaluated) if evaluated else None,
+        "accuracy": (correct / evaluated) if evaluated else None,
+        "near_misses": sum(near.values()),
+        "accuracy_one_edit": ((correct + sum(near.values())) / evaluated) if evaluated else None,
         "evaluated": evaluated,
         "skipped": sum(skipped.values()),
         "truncated": truncated,
         "threshold": threshold,
         "effective_context_window": effective_context_window(acc, threshold) if acc else None,
         "by_length": [{"length": n, "trials": len(by_len[n]), "correct": sum(by_len[n]), "accuracy": acc[n],
+                       "near_misses": near[n], "accuracy_one_edit": (sum(by_len[n]) + near[n]) / len(by_len[n]),
                        "skipped": skipped.get(n, 0)} for n in acc]
-        + [{"length": n, "trials": 0, "correct": 0, "accuracy": None, "skipped": k}
+        + [{"length": n, "trials": 0, "correct": 0, "accuracy": None, "near_misses": 0, "accuracy_one_edit": None,
+            "skipped": k}
            for n, k in sorted(skipped.items()) if n not in acc],
         "by_length_depth": [{"length": n, "depth": d, "trials": len(v), "correct": sum(v),
                              "accuracy": sum(v) / len(v)} for (n, d), v in sorted(by_cell.items())],
@@ -330,10 +362,11 @@ def run_passkey(loaded: LoadedModel, cfg: PasskeyConfig, out_dir: str | Path, ov
     title = (f"passkey: {info.spec} @ ctx {ctx} (rope x{info.rope_factor:g}), "
              f"{'chat template' if template else 'no template'}, {cfg.trials} trials/cell")
     pngs = _plots(out, summary, lengths, cfg.depths, title)
-    rows = ([{"length": r["length"], "depth": "all", **{k: r[k] for k in ("trials", "correct", "accuracy", "skipped")}}
-             for r in summary["by_length"]]
+    per_length = ("trials", "correct", "accuracy", "near_misses", "accuracy_one_edit", "skipped")
+    rows = ([{"length": r["length"], "depth": "all", **{k: r[k] for k in per_length}} for r in summary["by_length"]]
             + [{"length": r["length"], "depth": r["depth"], "trials": r["trials"], "correct": r["correct"],
-                "accuracy": r["accuracy"], "skipped": ""} for r in summary["by_length_depth"]])
+                "accuracy": r["accuracy"], "near_misses": "", "accuracy_one_edit": "", "skipped": ""}
+               for r in summary["by_length_depth"]])
     semantics = SEMANTICS + (SEMANTICS_TRUNCATED if cfg.overlong == "middle" else "")
     store.main.finalize(semantics=semantics, summary=summary, rows=rows, model=info.to_dict(),
                    data={"haystack": cfg.haystack, "task": TASK, "filler": FILLER, "key_line": KEY_LINE,

@@ -484,6 +484,18 @@ def _number(x: Any) -> float | None:
     raise TypeError(f"{x!r} is not a number")
 
 
+def _accuracy_one_edit(r: EvalResult) -> float | None:
+    """The near-miss diagnostic of a passkey result; for results written before llqa recorded it, recomputed
+    from the trials the eval logged (its cells.jsonl) with the eval's own rule."""
+    if "accuracy_one_edit" in r.summary:
+        return r.summary["accuracy_one_edit"]
+    from evals.passkey import summarize  # the scoring rule lives with the eval
+    from llqa.ranks import all_cells
+
+    cells = all_cells(r.path)
+    return summarize(cells.values(), 0.0)["accuracy_one_edit"] if cells else None
+
+
 def passkey_tables(pairs: Sequence[tuple[Run, EvalResult]]) -> tuple[Table, Table]:
     """For passkey results of one setting: the effective context window table, and accuracy per length."""
     c = pairs[0][1].config
@@ -497,17 +509,20 @@ def passkey_tables(pairs: Sequence[tuple[Run, EvalResult]]) -> tuple[Table, Tabl
         lengths |= set(by_len)
         tested = sorted(by_len)
         rows.append([run.label, r.config.get("ctx", run.ctx), s.get("effective_context_window"), s.get("accuracy"),
+                     _accuracy_one_edit(r),
                      f"{tested[0]}–{tested[-1]} ({len(tested)})" if tested else None, r.config.get("trials"),
                      len(r.config.get("depths") or []) or None])
         acc_rows.append((run.label, by_len))
     ordered = sorted(lengths)
-    window = Table(f"{head}: effective context window", ["run", "ctx", "effective window", "accuracy",
-                                                         "lengths tested", "trials/cell", "depths"], rows,
-                   kind="passkey", formats={"ctx": "int", "effective window": "int", "accuracy": "pct"},
+    window = Table(f"{head}: effective context window",
+                   ["run", "ctx", "effective window", "accuracy", "within 1 edit", "lengths tested", "trials/cell",
+                    "depths"], rows, kind="passkey",
+                   formats={"ctx": "int", "effective window": "int", "accuracy": "pct", "within 1 edit": "pct"},
                    note="Effective context window (Position Interpolation's definition): the largest tested length "
                    f"k such that every tested length <= k reaches accuracy >= {c.get('threshold', 0.2)}; accuracy = "
                    "correct / evaluated trials (greedy decoding; correct when the first integer generated equals "
-                   "the key).")
+                   "the key). Within 1 edit (a diagnostic, not used for the window): correct, or the first integer is "
+                   "one digit dropped, added or changed from the key.")
     per_length = Table(f"{head}: accuracy per prompt length", ["run"] + [_length_label(n) for n in ordered],
                        [[label] + [acc.get(n) for n in ordered] for label, acc in acc_rows],
                        kind="passkey_by_length", formats={_length_label(n): "pct" for n in ordered})

@@ -19,8 +19,10 @@ from evals.passkey import (
     PasskeyConfig,
     cell_key,
     default_lengths,
+    edit_distance,
     effective_context_window,
     haystack_stream,
+    near_miss,
     read_haystack,
     run_passkey,
     summarize,
@@ -75,6 +77,50 @@ def test_summary_counts_skipped_apart():
     by_len = {r["length"]: r for r in s["by_length"]}
     assert by_len[100]["accuracy"] == 0.5 and by_len[200]["accuracy"] is None and by_len[200]["skipped"] == 1
     assert s["effective_context_window"] == 100
+
+
+@pytest.mark.parametrize("a,b,d", [("", "", 0), ("90684", "90684", 0), ("90684", "9064", 1), ("57305", "5705", 1),
+                                   ("60176", "60170", 1), ("90684", "906845", 1), ("12345", "54321", 4),
+                                   ("", "123", 3), ("kitten", "sitting", 3)])
+def test_edit_distance(a, b, d):
+    assert edit_distance(a, b) == edit_distance(b, a) == d
+
+
+def test_edit_distance_obeys_the_triangle_inequality():
+    import random
+    rng = random.Random(0)
+    words = ["".join(rng.choice("0123") for _ in range(rng.randint(0, 6))) for _ in range(40)]
+    for a, b, c in zip(words, words[1:], words[2:], strict=False):
+        assert edit_distance(a, c) <= edit_distance(a, b) + edit_distance(b, c)
+        assert edit_distance(a, b) >= abs(len(a) - len(b))
+
+
+@pytest.mark.parametrize("record,near", [
+    ({"key_value": 90684, "predicted": 9064, "correct": False}, True),     # a digit dropped
+    ({"key_value": 90684, "predicted": 90634, "correct": False}, True),    # a digit changed
+    ({"key_value": 90684, "predicted": 906844, "correct": False}, True),   # a digit added
+    ({"key_value": 90684, "predicted": 968, "correct": False}, False),     # two digits dropped
+    ({"key_value": 90684, "predicted": 90684, "correct": True}, False),    # correct is not a miss
+    ({"key_value": 90684, "predicted": None, "correct": False}, False),    # no integer at all
+    ({"length": 100, "depth": 0.0, "correct": False}, False),              # a record from before the diagnostic
+])
+def test_near_miss(record, near):
+    assert near_miss(record) is near
+
+
+def test_summary_counts_near_misses_apart_from_accuracy():
+    recs = [{"length": 100, "depth": 0.0, "key_value": 11111, "predicted": 11111, "correct": True},
+            {"length": 100, "depth": 0.0, "key_value": 22222, "predicted": 2222, "correct": False},
+            {"length": 100, "depth": 1.0, "key_value": 33333, "predicted": 45, "correct": False},
+            {"length": 200, "depth": 0.0, "key_value": 44444, "predicted": 44445, "correct": False},
+            {"length": 300, "depth": 0.0, "skipped": True}]
+    s = summarize(recs, 0.2)
+    assert s["accuracy"] == 0.25 and s["near_misses"] == 2 and s["accuracy_one_edit"] == 0.75
+    by_len = {r["length"]: r for r in s["by_length"]}
+    assert by_len[100]["near_misses"] == 1 and by_len[100]["accuracy_one_edit"] == pytest.approx(2 / 3)
+    assert by_len[200]["accuracy"] == 0.0 and by_len[200]["accuracy_one_edit"] == 1.0
+    assert by_len[300]["accuracy_one_edit"] is None
+    assert s["effective_context_window"] == 100  # near misses never count for the window
 
 
 # --------------------------------------------------------------------------- prompt construction

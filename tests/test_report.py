@@ -127,6 +127,7 @@ def test_passkey_tables_hold_the_summary(report, produced):
     window = _row(_table(report, "passkey"), "lora")
     assert window["effective window"] == summary["effective_context_window"]
     assert window["accuracy"] == summary["accuracy"]
+    assert window["within 1 edit"] == summary["accuracy_one_edit"] >= summary["accuracy"]
     assert window["trials/cell"] == 1 and window["depths"] == 2
     per_len = _row(_table(report, "passkey_by_length"), "lora")
     assert per_len == {"run": "lora", **{str(r["length"]): r["accuracy"] for r in summary["by_length"]}}
@@ -226,8 +227,21 @@ def test_minimal_results_show_missing_cells(tmp_path):
     window = _row(_table(rep, "passkey"), "random:tiny")
     assert window["effective window"] is None and window["accuracy"] is None
     md = rep.markdown.read_text()
-    assert "| random:tiny | — | — | — | — | — | — |" in md  # passkey window table: every cell missing
+    assert "| random:tiny | — | — | — | — | — | — | — |" in md  # passkey window table: every cell missing
     assert all(p.read_bytes()[:8] == PNG_MAGIC for p in rep.plots)
+
+
+def test_passkey_near_misses_of_an_older_result_come_from_its_cells(tmp_path):
+    """A result.json written before llqa recorded near misses: the report recomputes them from cells.jsonl."""
+    cells = [{"key": f"k{i}", "length": 64, "depth": 0.0, "trial": i, "key_value": 12345, "predicted": p,
+              "correct": p == 12345, "skipped": False} for i, p in enumerate([12345, 1245, 99, 12346])]
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "cells.jsonl").write_text("".join(json.dumps(c) + "\n" for c in cells))
+    summary = {"accuracy": 0.25, "effective_context_window": 64, "by_length": [{"length": 64, "accuracy": 0.25}]}
+    (tmp_path / "old" / "result.json").write_text(json.dumps(
+        {"task": "passkey", "model": {"spec": "random:tiny"}, "summary": summary, "config": {"trials": 4}}))
+    window = _row(_table(write_report([tmp_path / "old"], tmp_path / "rep"), "passkey"), "random:tiny")
+    assert window["accuracy"] == 0.25 and window["within 1 edit"] == 0.75
 
 
 def test_several_passkey_runs_and_a_long_loss_curve_plot(produced, tmp_path):
