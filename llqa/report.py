@@ -417,9 +417,12 @@ def malformed(r: EvalResult) -> str | None:
 
 
 def _ppl_setting(r: EvalResult) -> tuple:
-    c = r.config
-    return (r.task, str(c.get("data")), c.get("scoring"), c.get("stride"), c.get("bos"), bool(c.get("concat")),
-            c.get("max_tokens"), c.get("documents"))
+    """Results that scored the same documents the same way. The data is known by its folder's and documents'
+    names, not its absolute path, so results scored on another machine (or in another copy) share a table."""
+    c, data = r.config, r.doc.get("data") or {}
+    docs = tuple(str(d) for d in data.get("documents") or ())
+    return (r.task, Path(str(c.get("data"))).name, docs, c.get("scoring"), c.get("stride"), c.get("bos"),
+            bool(c.get("concat")), c.get("max_tokens"), c.get("documents"))
 
 
 def _ppl_title(r: EvalResult) -> str:
@@ -535,10 +538,14 @@ def _retrieval_cells(r: EvalResult) -> dict[int, dict[str, Any]]:
 
 
 def _retrieval_setting(r: EvalResult) -> tuple:
-    """Results scored on the same test cases: the same folder (or the same seeded generation), limit, template."""
+    """Results scored on the same test cases: the same files per N (by folder and file name, not absolute path,
+    as for perplexity) or the same seeded generation, limit, template."""
     c = r.config
     generated = (c.get("seed"), c.get("cases")) if c.get("generate") else None
-    return (r.task, str(c.get("testcases")), generated, c.get("limit"), c.get("chat_template_applied"))
+    files = c.get("files") if isinstance(c.get("files"), dict) else {}
+    names = tuple(sorted((str(n), Path(str(f)).name) for n, f in files.items()))
+    return (r.task, Path(str(c.get("testcases"))).name, names, generated, c.get("limit"),
+            c.get("chat_template_applied"))
 
 
 def retrieval_tables(runs: Sequence[Run]) -> list[tuple[Table, list[int]]]:

@@ -362,3 +362,34 @@ def test_cell_format():
     assert [fmt(0.8, "pct"), fmt(32768, "int"), fmt(42.5, "time")] == ["80%", "32,768", "42.5 s"]
     assert fmt(3725.0, "time") == "1:02:05"
     assert fmt("n/a", "int") == "n/a"  # a hand-edited value of the wrong type is shown, not a crash
+
+
+def _ppl_doc(spec: str, data: str, docs: list[str], ppl: float) -> dict:
+    return {"task": "perplexity", "model": {"spec": spec},
+            "config": {"data": data, "scoring": "sliding", "stride": 256, "max_tokens": 64, "documents": len(docs)},
+            "data": {"source": data, "documents": docs}, "summary": {"64": {"ppl": ppl}}}
+
+
+def _lines_doc(spec: str, folder: str, acc: float) -> dict:
+    return {"task": "lines", "model": {"spec": spec},
+            "config": {"testcases": folder, "files": {"200": f"{folder}/200_lines.jsonl"}, "limit": 5},
+            "summary": {"by_n": [{"n": 200, "accuracy": acc, "mean_prompt_tokens": 4000}]}}
+
+
+def test_results_on_the_same_data_in_other_folders_share_a_table(tmp_path):
+    """Scored on two machines (same folder and file names, other absolute paths): one table; other documents or
+    another test-case folder: a table of their own."""
+    docs = {"a": _ppl_doc("random:a", "/gpu/exp/heldout", ["x.txt", "y.txt"], 10.0),
+            "b": _ppl_doc("random:b", "/tmp/exp400/heldout", ["x.txt", "y.txt"], 11.0),
+            "c": _ppl_doc("random:c", "/tmp/exp400/heldout", ["x.txt", "z.txt"], 12.0),
+            "la": _lines_doc("random:a", "/gpu/exp/testcases/lines", 0.5),
+            "lb": _lines_doc("random:b", "/tmp/exp400/testcases/lines", 0.25),
+            "lc": _lines_doc("random:c", "/tmp/exp400/other", 0.0)}
+    for name, doc in docs.items():
+        (tmp_path / "in" / name).mkdir(parents=True)
+        (tmp_path / "in" / name / "result.json").write_text(json.dumps(doc))
+    rep = write_report([tmp_path / "in"], tmp_path / "rep")
+    ppl = [sorted(r[0] for r in t.rows) for t in rep.tables if t.kind == "perplexity"]
+    assert sorted(ppl) == [["random:a", "random:b"], ["random:c"]]
+    lines = [sorted(r[0] for r in t.rows) for t in rep.tables if t.kind == "lines"]
+    assert sorted(lines) == [["random:a", "random:b"], ["random:c"]]
