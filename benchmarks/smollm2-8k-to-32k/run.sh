@@ -11,7 +11,7 @@
 #   train:METHOD      METHOD in full, lora, lora+, longlora: 100 steps × 4 sequences of 32,768 tokens
 #   eval:RUN[:TASKS]  RUN in base (no PI), pi (PI ×4, no training), full, lora, lora+, longlora:
 #                     perplexity, passkey, line and topic retrieval (TASKS, comma-separated, picks some of them)
-#   report            llqa report over everything in $R
+#   report            llqa report over everything in $R (REF, LABEL, TITLE: see stage_report)
 #
 # Environment: D = the data folder (default ../shared/data), R = output root (default runs/smollm2-8k-to-32k),
 # STEPS (default 100), SAVE_EVERY (checkpoint interval, default 10), DEADLINE = epoch seconds after which a running stage is stopped (training resumes from
@@ -125,16 +125,19 @@ stage_eval() {
 }
 
 stage_report() {
-  local names=() run task
+  # REF: where the two references' evals are (default $R; the 400-step runs reuse the 100-step ones).
+  # LABEL: appended to each trained run's label, e.g. ", 400 steps".
+  local ref=${REF:-$R} names=() inputs=("$R/train" "$R/eval") run task
   for run in base pi; do
+    [[ $ref != "$R" && -d $ref/eval/$run ]] && inputs+=("$ref/eval/$run")
     for task in perplexity passkey lines topics; do
-      [[ -d $R/eval/$run/$task ]] || continue
-      if [[ $run == base ]]; then names+=(--name "$R/eval/$run/$task=base, no PI")
-      else names+=(--name "$R/eval/$run/$task=PI ×4, no training"); fi
+      [[ -d $ref/eval/$run/$task ]] || continue
+      if [[ $run == base ]]; then names+=(--name "$ref/eval/$run/$task=base, no PI")
+      else names+=(--name "$ref/eval/$run/$task=PI ×4, no training"); fi
     done
   done
-  for run in full lora lora+ longlora; do [[ -d $R/train/$run ]] && names+=(--name "$R/train/$run=$run"); done
-  llqa report "$R/train" "$R/eval" --out "$R/report" --title "SmolLM2-135M-Instruct, 8k → 32k (PI ×4)" "${names[@]}"
+  for run in full lora lora+ longlora; do [[ -d $R/train/$run ]] && names+=(--name "$R/train/$run=$run${LABEL:-}"); done
+  llqa report "${inputs[@]}" --out "$R/report" --title "SmolLM2-135M-Instruct, 8k → 32k (PI ×4)${TITLE:-}" "${names[@]}"
 }
 
 case_stage() {
