@@ -726,7 +726,8 @@ class TrainOptions:
         "--loss-chunk", help="Tokens per chunk of the chunked cross-entropy (no full [tokens × vocab] logits are ever "
         "built).", rich_help_panel=_TRAIN_PANEL)] = 4096
     save_every: Annotated[int, typer.Option(
-        "--save-every", help="Checkpoint every N steps (and at the end).", rich_help_panel=_TRAIN_PANEL)] = 100
+        "--save-every", help="Checkpoint every N steps, at the end, and when stopped by Ctrl-C or SIGTERM (after "
+        "the step in flight).", rich_help_panel=_TRAIN_PANEL)] = 100
     keep_checkpoints: Annotated[int, typer.Option(
         "--keep-checkpoints", help="Newest checkpoints kept.", rich_help_panel=_TRAIN_PANEL)] = 2
     log_every: Annotated[int, typer.Option(
@@ -872,8 +873,14 @@ def main(argv: list[str] | None = None) -> None:
     except LlqaError as e:
         if os.environ.get("LLQA_DEBUG"):
             raise
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        err_console.print(f"[bold red]{e.label}:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C outside training (which stops cleanly, trainer.stop), or twice in it
+        if os.environ.get("LLQA_DEBUG"):
+            raise
+        err_console.print("[bold red]interrupted[/] (results already written are kept; evals and training resume)",
+                          highlight=False)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -86,3 +86,55 @@ def test_user_errors_are_one_line_and_exit_2(capsys, tmp_path, tiny_dir, case):
 def test_merge_of_a_non_run_is_a_clear_error(capsys, tmp_path):
     code, out = llqa_in_process(capsys, "merge", str(tmp_path), "--out", str(tmp_path / "m"))
     assert code == 2 and "is not an llqa training run" in out
+
+
+def test_stop_request_defers_signals_and_restores_the_handlers():
+    import signal
+
+    from trainer.stop import StopRequest
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    with StopRequest() as stop:
+        assert not stop.requested
+        signal.raise_signal(signal.SIGTERM)  # would end the process without the handler
+        assert stop.requested and stop.signum == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):  # a second signal stops at once (SIGINT: Python's own behaviour)
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+    assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_sigterm_stops_after_the_step_with_a_checkpoint_there(capsys, tmp_path, tiny_dir):
+    """A real SIGTERM to a real `llqa train`: the step in flight finishes, a checkpoint is written at it although
+    --save-every is far away, the exit code is 128 + 15 with one line, and --resume continues from that step."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from trainer.checkpoint import latest_checkpoint
+    from trainer.loop import read_log
+
+    root = Path(__file__).resolve().parents[1]
+    text, run = tmp_path / "text.txt", tmp_path / "run"
+    text.write_text(" ".join(f"word{i % 97} is number {i}." for i in range(4000)))
+    args = ["train", "--model", str(tiny_dir), "--ctx", "64", "--data", str(text), "--out", str(run),
+            "--batch-size", "1", "--save-every", "100000", "--method", "lora", "--device", "cpu"]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.Popen([sys.executable, "-m", "cli", *args, "--max-steps", "100000"], cwd=root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while len(read_log(run)) < 3 if (run / "log.jsonl").exists() else True:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 128 + signal.SIGTERM, (out, err)
+    last = read_log(run)[-1]["step"]
+    assert latest_checkpoint(run).name == f"step-{last:06d}"
+    assert f"stopped: SIGTERM received: training stopped after step {last}" in err and "Traceback" not in err
+    code, said = llqa_in_process(capsys, *args, "--max-steps", str(last + 2), "--resume")
+    assert code == 0 and f"done: {last + 2} steps" in said, said
+    assert [r["step"] for r in read_log(run)] == list(range(1, last + 3))

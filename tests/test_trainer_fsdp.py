@@ -187,3 +187,40 @@ def test_oom_under_several_processes_suggests_fsdp(monkeypatch, tmp_path):
     assert "--parallel fsdp" not in str(oom_error(_cfg(tmp_path, "m", tmp_path), torch.device("cpu")))  # fsdp already
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert "--parallel fsdp" not in str(oom_error(_cfg(tmp_path, "m", tmp_path, parallel="ddp"), torch.device("cpu")))
+
+
+def _stop_worker(rank: int, world: int, port: int, root, model, data) -> None:
+    """Only rank 1 gets SIGTERM (after rank 0 has logged 2 steps); both ranks must stop after the same step."""
+    import signal
+    import threading
+    import time
+
+    from trainer.stop import TrainingInterrupted
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    run = root / "stopped"
+
+    def signal_when_two_steps_are_logged():
+        while not (run / "log.jsonl").exists() or len(read_log(run)) < 2:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    if rank == 1:
+        threading.Thread(target=signal_when_two_steps_are_logged, daemon=True).start()
+    try:
+        result = run_training(_cfg(run, model, data, max_steps=100_000, save_every=100_000))
+        outcome = {"finished": result.finished}
+    except TrainingInterrupted as e:
+        outcome = {"exit_code": e.exit_code, "message": str(e)}
+    torch.save(outcome, root / f"rank{rank}.pt")
+
+
+def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(tmp_path, tied_tiny_and_essay):
+    model, data = tied_tiny_and_essay
+    ranks = spawn_gloo_ranks(_stop_worker, (2, free_ports(1)[0], tmp_path, model, data), tmp_path)
+    assert [r.get("exit_code") for r in ranks] == [143, 143], ranks  # rank 0 got no signal: it followed rank 1
+    last = read_log(tmp_path / "stopped")[-1]["step"]
+    assert sorted(p.name for p in (tmp_path / "stopped" / "checkpoints").iterdir()) == [f"step-{last:06d}"]
+    assert all(f"after step {last}," in r["message"] for r in ranks)

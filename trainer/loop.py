@@ -12,7 +12,8 @@ Run directory (`--out`):
 - `llqa_model.json`     base model spec + trained ctx, so `--model RUN_DIR` loads at the new context
 - `adapter_config.json`, `adapter_model.safetensors` (LoRA methods) or `config.json`,
   `model.safetensors` (full): the final weights, with the tokenizer
-- `checkpoints/step-N/` atomic checkpoints (see `trainer.checkpoint`); `data/` packed sequences
+- `checkpoints/step-N/` atomic checkpoints (see `trainer.checkpoint`), every `--save-every` steps and when the
+  run is stopped by SIGINT/SIGTERM (after the step in flight; see `trainer.stop`); `data/` packed sequences
 - `log.jsonl`           one record per step (a resumed run appends; take the last record of a step)
 - `tb/`                 TensorBoard event files (loss, lr, tokens/s, peak memory, grad norm)
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,7 @@ from llqa.io import append_jsonl, atomic_write_json
 from llqa.models import RUN_FILE
 from trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from trainer.config import CONFIG_FILE, TrainConfig
+from trainer.stop import StopRequest, TrainingInterrupted
 
 if TYPE_CHECKING:
     import torch
@@ -418,8 +421,16 @@ def _run(cfg: TrainConfig, console, dist, resume_from: Path | None) -> TrainResu
     pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
     result = TrainResult(cfg.run_dir, state["step"], data=data_stats)
     logger = StepLogger(cfg, console, start=state["step"]) if dist.main else contextlib.nullcontext()
+
+    def checkpoint(loss: float) -> None:
+        if dist.main or sharded:  # one full checkpoint (FSDP: gathered from every rank's shards)
+            save_checkpoint(cfg.run_dir, model, optimizer, scheduler,
+                            {**state, "last_loss": loss, "world_size": dist.world},
+                            keep=cfg.keep_checkpoints, write=dist.main)
+        barrier(dist)
+
     try:
-        with logger:
+        with logger, StopRequest() as stop:
             while state["step"] < cfg.max_steps:
                 if cfg.stop_after is not None and state["step"] >= cfg.stop_after:
                     return result
@@ -437,7 +448,9 @@ def _run(cfg: TrainConfig, console, dist, resume_from: Path | None) -> TrainResu
                 state["consumed"] += cfg.batch_size
                 tokens = sum(int(ids.numel()) if mask is None else int(mask.sum()) for ids, _, mask in batches)
                 peak = _peak_memory_gib(device)
-                tokens, dt = all_reduce(dist, [tokens])[0], all_reduce(dist, [dt], op="max")[0]
+                # every rank stops after the same step: the stop flag travels with the step time
+                dt, stop_flag = all_reduce(dist, [dt, float(stop.requested)], op="max")
+                tokens = all_reduce(dist, [tokens])[0]
                 per_rank = None
                 if peak is not None and dist.enabled:  # peak_mem_gib: the fullest GPU, the one that runs out
                     per_rank = all_reduce(dist, [peak if r == dist.rank else 0.0 for r in range(dist.world)])
@@ -448,12 +461,11 @@ def _run(cfg: TrainConfig, console, dist, resume_from: Path | None) -> TrainResu
                     logger.log(state["step"], {"loss": loss, "lr": lr, "grad_norm": norm, "tokens": int(tokens),
                                                "tokens_per_s": tokens / dt, "step_s": dt, "peak_mem_gib": peak,
                                                "world_size": dist.world, "peak_mem_gib_per_rank": per_rank})
-                if state["step"] % cfg.save_every == 0 or state["step"] == cfg.max_steps:
-                    if dist.main or sharded:  # one full checkpoint (FSDP: gathered from every rank's shards)
-                        save_checkpoint(cfg.run_dir, model, optimizer, scheduler,
-                                        {**state, "last_loss": loss, "world_size": dist.world},
-                                        keep=cfg.keep_checkpoints, write=dist.main)
-                    barrier(dist)
+                if stop_flag or state["step"] % cfg.save_every == 0 or state["step"] == cfg.max_steps:
+                    checkpoint(loss)
+                if stop_flag and state["step"] < cfg.max_steps:
+                    raise TrainingInterrupted(stop.signum or signal.SIGTERM, state["step"],
+                                              str(latest_checkpoint(cfg.run_dir)), "--resume")
     except torch.OutOfMemoryError:
         raise oom_error(cfg, device) from None
     full_state = None
