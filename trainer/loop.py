@@ -382,6 +382,23 @@ def run_training(cfg: TrainConfig, console=None) -> TrainResult:
         shutdown(dist)
 
 
+def _build_model(cfg: TrainConfig, dist, engine: str):
+    """(loaded, device, compute dtype, model prepared for `cfg.method`, step module or None).
+
+    FSDP builds the model on the meta device, prepares and shards it, and returns its step module
+    (`trainer.fsdp`; rank 0 has kept a random base). Otherwise the model is loaded whole on this process's
+    device, rank 0 keeps a copy of a random base (before LoRA layers go into it), the trainable set is
+    prepared, and the step module is left to the caller (None)."""
+    if engine == "fsdp":
+        from trainer.fsdp import load_sharded
+
+        return load_sharded(cfg, dist)
+    loaded, device, compute_dtype = _load(cfg)
+    if dist.main:
+        _save_random_base(cfg, loaded)
+    return loaded, device, compute_dtype, _prepare_model(cfg, loaded.model, compute_dtype), None
+
+
 def _run(cfg: TrainConfig, console, dist, resume_from: Path | None) -> TrainResult:
     import torch
 
@@ -393,28 +410,19 @@ def _run(cfg: TrainConfig, console, dist, resume_from: Path | None) -> TrainResu
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
     engine = choose_engine(cfg, dist, resolve_device(cfg.device))
     sharded = engine == "fsdp"
-    if sharded:  # built on the meta device, prepared and sharded; rank 0 has saved a random base (trainer.fsdp)
-        from trainer.fsdp import load_sharded
-
-        loaded, device, compute_dtype, model, step_model = load_sharded(cfg, dist)
-    else:
-        loaded, device, compute_dtype = _load(cfg)
-    if dist.main:  # rank 0 writes the random base copy and the packed data; the others then read the packed data
-        if not sharded:
-            _save_random_base(cfg, loaded)
+    loaded, device, compute_dtype, model, step_model = _build_model(cfg, dist, engine)
+    if dist.main:  # rank 0 writes the packed data; the others then read it
         dataset, data_stats = build_data(cfg, loaded.tokenizer)
     barrier(dist)
     if not dist.main:
         dataset, data_stats = build_data(cfg, loaded.tokenizer)
-    if not sharded:
-        model = _prepare_model(cfg, loaded.model, compute_dtype)
     params, optimizer, scheduler = _optimizer(cfg, model)
     trainable = {"parameters": sum(p.numel() for p in params), "tensors": len(params),
                  "of_total": sum(p.numel() for p in model.parameters())}
     state = {"step": 0, "consumed": 0}
     if resume_from is not None:  # every rank loads the same full checkpoint, whatever world size wrote it
         state = load_checkpoint(resume_from, model, optimizer, scheduler)
-    if not sharded:
+    if step_model is None:  # after the checkpoint is loaded: DDP broadcasts rank 0's weights as it wraps
         step_model = wrap_for_training(CausalLMLoss(model, cfg.loss_chunk), dist, device)
     if dist.main:
         _write_run_files(cfg, loaded, data_stats, trainable, state["step"], dist.world, engine)
