@@ -409,7 +409,9 @@ def _float_list(value: str | None, option: str, example: str) -> list[float] | N
                   "the requested number of tokens (chat template included). A trial is correct when the first "
                   "integer generated equals the key. Reported: accuracy per length and per (length, depth), and the "
                   "effective context window (PI): the largest tested length k such that every tested length <= k "
-                  "reaches accuracy >= --threshold." + _RETRIEVAL_ENGINE_HELP)
+                  "reaches accuracy >= --threshold. Diagnostic, not used for the window: near misses (the first "
+                  "integer is one digit dropped, added or changed from the key) and accuracy within one edit."
+                  + _RETRIEVAL_ENGINE_HELP)
 @shared_options(RetrievalOptions, defaults={"out": Path("runs/passkey")})
 def passkey_cmd(
     opts: RetrievalOptions,
