@@ -36,6 +36,9 @@ from llqa.errors import LlqaError
 from llqa.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_jsonl_tolerant
 
 MISSING = "—"
+BEYOND = "†"  # marks a cell measured past the context the model ran at (extrapolation)
+BEYOND_NOTE = (f" {BEYOND}: longer than the run's ctx, so the model ran past the context it was set up for "
+               "(extrapolation, e.g. the base model without Position Interpolation).")
 RESULT_FILE = "result.json"
 TRAIN_FILE = "train_config.json"  # trainer.config.CONFIG_FILE (not imported: it would pull the trainer in)
 RUN_FILE = "llqa_model.json"  # llqa.models.RUN_FILE
@@ -356,9 +359,18 @@ class Table:
     note: str = ""
     kind: str = ""
     formats: dict[str, str] = field(default_factory=dict)  # column -> format spec
+    beyond_ctx: set[tuple[int, int]] = field(default_factory=set)  # (row, column) cells past the run's ctx
 
     def to_dict(self) -> dict[str, Any]:
-        return {"title": self.title, "kind": self.kind, "columns": self.columns, "rows": self.rows, "note": self.note}
+        return {"title": self.title, "kind": self.kind, "columns": self.columns, "rows": self.rows, "note": self.note,
+                "beyond_ctx": sorted([r, c] for r, c in self.beyond_ctx)}
+
+
+def beyond_ctx(rows: Sequence[Sequence[Any]], ctxs: Sequence[int | None], lengths: Sequence[int],
+               first: int) -> set[tuple[int, int]]:
+    """The cells of columns `first`, `first + 1`, ... (one per length) whose length exceeds their row's ctx."""
+    return {(i, first + j) for i, ctx in enumerate(ctxs) if ctx for j, n in enumerate(lengths)
+            if n > ctx and rows[i][first + j] is not None}
 
 
 def fmt(value: Any, spec: str = "") -> str:
@@ -458,11 +470,12 @@ def perplexity_tables(runs: Sequence[Run]) -> list[tuple[Table, list[int]]]:
         order = [run for run in runs if run.label in by_run]
         lengths = sorted({n for cells in by_run.values() for n in cells})
         rows = [[run.label, run.ctx, *[by_run[run.label].get(n) for n in lengths]] for run in order]
+        marks = beyond_ctx(rows, [run.ctx for run in order], lengths, first=2)
         table = Table(_ppl_title(pairs[0][1]), ["run", "ctx"] + [_length_label(n) for n in lengths], rows,
-                      kind="perplexity", formats={"ctx": "int"},
+                      kind="perplexity", formats={"ctx": "int"}, beyond_ctx=marks,
                       note="Token-weighted perplexity exp(total NLL / scored tokens) per evaluation length (the "
                       "`ppl` of each result; see its `semantics`). ctx: the context the model ran at (Position "
-                      "Interpolation above its native context).")
+                      "Interpolation above its native context)." + (BEYOND_NOTE if marks else ""))
         tables.append((table, lengths))
     return tables
 
@@ -515,7 +528,7 @@ def passkey_tables(pairs: Sequence[tuple[Run, EvalResult]]) -> tuple[Table, Tabl
                      _accuracy_one_edit(r),
                      f"{tested[0]}–{tested[-1]} ({len(tested)})" if tested else None, r.config.get("trials"),
                      len(r.config.get("depths") or []) or None])
-        acc_rows.append((run.label, by_len))
+        acc_rows.append((run.label, by_len, r.config.get("ctx", run.ctx)))
     ordered = sorted(lengths)
     window = Table(f"{head}: effective context window",
                    ["run", "ctx", "effective window", "accuracy", "within 1 edit", "lengths tested", "trials/cell",
@@ -526,9 +539,11 @@ def passkey_tables(pairs: Sequence[tuple[Run, EvalResult]]) -> tuple[Table, Tabl
                    "correct / evaluated trials (greedy decoding; correct when the first integer generated equals "
                    "the key). Within 1 edit (a diagnostic, not used for the window): correct, or the first integer is "
                    "one digit dropped, added or changed from the key.")
+    acc_table = [[label] + [acc.get(n) for n in ordered] for label, acc, _ in acc_rows]
+    marks = beyond_ctx(acc_table, [ctx for *_, ctx in acc_rows], ordered, first=1)
     per_length = Table(f"{head}: accuracy per prompt length", ["run"] + [_length_label(n) for n in ordered],
-                       [[label] + [acc.get(n) for n in ordered] for label, acc in acc_rows],
-                       kind="passkey_by_length", formats={_length_label(n): "pct" for n in ordered})
+                       acc_table, kind="passkey_by_length", formats={_length_label(n): "pct" for n in ordered},
+                       beyond_ctx=marks, note=BEYOND_NOTE.strip() if marks else "")
     return window, per_length
 
 
@@ -776,8 +791,9 @@ def render_table(table: Table) -> str:
     numeric = [i > 0 and all(v is None or isinstance(v, int | float) for v in (row[i] for row in table.rows))
                for i in range(len(table.columns))]
     rule = "|" + "|".join("---:" if n else "---" for n in numeric) + "|"
-    body = ["| " + " | ".join(_cell(table, c, v) for c, v in zip(table.columns, row, strict=True)) + " |"
-            for row in table.rows]
+    body = ["| " + " | ".join(_cell(table, c, v) + (BEYOND if (i, j) in table.beyond_ctx else "")
+                              for j, (c, v) in enumerate(zip(table.columns, row, strict=True))) + " |"
+            for i, row in enumerate(table.rows)]
     return "\n".join([head, rule, *body])
 
 

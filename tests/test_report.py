@@ -393,3 +393,27 @@ def test_results_on_the_same_data_in_other_folders_share_a_table(tmp_path):
     assert sorted(ppl) == [["random:a", "random:b"], ["random:c"]]
     lines = [sorted(r[0] for r in t.rows) for t in rep.tables if t.kind == "lines"]
     assert sorted(lines) == [["random:a", "random:b"], ["random:c"]]
+
+
+def test_cells_past_the_runs_context_are_marked(tmp_path):
+    """The base model run past its own context (no PI): its perplexity and passkey cells beyond ctx carry †,
+    in the markdown and in report.json; cells within ctx, and missing cells, do not."""
+    from llqa.report import BEYOND
+
+    model = {"spec": "random:tiny", "target_ctx": 128, "native_ctx": 128, "rope_factor": 1.0}
+    ppl = _ppl_doc("random:tiny", "/x/heldout", ["a.txt"], 10.0)
+    ppl["model"] = model
+    ppl["summary"] = {"64": {"ppl": 10.0}, "128": {"ppl": 9.5}, "256": {"ppl": 300.0}}
+    passkey = {"task": "passkey", "model": model, "config": {"ctx": 128, "trials": 1},
+               "summary": {"effective_context_window": 128, "accuracy": 0.5,
+                           "by_length": [{"length": 128, "accuracy": 1.0}, {"length": 256, "accuracy": 0.0}]}}
+    for name, doc in {"ppl": ppl, "passkey": passkey}.items():
+        (tmp_path / "in" / name).mkdir(parents=True)
+        (tmp_path / "in" / name / "result.json").write_text(json.dumps(doc))
+    rep = write_report([tmp_path / "in"], tmp_path / "rep")
+    md = rep.markdown.read_text()
+    assert f"| random:tiny | 128 | 10.00 | 9.50 | 300.00{BEYOND} |" in md
+    assert f"| random:tiny | 100% | 0%{BEYOND} |" in md
+    tables = {t["kind"]: t for t in json.loads((rep.out / "report.json").read_text())["tables"]}
+    assert tables["perplexity"]["beyond_ctx"] == [[0, 4]] and tables["passkey_by_length"]["beyond_ctx"] == [[0, 2]]
+    assert tables["perplexity"]["rows"][0][4] == 300.0  # the number itself is untouched
