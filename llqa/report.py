@@ -563,9 +563,9 @@ def _retrieval_setting(r: EvalResult) -> tuple:
             c.get("chat_template_applied"))
 
 
-def retrieval_tables(runs: Sequence[Run]) -> list[tuple[Table, list[int]]]:
+def retrieval_tables(runs: Sequence[Run]) -> list[tuple[Table, list[int], Table | None]]:
     """Topic and line retrieval (LongChat): accuracy per N, one table per task and set of test cases; with the
-    Ns of its columns."""
+    Ns of its columns and, for topics, the mean token F1 per N (None when no result has it)."""
     tables = []
     groups = _group(runs, RETRIEVAL_TASKS, _retrieval_setting)
     for (task, *_), pairs in sorted(groups.items(), key=lambda kv: RETRIEVAL_TASKS.index(kv[0][0])):
@@ -584,7 +584,15 @@ def retrieval_tables(runs: Sequence[Run]) -> list[tuple[Table, list[int]]]:
         per = "number of topics" if task == "topics" else "number of lines"
         table = Table(f"{what} retrieval (LongChat, {cases} test cases): accuracy per {per}", ["run", "ctx", *cols],
                       rows, kind=task, formats={"ctx": "int", **{col: "pct" for col in cols}}, note=semantics)
-        tables.append((table, ns))
+        f1_rows = [[run.label, r.config.get("ctx", run.ctx), *[c[n].get("mean_f1") if n in c else None for n in ns]]
+                   for run, r, c in cells]
+        f1 = None
+        if any(v is not None for row in f1_rows for v in row[2:]):
+            f1 = Table(f"{what} retrieval: mean token F1 per {per}", ["run", "ctx", *cols], f1_rows,
+                       kind=f"{task}_f1", formats={"ctx": "int"},
+                       note="SQuAD token F1 between the normalised answer and the gold topic, averaged over the "
+                       "evaluated cases of each N: partial credit where the exact-match accuracy gives none.")
+        tables.append((table, ns, f1))
     return tables
 
 
@@ -844,11 +852,14 @@ def write_report(paths: Sequence[str | Path], out: str | Path, names: Sequence[s
         tables += [window, per_length]
         sections += [_section(window, images=[plots[-1].name]), _section(per_length, level=3)]
 
-    for i, (t, ns) in enumerate(retrieval_tables(runs), 1):
+    for i, (t, ns, f1) in enumerate(retrieval_tables(runs), 1):
         png = plot_accuracy(out / f"{t.kind}_accuracy_{i}.png", t, ns, t.title)
         plots.append(png)
         tables.append(t)
         sections.append(_section(t, images=[png.name]))
+        if f1 is not None:
+            tables.append(f1)
+            sections.append(_section(f1, level=3))
 
     cost = training_table(runs)
     if cost is not None:

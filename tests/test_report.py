@@ -417,3 +417,18 @@ def test_cells_past_the_runs_context_are_marked(tmp_path):
     tables = {t["kind"]: t for t in json.loads((rep.out / "report.json").read_text())["tables"]}
     assert tables["perplexity"]["beyond_ctx"] == [[0, 4]] and tables["passkey_by_length"]["beyond_ctx"] == [[0, 2]]
     assert tables["perplexity"]["rows"][0][4] == 300.0  # the number itself is untouched
+
+
+def test_topic_retrieval_also_reports_token_f1(tmp_path, report):
+    """Topics results carry mean token F1 per N: a second table beside accuracy. Lines have no F1: no table."""
+    doc = {"task": "topics", "model": {"spec": "random:tiny"},
+           "config": {"testcases": "/x/topics", "files": {"1": "/x/topics/1_topics.jsonl"}, "limit": 5},
+           "summary": {"by_n": [{"n": 1, "accuracy": 0.2, "mean_f1": 0.4375, "mean_prompt_tokens": 600},
+                                {"n": 5, "accuracy": 0.0, "mean_f1": None, "mean_prompt_tokens": 2800}]}}
+    (tmp_path / "in" / "topics").mkdir(parents=True)
+    (tmp_path / "in" / "topics" / "result.json").write_text(json.dumps(doc))
+    rep = write_report([tmp_path / "in"], tmp_path / "rep")
+    assert _row(_table(rep, "topics_f1"), "random:tiny") == {"run": "random:tiny", "ctx": None, "1 (600 tok)": 0.4375,
+                                                            "5 (2,800 tok)": None}
+    assert "| random:tiny | — | 0.44 | — |" in rep.markdown.read_text()
+    assert "lines_f1" not in [t.kind for t in report.tables]
