@@ -178,13 +178,27 @@ class Selector:
         self.index = dedup.NearDuplicateIndex()
         self.parent: dict[str, str] = {}  # union-find over doc ids: near-duplicate documents share a cluster
         self.taken: Counter = Counter()  # cluster root -> items chosen
+        self.left_out: set[str] = set()  # documents that would merge clusters past max_per_doc (see `cluster`)
         self.advance = progress("tokenizing documents", None)
 
-    def cluster(self, doc: Document) -> str:
+    def cluster(self, doc: Document) -> str | None:
+        """The root of the document's near-duplicate cluster, or None for a document left out: one that would
+        join clusters holding more than max_per_doc items between them. Clusters are found as documents are
+        reached, so two partly filled clusters can meet only through a document near-duplicating both; leaving
+        that document out (unindexed, none of its items taken) keeps every cluster within max_per_doc."""
+        if doc.doc_id in self.left_out:
+            return None
         if doc.doc_id not in self.parent:
+            fp = dedup.fingerprint(doc.text)
+            roots = {self._find(other) for other, _ in self.index.query(fp)}
+            if len(roots) > 1 and sum(self.taken[r] for r in roots) > self.recipe.max_per_doc:
+                self.left_out.add(doc.doc_id)
+                self.stats["documents_bridging_full_clusters"] += 1
+                return None
+            self.index.insert(doc.doc_id, fp)
             self.parent[doc.doc_id] = doc.doc_id
-            for other, _ in self.index.add(doc.doc_id, dedup.fingerprint(doc.text)):
-                self._union(doc.doc_id, other)
+            for root in roots:
+                self._union(doc.doc_id, root)
         return self._find(doc.doc_id)
 
     def _find(self, k: str) -> str:
@@ -237,6 +251,8 @@ class Selector:
             self.stats["above_max_tokens"] += 1
             return False
         root = self.cluster(c.doc)
+        if root is None:
+            return False
         if self.taken[root] >= self.recipe.max_per_doc:
             self.stats["max_per_doc"] += 1
             return False

@@ -78,14 +78,23 @@ class NearDuplicateIndex:
         self.sizes: dict[str, int] = {}
 
     def add(self, key: str, fp: frozenset[int]) -> list[tuple[str, float]]:
+        found = self.query(fp)
+        self.insert(key, fp)
+        return found
+
+    def insert(self, key: str, fp: frozenset[int]) -> None:
+        for h in fp:
+            self.index[h].append(key)
+        self.sizes[key] = len(fp)
+
+    def query(self, fp: frozenset[int]) -> list[tuple[str, float]]:
+        """The documents already added that a document with fingerprint `fp` near-duplicates (key, jaccard)."""
         shared: dict[str, int] = defaultdict(int)
         for h in fp:
-            keys = self.index[h]
+            keys = self.index.get(h, ())
             if len(keys) < self.max_df:
                 for other in keys:
                     shared[other] += 1
-            keys.append(key)
-        self.sizes[key] = len(fp)
         out = []
         for other, n in sorted(shared.items()):
             union = len(fp) + self.sizes[other] - n

@@ -267,3 +267,39 @@ def test_shipped_recipe_runs_every_source_from_local_copies(tmp_path, shared_dat
     assert result.shortfalls and result.manifest["allow_short"]
     code, output = _run(["validate", str(tmp_path / "out")])
     assert code == 0, output
+
+
+def test_a_document_bridging_two_partly_filled_clusters_never_overfills_one():
+    """Clusters form as documents are reached. C near-duplicates both A and B, which are not near-duplicates of
+    each other: once A and B hold more than max_per_doc items between them, C is left out (no cluster grows past
+    max_per_doc); while they hold no more than that, C joins them into one cluster."""
+    import dataclasses
+    import random
+    from collections import Counter
+
+    from longqa import dedup
+    from longqa.build import Selector
+    from longqa.schema import Document
+
+    rng = random.Random(0)
+    words = [f"w{rng.randrange(10**9)}" for _ in range(3000)]
+    docs = {name: Document(name, name, " ".join(words[a:b]), "novel", "test")
+            for name, a, b in [("a", 0, 2000), ("b", 1000, 3000), ("c", 500, 2500)]}
+    fp = {k: dedup.fingerprint(d.text) for k, d in docs.items()}
+    pairs = {(a, b) for a, b, _ in dedup.near_duplicate_pairs(fp)}
+    assert pairs == {("a", "c"), ("b", "c")}  # the shape the test needs: c bridges a and b
+    recipe = dataclasses.replace(load_recipe("longqa-3k"), max_per_doc=3)
+
+    def selector(taken_a: int, taken_b: int) -> Selector:
+        sel = Selector(recipe, counter=None, progress=lambda name, total: lambda n: None, stats=Counter())
+        sel.taken[sel.cluster(docs["a"])] += taken_a
+        sel.taken[sel.cluster(docs["b"])] += taken_b
+        return sel
+
+    full = selector(2, 2)  # 4 items > max_per_doc 3: merging would overfill
+    assert full.cluster(docs["c"]) is None and full.cluster(docs["c"]) is None
+    assert full.stats["documents_bridging_full_clusters"] == 1
+    assert full.cluster(docs["a"]) != full.cluster(docs["b"]) and max(full.taken.values()) == 2
+    room = selector(1, 2)  # 3 items: one cluster of exactly max_per_doc
+    root = room.cluster(docs["c"])
+    assert root == room.cluster(docs["a"]) == room.cluster(docs["b"]) and room.taken[root] == 3
