@@ -259,11 +259,11 @@ def summarize(records: Iterable[dict], threshold: float) -> dict[str, Any]:
         truncated += bool(r.get("truncated"))
     acc = {n: sum(v) / len(v) for n, v in sorted(by_len.items())}
     evaluated = sum(len(v) for v in by_len.values())
-    correct = sum(sum(v) for v in by_len.values())
+    correct, near_total = sum(sum(v) for v in by_len.values()), sum(near.values())
     return {
         "accuracy": (correct / evaluated) if evaluated else None,
-        "near_misses": sum(near.values()),
-        "accuracy_one_edit": ((correct + sum(near.values())) / evaluated) if evaluated else None,
+        "near_misses": near_total,
+        "accuracy_one_edit": ((correct + near_total) / evaluated) if evaluated else None,
         "evaluated": evaluated,
         "skipped": sum(skipped.values()),
         "truncated": truncated,

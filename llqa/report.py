@@ -563,6 +563,13 @@ def _retrieval_setting(r: EvalResult) -> tuple:
             c.get("chat_template_applied"))
 
 
+def _per_n_rows(cells: Sequence[tuple[Run, EvalResult, dict[int, dict[str, Any]]]], ns: Sequence[int],
+                key: str) -> list[list[Any]]:
+    """One row per result: label, ctx, then `key` of each N (None where the result has no such N)."""
+    return [[run.label, r.config.get("ctx", run.ctx), *[c[n].get(key) if n in c else None for n in ns]]
+            for run, r, c in cells]
+
+
 def retrieval_tables(runs: Sequence[Run]) -> list[tuple[Table, list[int], Table | None]]:
     """Topic and line retrieval (LongChat): accuracy per N, one table per task and set of test cases; with the
     Ns of its columns and, for topics, the mean token F1 per N (None when no result has it)."""
@@ -573,8 +580,7 @@ def retrieval_tables(runs: Sequence[Run]) -> list[tuple[Table, list[int], Table 
         ns = sorted({n for *_, c in cells for n in c})
         tokens = {n: next((c[n].get("mean_prompt_tokens") for *_, c in cells if n in c), None) for n in ns}
         cols = [f"{n} ({tokens[n]:,.0f} tok)" if isinstance(tokens[n], int | float) else str(n) for n in ns]
-        rows = [[run.label, r.config.get("ctx", run.ctx), *[c[n].get("accuracy") if n in c else None for n in ns]]
-                for run, r, c in cells]
+        rows = _per_n_rows(cells, ns, "accuracy")
         semantics = str(pairs[0][1].doc.get("semantics", ""))
         conf = pairs[0][1].config
         cases = (f"generated, seed {conf.get('seed')}" if conf.get("generate") else
@@ -584,8 +590,7 @@ def retrieval_tables(runs: Sequence[Run]) -> list[tuple[Table, list[int], Table 
         per = "number of topics" if task == "topics" else "number of lines"
         table = Table(f"{what} retrieval (LongChat, {cases} test cases): accuracy per {per}", ["run", "ctx", *cols],
                       rows, kind=task, formats={"ctx": "int", **{col: "pct" for col in cols}}, note=semantics)
-        f1_rows = [[run.label, r.config.get("ctx", run.ctx), *[c[n].get("mean_f1") if n in c else None for n in ns]]
-                   for run, r, c in cells]
+        f1_rows = _per_n_rows(cells, ns, "mean_f1")
         f1 = None
         if any(v is not None for row in f1_rows for v in row[2:]):
             f1 = Table(f"{what} retrieval: mean token F1 per {per}", ["run", "ctx", *cols], f1_rows,

@@ -70,17 +70,13 @@ def clusters(keys: list[str], pairs: list[tuple[str, str, float]]) -> dict[str, 
 
 
 class NearDuplicateIndex:
-    """Documents added one at a time; each addition returns the earlier documents it near-duplicates."""
+    """Documents inserted one at a time; `query` finds the inserted documents a new one near-duplicates, before
+    the caller decides whether to insert it."""
 
     def __init__(self, threshold: float = 0.5, max_df: int = 50):
         self.threshold, self.max_df = threshold, max_df
         self.index: dict[int, list[str]] = defaultdict(list)
         self.sizes: dict[str, int] = {}
-
-    def add(self, key: str, fp: frozenset[int]) -> list[tuple[str, float]]:
-        found = self.query(fp)
-        self.insert(key, fp)
-        return found
 
     def insert(self, key: str, fp: frozenset[int]) -> None:
         for h in fp:
