@@ -90,6 +90,15 @@ def llqa_call(capsys, *args: str) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
+def tiny_train_args(tmp_path, model_dir, topic: str) -> list[str]:
+    """`llqa train` arguments (all but --out) for one CPU step of a tiny model at ctx 64 on a one-document text
+    about `topic`, with activation offload (the path --compile and --offload-fraction act on)."""
+    text = tmp_path / "doc.txt"
+    text.write_text(f"A long enough document about {topic}. " * 40)
+    return ["train", "--model", str(model_dir), "--ctx", "64", "--data", str(text), "--max-steps", "1",
+            "--batch-size", "1", "--device", "cpu", "--offload-activations"]
+
+
 def llqa_in_process(capsys, *args: str) -> tuple[int, str]:
     """Run `cli.main(args)` in this process: (exit code, stdout + stderr)."""
     code, out, err = llqa_call(capsys, *args)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from llqa.errors import LlqaError
-from tests.conftest import llqa_in_process, train_step_grads
+from tests.conftest import llqa_in_process, tiny_train_args, train_step_grads
 from trainer.compile import compile_layers, decoder_layers, resolve_compile_mode, uncompile_layers
 from trainer.config import TrainConfig
 
@@ -77,10 +77,7 @@ def test_compile_needs_decoder_layers():
 def test_train_cli_compile_option(capsys, tmp_path, tiny_llama_dir):
     """`llqa train --compile default --offload-activations` trains with S2-Attn and records the mode; a bad mode
     is one line and exit 2."""
-    text = tmp_path / "doc.txt"
-    text.write_text("A long enough document about compiling the decoder layers. " * 40)
-    args = ["train", "--model", str(tiny_llama_dir), "--ctx", "64", "--data", str(text), "--max-steps", "1",
-            "--batch-size", "1", "--device", "cpu", "--offload-activations"]
+    args = tiny_train_args(tmp_path, tiny_llama_dir, "compiling the decoder layers")
     code, out = llqa_in_process(capsys, *args, "--out", str(tmp_path / "bad"), "--compile", "fastest")
     assert code == 2 and "--compile fastest is not a compile mode" in out and "Traceback" not in out, out
     torch._dynamo.reset()

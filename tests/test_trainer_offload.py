@@ -10,7 +10,7 @@ import weakref
 import pytest
 import torch
 
-from tests.conftest import build_tiny_llama, llqa_in_process, load_benchmark, train_step_grads
+from tests.conftest import build_tiny_llama, llqa_in_process, load_benchmark, tiny_train_args, train_step_grads
 from trainer.config import TrainConfig
 from trainer.offload import ActivationOffload, checkpoint_offload
 
@@ -263,10 +263,7 @@ def test_trainer_step_offloads_exactly_the_checkpoint_inputs(tmp_path, monkeypat
 def test_train_cli_offload_fraction(capsys, tmp_path, tiny_llama_dir):
     """`llqa train --offload-activations --offload-fraction 0.5` trains and records the fraction (it may change on
     --resume); a fraction outside [0, 1] is one line and exit 2."""
-    text = tmp_path / "doc.txt"
-    text.write_text("A long enough document about offloading the checkpoints. " * 40)
-    args = ["train", "--model", str(tiny_llama_dir), "--ctx", "64", "--data", str(text), "--max-steps", "1",
-            "--batch-size", "1", "--device", "cpu", "--offload-activations"]
+    args = tiny_train_args(tmp_path, tiny_llama_dir, "offloading the checkpoints")
     code, out = llqa_in_process(capsys, *args, "--out", str(tmp_path / "bad"), "--offload-fraction", "1.5")
     assert code == 2 and "--offload-fraction 1.5 is not in [0, 1]" in out and "Traceback" not in out, out
     code, out = llqa_in_process(capsys, *args, "--out", str(tmp_path / "run"), "--offload-fraction", "0.5")
