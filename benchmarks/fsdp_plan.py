@@ -48,8 +48,17 @@ from llqa.io import atomic_write_json  # noqa: E402
 
 GIB = 2**30
 DEFAULT_RUNS = "13b@65536/8,70b@32768/8,7b@32768/2,13b@65536/2"
-COMPONENTS = ("base_shard", "trainable_params", "grads", "adamw", "gathered_layers", "gathered_root",
-              "root_grad_unsharded", "checkpoints", "transient")
+COMPONENTS = (
+    "base_shard",
+    "trainable_params",
+    "grads",
+    "adamw",
+    "gathered_layers",
+    "gathered_root",
+    "root_grad_unsharded",
+    "checkpoints",
+    "transient",
+)
 
 
 def shard_rows(dim0: int, world: int) -> int:
@@ -91,8 +100,16 @@ def build(shape: str, ctx: int, method: str = "longlora"):
     from trainer.loop import _prepare_model
     from trainer.loss import CausalLMLoss
 
-    cfg = TrainConfig(task="sft", out="unused", model=f"random:{shape}", ctx=ctx, data=["unused"], method=method,
-                      device="cpu", parallel="fsdp")
+    cfg = TrainConfig(
+        task="sft",
+        out="unused",
+        model=f"random:{shape}",
+        ctx=ctx,
+        data=["unused"],
+        method=method,
+        device="cpu",
+        parallel="fsdp",
+    )
     config = apply_position_interpolation(load_config(resolve(cfg.model)), ctx)
     dtype = torch.float32 if method == "full" else torch.bfloat16
     with init_empty_weights(include_buffers=False):
@@ -110,8 +127,10 @@ def params_of(step_module) -> list[Param]:
     for i, layer in enumerate(decoder_layers(step_module.model)):
         for p in layer.parameters():
             unit[id(p)] = f"layer.{i}"
-    return [Param(n, tuple(p.shape), p.element_size(), p.requires_grad, unit.get(id(p), "root"))
-            for n, p in step_module.named_parameters()]
+    return [
+        Param(n, tuple(p.shape), p.element_size(), p.requires_grad, unit.get(id(p), "root"))
+        for n, p in step_module.named_parameters()
+    ]
 
 
 def check_with_fsdp2(step_module, params: list[Param], world: int) -> bool | None:
@@ -179,9 +198,17 @@ def plan_run(shape: str, ctx: int, world: int, method: str = "longlora", check: 
     params = params_of(step_module)
     checked = check_with_fsdp2(step_module, params, world) if check else None
     parts = plan(params, config, ctx, world)
-    return {"model": f"random:{shape}", "ctx": ctx, "world": world, "method": method,
-            "params": sum(p.numel for p in params), "trainable": sum(p.numel for p in params if p.trainable),
-            "fsdp2_checked": checked, "bytes": parts, "gib": {k: v / GIB for k, v in parts.items()}}
+    return {
+        "model": f"random:{shape}",
+        "ctx": ctx,
+        "world": world,
+        "method": method,
+        "params": sum(p.numel for p in params),
+        "trainable": sum(p.numel for p in params if p.trainable),
+        "fsdp2_checked": checked,
+        "bytes": parts,
+        "gib": {k: v / GIB for k, v in parts.items()},
+    }
 
 
 def table(results: list[dict]) -> str:
@@ -206,8 +233,10 @@ def main(argv=None) -> int:
         results.append(plan_run(shape, ctx, world, args.method, check=not args.no_check))
     print(table(results))
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / "plan.json", {"computed_not_measured": True, "runs": results,
-                                               "command": " ".join(sys.argv), "semantics": __doc__})
+    atomic_write_json(
+        args.out / "plan.json",
+        {"computed_not_measured": True, "runs": results, "command": " ".join(sys.argv), "semantics": __doc__},
+    )
     return 0
 
 

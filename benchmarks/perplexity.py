@@ -65,7 +65,7 @@ def real_text(data: Path, tokenizer, n_tokens: int) -> tuple[str, list[int]]:
     if len(enc["input_ids"]) < n_tokens + 1:
         raise SystemExit(f"--data holds only {len(enc['input_ids'])} tokens, {n_tokens + 1} needed")
     # the engine tokenizes the text itself (end to end), so hand it only what it needs, plus a margin
-    return text[:enc["offset_mapping"][n_tokens][1] + 200], enc["input_ids"][:n_tokens]
+    return text[: enc["offset_mapping"][n_tokens][1] + 200], enc["input_ids"][:n_tokens]
 
 
 def sync(device) -> None:
@@ -75,8 +75,17 @@ def sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def engine_time(loaded, text: str, length: int, stride: int, n_tokens: int, batch_tokens: int | None,
-                sdpa_backend: str, repeat: int = 1, compile_mode: str = "off") -> dict:
+def engine_time(
+    loaded,
+    text: str,
+    length: int,
+    stride: int,
+    n_tokens: int,
+    batch_tokens: int | None,
+    sdpa_backend: str,
+    repeat: int = 1,
+    compile_mode: str = "off",
+) -> dict:
     """A short warm-up run (two full batches and one more window: every batch shape the timed runs use, so
     a compiled engine compiles here), then `repeat` timed runs of the whole engine (fresh output dirs).
 
@@ -91,8 +100,16 @@ def engine_time(loaded, text: str, length: int, stride: int, n_tokens: int, batc
         with tempfile.TemporaryDirectory() as tmp:
             sync(loaded.model.device)
             t0 = time.perf_counter()
-            out = run(loaded, doc, cfg, tmp, batch_tokens=batch_tokens, sdpa_backend=sdpa_backend,
-                      show_progress=False, compile_mode=compile_mode)
+            out = run(
+                loaded,
+                doc,
+                cfg,
+                tmp,
+                batch_tokens=batch_tokens,
+                sdpa_backend=sdpa_backend,
+                show_progress=False,
+                compile_mode=compile_mode,
+            )
             sync(loaded.model.device)
             seconds = time.perf_counter() - t0
             if i == 0:
@@ -102,9 +119,16 @@ def engine_time(loaded, text: str, length: int, stride: int, n_tokens: int, batc
                 this = json.loads((Path(tmp) / "result.json").read_text())["this_session"]
     row = out.rows[0]
     steady = min(times) / row["windows"]  # seconds per window
-    return {"seconds": min(times), "ppl": row["ppl"], "windows": row["windows"], "scored_tokens": row["scored_tokens"],
-            "warmup_s": warm[0], "compile_s": max(0.0, warm[0] - warm[1] * steady),
-            "compiled_batches": this["compiled_batches"], "eager_batches": this["eager_batches"]}
+    return {
+        "seconds": min(times),
+        "ppl": row["ppl"],
+        "windows": row["windows"],
+        "scored_tokens": row["scored_tokens"],
+        "warmup_s": warm[0],
+        "compile_s": max(0.0, warm[0] - warm[1] * steady),
+        "compiled_batches": this["compiled_batches"],
+        "eager_batches": this["eager_batches"],
+    }
 
 
 def naive_time(loaded, ids, length: int, stride: int, warmup: int = 2) -> dict:
@@ -117,15 +141,15 @@ def naive_time(loaded, ids, length: int, stride: int, warmup: int = 2) -> dict:
     nll, count = 0.0, 0
     with torch.inference_mode():
         for w in ws[:warmup]:
-            x = torch.tensor(ids[w.start:w.end], device=dev)[None]
+            x = torch.tensor(ids[w.start : w.end], device=dev)[None]
             model(input_ids=x, labels=x)
         sync(dev)
         t0 = time.perf_counter()
         losses = []
         for w in ws:
-            x = torch.tensor(ids[w.start:w.end], device=dev)[None]
+            x = torch.tensor(ids[w.start : w.end], device=dev)[None]
             y = x.clone()
-            y[:, :w.first_scored - w.start] = -100  # HF shifts labels: position t is predicted from < t
+            y[:, : w.first_scored - w.start] = -100  # HF shifts labels: position t is predicted from < t
             losses.append(model(input_ids=x, labels=y).loss * w.n_scored)
             count += w.n_scored
         nll = float(torch.stack(losses).sum())
@@ -151,18 +175,31 @@ def part_small(args, device: str) -> list[dict]:
                 print(json.dumps(rows[-1]), flush=True)
                 continue
             assert eng["windows"] == naive["windows"] and eng["scored_tokens"] == naive["scored_tokens"]
-            row = {"part": "a", "model": args.small_model, "length": length, "stride": args.stride,
-                   "windows": naive["windows"], "batch_tokens": bt or "default", "sdpa": backend, "compile": mode,
-                   "naive_windows_per_s": naive["windows"] / naive["seconds"],
-                   "engine_windows_per_s": eng["windows"] / eng["seconds"],
-                   "naive_s": naive["seconds"], "engine_s": eng["seconds"],
-                   "naive_ppl": naive["ppl"], "engine_ppl": eng["ppl"],
-                   "compile_s": eng["compile_s"], "warmup_s": eng["warmup_s"],
-                   "compiled_batches": eng["compiled_batches"], "eager_batches": eng["eager_batches"]}
+            row = {
+                "part": "a",
+                "model": args.small_model,
+                "length": length,
+                "stride": args.stride,
+                "windows": naive["windows"],
+                "batch_tokens": bt or "default",
+                "sdpa": backend,
+                "compile": mode,
+                "naive_windows_per_s": naive["windows"] / naive["seconds"],
+                "engine_windows_per_s": eng["windows"] / eng["seconds"],
+                "naive_s": naive["seconds"],
+                "engine_s": eng["seconds"],
+                "naive_ppl": naive["ppl"],
+                "engine_ppl": eng["ppl"],
+                "compile_s": eng["compile_s"],
+                "warmup_s": eng["warmup_s"],
+                "compiled_batches": eng["compiled_batches"],
+                "eager_batches": eng["eager_batches"],
+            }
             row["speedup"] = row["engine_windows_per_s"] / row["naive_windows_per_s"]
             # end to end for these windows with the one-time cost paid in this run
-            row["speedup_incl_compile"] = (naive["seconds"] / (eng["seconds"] + eng["compile_s"])
-                                           if mode != "off" else row["speedup"])
+            row["speedup_incl_compile"] = (
+                naive["seconds"] / (eng["seconds"] + eng["compile_s"]) if mode != "off" else row["speedup"]
+            )
             print(json.dumps(row), flush=True)
             rows.append(row)
     del loaded
@@ -192,8 +229,17 @@ def part_big(args, device: str) -> list[dict]:
         text, _ = real_text(args.data, loaded.tokenizer, n_tokens)
         for backend, mode in [(b, c) for c in args.compile for b in args.sdpa]:
             try:
-                eng = engine_time(loaded, text, length, args.stride, n_tokens, args.big_batch_tokens or None,
-                                  backend, args.repeat, mode)
+                eng = engine_time(
+                    loaded,
+                    text,
+                    length,
+                    args.stride,
+                    n_tokens,
+                    args.big_batch_tokens or None,
+                    backend,
+                    args.repeat,
+                    mode,
+                )
             except Exception as e:  # a kernel preference this GPU/torch cannot run is reported, not fatal
                 rows.append({"part": "b", "length": length, "sdpa": backend, "compile": mode, "error": repr(e)[:500]})
                 print(json.dumps(rows[-1]), flush=True)
@@ -204,17 +250,30 @@ def part_big(args, device: str) -> list[dict]:
                 s, e = flops_per_window(info.params, head_params, info.layers, info.hidden, w.length, w.n_scored)
                 stated, executed = stated + s, executed + e
             forward_tokens = sum(w.length for w in ws)
-            row = {"part": "b", "model": args.big_model, "params": info.params, "length": length,
-                   "stride": args.stride, "windows": len(ws), "sdpa": backend, "compile": mode,
-                   "seconds": eng["seconds"], "compile_s": eng["compile_s"], "warmup_s": eng["warmup_s"],
-                   "compiled_batches": eng["compiled_batches"], "eager_batches": eng["eager_batches"],
-                   "tokens_per_s": forward_tokens / eng["seconds"], "windows_per_s": len(ws) / eng["seconds"],
-                   "tflops_stated": stated / eng["seconds"] / 1e12,
-                   "mfu": stated / eng["seconds"] / peak if peak else None,
-                   "mfu_executed": executed / eng["seconds"] / peak if peak else None,
-                   "peak_tflops": peak / 1e12 if peak else None, "ppl": eng["ppl"],
-                   "mfu_incl_compile": stated / (eng["seconds"] + eng["compile_s"]) / peak if peak else None,
-                   "max_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device != "cpu" else None}
+            row = {
+                "part": "b",
+                "model": args.big_model,
+                "params": info.params,
+                "length": length,
+                "stride": args.stride,
+                "windows": len(ws),
+                "sdpa": backend,
+                "compile": mode,
+                "seconds": eng["seconds"],
+                "compile_s": eng["compile_s"],
+                "warmup_s": eng["warmup_s"],
+                "compiled_batches": eng["compiled_batches"],
+                "eager_batches": eng["eager_batches"],
+                "tokens_per_s": forward_tokens / eng["seconds"],
+                "windows_per_s": len(ws) / eng["seconds"],
+                "tflops_stated": stated / eng["seconds"] / 1e12,
+                "mfu": stated / eng["seconds"] / peak if peak else None,
+                "mfu_executed": executed / eng["seconds"] / peak if peak else None,
+                "peak_tflops": peak / 1e12 if peak else None,
+                "ppl": eng["ppl"],
+                "mfu_incl_compile": stated / (eng["seconds"] + eng["compile_s"]) / peak if peak else None,
+                "max_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device != "cpu" else None,
+            }
             print(json.dumps(row), flush=True)
             rows.append(row)
     return rows
@@ -232,16 +291,28 @@ def main(argv=None) -> None:
     p.add_argument("--small-model", default="smollm2-135m")
     p.add_argument("--small-lengths", type=parse_ints, default=[4096, 8192])
     p.add_argument("--small-windows", type=int, default=96, help="windows measured per length")
-    p.add_argument("--small-batch-tokens", type=parse_ints, default=[0, 131072],
-                   help="engine tokens per forward to try; 0 = the engine's default")
+    p.add_argument(
+        "--small-batch-tokens",
+        type=parse_ints,
+        default=[0, 131072],
+        help="engine tokens per forward to try; 0 = the engine's default",
+    )
     p.add_argument("--big-model", default="random:7b")
     p.add_argument("--big-lengths", type=parse_ints, default=[8192, 32768])
     p.add_argument("--big-windows", type=int, default=8, help="windows measured per length")
     p.add_argument("--big-batch-tokens", type=int, default=0)
-    p.add_argument("--sdpa", type=lambda s: s.split(","), default=["auto"],
-                   help="engine SDPA kernel preferences to measure (auto = cuDNN first on Hopper), e.g. auto,flash")
-    p.add_argument("--compile", type=lambda s: s.split(","), default=["off", "default"],
-                   help="engine --compile modes to measure: off, default, max-autotune-no-cudagraphs, reduce-overhead")
+    p.add_argument(
+        "--sdpa",
+        type=lambda s: s.split(","),
+        default=["auto"],
+        help="engine SDPA kernel preferences to measure (auto = cuDNN first on Hopper), e.g. auto,flash",
+    )
+    p.add_argument(
+        "--compile",
+        type=lambda s: s.split(","),
+        default=["off", "default"],
+        help="engine --compile modes to measure: off, default, max-autotune-no-cudagraphs, reduce-overhead",
+    )
     p.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak, if the GPU is not known")
     args = p.parse_args(argv)
     args.data = args.data or default_data()
@@ -255,9 +326,13 @@ def main(argv=None) -> None:
         if isinstance(getattr(torch._dynamo.config, name, None), int):
             setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 512))
     started = time.time()
-    env = {"device": torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu",
-           "torch": torch.__version__, "transformers": __import__("transformers").__version__,
-           "command": " ".join(sys.argv), "data": str(args.data)}
+    env = {
+        "device": torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu",
+        "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__,
+        "command": " ".join(sys.argv),
+        "data": str(args.data),
+    }
     print(json.dumps(env), flush=True)
     rows = []
     parts = args.parts.split(",")

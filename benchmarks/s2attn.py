@@ -59,8 +59,9 @@ def naive_roll_attention(module, query, key, value, attention_mask, dropout=0.0,
         x = torch.cat([x[:, :half], x[:, half:].roll(sign * group // 2, dims=2)], dim=1)
         return x.reshape(B, H, N // group, group, D).transpose(1, 2).reshape(B * N // group, H, group, D)
 
-    out = F.scaled_dot_product_attention(shift_and_group(query, -1), shift_and_group(key, -1),
-                                         shift_and_group(value, -1), is_causal=True, scale=scaling)
+    out = F.scaled_dot_product_attention(
+        shift_and_group(query, -1), shift_and_group(key, -1), shift_and_group(value, -1), is_causal=True, scale=scaling
+    )
     out = out.reshape(B, N // group, H, group, D).transpose(1, 2).reshape(B, H, N, D)
     out = torch.cat([out[:, :half], out[:, half:].roll(group // 2, dims=2)], dim=1)
     return out.transpose(1, 2), None
@@ -96,8 +97,13 @@ def loss_fn():
             target, weight = ids[0, 1:], model.get_output_embeddings().weight
             total = hidden.new_zeros((), dtype=torch.float32)
             for s in range(0, target.numel(), chunk):
-                total = total + checkpoint(lambda h, w, t: F.cross_entropy(F.linear(h, w).float(), t, reduction="sum"),
-                                           hidden[s:s + chunk], weight, target[s:s + chunk], use_reentrant=False)
+                total = total + checkpoint(
+                    lambda h, w, t: F.cross_entropy(F.linear(h, w).float(), t, reduction="sum"),
+                    hidden[s : s + chunk],
+                    weight,
+                    target[s : s + chunk],
+                    use_reentrant=False,
+                )
             return total / target.numel()
 
         return local
@@ -109,8 +115,13 @@ def sync(device):
 
 
 def measure(model, n_tokens: int, steps: int, warmup: int, device, loss) -> dict:
-    ids = torch.randint(0, model.config.vocab_size, (1, n_tokens), device=device,
-                        generator=torch.Generator(device=device).manual_seed(0))
+    ids = torch.randint(
+        0,
+        model.config.vocab_size,
+        (1, n_tokens),
+        device=device,
+        generator=torch.Generator(device=device).manual_seed(0),
+    )
     times = []
     for i in range(warmup + steps):
         if i == warmup and device.type == "cuda":
@@ -126,18 +137,27 @@ def measure(model, n_tokens: int, steps: int, warmup: int, device, loss) -> dict
         if not torch.isfinite(value):
             raise RuntimeError(f"non-finite loss {value.item()}")
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    return {"step_s": statistics.median(times), "step_s_all": times, "peak_gib": peak,
-            "tokens_per_s": n_tokens / statistics.median(times), "loss": float(value.detach())}
+    return {
+        "step_s": statistics.median(times),
+        "step_s_all": times,
+        "peak_gib": peak,
+        "tokens_per_s": n_tokens / statistics.median(times),
+        "loss": float(value.detach()),
+    }
 
 
 # --------------------------------------------------------------------------- main
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--model", default="random:smollm2-135m",
-                   help="any llqa --model (weights do not change timing; default: SmolLM2-135M shape, random)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
+    p.add_argument(
+        "--model",
+        default="random:smollm2-135m",
+        help="any llqa --model (weights do not change timing; default: SmolLM2-135M shape, random)",
+    )
     p.add_argument("--lengths", default="16384,32768,65536", help="comma-separated sequence lengths")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
     p.add_argument("--group-ratio", type=float, default=0.25, help="S2 group size as a fraction of the length")
@@ -168,15 +188,26 @@ def main(argv=None) -> int:
     model.train()
     for p in model.parameters():
         p.requires_grad_(True)
-    settings = {"model": args.model, "model_info": loaded.info.to_dict(), "group_ratio": args.group_ratio,
-                "steps": args.steps, "warmup": args.warmup, "batch": 1, "gradient_checkpointing": True,
-                "loss": "chunked causal-LM cross-entropy over all N-1 next-token predictions, mean",
-                "trainable": "all parameters (backward into every weight; no optimizer step)",
-                "step_time": "median wall time of forward + loss + backward over the timed steps",
-                "peak_memory": "torch.cuda.max_memory_allocated over the timed steps, GiB (CUDA only)"}
-    env = {"torch": torch.__version__, "transformers": __import__("transformers").__version__,
-           "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
-           else platform.processor() or platform.machine()}
+    settings = {
+        "model": args.model,
+        "model_info": loaded.info.to_dict(),
+        "group_ratio": args.group_ratio,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "batch": 1,
+        "gradient_checkpointing": True,
+        "loss": "chunked causal-LM cross-entropy over all N-1 next-token predictions, mean",
+        "trainable": "all parameters (backward into every weight; no optimizer step)",
+        "step_time": "median wall time of forward + loss + backward over the timed steps",
+        "peak_memory": "torch.cuda.max_memory_allocated over the timed steps, GiB (CUDA only)",
+    }
+    env = {
+        "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__,
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+    }
     out_file = args.out / "s2attn.json"
     results = []
     if out_file.is_file():
@@ -192,8 +223,11 @@ def main(argv=None) -> int:
             if (n, variant) in done:
                 continue
             use_variant(model, variant, args.group_ratio)
-            row = {"tokens": n, "variant": variant,
-                   "group_size": s2_group_size(n, args.group_ratio) if variant != "full" else None}
+            row = {
+                "tokens": n,
+                "variant": variant,
+                "group_size": s2_group_size(n, args.group_ratio) if variant != "full" else None,
+            }
             try:
                 row.update(measure(model, n, args.steps, args.warmup, device, loss))
             except torch.OutOfMemoryError:
@@ -202,8 +236,9 @@ def main(argv=None) -> int:
                 torch.cuda.empty_cache()
             results.append(row)
             print(format_row(row, results), flush=True)
-            atomic_write_json(out_file, {"settings": settings, "env": env, "results": results,
-                                         "speedups": speedups(results)})
+            atomic_write_json(
+                out_file, {"settings": settings, "env": env, "results": results, "speedups": speedups(results)}
+            )
     print(f"wrote {out_file}")
     return 0
 
@@ -220,8 +255,7 @@ def format_row(row, results) -> str:
 def speedups(results) -> dict:
     """Full-attention step time / variant step time, per length."""
     by = {(r["tokens"], r["variant"]): r["step_s"] for r in results if "step_s" in r}
-    return {f"{v}@{n}": round(by[(n, "full")] / by[(n, v)], 3)
-            for (n, v) in by if v != "full" and (n, "full") in by}
+    return {f"{v}@{n}": round(by[(n, "full")] / by[(n, v)], 3) for (n, v) in by if v != "full" and (n, "full") in by}
 
 
 if __name__ == "__main__":

@@ -70,8 +70,21 @@ from trainer.config import TrainConfig  # noqa: E402
 from trainer.loop import _load, _optimizer, _prepare_model, train_step  # noqa: E402
 from trainer.loss import CausalLMLoss  # noqa: E402
 
-LEVERS = ("base", "hf-loss", "offload", "offload-half", "offload-sync", "sdpa-flash", "sdpa-cudnn", "sdpa-efficient",
-          "sdpa-math", "s2-flash-attn", "full-attn", "no-checkpointing", "compile")
+LEVERS = (
+    "base",
+    "hf-loss",
+    "offload",
+    "offload-half",
+    "offload-sync",
+    "sdpa-flash",
+    "sdpa-cudnn",
+    "sdpa-efficient",
+    "sdpa-math",
+    "s2-flash-attn",
+    "full-attn",
+    "no-checkpointing",
+    "compile",
+)
 TARGET = {"tokens_per_s_64k": 8500, "peak_gib_64k": 36.0}
 BASELINE = {"32768": {"step_s": 4.62, "peak_gib": 33.9}, "65536": {"step_s": 10.3, "peak_gib": 54.4}}
 
@@ -91,15 +104,21 @@ class HfLoss(torch.nn.Module):
 def flops(model, n: int, attn: str) -> dict[str, float]:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     c = base.config
-    p = sum(m.weight.numel() for name, m in base.named_modules()
-            if isinstance(m, torch.nn.Linear) and "lora_" not in name)
+    p = sum(
+        m.weight.numel() for name, m in base.named_modules() if isinstance(m, torch.nn.Linear) and "lora_" not in name
+    )
     d, layers = c.num_attention_heads * (c.hidden_size // c.num_attention_heads), c.num_hidden_layers
     full_attn = 3 * 2 * n * n * d * layers  # causal: half of QKᵀ + PV (2·2·N²·d), forward + backward = 3×
     s2_attn = full_attn / 4  # 4 groups of N/4 tokens (group ratio 1/4)
     linear = 4 * p * n
-    return {"matmul_params": p, "linear_flops": linear, "full_param_step_flops": 6 * p * n,
-            "attn_flops_full": full_attn, "attn_flops_s2": s2_attn,
-            "model_flops": linear + (s2_attn if attn == "s2" else full_attn)}
+    return {
+        "matmul_params": p,
+        "linear_flops": linear,
+        "full_param_step_flops": 6 * p * n,
+        "attn_flops_full": full_attn,
+        "attn_flops_s2": s2_attn,
+        "model_flops": linear + (s2_attn if attn == "s2" else full_attn),
+    }
 
 
 def lever_parts(lever: str) -> list[str]:
@@ -112,8 +131,11 @@ def lever_parts(lever: str) -> list[str]:
         raise ValueError(f"lever {lever!r} repeats a lever")
     if "base" in parts and len(parts) > 1:
         raise ValueError(f"{lever!r}: base is the defaults, it combines with nothing (drop base+)")
-    for group in (tuple(x for x in LEVERS if x.startswith("sdpa-")), ("full-attn", "s2-flash-attn"),
-                  ("offload", "offload-half", "offload-sync", "no-checkpointing")):
+    for group in (
+        tuple(x for x in LEVERS if x.startswith("sdpa-")),
+        ("full-attn", "s2-flash-attn"),
+        ("offload", "offload-half", "offload-sync", "no-checkpointing"),
+    ):
         clash = [p for p in parts if p in group]
         if len(clash) > 1:
             raise ValueError(f"{lever!r}: {' and '.join(clash)} exclude each other")
@@ -199,11 +221,18 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="random:7b")
     ap.add_argument("--lengths", default="32768,65536,131072", help="token counts for the `base` lever")
     ap.add_argument("--lever-lengths", default="65536", help="token counts for every other lever")
-    ap.add_argument("--levers", default="base,hf-loss,offload,offload@131072,sdpa-cudnn,sdpa-flash,full-attn,"
-                    "no-checkpointing@32768,compile", help=f"comma list of {', '.join(LEVERS)}, each optionally "
-                    "@N; levers joined by + are measured together (e.g. compile+offload@65536)")
-    ap.add_argument("--compile-mode", default="default", choices=("default", "max-autotune-no-cudagraphs"),
-                    help="inductor mode of the compile lever (as `llqa train --compile`)")
+    ap.add_argument(
+        "--levers",
+        default="base,hf-loss,offload,offload@131072,sdpa-cudnn,sdpa-flash,full-attn,no-checkpointing@32768,compile",
+        help=f"comma list of {', '.join(LEVERS)}, each optionally "
+        "@N; levers joined by + are measured together (e.g. compile+offload@65536)",
+    )
+    ap.add_argument(
+        "--compile-mode",
+        default="default",
+        choices=("default", "max-autotune-no-cudagraphs"),
+        help="inductor mode of the compile lever (as `llqa train --compile`)",
+    )
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps before each measurement")
     ap.add_argument("--steps", type=int, default=1, help="timed steps per measurement (step_s: their mean)")
     ap.add_argument("--loss-chunk", type=int, default=4096)
@@ -235,17 +264,35 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "d.txt").write_text("x")
         ctx = max(n for ns in plan.values() for n in ns)
-        cfg = TrainConfig(task="train", out=tmp, model=args.model, ctx=ctx, data=[str(Path(tmp) / "d.txt")],
-                          method="longlora", lr=0.0, warmup_steps=0, loss_chunk=args.loss_chunk, device=args.device)
+        cfg = TrainConfig(
+            task="train",
+            out=tmp,
+            model=args.model,
+            ctx=ctx,
+            data=[str(Path(tmp) / "d.txt")],
+            method="longlora",
+            lr=0.0,
+            warmup_steps=0,
+            loss_chunk=args.loss_chunk,
+            device=args.device,
+        )
         t0 = time.perf_counter()
         loaded, device, dtype = _load(cfg)
         model = _prepare_model(cfg, loaded.model, dtype)
         params, opt, sched = _optimizer(cfg, model)
         load_s = time.perf_counter() - t0
-        meta = {"model": args.model, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else
-                platform.processor() or "cpu", "torch": torch.__version__, "dtype": str(dtype),
-                "trainable_params": sum(p.numel() for p in params), "load_s": load_s, "ctx": ctx,
-                "peak_tflops": args.peak_tflops, "target": TARGET, "baseline_plain_stack_h100": BASELINE}
+        meta = {
+            "model": args.model,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+            "torch": torch.__version__,
+            "dtype": str(dtype),
+            "trainable_params": sum(p.numel() for p in params),
+            "load_s": load_s,
+            "ctx": ctx,
+            "peak_tflops": args.peak_tflops,
+            "target": TARGET,
+            "baseline_plain_stack_h100": BASELINE,
+        }
         for lever in levers:
             todo = [n for n in plan[lever] if f"{lever}@{n}" not in results]
             if not todo:
@@ -260,8 +307,9 @@ def main(argv=None) -> int:
             for n in todo:
                 row = {"lever": lever, "tokens": n}
                 try:
-                    row.update(measure(step_model, model, params, opt, sched, lcfg, device, dtype, n, args.warmup,
-                                       args.steps))
+                    row.update(
+                        measure(step_model, model, params, opt, sched, lcfg, device, dtype, n, args.warmup, args.steps)
+                    )
                     f = flops(model, n, "full" if "full-attn" in lever_parts(lever) else "s2")
                     row.update(f, mfu=f["model_flops"] / row["step_s"] / (args.peak_tflops * 1e12))
                 except torch.OutOfMemoryError:
@@ -284,8 +332,10 @@ def _line(r: dict) -> str:
     if "error" in r:
         return f"{r['lever']:>16} {r['tokens']:>7}: {r['error']}"
     peak = f"{r['peak_gib']:.1f} GiB" if r["peak_gib"] is not None else "-"
-    return (f"{r['lever']:>16} {r['tokens']:>7}: {r['step_s']:.2f} s  {r['tokens_per_s']:,.0f} tok/s  "
-            f"MFU {r['mfu']:.1%}  peak {peak}  loss {r['loss']:.3f}")
+    return (
+        f"{r['lever']:>16} {r['tokens']:>7}: {r['step_s']:.2f} s  {r['tokens_per_s']:,.0f} tok/s  "
+        f"MFU {r['mfu']:.1%}  peak {peak}  loss {r['loss']:.3f}"
+    )
 
 
 if __name__ == "__main__":

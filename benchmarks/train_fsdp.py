@@ -52,25 +52,45 @@ from llqa.io import atomic_write_json  # noqa: E402
 def write_text(path: Path, words_per_doc: int, docs: int) -> None:
     """Generated documents (packed by `llqa train`)."""
     rng = random.Random(0)
-    vocab = [''.join(rng.choice('abcdefghijklmnopqrstuvwxyz') for _ in range(rng.randint(2, 9))) for _ in range(5000)]
+    vocab = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9))) for _ in range(5000)]
     path.write_text("\n\n".join(" ".join(rng.choice(vocab) for _ in range(words_per_doc)) + "." for _ in range(docs)))
 
 
 def write_sft(path: Path, words: int, items: int) -> None:
     """Generated instruction/answer pairs (LongAlpaca's fields), instructions of about `words` words."""
     rng = random.Random(1)
-    vocab = [''.join(rng.choice('abcdefghijklmnopqrstuvwxyz') for _ in range(rng.randint(2, 9))) for _ in range(5000)]
+    vocab = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9))) for _ in range(5000)]
     with path.open("w") as f:
         for i in range(items):
             text = " ".join(rng.choice(vocab) for _ in range(words))
-            f.write(json.dumps({"instruction": f"{text}\n\nWhat is item {i} about?",
-                                "output": " ".join(rng.choice(vocab) for _ in range(40))}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "instruction": f"{text}\n\nWhat is item {i} about?",
+                        "output": " ".join(rng.choice(vocab) for _ in range(40)),
+                    }
+                )
+                + "\n"
+            )
 
 
 def launcher(kind: str, nproc: int) -> list[str]:
     if kind == "accelerate":  # --multi_gpu is accelerate's torchrun launch (on a CPU-only host it runs gloo)
-        return ["accelerate", "launch", "--multi_gpu", "--num_processes", str(nproc), "--num_machines", "1",
-                "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "cli"]
+        return [
+            "accelerate",
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(nproc),
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "cli",
+        ]
     return ["torchrun", "--standalone", "--nproc-per-node", str(nproc), "-m", "cli"]
 
 
@@ -91,26 +111,53 @@ def model_flops(shape: str, ctx: int, tokens: float, sequences: int, attn: str) 
     return bench.flops(model, round(n), attn)["model_flops"] * sequences
 
 
-def summarise(run: Path, shape: str, ctx: int, nproc: int, steps: int, batch: int, walls: list[float],
-              peak_tflops: float, task: str, attn: str) -> dict:
+def summarise(
+    run: Path,
+    shape: str,
+    ctx: int,
+    nproc: int,
+    steps: int,
+    batch: int,
+    walls: list[float],
+    peak_tflops: float,
+    task: str,
+    attn: str,
+) -> dict:
     from trainer.loop import read_log
 
     log = read_log(run)
     ckpts = sorted(p.name for p in (run / "checkpoints").glob("step-*"))
     final = (run / "adapter_model.safetensors").is_file()
-    resumed = ([r["step"] for r in log] == list(range(1, 2 * steps + 1)) and all(r["world_size"] == nproc for r in log)
-               and f"step-{2 * steps:06d}" in ckpts and final and all(math.isfinite(r["loss"]) for r in log))
+    resumed = (
+        [r["step"] for r in log] == list(range(1, 2 * steps + 1))
+        and all(r["world_size"] == nproc for r in log)
+        and f"step-{2 * steps:06d}" in ckpts
+        and final
+        and all(math.isfinite(r["loss"]) for r in log)
+    )
     timed = [r for r in log if r["step"] not in (1, steps + 1)] or log  # the first step of a launch warms up
     step_s = sum(r["step_s"] for r in timed) / len(timed)
     tokens = sum(r["tokens"] for r in timed) / len(timed)
     flops = model_flops(shape, ctx, tokens, batch, attn)
     per_rank = [r.get("peak_mem_gib_per_rank") or [] for r in log]
-    return {"model": f"random:{shape}", "ctx": ctx, "task": task, "nproc": nproc, "global_batch": batch,
-            "steps": len(log), "resume_ok": resumed, "checkpoints": ckpts, "wall_s_per_launch": walls,
-            "step_s": step_s, "tokens_per_step": tokens, "tokens_per_s": tokens / step_s,
-            "model_flops_per_step": flops, "mfu": flops / step_s / (nproc * peak_tflops * 1e12),
-            "peak_mem_gib_per_gpu": [max(v) for v in zip(*per_rank, strict=True)] if all(per_rank) else None,
-            "losses": [r["loss"] for r in log]}
+    return {
+        "model": f"random:{shape}",
+        "ctx": ctx,
+        "task": task,
+        "nproc": nproc,
+        "global_batch": batch,
+        "steps": len(log),
+        "resume_ok": resumed,
+        "checkpoints": ckpts,
+        "wall_s_per_launch": walls,
+        "step_s": step_s,
+        "tokens_per_step": tokens,
+        "tokens_per_s": tokens / step_s,
+        "model_flops_per_step": flops,
+        "mfu": flops / step_s / (nproc * peak_tflops * 1e12),
+        "peak_mem_gib_per_gpu": [max(v) for v in zip(*per_rank, strict=True)] if all(per_rank) else None,
+        "losses": [r["loss"] for r in log],
+    }
 
 
 def run_one(args, shape: str, ctx: int, out: Path) -> dict | None:
@@ -128,9 +175,30 @@ def run_one(args, shape: str, ctx: int, out: Path) -> dict | None:
             write_sft(data, words=ctx // 2, items=2 * args.batch_size * args.steps + 2)
         else:
             write_text(data, words_per_doc=2000, docs=max(8, ctx * args.batch_size * args.steps // 1000))
-    common = [args.task, "--model", f"random:{shape}", "--ctx", str(ctx), "--data", str(data), "--out", str(run),
-              "--batch-size", str(args.batch_size), "--save-every", str(args.steps), "--warmup-steps", "2",
-              "--method", args.method, "--parallel", "fsdp", "--device", args.device, *args.extra]
+    common = [
+        args.task,
+        "--model",
+        f"random:{shape}",
+        "--ctx",
+        str(ctx),
+        "--data",
+        str(data),
+        "--out",
+        str(run),
+        "--batch-size",
+        str(args.batch_size),
+        "--save-every",
+        str(args.steps),
+        "--warmup-steps",
+        "2",
+        "--method",
+        args.method,
+        "--parallel",
+        "fsdp",
+        "--device",
+        args.device,
+        *args.extra,
+    ]
     launches = {"train": (args.steps, []), "resume": (2 * args.steps, ["--resume"])}
     walls = json.loads(walls_file.read_text()) if walls_file.is_file() else {}
     for phase, (max_steps, resume) in launches.items():
@@ -145,8 +213,18 @@ def run_one(args, shape: str, ctx: int, out: Path) -> dict | None:
     if "resume" not in walls:
         return None
     attn = "s2" if args.method == "longlora" or "s2" in args.extra else "full"
-    return summarise(run, shape, ctx, args.nproc, args.steps, args.batch_size, [walls.get("train"), walls["resume"]],
-                     args.peak_tflops, args.task, attn)
+    return summarise(
+        run,
+        shape,
+        ctx,
+        args.nproc,
+        args.steps,
+        args.batch_size,
+        [walls.get("train"), walls["resume"]],
+        args.peak_tflops,
+        args.task,
+        attn,
+    )
 
 
 def main(argv=None) -> int:
@@ -160,9 +238,13 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=2, help="steps per launch (S): S, then --resume to 2S")
     ap.add_argument("--batch-size", type=int, default=0, help="global batch (default: 2 sequences per process)")
     ap.add_argument("--launcher", choices=("torchrun", "accelerate"), default="torchrun")
-    ap.add_argument("--phase", choices=("all", "train", "resume"), default="all",
-                    help="both launches, or only the first (train) or the second (resume, then the summary): to split "
-                         "a long run (70B) into two commands")
+    ap.add_argument(
+        "--phase",
+        choices=("all", "train", "resume"),
+        default="all",
+        help="both launches, or only the first (train) or the second (resume, then the summary): to split "
+        "a long run (70B) into two commands",
+    )
     ap.add_argument("--device", default="auto", help="llqa --device (cpu: gloo proof at tiny sizes)")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak per GPU (H100/H200 SXM: 989)")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="further llqa options, last")
@@ -178,11 +260,17 @@ def main(argv=None) -> int:
             print(f"launch 1 of {spec} done; run --phase resume for launch 2 and the summary")
             continue
         results = [x for x in results if (x["model"], x["ctx"]) != (r["model"], r["ctx"])] + [r]
-        print(f"{r['model']} ctx {r['ctx']} on {r['nproc']}: {r['tokens_per_s']:,.0f} tok/s, "
-              f"{r['step_s']:.2f} s/step, MFU {r['mfu']:.1%}, peak per GPU {r['peak_mem_gib_per_gpu']} GiB, "
-              f"launches {r['wall_s_per_launch']} s, resume {'ok' if r['resume_ok'] else 'FAILED'}")
-        summary = {"runs": results, "host": os.uname().nodename, "peak_tflops": args.peak_tflops,
-                   "command": " ".join(sys.argv)}
+        print(
+            f"{r['model']} ctx {r['ctx']} on {r['nproc']}: {r['tokens_per_s']:,.0f} tok/s, "
+            f"{r['step_s']:.2f} s/step, MFU {r['mfu']:.1%}, peak per GPU {r['peak_mem_gib_per_gpu']} GiB, "
+            f"launches {r['wall_s_per_launch']} s, resume {'ok' if r['resume_ok'] else 'FAILED'}"
+        )
+        summary = {
+            "runs": results,
+            "host": os.uname().nodename,
+            "peak_tflops": args.peak_tflops,
+            "command": " ".join(sys.argv),
+        }
         atomic_write_json(summary_file, summary)
     if args.phase == "train":
         return 0

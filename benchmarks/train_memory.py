@@ -69,8 +69,11 @@ def measure(model, optimizer, n: int, kind: str, args, device, autocast_dtype) -
             torch.cuda.reset_peak_memory_stats(device)
         sync(device)
         t0 = time.perf_counter()
-        amp = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype != torch.float32
-               else contextlib.nullcontext())
+        amp = (
+            torch.autocast(device.type, dtype=autocast_dtype)
+            if autocast_dtype != torch.float32
+            else contextlib.nullcontext()
+        )
         with amp:
             value = step_loss(model, ids, kind, args.loss_chunk)
         value.backward()
@@ -83,15 +86,24 @@ def measure(model, optimizer, n: int, kind: str, args, device, autocast_dtype) -
             raise RuntimeError(f"non-finite loss {value.item()}")
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     median = statistics.median(times)
-    return {"peak_gib": peak, "step_s": median, "step_s_all": times, "tokens_per_s": n / median,
-            "loss": float(value.detach())}
+    return {
+        "peak_gib": peak,
+        "step_s": median,
+        "step_s_all": times,
+        "tokens_per_s": n / median,
+        "loss": float(value.detach()),
+    }
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--model", default="random:smollm2-135m",
-                   help="any llqa --model (weights do not change memory; default: SmolLM2-135M shape, random)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
+    p.add_argument(
+        "--model",
+        default="random:smollm2-135m",
+        help="any llqa --model (weights do not change memory; default: SmolLM2-135M shape, random)",
+    )
     p.add_argument("--lengths", default="16384,32768,65536", help="comma-separated sequence lengths")
     p.add_argument("--losses", default=",".join(LOSSES), help=f"comma-separated, of {', '.join(LOSSES)}")
     p.add_argument("--method", default="lora+", help="trainable set: lora+ (default), lora or full")
@@ -113,23 +125,45 @@ def main(argv=None) -> int:
         sys.exit(f"bad --losses/--steps/--warmup; losses are {', '.join(LOSSES)}")
     ctx = max(lengths)
     with tempfile.TemporaryDirectory() as tmp:  # the config only describes the setup; nothing is written
-        cfg = TrainConfig(task="train", out=tmp, data=["-"], model=args.model, ctx=ctx, method=args.method,
-                          attn=args.attn, dtype=args.dtype, device=args.device, loss_chunk=args.loss_chunk,
-                          lr=0.0)  # AdamW runs (its state counts) but weights stay fixed: losses compare
+        cfg = TrainConfig(
+            task="train",
+            out=tmp,
+            data=["-"],
+            model=args.model,
+            ctx=ctx,
+            method=args.method,
+            attn=args.attn,
+            dtype=args.dtype,
+            device=args.device,
+            loss_chunk=args.loss_chunk,
+            lr=0.0,
+        )  # AdamW runs (its state counts) but weights stay fixed: losses compare
     loaded, device, compute = _load(cfg)
     model = _prepare_model(cfg, loaded.model, compute)
     params, optimizer, _ = _optimizer(cfg, model)
-    settings = {"model": args.model, "ctx": ctx, "method": args.method, "attn": args.attn,
-                "loss_chunk": args.loss_chunk, "steps": args.steps, "warmup": args.warmup, "batch": 1,
-                "gradient_checkpointing": True, "dtype": str(compute).removeprefix("torch."),
-                "trainable_parameters": sum(p.numel() for p in params),
-                "scored_tokens": "all N-1 next-token predictions of one sequence; loss = their mean NLL",
-                "step": "forward + loss + backward + AdamW step (lr 0), bf16 autocast, fp32 trainable weights",
-                "peak_memory": "torch.cuda.max_memory_allocated over the timed steps, GiB (CUDA only)"}
-    env = {"torch": torch.__version__, "transformers": __import__("transformers").__version__,
-           "peft": __import__("peft").__version__,
-           "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
-           "model_info": loaded.info.to_dict()}
+    settings = {
+        "model": args.model,
+        "ctx": ctx,
+        "method": args.method,
+        "attn": args.attn,
+        "loss_chunk": args.loss_chunk,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "batch": 1,
+        "gradient_checkpointing": True,
+        "dtype": str(compute).removeprefix("torch."),
+        "trainable_parameters": sum(p.numel() for p in params),
+        "scored_tokens": "all N-1 next-token predictions of one sequence; loss = their mean NLL",
+        "step": "forward + loss + backward + AdamW step (lr 0), bf16 autocast, fp32 trainable weights",
+        "peak_memory": "torch.cuda.max_memory_allocated over the timed steps, GiB (CUDA only)",
+    }
+    env = {
+        "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__,
+        "peft": __import__("peft").__version__,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "model_info": loaded.info.to_dict(),
+    }
     out_file = args.out / "train_memory.json"
     results = []
     if out_file.is_file():
@@ -150,8 +184,15 @@ def main(argv=None) -> int:
                 torch.cuda.empty_cache()
             results.append(row)
             print(format_row(row), flush=True)
-            atomic_write_json(out_file, {"settings": settings, "env": env, "results": results,
-                                         "target": f"chunked loss at 65536 tokens: peak <= {TARGET_GIB_64K} GiB"})
+            atomic_write_json(
+                out_file,
+                {
+                    "settings": settings,
+                    "env": env,
+                    "results": results,
+                    "target": f"chunked loss at 65536 tokens: peak <= {TARGET_GIB_64K} GiB",
+                },
+            )
     print(f"wrote {out_file}")
     return 0
 
@@ -160,8 +201,10 @@ def format_row(row: dict) -> str:
     if "error" in row:
         return f"{row['tokens']:>7} {row['loss_kind']:>8}  {row['error']}"
     peak = f"{row['peak_gib']:.2f} GiB" if row["peak_gib"] is not None else "n/a (CPU)"
-    return (f"{row['tokens']:>7} {row['loss_kind']:>8}  peak {peak:>11}  step {row['step_s']:.3f} s  "
-            f"{row['tokens_per_s']:,.0f} tok/s  loss {row['loss']:.4f}")
+    return (
+        f"{row['tokens']:>7} {row['loss_kind']:>8}  peak {peak:>11}  step {row['step_s']:.3f} s  "
+        f"{row['tokens_per_s']:,.0f} tok/s  loss {row['loss']:.4f}"
+    )
 
 
 if __name__ == "__main__":

@@ -87,11 +87,14 @@ def encode_text(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
 
 def prompt_frame(tokenizer: PreTrainedTokenizerBase, template: bool) -> PromptFrame:
     if template:
-        rendered = tokenizer.apply_chat_template([{"role": "user", "content": _SENTINEL}], tokenize=False,
-                                                 add_generation_prompt=True)
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "user", "content": _SENTINEL}], tokenize=False, add_generation_prompt=True
+        )
         if rendered.count(_SENTINEL) != 1:
-            raise LlqaError("the model's chat template does not reproduce the user message verbatim",
-                            "run with --chat-template none")
+            raise LlqaError(
+                "the model's chat template does not reproduce the user message verbatim",
+                "run with --chat-template none",
+            )
         head, tail = rendered.split(_SENTINEL)
         # the rendered text carries its own special tokens (BOS etc.): do not add them again
         return PromptFrame(tuple(encode_text(tokenizer, head)), tuple(encode_text(tokenizer, tail)), True)
@@ -112,7 +115,7 @@ def middle_truncate(ids: Sequence[int], keep: int) -> list[int]:
         return list(ids)
     front = math.ceil(keep / 2)
     back = keep - front
-    return [*ids[:front], *(ids[len(ids) - back:] if back else [])]
+    return [*ids[:front], *(ids[len(ids) - back :] if back else [])]
 
 
 def fit_to_context(ids: Sequence[int], ctx: int, policy: str) -> tuple[list[int] | None, bool]:
@@ -200,10 +203,17 @@ def _row_tokens(row: list[int], eos: Sequence[int], pad: int) -> list[int]:
     return row
 
 
-def generate_greedy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Sequence[int]],
-                    max_new_tokens: int, batch_tokens: int, stop_when: Callable[[str], bool] | None = None,
-                    max_batch: int | None = None, progress: bool = True,
-                    desc: str = "generating") -> Iterator[list[Generation]]:
+def generate_greedy(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    batch_tokens: int,
+    stop_when: Callable[[str], bool] | None = None,
+    max_batch: int | None = None,
+    progress: bool = True,
+    desc: str = "generating",
+) -> Iterator[list[Generation]]:
     """Greedy continuations of `prompts` (token id lists), yielded batch by batch so callers can save
     each finished batch (resume). Rows are left-padded; a row stops at EOS, at `max_new_tokens`, or
     once `stop_when(new_text)` is true."""
@@ -216,8 +226,9 @@ def generate_greedy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = _eos_ids(model, tokenizer)
-    config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad,
-                              eos_token_id=eos or None, use_cache=True)
+    config = GenerationConfig(
+        do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos or None, use_cache=True
+    )
     batches = plan_batches([len(p) for p in prompts], batch_tokens, max_batch)
     bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not progress, dynamic_ncols=True)
     try:
@@ -227,15 +238,20 @@ def generate_greedy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
             mask = torch.zeros((len(batch), width), dtype=torch.long)
             for row, i in enumerate(batch):
                 p = prompts[i]
-                ids[row, width - len(p):] = torch.tensor(p, dtype=torch.long)
-                mask[row, width - len(p):] = 1
+                ids[row, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+                mask[row, width - len(p) :] = 1
             criteria = StoppingCriteriaList([_stop_criteria(tokenizer, width, stop_when)] if stop_when else [])
             with torch.inference_mode():
-                out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                     generation_config=config, stopping_criteria=criteria)
-            results = [Generation(i, tokenizer.decode(tokens, skip_special_tokens=True), len(tokens))
-                       for i, tokens in zip(batch, (_row_tokens(r, eos, pad) for r in out[:, width:].tolist()),
-                                            strict=True)]
+                out = model.generate(
+                    input_ids=ids.to(device),
+                    attention_mask=mask.to(device),
+                    generation_config=config,
+                    stopping_criteria=criteria,
+                )
+            results = [
+                Generation(i, tokenizer.decode(tokens, skip_special_tokens=True), len(tokens))
+                for i, tokens in zip(batch, (_row_tokens(r, eos, pad) for r in out[:, width:].tolist()), strict=True)
+            ]
             bar.update(len(batch))
             yield results
     finally:

@@ -72,27 +72,33 @@ SEMANTICS = {
         "token F1 between the normalised answer and gold. accuracy = mean match over evaluated cases of "
         "each N; mean_f1 likewise; judge_accuracy only when --judge-cmd was given. mean_prompt_tokens: "
         "mean full prompt length (template included, before any truncation) over all cases of N; "
-        "skipped cases (longer than the context) are counted, not scored."),
+        "skipped cases (longer than the context) are counted, not scored."
+    ),
     "lines": (
         "LongChat line retrieval. One greedy answer per test case (chat template when applied). "
         "correct: the last integer in the generated text equals expected_number (LongChat's rule). "
         "accuracy = correct / evaluated cases of each N. mean_prompt_tokens: mean full prompt length "
         "(template included, before any truncation) over all cases of N; skipped cases (longer than "
-        "the context) are counted, not scored."),
+        "the context) are counted, not scored."
+    ),
 }
 
 TOPICS_HEADER = (
     "Below is a record of our previous conversation on {n} different topics. You are the ASSISTANT, and "
     "I am the USER. At the beginning of each topic, the USER will say 'I would like to discuss the topic "
     "of <TOPIC>'. Memorize each <TOPIC>. At the end of the record, I will ask you to retrieve the first "
-    "topic. Now the record start. ")
-TOPICS_QUESTION = (" Now the record ends. What is the first topic we discussed? Only give me the topic name. "
-                   "Do not summarize yourself.")
+    "topic. Now the record start. "
+)
+TOPICS_QUESTION = (
+    " Now the record ends. What is the first topic we discussed? Only give me the topic name. "
+    "Do not summarize yourself."
+)
 LINES_HEADER = (
     "Below is a record of lines I want you to remember. Each line begins with 'line <line index>' and "
     "contains a '<REGISTER_CONTENT>' at the end of the line as a numerical value. For each line index, "
     "memorize its corresponding <REGISTER_CONTENT>. At the end of the record, I will ask you to retrieve "
-    "the corresponding <REGISTER_CONTENT> of a certain line index. Now the record start:\n\n")
+    "the corresponding <REGISTER_CONTENT> of a certain line index. Now the record start:\n\n"
+)
 LINE = "line {name}: REGISTER_CONTENT is <{number}>\n"
 LINES_QUESTION = "\nNow the record is over. Tell me what is the <REGISTER_CONTENT> in line {name}? I need the number. "
 LINE_NUMBER_RANGE = (1, 50_000)
@@ -127,7 +133,7 @@ def topic_match(answer: str, gold: str) -> bool:
     a, g = normalize_answer(answer), normalize_answer(gold)
     if not g:
         return False
-    return any(a[i:i + len(g)] == g for i in range(len(a) - len(g) + 1))
+    return any(a[i : i + len(g)] == g for i in range(len(a) - len(g) + 1))
 
 
 def token_f1(answer: str, gold: str) -> float:
@@ -168,14 +174,17 @@ def load_testcases(path: str | Path, task: str) -> list[dict]:
         try:
             case = json.loads(line)
         except json.JSONDecodeError as e:
-            raise LlqaError(f"{path}:{n} is not valid JSON ({e.msg})",
-                            "fix or delete that line (one JSON object per line)") from None
+            raise LlqaError(
+                f"{path}:{n} is not valid JSON ({e.msg})", "fix or delete that line (one JSON object per line)"
+            ) from None
         if not isinstance(case, dict):
             raise LlqaError(f"{path}:{n} is not a JSON object", "one JSON object per line")
         missing = [f for f in REQUIRED_FIELDS[task] if f not in case]
         if missing:
-            raise LlqaError(f"{path}:{n} lacks field(s) {', '.join(missing)} of a LongChat {task} test case",
-                            f"each line needs {', '.join(REQUIRED_FIELDS[task])}")
+            raise LlqaError(
+                f"{path}:{n} lacks field(s) {', '.join(missing)} of a LongChat {task} test case",
+                f"each line needs {', '.join(REQUIRED_FIELDS[task])}",
+            )
         _check_case(case, task, f"{path}:{n}")
         case.setdefault("test_id", len(cases))
         cases.append(case)
@@ -237,15 +246,17 @@ def download(relative: str, target: Path) -> Path:
         return target
     url = f"{_base_url()}/{relative}"
     if not _reachable(url):
-        raise LlqaError(f"LongChat's {relative} is not cached and {urlparse(url).hostname} cannot be reached",
-                        "pass --testcases DIR (LongChat's longeval/evaluation files), or --generate to write "
-                        "test cases offline")
+        raise LlqaError(
+            f"LongChat's {relative} is not cached and {urlparse(url).hostname} cannot be reached",
+            "pass --testcases DIR (LongChat's longeval/evaluation files), or --generate to write test cases offline",
+        )
     try:
         with urllib.request.urlopen(url, timeout=60) as r:
             data = r.read()
     except (urllib.error.URLError, OSError) as e:
-        raise LlqaError(f"could not download {url} ({e})",
-                        "pass --testcases DIR, or --generate for sizes LongChat did not publish") from None
+        raise LlqaError(
+            f"could not download {url} ({e})", "pass --testcases DIR, or --generate for sizes LongChat did not publish"
+        ) from None
     atomic_write_text(target, data.decode("utf-8"))
     return target
 
@@ -279,8 +290,10 @@ def read_conversations(path: str | Path) -> list[tuple[str, str]]:
         elif isinstance(rec, dict) and isinstance(rec.get("title"), str) and isinstance(rec.get("text"), str):
             out.append((rec["title"], document_conversation(rec["title"], rec["text"])))
         else:
-            raise LlqaError(f"{path}:{n} has neither `topic`+`conversation` nor `title`+`text`",
-                            "use LongChat's conversations.jsonl format")
+            raise LlqaError(
+                f"{path}:{n} has neither `topic`+`conversation` nor `title`+`text`",
+                "use LongChat's conversations.jsonl format",
+            )
     if not out:
         raise LlqaError(f"{path} holds no conversation", "pass a jsonl file of {topic, conversation}")
     return out
@@ -288,8 +301,10 @@ def read_conversations(path: str | Path) -> list[tuple[str, str]]:
 
 def document_conversation(title: str, text: str) -> str:
     """A document as one conversation on its title, in the shape of LongChat's conversations."""
-    return (f"USER: I would like to discuss the topic of {title}. \n ASSISTANT: {text.strip()} \n "
-            f"USER: Great, this is the end of our discussion on the topic {title}, let's talk about the next topic.")
+    return (
+        f"USER: I would like to discuss the topic of {title}. \n ASSISTANT: {text.strip()} \n "
+        f"USER: Great, this is the end of our discussion on the topic {title}, let's talk about the next topic."
+    )
 
 
 def topics_prompt(conversations: Sequence[str]) -> str:
@@ -299,14 +314,22 @@ def topics_prompt(conversations: Sequence[str]) -> str:
 def generate_topics_cases(conversations: Sequence[tuple[str, str]], n: int, cases: int, seed: int) -> list[dict]:
     """`cases` test cases of `n` distinct conversations each, drawn without replacement (seeded)."""
     if not 1 <= n <= len(conversations):
-        raise LlqaError(f"cannot build {n}-topic test cases from {len(conversations)} conversations",
-                        f"use sizes between 1 and {len(conversations)}, or a larger --conversations file")
+        raise LlqaError(
+            f"cannot build {n}-topic test cases from {len(conversations)} conversations",
+            f"use sizes between 1 and {len(conversations)}, or a larger --conversations file",
+        )
     rng = random.Random(f"topics:{seed}:{n}")
     out = []
     for i in range(cases):
         chosen = rng.sample(range(len(conversations)), n)
-        out.append({"test_id": i, "prompt": topics_prompt([conversations[j][1] for j in chosen]),
-                    "topics": [conversations[j][0] for j in chosen], "prompt_length": -1})
+        out.append(
+            {
+                "test_id": i,
+                "prompt": topics_prompt([conversations[j][1] for j in chosen]),
+                "topics": [conversations[j][0] for j in chosen],
+                "prompt_length": -1,
+            }
+        )
     return out
 
 
@@ -331,8 +354,18 @@ def generate_lines_cases(n: int, cases: int, seed: int, tokenizer: PreTrainedTok
         lines = [LINE.format(name=a, number=b) for a, b in zip(names, numbers, strict=True)]
         prompt = LINES_HEADER + "".join(lines) + LINES_QUESTION.format(name=names[pick])
         size = len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) if tokenizer is not None else -1
-        out.append({"test_id": i, "random_idx": [names[pick], pick], "expected_number": numbers[pick], "num_lines": n,
-                    "token_size": size, "correct_line": lines[pick], "prompt": prompt, "prompt_length": -1})
+        out.append(
+            {
+                "test_id": i,
+                "random_idx": [names[pick], pick],
+                "expected_number": numbers[pick],
+                "num_lines": n,
+                "token_size": size,
+                "correct_line": lines[pick],
+                "prompt": prompt,
+                "prompt_length": -1,
+            }
+        )
     return out
 
 
@@ -348,8 +381,9 @@ def run_judge(cmd: str, payload: dict, timeout: float = 300) -> bool:
     answer) and prints a verdict: JSON {"correct": true|false}, or a first word yes/no, true/false,
     correct/incorrect, 1/0."""
     try:
-        proc = subprocess.run(shlex.split(cmd), input=json.dumps(payload), capture_output=True, text=True,
-                              timeout=timeout)
+        proc = subprocess.run(
+            shlex.split(cmd), input=json.dumps(payload), capture_output=True, text=True, timeout=timeout
+        )
     except (OSError, subprocess.TimeoutExpired) as e:
         raise LlqaError(f"--judge-cmd {cmd!r} could not run ({e})", "check the command") from None
     if proc.returncode != 0:
@@ -367,11 +401,20 @@ def parse_verdict(text: str, cmd: str = "judge") -> bool:
     except json.JSONDecodeError:
         pass
     word = (text.split() or [""])[0].strip(string.punctuation).lower()
-    verdicts = {"yes": True, "true": True, "correct": True, "1": True,
-                "no": False, "false": False, "incorrect": False, "0": False}
+    verdicts = {
+        "yes": True,
+        "true": True,
+        "correct": True,
+        "1": True,
+        "no": False,
+        "false": False,
+        "incorrect": False,
+        "0": False,
+    }
     if word not in verdicts:
-        raise LlqaError(f"--judge-cmd {cmd!r} printed no verdict ({text[:60]!r})",
-                        'print {"correct": true|false} or yes/no')
+        raise LlqaError(
+            f"--judge-cmd {cmd!r} printed no verdict ({text[:60]!r})", 'print {"correct": true|false} or yes/no'
+        )
     return verdicts[word]
 
 
@@ -419,14 +462,17 @@ class LongEvalConfig:
         return asdict(self)
 
 
-def prepare_testcases(cfg: LongEvalConfig, out_dir: str | Path,
-                      tokenizer: PreTrainedTokenizerBase | None = None) -> dict[int, Path]:
+def prepare_testcases(
+    cfg: LongEvalConfig, out_dir: str | Path, tokenizer: PreTrainedTokenizerBase | None = None
+) -> dict[int, Path]:
     """The test-case file of every N to evaluate: from --testcases, generated into <out>/testcases
     (with --generate, for the Ns the folder lacks), or downloaded from LongChat's repository."""
     found = find_testcase_files(cfg.testcases, cfg.task) if cfg.testcases else {}
     if cfg.testcases and not found and not cfg.generate:
-        raise LlqaError(f"--testcases {cfg.testcases} holds no N_{cfg.task}.jsonl file",
-                        f"point it at LongChat's {cfg.task}/testcases folder, or add --generate --sizes ...")
+        raise LlqaError(
+            f"--testcases {cfg.testcases} holds no N_{cfg.task}.jsonl file",
+            f"point it at LongChat's {cfg.task}/testcases folder, or add --generate --sizes ...",
+        )
     if cfg.generate:
         if not cfg.sizes:
             raise LlqaError("--generate needs --sizes (the Ns to write)", "e.g. --generate --sizes 15,20,25")
@@ -450,8 +496,10 @@ def prepare_testcases(cfg: LongEvalConfig, out_dir: str | Path,
         if cfg.sizes:
             absent = [n for n in cfg.sizes if n not in found]
             if absent:
-                raise LlqaError(f"--testcases {cfg.testcases} has no {cfg.task} file for N = {absent} "
-                                f"(it has {sorted(found)})", "drop those sizes, or add --generate to write them")
+                raise LlqaError(
+                    f"--testcases {cfg.testcases} has no {cfg.task} file for N = {absent} (it has {sorted(found)})",
+                    "drop those sizes, or add --generate to write them",
+                )
             return {n: found[n] for n in cfg.sizes}
         return dict(sorted(found.items()))
     return downloaded_testcases(cfg.task, cfg.sizes or PUBLISHED_SIZES[cfg.task])
@@ -473,10 +521,15 @@ def summarize(records: Sequence[dict], task: str) -> list[dict]:
     rows = []
     for n, recs in sorted(by_n.items()):
         done = [r for r in recs if not r.get("skipped")]
-        row = {"n": n, "cases": len(recs), "evaluated": len(done), "skipped": len(recs) - len(done),
-               "truncated": sum(bool(r.get("truncated")) for r in done),
-               "mean_prompt_tokens": round(sum(r["prompt_tokens"] for r in recs) / len(recs), 1),
-               "accuracy": (sum(r["correct"] for r in done) / len(done)) if done else None}
+        row = {
+            "n": n,
+            "cases": len(recs),
+            "evaluated": len(done),
+            "skipped": len(recs) - len(done),
+            "truncated": sum(bool(r.get("truncated")) for r in done),
+            "mean_prompt_tokens": round(sum(r["prompt_tokens"] for r in recs) / len(recs), 1),
+            "accuracy": (sum(r["correct"] for r in done) / len(done)) if done else None,
+        }
         if task == "topics":
             row["mean_f1"] = (sum(r["f1"] for r in done) / len(done)) if done else None
             judged = [r for r in done if r.get("judge") is not None]
@@ -492,14 +545,28 @@ def _score(task: str, case: dict, output: str, judge_cmd: str | None) -> dict[st
     gold = case["topics"][0]
     rec = {"gold": gold, "correct": topic_match(output, gold), "f1": round(token_f1(output, gold), 4)}
     if judge_cmd:
-        rec["judge"] = run_judge(judge_cmd, {"task": "topics", "test_id": case.get("test_id"),
-                                             "question": "What is the first topic we discussed?",
-                                             "gold": gold, "answer": output})
+        rec["judge"] = run_judge(
+            judge_cmd,
+            {
+                "task": "topics",
+                "test_id": case.get("test_id"),
+                "question": "What is the first topic we discussed?",
+                "gold": gold,
+                "answer": output,
+            },
+        )
     return rec
 
 
-def run_longeval(loaded: LoadedModel, cfg: LongEvalConfig, out_dir: str | Path, overwrite: bool = False,
-                 progress: bool = True, ctx: int | None = None, poll_s: float = 2.0) -> list[dict] | None:
+def run_longeval(
+    loaded: LoadedModel,
+    cfg: LongEvalConfig,
+    out_dir: str | Path,
+    overwrite: bool = False,
+    progress: bool = True,
+    ctx: int | None = None,
+    poll_s: float = 2.0,
+) -> list[dict] | None:
     """Run (or resume) topics or lines; writes cells.jsonl, result.json/csv and an accuracy plot in out_dir.
     `ctx`: prompts above it are over-long (--overlong); None: the model's context.
 
@@ -514,8 +581,13 @@ def run_longeval(loaded: LoadedModel, cfg: LongEvalConfig, out_dir: str | Path, 
     template = use_chat_template(tok, cfg.chat_template)
     frame = prompt_frame(tok, template)
     batch_tokens = cfg.batch_tokens or default_batch_tokens(next(model.parameters()).device)
-    run_config = {**{k: v for k, v in cfg.to_dict().items() if k != "batch_tokens"}, "model": info.spec, "ctx": ctx,
-                  "chat_template_applied": template, "files": {str(n): str(p) for n, p in files.items()}}
+    run_config = {
+        **{k: v for k, v in cfg.to_dict().items() if k != "batch_tokens"},
+        "model": info.spec,
+        "ctx": ctx,
+        "chat_template_applied": template,
+        "files": {str(n): str(p) for n, p in files.items()},
+    }
     store = RankedStore(out_dir, cfg.task, run_config, overwrite=overwrite)
 
     grid = [(n, case) for n, path in files.items() for case in load_testcases(path, cfg.task)[: cfg.limit]]
@@ -532,8 +604,9 @@ def run_longeval(loaded: LoadedModel, cfg: LongEvalConfig, out_dir: str | Path, 
             continue
         pending.append((key, {**meta, "truncated": truncated}, case, ids))
 
-    for batch in generate_greedy(model, tok, [p[3] for p in pending], cfg.max_new_tokens, batch_tokens,
-                                 progress=progress, desc=cfg.task):
+    for batch in generate_greedy(
+        model, tok, [p[3] for p in pending], cfg.max_new_tokens, batch_tokens, progress=progress, desc=cfg.task
+    ):
         for g in batch:
             key, meta, case, _ = pending[g.index]
             verdict = _score(cfg.task, case, g.text, cfg.judge_cmd)
@@ -551,13 +624,20 @@ def run_longeval(loaded: LoadedModel, cfg: LongEvalConfig, out_dir: str | Path, 
     series = {f"{cfg.task} accuracy": (xs, [r["accuracy"] for r in done_rows])}
     if cfg.task == "topics":
         series["topics mean F1"] = (xs, [r["mean_f1"] for r in done_rows])
-    accuracy_vs_length(out / f"{cfg.task}_accuracy.png", series,
-                       f"LongChat {cfg.task}: {info.spec} @ ctx {ctx}, "
-                       f"{'chat template' if template else 'no template'}",
-                       xlabel="mean prompt length (tokens)",
-                       ylabel="accuracy / mean F1" if cfg.task == "topics" else "accuracy",
-                       annotations={f"{cfg.task} accuracy": [f"{r['n']} {cfg.task}" for r in done_rows]})
-    store.main.finalize(semantics=SEMANTICS[cfg.task], summary={"by_n": rows}, rows=rows, model=info.to_dict(),
-                   data={"files": {str(n): str(p) for n, p in files.items()}},
-                   extra={"plots": [f"{cfg.task}_accuracy.png"], "batch_tokens": batch_tokens})
+    accuracy_vs_length(
+        out / f"{cfg.task}_accuracy.png",
+        series,
+        f"LongChat {cfg.task}: {info.spec} @ ctx {ctx}, {'chat template' if template else 'no template'}",
+        xlabel="mean prompt length (tokens)",
+        ylabel="accuracy / mean F1" if cfg.task == "topics" else "accuracy",
+        annotations={f"{cfg.task} accuracy": [f"{r['n']} {cfg.task}" for r in done_rows]},
+    )
+    store.main.finalize(
+        semantics=SEMANTICS[cfg.task],
+        summary={"by_n": rows},
+        rows=rows,
+        model=info.to_dict(),
+        data={"files": {str(n): str(p) for n, p in files.items()}},
+        extra={"plots": [f"{cfg.task}_accuracy.png"], "batch_tokens": batch_tokens},
+    )
     return rows

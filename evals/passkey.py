@@ -50,8 +50,10 @@ if TYPE_CHECKING:
 
     from llqa.models import LoadedModel
 
-TASK = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
-        "I will quiz you about the important information there.")
+TASK = (
+    "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
+    "I will quiz you about the important information there."
+)
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 KEY_LINE = "The pass key is {key}. Remember it. {key} is the pass key."
 QUESTION = "What is the pass key? The pass key is"
@@ -118,8 +120,9 @@ class PasskeyConfig:
     def __post_init__(self):
         if self.lengths is not None:
             if not self.lengths or any(n <= 0 for n in self.lengths):
-                raise LlqaError(f"--lengths must be positive token counts, got {self.lengths}",
-                                "e.g. --lengths 1024,2048,4096")
+                raise LlqaError(
+                    f"--lengths must be positive token counts, got {self.lengths}", "e.g. --lengths 1024,2048,4096"
+                )
             self.lengths = sorted(set(int(n) for n in self.lengths))
         if not self.depths or any(not 0.0 <= d <= 1.0 for d in self.depths):
             raise LlqaError(f"--depths must lie in [0, 1], got {self.depths}", "e.g. --depths 0,0.25,0.5,0.75,1")
@@ -148,8 +151,9 @@ def read_haystack(source: str | Path, max_chars: int | None = None) -> str:
 
     path = Path(source).expanduser()
     if not path.exists():
-        raise LlqaError(f"--haystack {source}: no such file or folder",
-                        "pass `filler` or a folder of .txt files (e.g. essays)")
+        raise LlqaError(
+            f"--haystack {source}: no such file or folder", "pass `filler` or a folder of .txt files (e.g. essays)"
+        )
     parts, total = [], 0
     for doc in load_texts(path):
         parts.append(doc.text.strip())
@@ -208,8 +212,10 @@ class PasskeyBuilder:
         key_ids = self.key_ids(key)
         n = length - len(self.head) - len(key_ids) - len(self.tail)
         if n < 0:
-            raise LlqaError(f"passkey length {length} is shorter than the prompt without filler "
-                            f"({length - n} tokens)", f"use lengths of at least {length - n} tokens")
+            raise LlqaError(
+                f"passkey length {length} is shorter than the prompt without filler ({length - n} tokens)",
+                f"use lengths of at least {length - n} tokens",
+            )
         if n > len(self.filler):
             raise ValueError(f"filler stream too short: {len(self.filler)} < {n}")
         before = round(depth * n)
@@ -269,14 +275,35 @@ def summarize(records: Iterable[dict], threshold: float) -> dict[str, Any]:
         "truncated": truncated,
         "threshold": threshold,
         "effective_context_window": effective_context_window(acc, threshold) if acc else None,
-        "by_length": [{"length": n, "trials": len(by_len[n]), "correct": sum(by_len[n]), "accuracy": acc[n],
-                       "near_misses": near[n], "accuracy_one_edit": (sum(by_len[n]) + near[n]) / len(by_len[n]),
-                       "skipped": skipped.get(n, 0)} for n in acc]
-        + [{"length": n, "trials": 0, "correct": 0, "accuracy": None, "near_misses": 0, "accuracy_one_edit": None,
-            "skipped": k}
-           for n, k in sorted(skipped.items()) if n not in acc],
-        "by_length_depth": [{"length": n, "depth": d, "trials": len(v), "correct": sum(v),
-                             "accuracy": sum(v) / len(v)} for (n, d), v in sorted(by_cell.items())],
+        "by_length": [
+            {
+                "length": n,
+                "trials": len(by_len[n]),
+                "correct": sum(by_len[n]),
+                "accuracy": acc[n],
+                "near_misses": near[n],
+                "accuracy_one_edit": (sum(by_len[n]) + near[n]) / len(by_len[n]),
+                "skipped": skipped.get(n, 0),
+            }
+            for n in acc
+        ]
+        + [
+            {
+                "length": n,
+                "trials": 0,
+                "correct": 0,
+                "accuracy": None,
+                "near_misses": 0,
+                "accuracy_one_edit": None,
+                "skipped": k,
+            }
+            for n, k in sorted(skipped.items())
+            if n not in acc
+        ],
+        "by_length_depth": [
+            {"length": n, "depth": d, "trials": len(v), "correct": sum(v), "accuracy": sum(v) / len(v)}
+            for (n, d), v in sorted(by_cell.items())
+        ],
     }
 
 
@@ -288,18 +315,29 @@ def _plots(out: Path, summary: dict, lengths: list[int], depths: list[float], ti
     accuracy_heatmap(out / "passkey_heatmap.png", lengths, depths, grid, title)
     rows = [r for r in summary["by_length"] if r["accuracy"] is not None]
     ecw = summary["effective_context_window"]
-    accuracy_vs_length(out / "passkey_accuracy.png",
-                       {"passkey accuracy": ([r["length"] for r in rows], [r["accuracy"] for r in rows])},
-                       title, threshold=summary["threshold"], marker=ecw,
-                       marker_label=f"effective context window {ecw}")
+    accuracy_vs_length(
+        out / "passkey_accuracy.png",
+        {"passkey accuracy": ([r["length"] for r in rows], [r["accuracy"] for r in rows])},
+        title,
+        threshold=summary["threshold"],
+        marker=ecw,
+        marker_label=f"effective context window {ecw}",
+    )
     return ["passkey_heatmap.png", "passkey_accuracy.png"]
 
 
 # --------------------------------------------------------------------------- run
 
 
-def run_passkey(loaded: LoadedModel, cfg: PasskeyConfig, out_dir: str | Path, overwrite: bool = False,
-                progress: bool = True, ctx: int | None = None, poll_s: float = 2.0) -> dict[str, Any] | None:
+def run_passkey(
+    loaded: LoadedModel,
+    cfg: PasskeyConfig,
+    out_dir: str | Path,
+    overwrite: bool = False,
+    progress: bool = True,
+    ctx: int | None = None,
+    poll_s: float = 2.0,
+) -> dict[str, Any] | None:
     """Run (or resume) the passkey grid; writes cells.jsonl, result.json/csv and the two PNGs in out_dir.
 
     `ctx`: the context of the eval (--ctx; default lengths reach it, longer prompts are over-long);
@@ -320,13 +358,21 @@ def run_passkey(loaded: LoadedModel, cfg: PasskeyConfig, out_dir: str | Path, ov
         lengths = [n for n in lengths if n >= probe.min_length()]
     too_short = [n for n in lengths if n < probe.min_length()]
     if too_short or not lengths:
-        raise LlqaError(f"passkey lengths {too_short or lengths} are shorter than the prompt without filler "
-                        f"({probe.min_length()} tokens)", f"use lengths of at least {probe.min_length()} tokens")
+        raise LlqaError(
+            f"passkey lengths {too_short or lengths} are shorter than the prompt without filler "
+            f"({probe.min_length()} tokens)",
+            f"use lengths of at least {probe.min_length()} tokens",
+        )
     batch_tokens = cfg.batch_tokens or default_batch_tokens(next(model.parameters()).device)
     builder = PasskeyBuilder(tok, frame, haystack_stream(tok, cfg.haystack, max(lengths)))
     resolved = {**cfg.to_dict(), "lengths": lengths, "batch_tokens": batch_tokens}
-    run_config = {**{k: v for k, v in resolved.items() if k != "batch_tokens"}, "model": info.spec,
-                  "ctx": ctx, "chat_template_applied": template, "length_tolerance_tokens": LENGTH_TOLERANCE}
+    run_config = {
+        **{k: v for k, v in resolved.items() if k != "batch_tokens"},
+        "model": info.spec,
+        "ctx": ctx,
+        "chat_template_applied": template,
+        "length_tolerance_tokens": LENGTH_TOLERANCE,
+    }
     store = RankedStore(out_dir, "passkey", run_config, overwrite=overwrite)
 
     grid = [(length, depth, trial) for length in lengths for depth in cfg.depths for trial in range(cfg.trials)]
@@ -336,21 +382,43 @@ def run_passkey(loaded: LoadedModel, cfg: PasskeyConfig, out_dir: str | Path, ov
         if key in store.done:
             continue
         p = builder.build(length, depth, trial_key(cfg.seed, length, depth, trial))
-        meta = {"length": length, "depth": depth, "trial": trial, "key_value": p.key,
-                "tokens": len(p.ids), "key_start": p.key_start}
+        meta = {
+            "length": length,
+            "depth": depth,
+            "trial": trial,
+            "key_value": p.key,
+            "tokens": len(p.ids),
+            "key_start": p.key_start,
+        }
         ids, truncated = fit_to_context(p.ids, ctx, cfg.overlong)
         if ids is None:
             store.add(key, {**meta, "skipped": True})
             continue
         pending.append((key, {**meta, "truncated": truncated}, ids))
 
-    for batch in generate_greedy(model, tok, [ids for _, _, ids in pending], cfg.max_new_tokens, batch_tokens,
-                                 stop_when=integer_complete, progress=progress, desc="passkey"):
+    for batch in generate_greedy(
+        model,
+        tok,
+        [ids for _, _, ids in pending],
+        cfg.max_new_tokens,
+        batch_tokens,
+        stop_when=integer_complete,
+        progress=progress,
+        desc="passkey",
+    ):
         for g in batch:
             key, meta, _ = pending[g.index]
             predicted = first_integer(g.text)
-            store.add(key, {**meta, "output": g.text, "predicted": predicted,
-                            "correct": predicted == meta["key_value"], "skipped": False})
+            store.add(
+                key,
+                {
+                    **meta,
+                    "output": g.text,
+                    "predicted": predicted,
+                    "correct": predicted == meta["key_value"],
+                    "skipped": False,
+                },
+            )
 
     if not store.is_main:
         return None
@@ -359,17 +427,32 @@ def run_passkey(loaded: LoadedModel, cfg: PasskeyConfig, out_dir: str | Path, ov
     records = [merged[k] for k in keys]
     summary = summarize(records, cfg.threshold)
     out = Path(out_dir)
-    title = (f"passkey: {info.spec} @ ctx {ctx} (rope x{info.rope_factor:g}), "
-             f"{'chat template' if template else 'no template'}, {cfg.trials} trials/cell")
+    title = (
+        f"passkey: {info.spec} @ ctx {ctx} (rope x{info.rope_factor:g}), "
+        f"{'chat template' if template else 'no template'}, {cfg.trials} trials/cell"
+    )
     pngs = _plots(out, summary, lengths, cfg.depths, title)
     per_length = ("trials", "correct", "accuracy", "near_misses", "accuracy_one_edit", "skipped")
-    rows = ([{"length": r["length"], "depth": "all", **{k: r[k] for k in per_length}} for r in summary["by_length"]]
-            + [{"length": r["length"], "depth": r["depth"], "trials": r["trials"], "correct": r["correct"],
-                "accuracy": r["accuracy"], "near_misses": "", "accuracy_one_edit": "", "skipped": ""}
-               for r in summary["by_length_depth"]])
+    rows = [{"length": r["length"], "depth": "all", **{k: r[k] for k in per_length}} for r in summary["by_length"]] + [
+        {
+            "length": r["length"],
+            "depth": r["depth"],
+            "trials": r["trials"],
+            "correct": r["correct"],
+            "accuracy": r["accuracy"],
+            "near_misses": "",
+            "accuracy_one_edit": "",
+            "skipped": "",
+        }
+        for r in summary["by_length_depth"]
+    ]
     semantics = SEMANTICS + (SEMANTICS_TRUNCATED if cfg.overlong == "middle" else "")
-    store.main.finalize(semantics=semantics, summary=summary, rows=rows, model=info.to_dict(),
-                   data={"haystack": cfg.haystack, "task": TASK, "filler": FILLER, "key_line": KEY_LINE,
-                         "question": QUESTION},
-                   extra={"plots": pngs, "batch_tokens": batch_tokens})
+    store.main.finalize(
+        semantics=semantics,
+        summary=summary,
+        rows=rows,
+        model=info.to_dict(),
+        data={"haystack": cfg.haystack, "task": TASK, "filler": FILLER, "key_line": KEY_LINE, "question": QUESTION},
+        extra={"plots": pngs, "batch_tokens": batch_tokens},
+    )
     return summary

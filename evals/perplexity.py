@@ -86,19 +86,29 @@ class PerplexityConfig:
             if length < 2:
                 raise LlqaError(f"window length {length} is too short", "use at least 2 tokens per window")
             if self.scoring == "sliding" and length <= self.stride:
-                raise LlqaError(f"window length {length} is not longer than the stride {self.stride}: tokens "
-                                "would be skipped or scored without context", f"use --stride {length - 1} or less")
+                raise LlqaError(
+                    f"window length {length} is not longer than the stride {self.stride}: tokens "
+                    "would be skipped or scored without context",
+                    f"use --stride {length - 1} or less",
+                )
             if self.scoring == "all-tokens" and length < self.stride:
-                raise LlqaError(f"window length {length} is smaller than the stride {self.stride}: tokens "
-                                "between windows would never be scored", f"use --stride {length} or less")
+                raise LlqaError(
+                    f"window length {length} is smaller than the stride {self.stride}: tokens "
+                    "between windows would never be scored",
+                    f"use --stride {length} or less",
+                )
         if self.max_tokens is not None and self.max_tokens < 2:
             raise LlqaError(f"--max-tokens must be at least 2, got {self.max_tokens}", "e.g. --max-tokens 32768")
         if not self.pi and self.ctx is not None:
-            raise LlqaError("--no-pi and --ctx contradict each other: --ctx sets Position Interpolation",
-                            "drop --ctx to score at the model's own RoPE, or drop --no-pi")
+            raise LlqaError(
+                "--no-pi and --ctx contradict each other: --ctx sets Position Interpolation",
+                "drop --ctx to score at the model's own RoPE, or drop --no-pi",
+            )
         if self.ctx is not None and self.ctx < max(self.lengths):
-            raise LlqaError(f"--ctx {self.ctx} is shorter than the longest window {max(self.lengths)}",
-                            f"use --ctx {max(self.lengths)} or more")
+            raise LlqaError(
+                f"--ctx {self.ctx} is shorter than the longest window {max(self.lengths)}",
+                f"use --ctx {max(self.lengths)} or more",
+            )
         self.lengths = sorted(set(self.lengths))
 
     @property
@@ -143,8 +153,10 @@ def uses_bos(tokenizer, policy: str) -> bool:
 def tokenize(tokenizer, doc: Document, bos: bool, max_tokens: int | None = None) -> Stream:
     """The document's stream: [BOS] + its tokens, cut to `max_tokens`, with each token's UTF-8 byte offset."""
     if not getattr(tokenizer, "is_fast", False):
-        raise LlqaError("this model's tokenizer has no fast (Rust) version, needed for byte offsets",
-                        "use a model with a tokenizer.json")
+        raise LlqaError(
+            "this model's tokenizer has no fast (Rust) version, needed for byte offsets",
+            "use a model with a tokenizer.json",
+        )
     enc = tokenizer(doc.text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     ids = np.asarray(enc["input_ids"], dtype=np.int64)
     char_start = np.asarray([s for s, _ in enc["offset_mapping"]], dtype=np.int64).reshape(-1)
@@ -159,7 +171,7 @@ def tokenize(tokenizer, doc: Document, bos: bool, max_tokens: int | None = None)
         byte_start = np.concatenate([[0], byte_start])
     byte_start = np.concatenate([byte_start, [prefix[-1]]]).astype(np.int64)
     if max_tokens is not None and len(ids) > max_tokens:
-        ids, byte_start = ids[:max_tokens], byte_start[:max_tokens + 1]
+        ids, byte_start = ids[:max_tokens], byte_start[: max_tokens + 1]
     return Stream(doc.id, ids, byte_start, dict(doc.meta))
 
 
@@ -167,8 +179,9 @@ def concat_streams(streams: Sequence[Stream]) -> Stream:
     """One stream of all documents in order (LongLoRA's evaluation over the concatenated test set)."""
     offsets = np.cumsum([0] + [int(s.byte_start[-1]) for s in streams])
     ids = np.concatenate([s.ids for s in streams])
-    byte_start = np.concatenate([s.byte_start[:-1] + o for s, o in zip(streams, offsets, strict=False)]
-                                + [offsets[-1:]])
+    byte_start = np.concatenate(
+        [s.byte_start[:-1] + o for s, o in zip(streams, offsets, strict=False)] + [offsets[-1:]]
+    )
     return Stream("concat", ids, byte_start.astype(np.int64), {"documents": [s.id for s in streams]})
 
 
@@ -191,7 +204,7 @@ def plan_batches(jobs: Iterable[Job], batch_tokens: int) -> list[list[Job]]:
     for length in sorted(by_length, reverse=True):
         group = by_length[length]
         per = max(1, batch_tokens // length)
-        batches += [group[i:i + per] for i in range(0, len(group), per)]
+        batches += [group[i : i + per] for i in range(0, len(group), per)]
     return batches
 
 
@@ -308,15 +321,17 @@ class WindowScorer:
         except torch._dynamo.exc.TorchDynamoException as e:  # raised while compiling, not by kernels
             if self._layers is None:
                 raise
-            warnings.warn(f"torch.compile failed ({str(e).splitlines()[0][:200]}); scoring with eager layers",
-                          stacklevel=2)
+            warnings.warn(
+                f"torch.compile failed ({str(e).splitlines()[0][:200]}); scoring with eager layers", stacklevel=2
+            )
             self.uncompile()
             return self.score(input_ids, first, compiled)
         except RuntimeError as e:
             if not self._auto_cudnn:
                 raise
-            warnings.warn(f"cuDNN attention failed ({str(e).splitlines()[0][:200]}); using torch's SDPA order",
-                          stacklevel=2)
+            warnings.warn(
+                f"cuDNN attention failed ({str(e).splitlines()[0][:200]}); using torch's SDPA order", stacklevel=2
+            )
             self._auto_cudnn, self.sdpa_backend, self.attn_impl = False, "auto", None
             return self.score(input_ids, first, compiled)
 
@@ -342,9 +357,9 @@ class WindowScorer:
             del hidden
             nll = torch.empty(len(targets), dtype=torch.float32, device=self.device)
             for i in range(0, len(targets), self.chunk_rows):
-                logits = self._logits(picked[i:i + self.chunk_rows])  # (m, V) fp32
-                tgt = targets[i:i + self.chunk_rows, None]
-                nll[i:i + self.chunk_rows] = (logits.logsumexp(-1, keepdim=True) - logits.gather(-1, tgt))[:, 0]
+                logits = self._logits(picked[i : i + self.chunk_rows])  # (m, V) fp32
+                tgt = targets[i : i + self.chunk_rows, None]
+                nll[i : i + self.chunk_rows] = (logits.logsumexp(-1, keepdim=True) - logits.gather(-1, tgt))[:, 0]
             sums = torch.zeros(len(first), dtype=torch.float64, device=self.device)
             sums.index_add_(0, rows, nll.double())
             return sums
@@ -370,6 +385,8 @@ def resolve_compile_mode(mode: str, device) -> str:
     if mode != "auto":
         return mode
     return "default" if getattr(device, "type", str(device)) == "cuda" else "off"
+
+
 DENSE_KV_ATTENTION = "llqa_sdpa_dense_kv"
 
 
@@ -381,10 +398,14 @@ def _dense_kv_sdpa(module, query, key, value, attention_mask, dropout=0.0, scali
     groups = query.shape[1] // key.shape[1]
     if groups > 1:  # head h reads KV head h // groups, as transformers' repeat_kv
         key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
-    causal = attention_mask is None and query.shape[2] > 1 and (
-        is_causal if is_causal is not None else getattr(module, "is_causal", True))
-    out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling,
-                                         is_causal=causal)  # (B, H, T, D)
+    causal = (
+        attention_mask is None
+        and query.shape[2] > 1
+        and (is_causal if is_causal is not None else getattr(module, "is_causal", True))
+    )
+    out = F.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, scale=scaling, is_causal=causal
+    )  # (B, H, T, D)
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -413,8 +434,12 @@ def sdpa_preference(backend: str):
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    names = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
-             "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+    names = {
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "math": SDPBackend.MATH,
+    }
     if backend not in names:
         raise LlqaError(f"--sdpa-backend {backend} is unknown", f"use one of: {', '.join(SDPA_BACKENDS)}")
     order = [names[backend]] + [b for k, b in names.items() if k != backend]
@@ -457,16 +482,35 @@ def _progress(enabled: bool):
             speed = task.completed / elapsed if elapsed and task.completed else None
             return Text(f"{speed / 1e3:,.1f}k tok/s" if speed else "… tok/s")
 
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), Speed(""),
-                    TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True),
-                    disable=not enabled, transient=False)
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        Speed(""),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=not enabled,
+        transient=False,
+    )
 
 
-def run(loaded, documents: Sequence[Document], cfg: PerplexityConfig, out_dir: str | Path, *,
-        data_info: dict[str, Any] | None = None, overwrite: bool = False, batch_tokens: int | None = None,
-        sdpa_backend: str = "auto", show_progress: bool = True, poll_s: float = 2.0,
-        on_batch: Callable[[int], None] | None = None, compile_mode: str = "auto",
-        compile_backend: str = "inductor") -> RunOutput:
+def run(
+    loaded,
+    documents: Sequence[Document],
+    cfg: PerplexityConfig,
+    out_dir: str | Path,
+    *,
+    data_info: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    batch_tokens: int | None = None,
+    sdpa_backend: str = "auto",
+    show_progress: bool = True,
+    poll_s: float = 2.0,
+    on_batch: Callable[[int], None] | None = None,
+    compile_mode: str = "auto",
+    compile_backend: str = "inductor",
+) -> RunOutput:
     """Score `documents` at every length of `cfg` and write result files into `out_dir`.
 
     `compile_mode` other than "off" compiles the decoder layers (`WindowScorer.compile`) for the full
@@ -486,8 +530,15 @@ def run(loaded, documents: Sequence[Document], cfg: PerplexityConfig, out_dir: s
         raise LlqaError(f"document ids are not unique ({', '.join(dupes[:3])})", "pass --id-field with unique values")
     out_dir = Path(out_dir)
     info = loaded.info
-    config = {**asdict(cfg), "model_ctx": cfg.model_ctx or info.target_ctx, "model": info.spec, "dtype": info.dtype,
-              "rope_factor": info.rope_factor, "data": (data_info or {}).get("source"), "documents": len(documents)}
+    config = {
+        **asdict(cfg),
+        "model_ctx": cfg.model_ctx or info.target_ctx,
+        "model": info.spec,
+        "dtype": info.dtype,
+        "rope_factor": info.rope_factor,
+        "data": (data_info or {}).get("source"),
+        "documents": len(documents),
+    }
     if cfg.pi:  # recorded only when off, so that runs started before --no-pi existed still resume
         del config["pi"]
     store = RankedStore(out_dir, TASK, config, overwrite=overwrite)
@@ -528,8 +579,11 @@ def run(loaded, documents: Sequence[Document], cfg: PerplexityConfig, out_dir: s
         for c in my_cells:
             planned.append((c, cfg.windows(len(stream(c.doc).ids), c.length)))
             progress.advance(task)
-        progress.reset(task, total=sum(w.length for _, ws in planned for w in ws),
-                       description=f"perplexity{f' rank {rank}' if world > 1 else ''}")
+        progress.reset(
+            task,
+            total=sum(w.length for _, ws in planned for w in ws),
+            description=f"perplexity{f' rank {rank}' if world > 1 else ''}",
+        )
         for chunk in _chunks(planned, 8 * batch_tokens):
             stats = _score_chunk(scorer, chunk, stream, batch_tokens, progress, task, on_batch, counts)
             for (cell, ws), st in zip(chunk, stats, strict=True):
@@ -542,14 +596,27 @@ def run(loaded, documents: Sequence[Document], cfg: PerplexityConfig, out_dir: s
     keys = [c.key(doc_ids[c.doc]) for c in cells]
     merged = store.merge(keys, poll_s)
     rows, summary = summarize(cfg, [merged[k] for k in keys])
-    data = {**(data_info or {}), "bos": bos, "bos_token": tokenizer.bos_token if bos else None,
-            "documents": doc_ids if not cfg.concat else ids, "world_size": world}
+    data = {
+        **(data_info or {}),
+        "bos": bos,
+        "bos_token": tokenizer.bos_token if bos else None,
+        "documents": doc_ids if not cfg.concat else ids,
+        "world_size": world,
+    }
     forward = sum(w.length for _, ws in planned for w in ws)
-    speed = {"forward_tokens": forward, "seconds": round(elapsed, 3), "batch_tokens": batch_tokens,
-             "sdpa_backend": sdpa_backend, "sdpa_effective": scorer.sdpa_backend, "compile": compile_mode, **counts,
-             "tokens_per_s": round(forward / elapsed, 1) if elapsed > 0 else None}
-    result = store.main.finalize(semantics=SEMANTICS, summary=summary, rows=rows, model=info.to_dict(), data=data,
-                           extra={"this_session": speed})
+    speed = {
+        "forward_tokens": forward,
+        "seconds": round(elapsed, 3),
+        "batch_tokens": batch_tokens,
+        "sdpa_backend": sdpa_backend,
+        "sdpa_effective": scorer.sdpa_backend,
+        "compile": compile_mode,
+        **counts,
+        "tokens_per_s": round(forward / elapsed, 1) if elapsed > 0 else None,
+    }
+    result = store.main.finalize(
+        semantics=SEMANTICS, summary=summary, rows=rows, model=info.to_dict(), data=data, extra={"this_session": speed}
+    )
     return RunOutput(result, rows, summary)
 
 
@@ -572,8 +639,9 @@ def _chunks(planned, budget: int):
         yield chunk
 
 
-def _score_chunk(scorer: WindowScorer, chunk, stream, batch_tokens, progress, task, on_batch,
-                 counts: dict[str, int]) -> list[dict]:
+def _score_chunk(
+    scorer: WindowScorer, chunk, stream, batch_tokens, progress, task, on_batch, counts: dict[str, int]
+) -> list[dict]:
     import torch
 
     jobs = [Job(i, w) for i, (_, ws) in enumerate(chunk) for w in ws]
@@ -582,8 +650,9 @@ def _score_chunk(scorer: WindowScorer, chunk, stream, batch_tokens, progress, ta
     sums = []
     for batch in batches:
         length = batch[0].window.length
-        rows = torch.from_numpy(np.stack([stream(chunk[j.cell][0].doc).ids[j.window.start:j.window.end]
-                                          for j in batch]))
+        rows = torch.from_numpy(
+            np.stack([stream(chunk[j.cell][0].doc).ids[j.window.start : j.window.end] for j in batch])
+        )
         input_ids = to_device(rows, scorer.device)  # queued behind the previous batch, no host sync
         full = length in lengths and len(batch) == max(1, batch_tokens // length)  # the one static shape per L
         sums.append(scorer.score(input_ids, [j.window.first_scored - j.window.start for j in batch], compiled=full))
@@ -615,24 +684,40 @@ def summarize(cfg: PerplexityConfig, cells: Sequence[dict]) -> tuple[list[dict],
         n_windows = sum(c["windows"] for c in mine)
         nll = sum(c["nll_sum"] for c in mine)
         nbytes = sum(c["scored_bytes"] for c in mine)
-        rows.append({
-            "length": length, "scoring": cfg.scoring, "stride": cfg.stride if cfg.scoring != "disjoint" else length - 1,
-            "documents": len(mine), "windows": n_windows, "scored_tokens": tokens, "scored_bytes": nbytes,
-            "nll_per_token": nll / tokens if tokens else None,
-            "ppl": math.exp(nll / tokens) if tokens else None,
-            "window_ppl": math.exp(sum(c["window_mean_nll_sum"] for c in mine) / n_windows) if n_windows else None,
-            "bits_per_byte": nll / LN2 / nbytes if nbytes else None,
-        })
-    summary = {str(r["length"]): {k: r[k] for k in ("ppl", "window_ppl", "bits_per_byte", "scored_tokens",
-                                                   "windows", "documents")} for r in rows}
+        rows.append(
+            {
+                "length": length,
+                "scoring": cfg.scoring,
+                "stride": cfg.stride if cfg.scoring != "disjoint" else length - 1,
+                "documents": len(mine),
+                "windows": n_windows,
+                "scored_tokens": tokens,
+                "scored_bytes": nbytes,
+                "nll_per_token": nll / tokens if tokens else None,
+                "ppl": math.exp(nll / tokens) if tokens else None,
+                "window_ppl": math.exp(sum(c["window_mean_nll_sum"] for c in mine) / n_windows) if n_windows else None,
+                "bits_per_byte": nll / LN2 / nbytes if nbytes else None,
+            }
+        )
+    summary = {
+        str(r["length"]): {
+            k: r[k] for k in ("ppl", "window_ppl", "bits_per_byte", "scored_tokens", "windows", "documents")
+        }
+        for r in rows
+    }
     return rows, summary
 
 
 # --------------------------------------------------------------------------- data sources
 
 
-def local_documents(path: str | Path, text_field: str = "text", id_field: str | None = None,
-                    pattern: str = "*.txt", max_docs: int | None = None) -> tuple[list[Document], dict]:
+def local_documents(
+    path: str | Path,
+    text_field: str = "text",
+    id_field: str | None = None,
+    pattern: str = "*.txt",
+    max_docs: int | None = None,
+) -> tuple[list[Document], dict]:
     """`--data PATH`: the first `max_docs` documents of a text file, folder or jsonl/parquet table."""
     from evals.texts import load_texts
 
@@ -642,14 +727,19 @@ def local_documents(path: str | Path, text_field: str = "text", id_field: str | 
     return docs, {"source": str(Path(path).expanduser().resolve()), "documents_available": total}
 
 
-def pg19_documents(data: str | Path | None = None, revision: str | None = None, max_docs: int | None = None,
-                   text_field: str | None = None) -> tuple[list[Document], dict]:
+def pg19_documents(
+    data: str | Path | None = None,
+    revision: str | None = None,
+    max_docs: int | None = None,
+    text_field: str | None = None,
+) -> tuple[list[Document], dict]:
     """PG19's test split (100 books) from the hub, or a local copy in its schema (`--data`)."""
     from evals.texts import PG19, hub_documents, load_hub_dataset
 
     if data is not None:
-        docs, info = local_documents(data, text_field or PG19.text_field, pattern="*.txt,*.jsonl,*.jsonl.gz,*.parquet",
-                                     max_docs=max_docs)
+        docs, info = local_documents(
+            data, text_field or PG19.text_field, pattern="*.txt,*.jsonl,*.jsonl.gz,*.parquet", max_docs=max_docs
+        )
         return docs, {**info, "dataset": "pg19 (local copy)"}
     ds, info = load_hub_dataset(PG19, revision)
     n = min(len(ds), max_docs) if max_docs else len(ds)
@@ -657,8 +747,14 @@ def pg19_documents(data: str | Path | None = None, revision: str | None = None, 
     return docs, {"source": f"hf://{PG19.repo}", "dataset": PG19.about, **info}
 
 
-def sample_long_documents(n_rows: int, get: Callable[[int], Document], n_tokens: Callable[[Document], int],
-                          count: int, min_tokens: int, seed: int) -> tuple[list[Document], dict]:
+def sample_long_documents(
+    n_rows: int,
+    get: Callable[[int], Document],
+    n_tokens: Callable[[Document], int],
+    count: int,
+    min_tokens: int,
+    seed: int,
+) -> tuple[list[Document], dict]:
     """Position Interpolation's proof-pile protocol: a uniform sample (seeded) of `count` documents among
     those with at least `min_tokens` tokens — rows are visited in a seeded random order and kept while
     long enough, so only as many documents are tokenized as the sample needs."""
@@ -675,16 +771,30 @@ def sample_long_documents(n_rows: int, get: Callable[[int], Document], n_tokens:
         # each token covers at least one byte of text (+1 for a BOS): a cheap filter before tokenizing
         if len(doc.text.encode("utf-8", "surrogatepass")) + 1 >= min_tokens and n_tokens(doc) >= min_tokens:
             picked.append(doc)
-    info = {"protocol": f"uniform sample (seed {seed}) of {count} documents with >= {min_tokens} tokens, "
-                        f"each cut to its first {min_tokens} tokens (Position Interpolation, Chen et al. 2023)",
-            "seed": seed, "requested": count, "selected": len(picked), "rows_checked": checked,
-            "rows": n_rows, "min_tokens": min_tokens, "document_ids": [d.id for d in picked]}
+    info = {
+        "protocol": f"uniform sample (seed {seed}) of {count} documents with >= {min_tokens} tokens, "
+        f"each cut to its first {min_tokens} tokens (Position Interpolation, Chen et al. 2023)",
+        "seed": seed,
+        "requested": count,
+        "selected": len(picked),
+        "rows_checked": checked,
+        "rows": n_rows,
+        "min_tokens": min_tokens,
+        "document_ids": [d.id for d in picked],
+    }
     return picked, info
 
 
-def proof_pile_documents(tokenizer, bos: bool, data: str | Path | None = None, revision: str | None = None,
-                         count: int = 128, min_tokens: int = 32768, seed: int = 0,
-                         text_field: str | None = None) -> tuple[list[Document], dict]:
+def proof_pile_documents(
+    tokenizer,
+    bos: bool,
+    data: str | Path | None = None,
+    revision: str | None = None,
+    count: int = 128,
+    min_tokens: int = 32768,
+    seed: int = 0,
+    text_field: str | None = None,
+) -> tuple[list[Document], dict]:
     """proof-pile's test split (hub, or a local jsonl/parquet copy with `text` and `meta`), sampled as
     `sample_long_documents` says."""
     from evals.texts import PROOF_PILE, hub_documents, load_hub_dataset
@@ -693,8 +803,9 @@ def proof_pile_documents(tokenizer, bos: bool, data: str | Path | None = None, r
         return len(tokenizer(doc.text, add_special_tokens=False, verbose=False)["input_ids"]) + int(bos)
 
     if data is not None:
-        rows, info = local_documents(data, text_field or PROOF_PILE.text_field,
-                                     pattern="*.jsonl,*.jsonl.gz,*.json,*.parquet")
+        rows, info = local_documents(
+            data, text_field or PROOF_PILE.text_field, pattern="*.jsonl,*.jsonl.gz,*.json,*.parquet"
+        )
         info["dataset"] = "proof-pile (local copy)"
         picked, sample = sample_long_documents(len(rows), rows.__getitem__, n_tokens, count, min_tokens, seed)
     else:
@@ -706,6 +817,7 @@ def proof_pile_documents(tokenizer, bos: bool, data: str | Path | None = None, r
 
         picked, sample = sample_long_documents(len(ds), get, n_tokens, count, min_tokens, seed)
     if not picked:
-        raise LlqaError(f"no document in {info['source']} has {min_tokens} tokens or more",
-                        "pass --min-tokens lower or other data")
+        raise LlqaError(
+            f"no document in {info['source']} has {min_tokens} tokens or more", "pass --min-tokens lower or other data"
+        )
     return picked, {**info, "sample": sample}

@@ -30,8 +30,13 @@ def _length_label(n: float) -> str:
     return f"{n / 1024:g}k" if n >= 1024 and n % 256 == 0 else f"{n:g}"
 
 
-def accuracy_heatmap(path: str | Path, lengths: Sequence[int], depths: Sequence[float],
-                     accuracy: Sequence[Sequence[float | None]], title: str) -> Path:
+def accuracy_heatmap(
+    path: str | Path,
+    lengths: Sequence[int],
+    depths: Sequence[float],
+    accuracy: Sequence[Sequence[float | None]],
+    title: str,
+) -> Path:
     """Depth (rows, 0 at the top) x length (columns) heatmap; accuracy[d][l] in [0, 1] or None (not run)."""
     plt = _pyplot()
     import numpy as np
@@ -39,8 +44,7 @@ def accuracy_heatmap(path: str | Path, lengths: Sequence[int], depths: Sequence[
     grid = np.array([[math.nan if a is None else a for a in row] for row in accuracy], dtype=float)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.32 * len(lengths) + 2), max(3.0, 0.35 * len(depths) + 1.5)))
     cmap = plt.get_cmap("RdYlGn").with_extremes(bad="lightgrey")  # grey: cell not run (skipped)
-    im = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap, vmin=0.0, vmax=1.0,
-                   interpolation="nearest")
+    im = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.set_xticks(range(len(lengths)), [_length_label(n) for n in lengths], rotation=90, fontsize=7)
     ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths], fontsize=7)
     ax.set_xlabel("prompt length (tokens)")
@@ -50,10 +54,17 @@ def accuracy_heatmap(path: str | Path, lengths: Sequence[int], depths: Sequence[
     return _save(fig, path)
 
 
-def accuracy_vs_length(path: str | Path, series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
-                       title: str, xlabel: str = "prompt length (tokens)", threshold: float | None = None,
-                       marker: float | None = None, marker_label: str | None = None,
-                       annotations: Mapping[str, Sequence[str]] | None = None, ylabel: str = "accuracy") -> Path:
+def accuracy_vs_length(
+    path: str | Path,
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    title: str,
+    xlabel: str = "prompt length (tokens)",
+    threshold: float | None = None,
+    marker: float | None = None,
+    marker_label: str | None = None,
+    annotations: Mapping[str, Sequence[str]] | None = None,
+    ylabel: str = "accuracy",
+) -> Path:
     """Accuracy (y, 0..1) against length (x), one line per series; optional threshold and a vertical marker."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))

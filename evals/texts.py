@@ -43,12 +43,15 @@ def read_text_file(path: str | Path) -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise LlqaError(f"{path} is not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 1]!r})",
-                        f"convert it first, e.g. `iconv -f latin1 -t utf-8 {path} > {path.stem}.utf8.txt`") from None
+        raise LlqaError(
+            f"{path} is not UTF-8 text (byte {e.start}: {raw[e.start : e.start + 1]!r})",
+            f"convert it first, e.g. `iconv -f latin1 -t utf-8 {path} > {path.stem}.utf8.txt`",
+        ) from None
 
 
-def load_texts(path: str | Path, text_field: str = "text", id_field: str | None = None,
-               pattern: str = DEFAULT_GLOB) -> list[Document]:
+def load_texts(
+    path: str | Path, text_field: str = "text", id_field: str | None = None, pattern: str = DEFAULT_GLOB
+) -> list[Document]:
     """Documents from a text file (one document), a folder (files matching `pattern` — comma-separated
     globs — searched recursively, sorted by path: a text file is one document, a table one per row), or a
     jsonl/json/parquet table (one document per row)."""
@@ -141,16 +144,21 @@ def _table_documents(path: Path, text_field: str, id_field: str | None) -> Itera
         raise LlqaError(f"{path} has no rows", "pass a file with rows in it")
 
 
-def row_document(row: dict[str, Any], index: int, text_field: str, id_field: str | None, where: str,
-                 default_id: str) -> Document:
+def row_document(
+    row: dict[str, Any], index: int, text_field: str, id_field: str | None, where: str, default_id: str
+) -> Document:
     """One table row as a Document; a missing or non-string text field is a user error naming the fields."""
     if text_field not in row:
-        raise LlqaError(f"{where} row {index} has no field '{text_field}' (fields: {', '.join(map(str, row))})",
-                        "pass the right one with --text-field")
+        raise LlqaError(
+            f"{where} row {index} has no field '{text_field}' (fields: {', '.join(map(str, row))})",
+            "pass the right one with --text-field",
+        )
     text = row[text_field]
     if not isinstance(text, str):
-        raise LlqaError(f"{where} row {index}: field '{text_field}' is {type(text).__name__}, not text",
-                        "pass the text column with --text-field")
+        raise LlqaError(
+            f"{where} row {index}: field '{text_field}' is {type(text).__name__}, not text",
+            "pass the text column with --text-field",
+        )
     if id_field is not None and id_field not in row:
         raise LlqaError(f"{where} row {index} has no field '{id_field}'", "pass the right one with --id-field")
     doc_id = str(row[id_field]) if id_field else default_id
@@ -177,10 +185,20 @@ class HubDataset:
     about: str
 
 
-PG19 = HubDataset("emozilla/pg19-test", "test", "text", "short_book_title",
-                  "PG19 test split (100 books), parquet copy of deepmind/pg19")
-PROOF_PILE = HubDataset("hoskinson-center/proof-pile", "test", "text", None,
-                        "proof-pile test split (arXiv math, formal math libraries, textbooks, ...)")
+PG19 = HubDataset(
+    "emozilla/pg19-test",
+    "test",
+    "text",
+    "short_book_title",
+    "PG19 test split (100 books), parquet copy of deepmind/pg19",
+)
+PROOF_PILE = HubDataset(
+    "hoskinson-center/proof-pile",
+    "test",
+    "text",
+    None,
+    "proof-pile test split (arXiv math, formal math libraries, textbooks, ...)",
+)
 
 
 @contextlib.contextmanager
@@ -221,11 +239,19 @@ def load_hub_dataset(spec: HubDataset, revision: str | None = None, flag: str = 
     if ds is None:
         first = (str(error).splitlines() or [type(error).__name__])[0]
         where = "the hub cannot be reached and it is not in the local cache" if offline else first
-        raise LlqaError(f"dataset '{spec.repo}' ({spec.split} split) could not be loaded: {where}",
-                        f"{OFFLINE_FIX}: {flag} PATH (a jsonl/parquet file or folder in the same schema, "
-                        f"text in '{spec.text_field}')")
-    info = {"repo": spec.repo, "split": spec.split, "revision": revision or "main",
-            "fingerprint": getattr(ds, "_fingerprint", None), "rows": len(ds), "offline_cache": offline}
+        raise LlqaError(
+            f"dataset '{spec.repo}' ({spec.split} split) could not be loaded: {where}",
+            f"{OFFLINE_FIX}: {flag} PATH (a jsonl/parquet file or folder in the same schema, "
+            f"text in '{spec.text_field}')",
+        )
+    info = {
+        "repo": spec.repo,
+        "split": spec.split,
+        "revision": revision or "main",
+        "fingerprint": getattr(ds, "_fingerprint", None),
+        "rows": len(ds),
+        "offline_cache": offline,
+    }
     return ds, info
 
 
@@ -233,8 +259,10 @@ def hub_documents(ds, spec: HubDataset, indices=None, text_field: str | None = N
     """Rows of a loaded hub split as Documents; `indices` picks rows (in that order)."""
     text_field = text_field or spec.text_field
     if text_field not in ds.column_names:
-        raise LlqaError(f"dataset '{spec.repo}' has no field '{text_field}' (fields: {', '.join(ds.column_names)})",
-                        "pass the right one with --text-field")
+        raise LlqaError(
+            f"dataset '{spec.repo}' has no field '{text_field}' (fields: {', '.join(ds.column_names)})",
+            "pass the right one with --text-field",
+        )
     id_field = spec.id_field if spec.id_field in ds.column_names else None
     for i in indices if indices is not None else range(len(ds)):
         row = ds[int(i)]

@@ -12,15 +12,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
-def compile_modules(modules: Sequence, mode: str = "default", backend: str = "inductor",
-                    dynamic: bool | None = False, entries_per_module: int = 1) -> None:
+def compile_modules(
+    modules: Sequence,
+    mode: str = "default",
+    backend: str = "inductor",
+    dynamic: bool | None = False,
+    entries_per_module: int = 1,
+) -> None:
     """`module.compile(...)` on each module in place. `mode`: inductor's (`default` = its default mode)."""
     import torch
 
     need = len(modules) * max(1, entries_per_module) + 8
     dyn = torch._dynamo.config
-    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
-                 "accumulated_cache_size_limit"):
+    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit", "accumulated_cache_size_limit"):
         if isinstance(getattr(dyn, name, None), int) and getattr(dyn, name) < need:
             setattr(dyn, name, need)
     kwargs = {"mode": None if mode == "default" else mode} if backend == "inductor" else {}

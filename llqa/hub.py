@@ -11,13 +11,14 @@ import os
 import socket
 from urllib.parse import urlparse
 
-OFFLINE_FIX = ("connect to the network, point HF_HOME at a cache that already holds it, "
-               "or pass a local copy")
+OFFLINE_FIX = "connect to the network, point HF_HOME at a cache that already holds it, or pass a local copy"
 
 
 def hub_offline_by_env() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in {"1", "true", "yes", "on"}
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").strip().lower() in {"1", "true", "yes", "on"}
+        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:

@@ -36,8 +36,9 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
-def atomic_write_csv(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]],
-                     fieldnames: list[str] | None = None) -> Path:
+def atomic_write_csv(
+    path: str | os.PathLike, rows: Iterable[Mapping[str, Any]], fieldnames: list[str] | None = None
+) -> Path:
     rows = list(rows)
     if fieldnames is None:
         fieldnames = list(dict.fromkeys(k for r in rows for k in r))

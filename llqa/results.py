@@ -70,12 +70,16 @@ class ResultStore:
         previous = self._read_run()
         if self.cells_path.exists() and previous:
             same = previous.get("task") == self.task and _canonical(previous.get("config")) == _canonical(
-                json.loads(_canonical(self.config)))
+                json.loads(_canonical(self.config))
+            )
             if not same:
-                raise LlqaError(f"{self.out_dir} holds a {previous.get('task')} run with a different configuration",
-                                "pass another --out, or --overwrite to start this one afresh")
-        atomic_write_json(self.run_path, {"task": self.task, "config": self.config,
-                                          "wall_time_s": previous.get("wall_time_s", 0.0)})
+                raise LlqaError(
+                    f"{self.out_dir} holds a {previous.get('task')} run with a different configuration",
+                    "pass another --out, or --overwrite to start this one afresh",
+                )
+        atomic_write_json(
+            self.run_path, {"task": self.task, "config": self.config, "wall_time_s": previous.get("wall_time_s", 0.0)}
+        )
 
     @property
     def done(self) -> dict[str, dict]:
@@ -87,9 +91,16 @@ class ResultStore:
         append_jsonl(self.cells_path, rec)
         self._done[key] = rec
 
-    def finalize(self, *, semantics: str, summary: Any, rows: Sequence[Mapping[str, Any]],
-                 model: Mapping[str, Any] | None = None, data: Mapping[str, Any] | None = None,
-                 extra: Mapping[str, Any] | None = None) -> Path:
+    def finalize(
+        self,
+        *,
+        semantics: str,
+        summary: Any,
+        rows: Sequence[Mapping[str, Any]],
+        model: Mapping[str, Any] | None = None,
+        data: Mapping[str, Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> Path:
         """Write result.json and result.csv atomically; returns the JSON path."""
         wall = self._previous_wall + time.time() - self._started
         atomic_write_json(self.run_path, {"task": self.task, "config": self.config, "wall_time_s": wall})

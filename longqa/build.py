@@ -46,8 +46,10 @@ from longqa.tokens import TokenCounter, load_counter, safe_split
 # English prose runs ~4.3 characters per SmolLM2 token, so such documents cannot fit the bound.
 CHARS_PER_TOKEN_CAP = 6
 HIST_EDGES = [0, 2048, 4096, 8192, 16384, 32768, 65536, 131072]
-N_TOKENS_DEFINITION = ("n_tokens = tokens(instruction) + tokens(output), each encoded alone with the "
-                       "manifest's tokenizer, no special tokens")
+N_TOKENS_DEFINITION = (
+    "n_tokens = tokens(instruction) + tokens(output), each encoded alone with the "
+    "manifest's tokenizer, no special tokens"
+)
 DATA_FILES = ("train.jsonl", "test.jsonl", "train.parquet", "test.parquet", "README.md")
 
 
@@ -71,6 +73,7 @@ class Candidate:
     @property
     def splits_cleanly(self) -> bool:
         return safe_split(framing.head(self.template, self.doc.title) + self.doc.text[-1:], self.rest)
+
     n_tokens: int = 0  # rest + answer tokens until selected, then the item's n_tokens
     answer_tokens: int = 0
     cluster: str = ""
@@ -137,7 +140,7 @@ def count_short(cands: list[Candidate], counter: TokenCounter, progress: Progres
         counts = counter.count([c.rest for c in cands] + [c.qa.answer for c in cands], advance)
     finally:
         counter.batch = old_batch
-    return counts[:len(cands)], counts[len(cands):]
+    return counts[: len(cands)], counts[len(cands) :]
 
 
 # --------------------------------------------------------------------------- split and selection
@@ -145,7 +148,7 @@ def count_short(cands: list[Candidate], counter: TokenCounter, progress: Progres
 
 def _unit(seed: int, key: str) -> float:
     """A uniform number in [0, 1) from (seed, key), the same on every machine and run."""
-    return int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:15], 16) / 16 ** 15
+    return int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:15], 16) / 16**15
 
 
 def assign_splits(cluster_sizes: dict[str, int], test_fraction: float, seed: int) -> dict[str, str]:
@@ -229,8 +232,7 @@ class Selector:
             elif id(c) not in self.whole_tokens:
                 wholes.setdefault(id(c), c)
         self.head_tokens.update(zip(heads, self.counter.count([c.head_doc for c in heads.values()]), strict=True))
-        self.whole_tokens.update(zip(wholes, self.counter.count([c.instruction for c in wholes.values()]),
-                                     strict=True))
+        self.whole_tokens.update(zip(wholes, self.counter.count([c.instruction for c in wholes.values()]), strict=True))
         self.advance(len(heads) + len(wholes))
 
     def n_tokens(self, c: Candidate, upcoming: list[Candidate]) -> int:
@@ -261,8 +263,9 @@ class Selector:
         return True
 
 
-def select(cands: list[Candidate], recipe: Recipe, selector: Selector,
-           lookahead: int = 16) -> tuple[list[Candidate], dict[str, dict[str, Any]]]:
+def select(
+    cands: list[Candidate], recipe: Recipe, selector: Selector, lookahead: int = 16
+) -> tuple[list[Candidate], dict[str, dict[str, Any]]]:
     """Fill each cell's quota by a seeded round-robin over its sources (cells scarce-first: summary,
     relation, character, detail); each candidate is checked against the token bounds and its cluster's
     max_per_doc when reached."""
@@ -288,12 +291,16 @@ def select(cands: list[Candidate], recipe: Recipe, selector: Selector,
                     continue
                 c = q[pos[i]]
                 pos[i] += 1
-                upcoming = [x for j, qq in enumerate(queues) for x in qq[pos[j]:pos[j] + lookahead]]
+                upcoming = [x for j, qq in enumerate(queues) for x in qq[pos[j] : pos[j] + lookahead]]
                 if selector.take(c, upcoming):
                     chosen.append(c)
                     taken += 1
-        cells[f"{doc_type}/{category}"] = {"quota": quota, "built": taken,
-                                           "candidates": sum(len(q) for q in queues), "sources": sources}
+        cells[f"{doc_type}/{category}"] = {
+            "quota": quota,
+            "built": taken,
+            "candidates": sum(len(q) for q in queues),
+            "sources": sources,
+        }
     return chosen, cells
 
 
@@ -305,10 +312,20 @@ def item_id(c: Candidate) -> str:
 
 
 def make_item(c: Candidate, split: str) -> dict[str, Any]:
-    item = {"id": item_id(c), "instruction": c.instruction, "output": c.qa.answer,
-            "category": c.category, "doc_type": c.doc.doc_type, "source": c.qa.source, "doc_id": c.doc.doc_id,
-            "title": c.doc.title, "question": c.qa.question, "answer_type": c.qa.answer_type,
-            "n_tokens": c.n_tokens, "split": split}
+    item = {
+        "id": item_id(c),
+        "instruction": c.instruction,
+        "output": c.qa.answer,
+        "category": c.category,
+        "doc_type": c.doc.doc_type,
+        "source": c.qa.source,
+        "doc_id": c.doc.doc_id,
+        "title": c.doc.title,
+        "question": c.qa.question,
+        "answer_type": c.qa.answer_type,
+        "n_tokens": c.n_tokens,
+        "split": split,
+    }
     assert list(item) == list(ITEM_FIELDS)
     return item
 
@@ -352,10 +369,12 @@ def write_parquet(path: Path, items: list[dict[str, Any]]) -> None:
 def dataset_card(manifest: dict[str, Any]) -> str:
     counts = manifest["counts"]
     rows = "\n".join(f"| {cell} | {v['quota']} | {v['built']} |" for cell, v in manifest["cells"].items())
-    sources = "\n".join(f"- `{n}`: {s['origin']} (revision `{s['revision']}`), {s['items']} items"
-                        for n, s in manifest["sources"].items())
+    sources = "\n".join(
+        f"- `{n}`: {s['origin']} (revision `{s['revision']}`), {s['items']} items"
+        for n, s in manifest["sources"].items()
+    )
     return f"""---
-pretty_name: LongQA ({manifest['recipe']['name']})
+pretty_name: LongQA ({manifest["recipe"]["name"]})
 task_categories:
 - question-answering
 language:
@@ -369,16 +388,16 @@ configs:
     path: test.jsonl
 ---
 
-# LongQA — {manifest['recipe']['name']}
+# LongQA — {manifest["recipe"]["name"]}
 
-{manifest['recipe']['description']}
+{manifest["recipe"]["description"]}
 
-Built by `llqa build` (llqa {manifest['llqa_version']}) with seed {manifest['seed']}: {counts['total']} items,
-{counts['by_split'].get('train', 0)} train / {counts['by_split'].get('test', 0)} test, split by document.
+Built by `llqa build` (llqa {manifest["llqa_version"]}) with seed {manifest["seed"]}: {counts["total"]} items,
+{counts["by_split"].get("train", 0)} train / {counts["by_split"].get("test", 0)} test, split by document.
 Every question and answer was written by people (the sources below); llqa only frames the document and
 the question as LongQA does (`instruction`) and keeps the human answer (`output`).
 
-`{N_TOKENS_DEFINITION}` (tokenizer `{manifest['tokenizer']['spec']}`).
+`{N_TOKENS_DEFINITION}` (tokenizer `{manifest["tokenizer"]["spec"]}`).
 
 | cell (doc_type/category) | quota | built |
 |---|---|---|
@@ -387,7 +406,7 @@ the question as LongQA does (`instruction`) and keeps the human answer (`output`
 Sources (check each one's license before redistributing):
 {sources}
 
-Fields: {', '.join(f'`{k}`' for k in ITEM_FIELDS)}. `manifest.json` holds the recipe, source revisions,
+Fields: {", ".join(f"`{k}`" for k in ITEM_FIELDS)}. `manifest.json` holds the recipe, source revisions,
 counts, the token-length histogram and the sha256 of every file; `llqa validate` checks all of it.
 """
 
@@ -411,9 +430,15 @@ def _check_out(out: Path) -> None:
 # --------------------------------------------------------------------------- entry point
 
 
-def build(recipe: Recipe, out: Path, source_dir: Path | None = None, seed: int | None = None,
-          tokenizer: str | None = None, allow_short: bool = False,
-          progress: Progress = _no_progress) -> BuildResult:
+def build(
+    recipe: Recipe,
+    out: Path,
+    source_dir: Path | None = None,
+    seed: int | None = None,
+    tokenizer: str | None = None,
+    allow_short: bool = False,
+    progress: Progress = _no_progress,
+) -> BuildResult:
     out = Path(out)
     _check_out(out)
     if seed is not None:
@@ -440,11 +465,16 @@ def build(recipe: Recipe, out: Path, source_dir: Path | None = None, seed: int |
     for c in chosen:
         c.cluster = selector._find(c.doc.doc_id)
     split_of = assign_splits(Counter(c.cluster for c in chosen), recipe.test_fraction, recipe.seed)
-    shortfalls = [f"{cell} {v['built']}/{v['quota']} (candidates {v['candidates']} from "
-                  f"{', '.join(v['sources']) or 'no source'})" for cell, v in cells.items() if v["built"] < v["quota"]]
+    shortfalls = [
+        f"{cell} {v['built']}/{v['quota']} (candidates {v['candidates']} from {', '.join(v['sources']) or 'no source'})"
+        for cell, v in cells.items()
+        if v["built"] < v["quota"]
+    ]
     if shortfalls and not allow_short:
-        raise LlqaError(f"the sources cannot fill {len(shortfalls)} quota cell(s): " + "; ".join(shortfalls),
-                        "add sources or local copies, lower the quotas in the recipe, or pass --allow-short")
+        raise LlqaError(
+            f"the sources cannot fill {len(shortfalls)} quota cell(s): " + "; ".join(shortfalls),
+            "add sources or local copies, lower the quotas in the recipe, or pass --allow-short",
+        )
     items = sorted((make_item(c, split_of[c.cluster]) for c in chosen), key=lambda it: it["id"])
     by_split = {s: [it for it in items if it["split"] == s] for s in ("train", "test")}
     manifest = _manifest(recipe, loaded, counter, items, cells, stats, allow_short, shortfalls)
@@ -458,10 +488,16 @@ def build(recipe: Recipe, out: Path, source_dir: Path | None = None, seed: int |
             (tmp / f"{s}.jsonl").write_bytes(jsonl_bytes(rows))
             write_parquet(tmp / f"{s}.parquet", rows)
         (tmp / "README.md").write_text(dataset_card(manifest), encoding="utf-8")
-        manifest["files"] = {name: {"sha256": hashlib.sha256((tmp / name).read_bytes()).hexdigest(),
-                                    "bytes": (tmp / name).stat().st_size} for name in DATA_FILES}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
-                                           encoding="utf-8")
+        manifest["files"] = {
+            name: {
+                "sha256": hashlib.sha256((tmp / name).read_bytes()).hexdigest(),
+                "bytes": (tmp / name).stat().st_size,
+            }
+            for name in DATA_FILES
+        }
+        (tmp / "manifest.json").write_text(
+            json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -469,9 +505,16 @@ def build(recipe: Recipe, out: Path, source_dir: Path | None = None, seed: int |
     return BuildResult(out, manifest["counts"], shortfalls, manifest)
 
 
-def _manifest(recipe: Recipe, loaded: list[SourceData], counter: TokenCounter, items: list[dict[str, Any]],
-              cells: dict[str, Any], stats: Counter, allow_short: bool,
-              shortfalls: list[str]) -> dict[str, Any]:
+def _manifest(
+    recipe: Recipe,
+    loaded: list[SourceData],
+    counter: TokenCounter,
+    items: list[dict[str, Any]],
+    cells: dict[str, Any],
+    stats: Counter,
+    allow_short: bool,
+    shortfalls: list[str],
+) -> dict[str, Any]:
     from llqa import __version__
 
     def by(key: str) -> dict[str, int]:
@@ -487,13 +530,27 @@ def _manifest(recipe: Recipe, loaded: list[SourceData], counter: TokenCounter, i
         "shortfalls": shortfalls,
         "tokenizer": {"spec": counter.spec, "note": counter.note, "sha256": counter.sha256},
         "n_tokens": N_TOKENS_DEFINITION,
-        "sources": {s.name: {"origin": s.origin, "revision": s.revision, "documents": len(s.documents),
-                             "qas": len(s.qas), "items": per_source.get(s.name, 0), "notes": s.notes[:50],
-                             "notes_total": len(s.notes)} for s in loaded},
+        "sources": {
+            s.name: {
+                "origin": s.origin,
+                "revision": s.revision,
+                "documents": len(s.documents),
+                "qas": len(s.qas),
+                "items": per_source.get(s.name, 0),
+                "notes": s.notes[:50],
+                "notes_total": len(s.notes),
+            }
+            for s in loaded
+        },
         "cells": cells,
-        "counts": {"total": len(items), "by_split": by("split"), "by_category": by("category"),
-                   "by_doc_type": by("doc_type"), "by_source": by("source"),
-                   "documents": len({it["doc_id"] for it in items})},
+        "counts": {
+            "total": len(items),
+            "by_split": by("split"),
+            "by_category": by("category"),
+            "by_doc_type": by("doc_type"),
+            "by_source": by("source"),
+            "documents": len({it["doc_id"] for it in items}),
+        },
         "dropped": dict(sorted(stats.items())),
         "n_tokens_histogram": histogram([it["n_tokens"] for it in items]),
     }

@@ -25,42 +25,75 @@ from longqa.schema import CATEGORIES, DOC_TYPES
 
 _I = re.I
 
-SUMMARY = [re.compile(p, _I) for p in (
-    r"\bsummar(y|ies|i[sz]e[sd]?|i[sz]ing)\b",
-    r"\bsynopsis\b",
-    r"\bwhat (is|was) (the|this) (story|book|novel|paper|article|play|film|movie) (mainly |mostly )?about\b",
-    r"\bmain (idea|ideas|point|points|theme|themes|plot) of\b",
-    r"\b(write|generate|give|provide)\b.*\babstract\b",
-    r"\btl;?dr\b",
-)]
+SUMMARY = [
+    re.compile(p, _I)
+    for p in (
+        r"\bsummar(y|ies|i[sz]e[sd]?|i[sz]ing)\b",
+        r"\bsynopsis\b",
+        r"\bwhat (is|was) (the|this) (story|book|novel|paper|article|play|film|movie) (mainly |mostly )?about\b",
+        r"\bmain (idea|ideas|point|points|theme|themes|plot) of\b",
+        r"\b(write|generate|give|provide)\b.*\babstract\b",
+        r"\btl;?dr\b",
+    )
+]
 
-_KIN = (r"father|mother|parents?|sons?|daughters?|brothers?|sisters?|siblings?|wife|wives|husbands?|"
-        r"spouses?|married|marry|marries|marrying|uncles?|aunts?|cousins?|nephews?|nieces?|grandfather|"
-        r"grandmother|grandson|granddaughter|fianc[eé]e?|lovers?|girlfriend|boyfriend|friends?|"
-        r"friendship|enem(y|ies)|rivals?|rivalry|mentor|guardian|"
-        r"step(father|mother|son|daughter|brother|sister|parent)s?|"
-        r"in love|fall(s|en)? in love|fell in love|engaged to|betrothed|widow(er)?")
-RELATION_NOVEL = [re.compile(p, _I) for p in (
-    rf"\b({_KIN})\b",
-    r"\brelationships?\b", r"\brelat(ed|ion|ions|es) (to|between|with)\b",
-    r"\bbetween \w[\w' .-]* and\b", r"\bfeel(s|ings?)? (about|for|towards?)\b", r"\beach other\b",
-    r"\bone another\b",
-)]
-RELATION_PAPER = [re.compile(p, _I) for p in (  # not "related to": in papers it names a topic
-    r"\brelationships?\b", r"\brelations? (between|with)\b", r"\bcorrelat\w*",
-    r"\bcompar(e|es|ed|ing|ison|isons|able)\b", r"\bdiffer(s|ent|ence|ences)?\b", r"\bversus\b",
-    r"\bvs\.?\b", r"\bbetween \w[\w' .-]* and\b",
-)]
-_PERSON = (r"man|woman|men|women|boy|girl|person|people|character|narrator|hero|heroine|villain|king|queen|"
-           r"prince|princess|captain|doctor|lady|lord|servant|child|baby|pimp|thief|killer|murderer|leader|"
-           r"detective|officer|soldier|priest|teacher|student|owner|stranger|young \w+|old \w+")
-CHARACTER = [re.compile(p, _I) for p in (
-    r"^\W*who\b", r"\bwho('s| is| was| are| were| does| did| has| had| will| would| could)\b",
-    r"\bwhom\b", r"\bwhose\b", r"\bwhat (is|was|are|were) (his|her|their) names?\b",
-    rf"\bnames? of (the|a|an|this|that|his|her|their) (\w+'s )?({_PERSON})\b", r"\bwhich (character|person)\b",
-    r"\bhow old\b", r"\bpersonality\b", r"\bwhat kind of (person|man|woman|people|girl|boy)\b",
-    r"\bcharacter\b", r"\boccupation\b", r"\bprofession\b", r"\b(his|her|their) (job|age|name)\b",
-)]
+_KIN = (
+    r"father|mother|parents?|sons?|daughters?|brothers?|sisters?|siblings?|wife|wives|husbands?|"
+    r"spouses?|married|marry|marries|marrying|uncles?|aunts?|cousins?|nephews?|nieces?|grandfather|"
+    r"grandmother|grandson|granddaughter|fianc[eé]e?|lovers?|girlfriend|boyfriend|friends?|"
+    r"friendship|enem(y|ies)|rivals?|rivalry|mentor|guardian|"
+    r"step(father|mother|son|daughter|brother|sister|parent)s?|"
+    r"in love|fall(s|en)? in love|fell in love|engaged to|betrothed|widow(er)?"
+)
+RELATION_NOVEL = [
+    re.compile(p, _I)
+    for p in (
+        rf"\b({_KIN})\b",
+        r"\brelationships?\b",
+        r"\brelat(ed|ion|ions|es) (to|between|with)\b",
+        r"\bbetween \w[\w' .-]* and\b",
+        r"\bfeel(s|ings?)? (about|for|towards?)\b",
+        r"\beach other\b",
+        r"\bone another\b",
+    )
+]
+RELATION_PAPER = [
+    re.compile(p, _I)
+    for p in (  # not "related to": in papers it names a topic
+        r"\brelationships?\b",
+        r"\brelations? (between|with)\b",
+        r"\bcorrelat\w*",
+        r"\bcompar(e|es|ed|ing|ison|isons|able)\b",
+        r"\bdiffer(s|ent|ence|ences)?\b",
+        r"\bversus\b",
+        r"\bvs\.?\b",
+        r"\bbetween \w[\w' .-]* and\b",
+    )
+]
+_PERSON = (
+    r"man|woman|men|women|boy|girl|person|people|character|narrator|hero|heroine|villain|king|queen|"
+    r"prince|princess|captain|doctor|lady|lord|servant|child|baby|pimp|thief|killer|murderer|leader|"
+    r"detective|officer|soldier|priest|teacher|student|owner|stranger|young \w+|old \w+"
+)
+CHARACTER = [
+    re.compile(p, _I)
+    for p in (
+        r"^\W*who\b",
+        r"\bwho('s| is| was| are| were| does| did| has| had| will| would| could)\b",
+        r"\bwhom\b",
+        r"\bwhose\b",
+        r"\bwhat (is|was|are|were) (his|her|their) names?\b",
+        rf"\bnames? of (the|a|an|this|that|his|her|their) (\w+'s )?({_PERSON})\b",
+        r"\bwhich (character|person)\b",
+        r"\bhow old\b",
+        r"\bpersonality\b",
+        r"\bwhat kind of (person|man|woman|people|girl|boy)\b",
+        r"\bcharacter\b",
+        r"\boccupation\b",
+        r"\bprofession\b",
+        r"\b(his|her|their) (job|age|name)\b",
+    )
+]
 
 # "Uncle Silas", "Father Brown": a kinship word used as a title before a name is part of the name.
 _KIN_TITLE = re.compile(r"\b(Uncle|Aunt|Father|Mother|Brother|Sister|Cousin)\s+(?=[A-Z])")

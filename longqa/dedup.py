@@ -22,15 +22,17 @@ def fingerprint(text: str) -> frozenset[int]:
     words = _WORD.findall(text.lower())
     anchors = {w for w in set(words) if zlib.crc32(w.encode()) % ANCHOR_MOD == 0}
     last = len(words) - SHINGLE + 1
-    out = {zlib.crc32(" ".join(words[i:i + SHINGLE]).encode())
-           for i, w in enumerate(words) if w in anchors and i < last}
+    out = {
+        zlib.crc32(" ".join(words[i : i + SHINGLE]).encode()) for i, w in enumerate(words) if w in anchors and i < last
+    }
     if not out and words:  # very short texts: the whole text is the one shingle
         out.add(zlib.crc32(" ".join(words).encode()))
     return frozenset(out)
 
 
-def near_duplicate_pairs(prints: Mapping[str, frozenset[int]], threshold: float = 0.5,
-                         max_df: int = 50) -> list[tuple[str, str, float]]:
+def near_duplicate_pairs(
+    prints: Mapping[str, frozenset[int]], threshold: float = 0.5, max_df: int = 50
+) -> list[tuple[str, str, float]]:
     """(a, b, jaccard) with a < b for every pair at or above `threshold`, sorted. Shingles shared by more
     than `max_df` documents (boilerplate) do not propose pairs."""
     index: dict[int, list[str]] = defaultdict(list)
@@ -41,7 +43,7 @@ def near_duplicate_pairs(prints: Mapping[str, frozenset[int]], threshold: float 
     for keys in index.values():
         if 1 < len(keys) <= max_df:
             for i, a in enumerate(keys):
-                for b in keys[i + 1:]:
+                for b in keys[i + 1 :]:
                     shared[(a, b)] += 1
     out = []
     for (a, b), n in shared.items():

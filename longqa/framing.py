@@ -20,7 +20,7 @@ class Framed:
 def _pieces(template: str, title: str) -> tuple[str, str, str]:
     i, j = template.index("{document}"), template.index("{question}")
     fmt = lambda s: s.format(title=title)  # noqa: E731 - {{ }} escapes and {title} as str.format does
-    return fmt(template[:i]), fmt(template[i + len("{document}"):j]), fmt(template[j + len("{question}"):])
+    return fmt(template[:i]), fmt(template[i + len("{document}") : j]), fmt(template[j + len("{question}") :])
 
 
 def head(template: str, title: str) -> str:
@@ -44,8 +44,7 @@ def parse(template: str, title: str, question: str, instruction: str) -> tuple[s
     """(head + document, document) when `instruction` is exactly this framing around `question`, else None."""
     head, middle, tail = _pieces(template, title)
     rest = middle + question + tail
-    if not instruction.startswith(head) or not instruction.endswith(rest) \
-            or len(instruction) < len(head) + len(rest):
+    if not instruction.startswith(head) or not instruction.endswith(rest) or len(instruction) < len(head) + len(rest):
         return None
     head_doc = instruction[: len(instruction) - len(rest)]
-    return head_doc, head_doc[len(head):]
+    return head_doc, head_doc[len(head) :]

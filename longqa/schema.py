@@ -20,8 +20,18 @@ ANSWER_TYPES = ("abstractive", "extractive", "yes_no", "multiple_choice", "summa
 
 # Every item field and its JSON type, in the order they are written.
 ITEM_FIELDS: dict[str, type] = {
-    "id": str, "instruction": str, "output": str, "category": str, "doc_type": str, "source": str,
-    "doc_id": str, "title": str, "question": str, "answer_type": str, "n_tokens": int, "split": str,
+    "id": str,
+    "instruction": str,
+    "output": str,
+    "category": str,
+    "doc_type": str,
+    "source": str,
+    "doc_id": str,
+    "title": str,
+    "question": str,
+    "answer_type": str,
+    "n_tokens": int,
+    "split": str,
 }
 
 

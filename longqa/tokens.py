@@ -37,7 +37,7 @@ class TokenCounter:
         """Token counts of `texts`, encoded in batches (the Rust tokenizer spreads a batch over cores)."""
         out: list[int] = []
         for i in range(0, len(texts), self.batch):
-            chunk = list(texts[i:i + self.batch])
+            chunk = list(texts[i : i + self.batch])
             out += [len(e.ids) for e in self.tokenizer.encode_batch_fast(chunk, add_special_tokens=False)]
             if progress is not None:
                 progress(len(chunk))
@@ -85,9 +85,13 @@ def load_counter(spec: str) -> TokenCounter:
         try:
             path = Path(hf_hub_download(where, "tokenizer.json", local_files_only=source.local_only))
         except Exception as e:  # missing file, offline, gated: one line either way
-            raise LlqaError(f"--tokenizer {spec}: no tokenizer.json ({str(e).splitlines()[0]})",
-                            "use a model with a fast tokenizer (tokenizer.json), e.g. smollm2-135m") from None
+            raise LlqaError(
+                f"--tokenizer {spec}: no tokenizer.json ({str(e).splitlines()[0]})",
+                "use a model with a fast tokenizer (tokenizer.json), e.g. smollm2-135m",
+            ) from None
     if not path.is_file():
-        raise LlqaError(f"--tokenizer {spec}: {where} has no tokenizer.json",
-                        "use a model with a fast tokenizer (tokenizer.json), e.g. smollm2-135m")
+        raise LlqaError(
+            f"--tokenizer {spec}: {where} has no tokenizer.json",
+            "use a model with a fast tokenizer (tokenizer.json), e.g. smollm2-135m",
+        )
     return TokenCounter(Tokenizer.from_file(str(path)), spec, source.note, _sha256(path))

@@ -91,10 +91,17 @@ class Report:
         return self.errors == 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "ok": self.ok, "items": self.items, "errors": self.errors,
-                "warnings": self.warnings, "checked": self.checked, "skipped": self.skipped,
-                "by_code": {f"{sev}:{code}": n for (sev, code), n in sorted(self.counts.items())},
-                "problems": [asdict(p) for p in self.problems]}
+        return {
+            "path": self.path,
+            "ok": self.ok,
+            "items": self.items,
+            "errors": self.errors,
+            "warnings": self.warnings,
+            "checked": self.checked,
+            "skipped": self.skipped,
+            "by_code": {f"{sev}:{code}": n for (sev, code), n in sorted(self.counts.items())},
+            "problems": [asdict(p) for p in self.problems],
+        }
 
 
 @dataclass
@@ -153,17 +160,21 @@ def check_schema(row: Row, report: Report, split: str | None) -> bool:
             report.add(ERROR, "missing-field", row.file, row.line, key, "field missing")
             ok = False
         elif not isinstance(it[key], typ) or (typ is int and isinstance(it[key], bool)):
-            report.add(ERROR, "type", row.file, row.line, key,
-                       f"expected {typ.__name__}, got {type(it[key]).__name__}")
+            report.add(ERROR, "type", row.file, row.line, key, f"expected {typ.__name__}, got {type(it[key]).__name__}")
             ok = False
     for key in sorted(set(it) - set(ITEM_FIELDS)):
         report.add(WARNING, "extra-field", row.file, row.line, str(key), "field not in the LongQA format")
-    for key, allowed in (("category", CATEGORIES), ("doc_type", DOC_TYPES), ("split", SPLITS),
-                         ("answer_type", ANSWER_TYPES)):
+    for key, allowed in (
+        ("category", CATEGORIES),
+        ("doc_type", DOC_TYPES),
+        ("split", SPLITS),
+        ("answer_type", ANSWER_TYPES),
+    ):
         v = it.get(key)
         if isinstance(v, str) and v not in allowed:
-            report.add(ERROR, key, row.file, row.line, key,
-                       f"unknown value {_short(v)!r}; allowed: {', '.join(allowed)}")
+            report.add(
+                ERROR, key, row.file, row.line, key, f"unknown value {_short(v)!r}; allowed: {', '.join(allowed)}"
+            )
             ok = False
     if split and isinstance(it.get("split"), str) and it["split"] in SPLITS and it["split"] != split:
         report.add(ERROR, "split", row.file, row.line, "split", f"item says {it['split']!r} in {split}.jsonl")
@@ -193,8 +204,14 @@ def check_framing(rows: list[Row], templates: dict[str, str], report: Report) ->
         it = r.item
         parsed = framing.parse(templates[it["doc_type"]], it["title"], it["question"], it["instruction"])
         if parsed is None or not parsed[1].strip():
-            report.add(ERROR, "framing", r.file, r.line, "instruction",
-                       f"not the recipe's {it['doc_type']} framing around this item's title and question")
+            report.add(
+                ERROR,
+                "framing",
+                r.file,
+                r.line,
+                "instruction",
+                f"not the recipe's {it['doc_type']} framing around this item's title and question",
+            )
             continue
         r.head_doc, r.doc = parsed
 
@@ -211,13 +228,13 @@ def check_tokens(rows: list[Row], counter, ctx: int | None, report: Report, reco
     split_ok = counter.splittable
     heads: dict[str, int] = {}
     for r in rows:
-        if split_ok and r.head_doc is not None and safe_split(r.head_doc, r.item["instruction"][len(r.head_doc):]):
+        if split_ok and r.head_doc is not None and safe_split(r.head_doc, r.item["instruction"][len(r.head_doc) :]):
             heads.setdefault(r.head_doc, 0)
     keys = sorted(heads)
     heads.update(zip(keys, counter.count(keys), strict=True))
     whole = [r for r in rows if r.head_doc not in heads]
     whole_counts = counter.count([r.item["instruction"] for r in whole])
-    short = [r.item["instruction"][len(r.head_doc):] for r in rows if r.head_doc in heads]
+    short = [r.item["instruction"][len(r.head_doc) :] for r in rows if r.head_doc in heads]
     counter.batch, old = 1024, counter.batch
     try:
         short_counts = iter(counter.count(short))
@@ -233,14 +250,26 @@ def check_tokens(rows: list[Row], counter, ctx: int | None, report: Report, reco
         else:
             n_inst = next(whole_iter)
         if n_inst + n_out != r.item["n_tokens"]:
-            report.add(ERROR, "n_tokens", r.file, r.line, "n_tokens",
-                       f"recorded {r.item['n_tokens']}, recounted {n_inst + n_out}")
+            report.add(
+                ERROR,
+                "n_tokens",
+                r.file,
+                r.line,
+                "n_tokens",
+                f"recorded {r.item['n_tokens']}, recounted {n_inst + n_out}",
+            )
     # Cross-check the shortcut itself on the three shortest instructions counted by parts.
     sample = sorted(by_parts, key=lambda t: (t[0], t[1].file, t[1].line))[:3]
     for (n_parts, r), n_whole in zip(sample, counter.count([r.item["instruction"] for _, r in sample]), strict=True):
         if n_parts != n_whole:
-            report.add(ERROR, "n_tokens", r.file, r.line, "instruction",
-                       f"counted by parts {n_parts} != whole {n_whole}: this tokenizer does not split cleanly")
+            report.add(
+                ERROR,
+                "n_tokens",
+                r.file,
+                r.line,
+                "instruction",
+                f"counted by parts {n_parts} != whole {n_whole}: this tokenizer does not split cleanly",
+            )
 
 
 def check_duplicates(rows: list[Row], report: Report) -> None:
@@ -257,22 +286,40 @@ def check_duplicates(rows: list[Row], report: Report) -> None:
         key = (it["doc_id"], it["question"])
         if key in questions:
             first = questions[key]
-            report.add(ERROR, "duplicate-question", r.file, r.line, "question",
-                       f"same question on the same document at {first.file}:{first.line}")
+            report.add(
+                ERROR,
+                "duplicate-question",
+                r.file,
+                r.line,
+                "question",
+                f"same question on the same document at {first.file}:{first.line}",
+            )
         else:
             questions[key] = r
             nkey = (it["doc_id"], norm_words(it["question"]))
             if nkey in near:
                 first = near[nkey]
-                report.add(WARNING, "near-duplicate-question", r.file, r.line, "question",
-                           f"same words as {first.file}:{first.line}")
+                report.add(
+                    WARNING,
+                    "near-duplicate-question",
+                    r.file,
+                    r.line,
+                    "question",
+                    f"same words as {first.file}:{first.line}",
+                )
             near.setdefault(nkey, r)
         if r.doc is not None:
             digest = hashlib.sha256(r.doc.encode("utf-8", "surrogatepass")).hexdigest()
             if it["doc_id"] in docs and docs[it["doc_id"]][0] != digest:
                 first = docs[it["doc_id"]][1]
-                report.add(ERROR, "doc-mismatch", r.file, r.line, "instruction",
-                           f"doc_id {_short(it['doc_id'])!r} has a different document at {first.file}:{first.line}")
+                report.add(
+                    ERROR,
+                    "doc-mismatch",
+                    r.file,
+                    r.line,
+                    "instruction",
+                    f"doc_id {_short(it['doc_id'])!r} has a different document at {first.file}:{first.line}",
+                )
             docs.setdefault(it["doc_id"], (digest, r))
 
 
@@ -294,11 +341,23 @@ def check_documents(rows: list[Row], report: Report) -> None:
     for a, b, j in dedup.near_duplicate_pairs(prints):
         ra, rb = first[a], first[b]
         if splits[a] != splits[b] or len(splits[a]) > 1:
-            report.add(ERROR, "split-leak", rb.file, rb.line, "doc_id",
-                       f"near-duplicate (Jaccard {j}) of {_short(a)!r} at {ra.file}:{ra.line}, in another split")
+            report.add(
+                ERROR,
+                "split-leak",
+                rb.file,
+                rb.line,
+                "doc_id",
+                f"near-duplicate (Jaccard {j}) of {_short(a)!r} at {ra.file}:{ra.line}, in another split",
+            )
         else:
-            report.add(WARNING, "near-duplicate-document", rb.file, rb.line, "doc_id",
-                       f"near-duplicate (Jaccard {j}) of {_short(a)!r} at {ra.file}:{ra.line}")
+            report.add(
+                WARNING,
+                "near-duplicate-document",
+                rb.file,
+                rb.line,
+                "doc_id",
+                f"near-duplicate (Jaccard {j}) of {_short(a)!r} at {ra.file}:{ra.line}",
+            )
 
 
 def check_answers(rows: list[Row], report: Report) -> None:
@@ -311,8 +370,14 @@ def check_answers(rows: list[Row], report: Report) -> None:
             doc = norm_docs.setdefault(it["doc_id"], norm_space(r.doc))
             missing = [s for s in extractive_spans(it["output"]) if norm_space(s) not in doc]
             if missing:
-                report.add(ERROR, "extractive-not-found", r.file, r.line, "output",
-                           f"span {_short(missing[0])!r} is not in the document")
+                report.add(
+                    ERROR,
+                    "extractive-not-found",
+                    r.file,
+                    r.line,
+                    "output",
+                    f"span {_short(missing[0])!r} is not in the document",
+                )
 
 
 def check_counts(rows: list[Row], manifest: dict[str, Any], report: Report) -> None:
@@ -324,16 +389,29 @@ def check_counts(rows: list[Row], manifest: dict[str, Any], report: Report) -> N
             q = _dict(quotas.get(doc_type)).get(cat, 0)
             n = counts.get((doc_type, cat), 0)
             if not isinstance(q, int):
-                report.add(ERROR, "manifest", "manifest.json", None, f"recipe.quotas.{doc_type}.{cat}",
-                           f"not a count: {_short(repr(q))}")
+                report.add(
+                    ERROR,
+                    "manifest",
+                    "manifest.json",
+                    None,
+                    f"recipe.quotas.{doc_type}.{cat}",
+                    f"not a count: {_short(repr(q))}",
+                )
             elif n > q or (n < q and not allow_short):
-                report.add(ERROR, "quota", "manifest.json", None, "recipe.quotas",
-                           f"{doc_type}/{cat}: {n} items, quota {q}")
+                report.add(
+                    ERROR, "quota", "manifest.json", None, "recipe.quotas", f"{doc_type}/{cat}: {n} items, quota {q}"
+                )
     recorded = _dict(manifest.get("counts")).get("by_category")
     actual = dict(sorted(Counter(r.item["category"] for r in rows).items()))
     if recorded is not None and recorded != actual:
-        report.add(ERROR, "counts", "manifest.json", None, "counts.by_category",
-                   f"manifest says {recorded}, files hold {actual}")
+        report.add(
+            ERROR,
+            "counts",
+            "manifest.json",
+            None,
+            "counts.by_category",
+            f"manifest says {recorded}, files hold {actual}",
+        )
 
 
 # --------------------------------------------------------------------------- entry point
@@ -364,14 +442,19 @@ def _manifest(path: Path, report: Report) -> dict[str, Any] | None:
             want = meta.get("sha256") if isinstance(meta, dict) else None
             got = hashlib.sha256(p.read_bytes()).hexdigest()
             if got != want:
-                report.add(ERROR, "checksum", str(name), None, None,
-                           f"sha256 {got[:12]}... != manifest {str(want)[:12]}...")
+                report.add(
+                    ERROR, "checksum", str(name), None, None, f"sha256 {got[:12]}... != manifest {str(want)[:12]}..."
+                )
     return m
 
 
 def _usable_template(t: Any) -> bool:
-    if not isinstance(t, str) or t.count("{document}") != 1 or t.count("{question}") != 1 \
-            or t.index("{question}") < t.index("{document}"):
+    if (
+        not isinstance(t, str)
+        or t.count("{document}") != 1
+        or t.count("{question}") != 1
+        or t.index("{question}") < t.index("{document}")
+    ):
         return False
     try:
         t.format(document="", question="", title="")
@@ -389,8 +472,13 @@ def _templates(manifest: dict[str, Any] | None, report: Report) -> dict[str, str
     return None
 
 
-def validate(path: str | Path, ctx: int | None = None, recount: bool = True, tokenizer: str | None = None,
-             recipe: str | None = None) -> Report:
+def validate(
+    path: str | Path,
+    ctx: int | None = None,
+    recount: bool = True,
+    tokenizer: str | None = None,
+    recipe: str | None = None,
+) -> Report:
     """Check a build directory or one .jsonl file; `tokenizer`/`recipe` stand in for a missing manifest."""
     path = Path(path)
     if not path.exists():
@@ -441,8 +529,14 @@ def validate(path: str | Path, ctx: int | None = None, recount: bool = True, tok
     if counter is not None:
         want = _dict(_dict(manifest).get("tokenizer")).get("sha256")
         if want and want != counter.sha256:
-            report.add(WARNING, "tokenizer", "manifest.json", None, "tokenizer.sha256",
-                       f"the local {spec} tokenizer differs from the one the build used; counts may differ")
+            report.add(
+                WARNING,
+                "tokenizer",
+                "manifest.json",
+                None,
+                "tokenizer.sha256",
+                f"the local {spec} tokenizer differs from the one the build used; counts may differ",
+            )
         check_tokens(rows, counter, ctx, report, True)
         report.checked.append("n_tokens recount")
     else:

@@ -16,10 +16,20 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 def tiny_llama_config(vocab_size: int, **overrides):
     from transformers import LlamaConfig
 
-    cfg = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-               rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, bos_token_id=1,
-               eos_token_id=2, pad_token_id=2, tie_word_embeddings=False)
+    cfg = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        tie_word_embeddings=False,
+    )
     cfg.update(overrides)
     return LlamaConfig(**cfg)
 
@@ -29,8 +39,7 @@ def build_tiny_llama(vocab_size: int = 49152, seed: int = 0, **overrides):
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_llama_config(vocab_size, **overrides),
-                                             attn_implementation="sdpa")
+    model = AutoModelForCausalLM.from_config(tiny_llama_config(vocab_size, **overrides), attn_implementation="sdpa")
     return model.float().eval()
 
 
@@ -73,8 +82,13 @@ def run_llqa(*args: str, env: dict | None = None, timeout: float = 600):
     import sys
 
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-c", "import cli; cli.main()", *args], capture_output=True,
-                          text=True, env=full_env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", "import cli; cli.main()", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+    )
 
 
 def llqa_call(capsys, *args: str) -> tuple[int, str, str]:
@@ -95,8 +109,22 @@ def tiny_train_args(tmp_path, model_dir, topic: str) -> list[str]:
     about `topic`, with activation offload (the path --compile and --offload-fraction act on)."""
     text = tmp_path / "doc.txt"
     text.write_text(f"A long enough document about {topic}. " * 40)
-    return ["train", "--model", str(model_dir), "--ctx", "64", "--data", str(text), "--max-steps", "1",
-            "--batch-size", "1", "--device", "cpu", "--offload-activations"]
+    return [
+        "train",
+        "--model",
+        str(model_dir),
+        "--ctx",
+        "64",
+        "--data",
+        str(text),
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "1",
+        "--device",
+        "cpu",
+        "--offload-activations",
+    ]
 
 
 def llqa_in_process(capsys, *args: str) -> tuple[int, str]:
@@ -118,8 +146,18 @@ def train_step_grads(tmp_path, compile_backend: str | None = None, **config):
     from trainer.config import TrainConfig
     from trainer.loop import _optimizer, _prepare_model, train_step
 
-    cfg = TrainConfig(task="train", out=str(tmp_path), data=["x"], ctx=64, lr=0.1, warmup_steps=0, batch_size=2,
-                      device="cpu", dtype="float32", **config)
+    cfg = TrainConfig(
+        task="train",
+        out=str(tmp_path),
+        data=["x"],
+        ctx=64,
+        lr=0.1,
+        warmup_steps=0,
+        batch_size=2,
+        device="cpu",
+        dtype="float32",
+        **config,
+    )
     torch.manual_seed(0)
     model = _prepare_model(cfg, build_tiny_llama(512, seed=1), torch.float32)
     if compile_backend is not None:
@@ -158,8 +196,9 @@ def tied_tiny_and_essay(tmp_path_factory, smollm2_tokenizer, shared_data):
     """(model dir, text file) for the multi-process trainer tests: a tiny Llama with tied embeddings (as
     SmolLM2's) and the SmolLM2 tokenizer, and 4,000 characters of a real essay."""
     root = tmp_path_factory.mktemp("gloo-tiny")
-    build_tiny_llama(len(smollm2_tokenizer), seed=3, tie_word_embeddings=True,
-                     max_position_embeddings=32).save_pretrained(root / "model")
+    build_tiny_llama(
+        len(smollm2_tokenizer), seed=3, tie_word_embeddings=True, max_position_embeddings=32
+    ).save_pretrained(root / "model")
     smollm2_tokenizer.save_pretrained(root / "model")
     src = sorted((shared_data / "paul_graham_essays").rglob("*.txt"))[0]
     (root / "essay.txt").write_text(src.read_text()[:4000])

@@ -39,10 +39,12 @@ def test_help_of_every_command(path):
 
 
 def test_help_does_not_import_torch():
-    code = ("import sys, cli\n"
-            "try:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "heavy = [m for m in ('torch', 'transformers', 'datasets', 'peft') if m in sys.modules]\n"
-            "print('HEAVY', heavy)")
+    code = (
+        "import sys, cli\n"
+        "try:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'transformers', 'datasets', 'peft') if m in sys.modules]\n"
+        "print('HEAVY', heavy)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "HEAVY []" in out
 
@@ -82,13 +84,16 @@ def test_offline_uncached_hub_model_is_one_line(tmp_path):
     _assert_one_line_error(result, "meta-llama/Llama-2-7b-hf", "HF_HOME")
 
 
-@pytest.mark.parametrize(("args", "needle"), [
-    (["--model", "gpt-17"], "unknown model 'gpt-17'"),
-    (["--model", "./no/such/dir"], "no such file or directory"),
-    (["--ctx", "0"], "--ctx must be a positive"),
-    (["--ctx", "-4096"], "--ctx must be a positive"),
-    (["--model", "random:huge"], "unknown random shape"),
-])
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--model", "gpt-17"], "unknown model 'gpt-17'"),
+        (["--model", "./no/such/dir"], "no such file or directory"),
+        (["--ctx", "0"], "--ctx must be a positive"),
+        (["--ctx", "-4096"], "--ctx must be a positive"),
+        (["--model", "random:huge"], "unknown random shape"),
+    ],
+)
 def test_user_errors_are_one_line_exit_2(args, needle):
     _assert_one_line_error(run_llqa("info", *args), needle)
 

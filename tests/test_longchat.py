@@ -45,16 +45,22 @@ def longeval(shared_data) -> Path:
 # --------------------------------------------------------------------------- scoring rules
 
 
-@pytest.mark.parametrize("answer, gold, match", [
-    ("The first topic we discussed is the benefits of reading for pleasure.", "The benefits of reading for pleasure",
-     True),
-    ("THE BENEFITS OF READING FOR PLEASURE", "The benefits of reading for pleasure", True),  # case
-    ("benefits of reading, for pleasure!", "The benefits of reading for pleasure", True),  # punctuation, article
-    ("The pleasure of reading books", "The benefits of reading for pleasure", False),  # a paraphrase: no match
-    ("reading for pleasure", "The benefits of reading for pleasure", False),  # part of the topic only
-    ("", "The psychology of happiness", False),
-    ("the psychology of happinessness", "The psychology of happiness", False),  # words, not characters
-])
+@pytest.mark.parametrize(
+    "answer, gold, match",
+    [
+        (
+            "The first topic we discussed is the benefits of reading for pleasure.",
+            "The benefits of reading for pleasure",
+            True,
+        ),
+        ("THE BENEFITS OF READING FOR PLEASURE", "The benefits of reading for pleasure", True),  # case
+        ("benefits of reading, for pleasure!", "The benefits of reading for pleasure", True),  # punctuation, article
+        ("The pleasure of reading books", "The benefits of reading for pleasure", False),  # a paraphrase: no match
+        ("reading for pleasure", "The benefits of reading for pleasure", False),  # part of the topic only
+        ("", "The psychology of happiness", False),
+        ("the psychology of happinessness", "The psychology of happiness", False),  # words, not characters
+    ],
+)
 def test_topic_match(answer, gold, match):
     assert topic_match(answer, gold) is match
 
@@ -76,14 +82,17 @@ def test_normalize_answer():
     assert normalize_answer("The Psychology, of an  Apple!") == ["psychology", "of", "apple"]
 
 
-@pytest.mark.parametrize("output, expected, correct, parsed", [
-    ("The <REGISTER_CONTENT> in line torpid-kid is 2416.", 2416, True, 2416),
-    ("<2416>", 2416, True, 2416),
-    ("I don't know.", 2416, False, None),  # no integer
-    ("2416, or maybe 3119", 2416, False, 3119),  # several integers: the last counts (LongChat's rule)
-    ("line 7 holds 2416", 2416, True, 2416),
-    ("2,416", 2416, False, 416),
-])
+@pytest.mark.parametrize(
+    "output, expected, correct, parsed",
+    [
+        ("The <REGISTER_CONTENT> in line torpid-kid is 2416.", 2416, True, 2416),
+        ("<2416>", 2416, True, 2416),
+        ("I don't know.", 2416, False, None),  # no integer
+        ("2416, or maybe 3119", 2416, False, 3119),  # several integers: the last counts (LongChat's rule)
+        ("line 7 holds 2416", 2416, True, 2416),
+        ("2,416", 2416, False, 416),
+    ],
+)
 def test_line_verdict(output, expected, correct, parsed):
     assert line_verdict(output, expected) == (correct, parsed)
 
@@ -109,10 +118,12 @@ def test_real_files_load_and_score_canned_answers(longeval):
         for c in cases:
             name = c["random_idx"][0]
             assert c["correct_line"] in c["prompt"] and f"in line {name}?" in c["prompt"]
-            assert line_verdict(f"The <REGISTER_CONTENT> in line {name} is {c['expected_number']}.",
-                                c["expected_number"]) == (True, c["expected_number"])
-            assert not line_verdict(f"{c['expected_number']} is not it, it is {c['expected_number'] + 1}",
-                                    c["expected_number"])[0]
+            assert line_verdict(
+                f"The <REGISTER_CONTENT> in line {name} is {c['expected_number']}.", c["expected_number"]
+            ) == (True, c["expected_number"])
+            assert not line_verdict(
+                f"{c['expected_number']} is not it, it is {c['expected_number'] + 1}", c["expected_number"]
+            )[0]
 
 
 def test_our_prompt_format_rebuilds_every_published_topics_case(longeval):
@@ -177,14 +188,17 @@ def test_generated_lines_cases(smollm2_tokenizer, tmp_path):
 # --------------------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("content, match", [
-    ('{"test_id": 0, "prompt": "p", "topics": ["a"]}\n{"test_id": 1, "prompt": \n', r"\.jsonl:2 is not valid JSON"),
-    ('{"test_id": 0, "prompt": "p"}\n', "lacks field.*topics"),
-    ('{"test_id": 0, "topics": ["a"]}\n', "lacks field.*prompt"),
-    ('{"prompt": "p", "topics": []}\n', "non-empty list"),
-    ('[1, 2]\n', "not a JSON object"),
-    ("\n\n", "no test case"),
-])
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ('{"test_id": 0, "prompt": "p", "topics": ["a"]}\n{"test_id": 1, "prompt": \n', r"\.jsonl:2 is not valid JSON"),
+        ('{"test_id": 0, "prompt": "p"}\n', "lacks field.*topics"),
+        ('{"test_id": 0, "topics": ["a"]}\n', "lacks field.*prompt"),
+        ('{"prompt": "p", "topics": []}\n', "non-empty list"),
+        ("[1, 2]\n", "not a JSON object"),
+        ("\n\n", "no test case"),
+    ],
+)
 def test_bad_topics_files(tmp_path, content, match):
     f = tmp_path / "5_topics.jsonl"
     f.write_text(content)
@@ -192,10 +206,13 @@ def test_bad_topics_files(tmp_path, content, match):
         load_testcases(f, "topics")
 
 
-@pytest.mark.parametrize("content, match", [
-    ('{"prompt": "p", "expected_number": "many"}\n', "must be an integer"),
-    ('{"prompt": "p"}\n', "lacks field.*expected_number"),
-])
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ('{"prompt": "p", "expected_number": "many"}\n', "must be an integer"),
+        ('{"prompt": "p"}\n', "lacks field.*expected_number"),
+    ],
+)
 def test_bad_lines_files(tmp_path, content, match):
     f = tmp_path / "5_lines.jsonl"
     f.write_text(content)
@@ -237,8 +254,14 @@ def test_download_from_a_mirror_and_offline_error(longeval, tmp_path, monkeypatc
 
 
 def test_prepare_reads_what_the_folder_has_and_generates_the_rest(longeval, tmp_path, monkeypatch):
-    cfg = LongEvalConfig(task="topics", testcases=str(longeval), sizes=[1, 2], generate=True, cases=3,
-                         conversations=str(longeval / "topics" / "conversations.jsonl"))
+    cfg = LongEvalConfig(
+        task="topics",
+        testcases=str(longeval),
+        sizes=[1, 2],
+        generate=True,
+        cases=3,
+        conversations=str(longeval / "topics" / "conversations.jsonl"),
+    )
     files = prepare_testcases(cfg, tmp_path)
     assert files[1] == longeval / "topics" / "testcases" / "1_topics.jsonl"  # published: read, not generated
     assert files[2] == tmp_path / "testcases" / "2_topics.jsonl"
@@ -258,8 +281,10 @@ def test_prepare_reads_what_the_folder_has_and_generates_the_rest(longeval, tmp_
 
 def test_judge_hook(tmp_path):
     script = tmp_path / "judge.py"
-    script.write_text("import json, sys\nd = json.load(sys.stdin)\n"
-                      "print(json.dumps({'correct': d['gold'].lower() in d['answer'].lower()}))\n")
+    script.write_text(
+        "import json, sys\nd = json.load(sys.stdin)\n"
+        "print(json.dumps({'correct': d['gold'].lower() in d['answer'].lower()}))\n"
+    )
     cmd = f"{sys.executable} {script}"
     assert run_judge(cmd, {"gold": "Tides", "answer": "it was tides"}) is True
     assert run_judge(cmd, {"gold": "Tides", "answer": "it was bread"}) is False
@@ -271,9 +296,11 @@ def test_judge_hook(tmp_path):
 
 
 def test_summary_per_n():
-    recs = [{"n": 5, "prompt_tokens": 100, "correct": True, "f1": 1.0},
-            {"n": 5, "prompt_tokens": 300, "correct": False, "f1": 0.5, "judge": True},
-            {"n": 10, "prompt_tokens": 900, "skipped": True}]
+    recs = [
+        {"n": 5, "prompt_tokens": 100, "correct": True, "f1": 1.0},
+        {"n": 5, "prompt_tokens": 300, "correct": False, "f1": 0.5, "judge": True},
+        {"n": 10, "prompt_tokens": 900, "skipped": True},
+    ]
     rows = {r["n"]: r for r in summarize(recs, "topics")}
     assert rows[5]["accuracy"] == 0.5 and rows[5]["mean_f1"] == 0.75 and rows[5]["mean_prompt_tokens"] == 200
     assert rows[5]["judge_accuracy"] == 1.0
@@ -285,8 +312,24 @@ def test_summary_per_n():
 
 def test_cli_lines_generate_run_and_resume(tiny_llama_dir, tmp_path):
     out = tmp_path / "lines"
-    args = ["eval", "lines", "--model", str(tiny_llama_dir), "--generate", "--sizes", "3,6", "--cases", "2",
-            "--max-new-tokens", "4", "--chat-template", "none", "--out", str(out), "--no-progress"]
+    args = [
+        "eval",
+        "lines",
+        "--model",
+        str(tiny_llama_dir),
+        "--generate",
+        "--sizes",
+        "3,6",
+        "--cases",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--chat-template",
+        "none",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     r = runner.invoke(cli.app, args)
     assert r.exit_code == 0, r.output
     assert (out / "testcases" / "3_lines.jsonl").is_file() and (out / "lines_accuracy.png").is_file()
@@ -300,16 +343,31 @@ def test_cli_lines_generate_run_and_resume(tiny_llama_dir, tmp_path):
 
 
 def test_cli_topics_real_cases_overlong_skip_and_middle(tiny_llama_dir, longeval, tmp_path):
-    base = ["eval", "topics", "--model", str(tiny_llama_dir), "--testcases", str(longeval), "--sizes", "1",
-            "--limit", "2", "--max-new-tokens", "3", "--no-progress"]
+    base = [
+        "eval",
+        "topics",
+        "--model",
+        str(tiny_llama_dir),
+        "--testcases",
+        str(longeval),
+        "--sizes",
+        "1",
+        "--limit",
+        "2",
+        "--max-new-tokens",
+        "3",
+        "--no-progress",
+    ]
     r = runner.invoke(cli.app, [*base, "--out", str(tmp_path / "skip")])
     assert r.exit_code == 0, r.output
     [row] = json.loads((tmp_path / "skip" / "result.json").read_text())["summary"]["by_n"]
     assert row["skipped"] == 2 and row["accuracy"] is None and row["mean_prompt_tokens"] > 256  # ctx 256
     judge = tmp_path / "judge.py"
     judge.write_text("import json, sys\njson.load(sys.stdin)\nprint('yes')\n")
-    r = runner.invoke(cli.app, [*base, "--overlong", "middle", "--judge-cmd", f"{sys.executable} {judge}",
-                                "--out", str(tmp_path / "mid")])
+    r = runner.invoke(
+        cli.app,
+        [*base, "--overlong", "middle", "--judge-cmd", f"{sys.executable} {judge}", "--out", str(tmp_path / "mid")],
+    )
     assert r.exit_code == 0, r.output
     [row] = json.loads((tmp_path / "mid" / "result.json").read_text())["summary"]["by_n"]
     assert row["evaluated"] == row["truncated"] == 2 and 0.0 <= row["accuracy"] <= 1.0

@@ -14,7 +14,8 @@ from longqa.recipe import load_recipe
 # the shipped framing strings, as TOML (JSON string escapes are valid TOML)
 FRAMING = "[framing]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in load_recipe("longqa-3k").framing.items())
 
-SMALL = """
+SMALL = (
+    """
 name = "small-real"
 description = "A small LongQA build over the shared local data (tests)."
 min_tokens = 4096
@@ -39,7 +40,9 @@ splits = ["test"]
 
 [sources.leval]
 tasks = ["scientific_qa", "paper_assistant", "sci_fi", "quality"]
-""" + FRAMING
+"""
+    + FRAMING
+)
 
 
 def _run(args):
@@ -58,8 +61,9 @@ def recipe_path(tmp_path_factory):
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, recipe_path, shared_data):
     out = tmp_path_factory.mktemp("build") / "longqa"
-    code, output = _run(["build", "--recipe", str(recipe_path), "--source-dir", str(shared_data), "--out", str(out),
-                         "--seed", "3"])
+    code, output = _run(
+        ["build", "--recipe", str(recipe_path), "--source-dir", str(shared_data), "--out", str(out), "--seed", "3"]
+    )
     assert code == 0, output
     return out
 
@@ -104,14 +108,16 @@ def test_same_inputs_and_seed_give_identical_bytes(built, recipe_path, shared_da
     for name in ("narrativeqa", "leval"):
         (elsewhere / name).symlink_to(shared_data / name, target_is_directory=True)
     again = tmp_path / "again"
-    code, output = _run(["build", "--recipe", str(recipe_path), "--source-dir", str(elsewhere), "--out", str(again),
-                         "--seed", "3"])
+    code, output = _run(
+        ["build", "--recipe", str(recipe_path), "--source-dir", str(elsewhere), "--out", str(again), "--seed", "3"]
+    )
     assert code == 0, output
     for name in ("train.jsonl", "test.jsonl", "train.parquet", "test.parquet", "README.md", "manifest.json"):
         assert (again / name).read_bytes() == (built / name).read_bytes(), name
     other = tmp_path / "other-seed"
-    code, _ = _run(["build", "--recipe", str(recipe_path), "--source-dir", str(shared_data), "--out", str(other),
-                    "--seed", "4"])
+    code, _ = _run(
+        ["build", "--recipe", str(recipe_path), "--source-dir", str(shared_data), "--out", str(other), "--seed", "4"]
+    )
     assert code == 0
     assert (other / "train.jsonl").read_bytes() != (built / "train.jsonl").read_bytes()
 
@@ -139,8 +145,9 @@ def test_shortfall_fails_per_cell_unless_allow_short(recipe_path, shared_data, t
     assert "novel/character" in err and "/5000" in err and "--allow-short" in err
     assert not out.exists()  # nothing half-written, nothing padded
     assert not list(tmp_path.glob(".short.tmp-*"))
-    code, output = _run(["build", "--recipe", str(greedy), "--source-dir", str(shared_data), "--out", str(out),
-                         "--allow-short"])
+    code, output = _run(
+        ["build", "--recipe", str(greedy), "--source-dir", str(shared_data), "--out", str(out), "--allow-short"]
+    )
     assert code == 0, output
     manifest = json.loads((out / "manifest.json").read_text())
     cell = manifest["cells"]["novel/character"]
@@ -196,23 +203,38 @@ def test_near_duplicate_documents_never_straddle_the_split(tmp_path, shared_data
     from longqa.build import build
 
     text = (shared_data / "narrativeqa" / "stories" / "pg215.txt").read_text(encoding="utf-8")
-    parts = [text[i * 12_000:(i + 1) * 12_000] for i in range(8)]
+    parts = [text[i * 12_000 : (i + 1) * 12_000] for i in range(8)]
     nqa = []
     for i, part in enumerate(parts):
-        doc = {"id": f"d{i}", "kind": "gutenberg", "start": "", "end": "", "text": part,
-               "summary": {"text": f"Part {i} of the story of Buck.", "title": f"Buck {i}"}}
-        nqa.append({"document": doc, "question": {"text": f"What happens to Buck in part {i}?"},
-                    "answers": [{"text": f"Event {i}."}]})
-    leval = [{"input": " ".join(p.split()), "instructions": [f"Where is Buck in section {i}?"],
-              "outputs": [f"Place {i}."]} for i, p in enumerate(parts)]
+        doc = {
+            "id": f"d{i}",
+            "kind": "gutenberg",
+            "start": "",
+            "end": "",
+            "text": part,
+            "summary": {"text": f"Part {i} of the story of Buck.", "title": f"Buck {i}"},
+        }
+        nqa.append(
+            {
+                "document": doc,
+                "question": {"text": f"What happens to Buck in part {i}?"},
+                "answers": [{"text": f"Event {i}."}],
+            }
+        )
+    leval = [
+        {"input": " ".join(p.split()), "instructions": [f"Where is Buck in section {i}?"], "outputs": [f"Place {i}."]}
+        for i, p in enumerate(parts)
+    ]
     (tmp_path / "src" / "narrativeqa").mkdir(parents=True)
     (tmp_path / "src" / "leval").mkdir(parents=True)
     (tmp_path / "src" / "narrativeqa" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in nqa))
     (tmp_path / "src" / "leval" / "sci_fi.jsonl").write_text("".join(json.dumps(r) + "\n" for r in leval))
     recipe = tmp_path / "dup.toml"
-    recipe.write_text('name = "dup"\nmin_tokens = 100\nmax_tokens = 20000\nmax_per_doc = 4\ntest_fraction = 0.5\n'
-                      '[quotas.novel]\ndetail = 16\nsummary = 8\n[sources.narrativeqa]\nsplits = ["test"]\n'
-                      '[sources.leval]\ntasks = ["sci_fi"]\n' + FRAMING)
+    recipe.write_text(
+        'name = "dup"\nmin_tokens = 100\nmax_tokens = 20000\nmax_per_doc = 4\ntest_fraction = 0.5\n'
+        '[quotas.novel]\ndetail = 16\nsummary = 8\n[sources.narrativeqa]\nsplits = ["test"]\n'
+        '[sources.leval]\ntasks = ["sci_fi"]\n' + FRAMING
+    )
     result = build(load_recipe(recipe), tmp_path / "out", source_dir=tmp_path / "src", seed=1)
     items = _items(tmp_path / "out", "train") + _items(tmp_path / "out", "test")
     assert len(items) == 24 and result.counts["document_clusters"] == 8  # 16 documents, 8 texts
@@ -235,33 +257,66 @@ def test_shipped_recipe_runs_every_source_from_local_copies(tmp_path, shared_dat
     from longqa.build import build
 
     def text(path, start, n=40_000):
-        return (shared_data / path).read_text(encoding="utf-8")[start:start + n]
+        return (shared_data / path).read_text(encoding="utf-8")[start : start + n]
 
     src = tmp_path / "src"
     for name in ("narrativeqa", "qasper", "arxiv", "longalpaca"):
         (src / name).mkdir(parents=True)
     (src / "leval").symlink_to(shared_data / "leval", target_is_directory=True)
     story = text("gutenberg_novels/pg11.txt", 2_000)
-    doc = {"id": "alice", "kind": "gutenberg", "start": "", "end": "", "text": story,
-           "summary": {"text": "Alice follows a rabbit down a hole.", "title": "Alice's Adventures in Wonderland"}}
-    rows = [{"document": doc, "question": {"text": q}, "answers": [{"text": a}]}
-            for q, a in [("Who is the Mad Hatter?", "A man at a tea party."), ("Why does Alice cry?", "She is lost.")]]
+    doc = {
+        "id": "alice",
+        "kind": "gutenberg",
+        "start": "",
+        "end": "",
+        "text": story,
+        "summary": {"text": "Alice follows a rabbit down a hole.", "title": "Alice's Adventures in Wonderland"},
+    }
+    rows = [
+        {"document": doc, "question": {"text": q}, "answers": [{"text": a}]}
+        for q, a in [("Who is the Mad Hatter?", "A man at a tea party."), ("Why does Alice cry?", "She is lost.")]
+    ]
     (src / "narrativeqa" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     paras = [p for p in text("gutenberg_novels/pg1342.txt", 5_000, 60_000).split("\n\n") if p.strip()]
-    paper = {"id": "p1", "title": "A Study", "abstract": "We study a text.",
-             "full_text": {"section_name": ["Body"], "paragraphs": [paras]},
-             "qas": {"question": ["How do they compare the two sisters?"], "question_id": ["q"],
-                     "answers": [{"answer": [{"unanswerable": False, "extractive_spans": [], "yes_no": None,
-                                              "free_form_answer": "By their letters."}]}]}}
+    paper = {
+        "id": "p1",
+        "title": "A Study",
+        "abstract": "We study a text.",
+        "full_text": {"section_name": ["Body"], "paragraphs": [paras]},
+        "qas": {
+            "question": ["How do they compare the two sisters?"],
+            "question_id": ["q"],
+            "answers": [
+                {
+                    "answer": [
+                        {
+                            "unanswerable": False,
+                            "extractive_spans": [],
+                            "yes_no": None,
+                            "free_form_answer": "By their letters.",
+                        }
+                    ]
+                }
+            ],
+        },
+    }
     pq.write_table(pa.Table.from_pylist([paper]), src / "qasper" / "test.parquet")
-    (src / "arxiv" / "train.jsonl").write_text(json.dumps({"article": text("gutenberg_novels/pg16.txt", 3_000),
-                                                           "abstract": "A boy who never grows up."}) + "\n")
+    (src / "arxiv" / "train.jsonl").write_text(
+        json.dumps({"article": text("gutenberg_novels/pg16.txt", 3_000), "abstract": "A boy who never grows up."})
+        + "\n"
+    )
     framing = load_recipe("longqa-3k").framing
-    book = framing["novel"].format(title="Persuasion", document=text("gutenberg_novels/pg105.txt", 3_000),
-                                   question="Who is Captain Wentworth?")
-    (src / "longalpaca" / "LongAlpaca-12k.json").write_text(json.dumps([
-        {"instruction": book, "output": "A naval officer Anne once refused.", "file": "book"},
-        {"instruction": "Name three colours.", "output": "Red, green, blue.", "file": "alpaca"}]))
+    book = framing["novel"].format(
+        title="Persuasion", document=text("gutenberg_novels/pg105.txt", 3_000), question="Who is Captain Wentworth?"
+    )
+    (src / "longalpaca" / "LongAlpaca-12k.json").write_text(
+        json.dumps(
+            [
+                {"instruction": book, "output": "A naval officer Anne once refused.", "file": "book"},
+                {"instruction": "Name three colours.", "output": "Red, green, blue.", "file": "alpaca"},
+            ]
+        )
+    )
     result = build(load_recipe("longqa-3k"), tmp_path / "out", source_dir=src, allow_short=True)
     assert set(result.counts["by_source"]) == {"narrativeqa", "qasper", "arxiv", "leval", "longalpaca"}
     assert result.shortfalls and result.manifest["allow_short"]
@@ -283,8 +338,10 @@ def test_a_document_bridging_two_partly_filled_clusters_never_overfills_one():
 
     rng = random.Random(0)
     words = [f"w{rng.randrange(10**9)}" for _ in range(3000)]
-    docs = {name: Document(name, name, " ".join(words[a:b]), "novel", "test")
-            for name, a, b in [("a", 0, 2000), ("b", 1000, 3000), ("c", 500, 2500)]}
+    docs = {
+        name: Document(name, name, " ".join(words[a:b]), "novel", "test")
+        for name, a, b in [("a", 0, 2000), ("b", 1000, 3000), ("c", 500, 2500)]
+    }
     fp = {k: dedup.fingerprint(d.text) for k, d in docs.items()}
     pairs = {(a, b) for a, b, _ in dedup.near_duplicate_pairs(fp)}
     assert pairs == {("a", "c"), ("b", "c")}  # the shape the test needs: c bridges a and b

@@ -39,8 +39,11 @@ NOVEL = [
     ("Summarize the story.", "summary"),
     ("Give a brief summary of the novel.", "summary"),
     ("What is the story mainly about?", "summary"),
-    ("Why did the Tr'en leave Korvin's door unlocked and a weapon nearby?\n\n (A) They were careless. "
-     "\n (B) Their subconscious knew he was insoluble.", "detail"),
+    (
+        "Why did the Tr'en leave Korvin's door unlocked and a weapon nearby?\n\n (A) They were careless. "
+        "\n (B) Their subconscious knew he was insoluble.",
+        "detail",
+    ),
     ("Who is the narrator of the story?\n\n (A) Korvin \n (B) The Ruler", "character"),
 ]
 PAPER = [

@@ -11,8 +11,10 @@ from longqa.recipe import load_recipe
 from longqa.schema import fix_mojibake
 from longqa.sources import arxiv, check_available, leval, load_source, longalpaca, narrativeqa, qasper
 
-STORY = ("*** START OF THIS PROJECT ***\nLicence header.\nCHAPTER I\nBuck did not read the newspapers. "
-         "He lived at a big house in the sun-kissed Santa Clara Valley.\nTHE END\nMore licence text.")
+STORY = (
+    "*** START OF THIS PROJECT ***\nLicence header.\nCHAPTER I\nBuck did not read the newspapers. "
+    "He lived at a big house in the sun-kissed Santa Clara Valley.\nTHE END\nMore licence text."
+)
 
 
 def _jsonl(path, rows):
@@ -21,14 +23,34 @@ def _jsonl(path, rows):
 
 
 def test_narrativeqa_hub_schema(tmp_path):
-    doc = {"id": "d1", "kind": "gutenberg", "url": "u", "file_size": 1, "word_count": 20, "start": "CHAPTER I",
-           "end": "THE END", "text": STORY,
-           "summary": {"text": "Buck is stolen and taken north.", "tokens": [], "url": "w",
-                       "title": "The Call of the Wild (novel)"}}
-    rows = [{"document": doc, "question": {"text": "Who is Buck?", "tokens": []},
-             "answers": [{"text": "A dog.", "tokens": []}, {"text": "A big dog", "tokens": []}]},
-            {"document": doc, "question": {"text": "Where does Buck live?", "tokens": []},
-             "answers": [{"text": "", "tokens": []}, {"text": "Santa Clara Valley", "tokens": []}]}]
+    doc = {
+        "id": "d1",
+        "kind": "gutenberg",
+        "url": "u",
+        "file_size": 1,
+        "word_count": 20,
+        "start": "CHAPTER I",
+        "end": "THE END",
+        "text": STORY,
+        "summary": {
+            "text": "Buck is stolen and taken north.",
+            "tokens": [],
+            "url": "w",
+            "title": "The Call of the Wild (novel)",
+        },
+    }
+    rows = [
+        {
+            "document": doc,
+            "question": {"text": "Who is Buck?", "tokens": []},
+            "answers": [{"text": "A dog.", "tokens": []}, {"text": "A big dog", "tokens": []}],
+        },
+        {
+            "document": doc,
+            "question": {"text": "Where does Buck live?", "tokens": []},
+            "answers": [{"text": "", "tokens": []}, {"text": "Santa Clara Valley", "tokens": []}],
+        },
+    ]
     _jsonl(tmp_path / "narrativeqa" / "test.jsonl", rows)
     _jsonl(tmp_path / "narrativeqa" / "train.jsonl", [dict(rows[0], document=dict(doc, id="d2"))])
     data = load_source("narrativeqa", {"splits": ["test"]}, tmp_path)
@@ -50,7 +72,8 @@ def test_narrativeqa_repository_layout(tmp_path):
         "document_id,set,kind,story_url,story_file_size,wiki_url,wiki_title,story_word_count,story_start,story_end\n"
         "d1,test,gutenberg,u,1,w,Call (novel),20,CHAPTER I,THE END\n"
         "d2,test,movie,u,1,w,No Text,20,A,B\n"
-        "d3,train,movie,u,1,w,Train Doc,20,A,B\n")
+        "d3,train,movie,u,1,w,Train Doc,20,A,B\n"
+    )
     (root / "stories" / "d1.content").write_text(STORY)
     _jsonl(root / "test_qaps_3000.jsonl", [{"document_id": "d1", "question": "Who is Buck?", "answers": ["A dog."]}])
     _jsonl(root / "test_summaries.jsonl", [{"document_id": "d1", "summary": "Buck goes northâ\x80\x94far north."}])
@@ -62,24 +85,77 @@ def test_narrativeqa_repository_layout(tmp_path):
 
 
 def _qasper_row():
-    return {"id": "1909.0001", "title": "A Paper", "abstract": "We study things.",
-            "full_text": {"section_name": ["Introduction", "Method"],
-                          "paragraphs": [["Intro text about social media."], ["We use a relu activation.", "More."]]},
-            "qas": {"question": ["What activation do they use?", "Is it good?", "Unanswerable one?", "Free?"],
-                    "question_id": ["q1", "q2", "q3", "q4"],
-                    "answers": [
-                        {"answer": [{"unanswerable": False, "extractive_spans": ["relu activation"], "yes_no": None,
-                                     "free_form_answer": "", "evidence": [], "highlighted_evidence": []}],
-                         "annotation_id": ["a"], "worker_id": ["w"]},
-                        {"answer": [{"unanswerable": False, "extractive_spans": [], "yes_no": True,
-                                     "free_form_answer": "", "evidence": [], "highlighted_evidence": []}],
-                         "annotation_id": ["a"], "worker_id": ["w"]},
-                        {"answer": [{"unanswerable": True, "extractive_spans": [], "yes_no": None,
-                                     "free_form_answer": "", "evidence": [], "highlighted_evidence": []}],
-                         "annotation_id": ["a"], "worker_id": ["w"]},
-                        {"answer": [{"unanswerable": False, "extractive_spans": ["not in paper"], "yes_no": None,
-                                     "free_form_answer": "", "evidence": [], "highlighted_evidence": []}],
-                         "annotation_id": ["a"], "worker_id": ["w"]}]}}
+    return {
+        "id": "1909.0001",
+        "title": "A Paper",
+        "abstract": "We study things.",
+        "full_text": {
+            "section_name": ["Introduction", "Method"],
+            "paragraphs": [["Intro text about social media."], ["We use a relu activation.", "More."]],
+        },
+        "qas": {
+            "question": ["What activation do they use?", "Is it good?", "Unanswerable one?", "Free?"],
+            "question_id": ["q1", "q2", "q3", "q4"],
+            "answers": [
+                {
+                    "answer": [
+                        {
+                            "unanswerable": False,
+                            "extractive_spans": ["relu activation"],
+                            "yes_no": None,
+                            "free_form_answer": "",
+                            "evidence": [],
+                            "highlighted_evidence": [],
+                        }
+                    ],
+                    "annotation_id": ["a"],
+                    "worker_id": ["w"],
+                },
+                {
+                    "answer": [
+                        {
+                            "unanswerable": False,
+                            "extractive_spans": [],
+                            "yes_no": True,
+                            "free_form_answer": "",
+                            "evidence": [],
+                            "highlighted_evidence": [],
+                        }
+                    ],
+                    "annotation_id": ["a"],
+                    "worker_id": ["w"],
+                },
+                {
+                    "answer": [
+                        {
+                            "unanswerable": True,
+                            "extractive_spans": [],
+                            "yes_no": None,
+                            "free_form_answer": "",
+                            "evidence": [],
+                            "highlighted_evidence": [],
+                        }
+                    ],
+                    "annotation_id": ["a"],
+                    "worker_id": ["w"],
+                },
+                {
+                    "answer": [
+                        {
+                            "unanswerable": False,
+                            "extractive_spans": ["not in paper"],
+                            "yes_no": None,
+                            "free_form_answer": "",
+                            "evidence": [],
+                            "highlighted_evidence": [],
+                        }
+                    ],
+                    "annotation_id": ["a"],
+                    "worker_id": ["w"],
+                },
+            ],
+        },
+    }
 
 
 def test_qasper_hub_schema_parquet(tmp_path):
@@ -89,18 +165,37 @@ def test_qasper_hub_schema_parquet(tmp_path):
     d = data.documents["1909.0001"]
     assert d.doc_type == "paper" and "Abstract\nWe study things." in d.text and "Method\nWe use a relu" in d.text
     got = {q.question: (q.answer, q.answer_type) for q in data.qas}
-    assert got == {"What activation do they use?": ("relu activation", "extractive"),
-                   "Is it good?": ("Yes", "yes_no"),
-                   "Free?": ("not in paper", "abstractive")}  # a span absent from the text is not extractive
+    assert got == {
+        "What activation do they use?": ("relu activation", "extractive"),
+        "Is it good?": ("Yes", "yes_no"),
+        "Free?": ("not in paper", "abstractive"),
+    }  # a span absent from the text is not extractive
 
 
 def test_qasper_original_release(tmp_path):
     row = _qasper_row()
-    orig = {"title": row["title"], "abstract": row["abstract"],
-            "full_text": [{"section_name": "Introduction", "paragraphs": ["Intro text."]}],
-            "qas": [{"question": "Is it good?", "question_id": "q2",
-                     "answers": [{"answer": {"unanswerable": False, "extractive_spans": [], "yes_no": False,
-                                             "free_form_answer": "", "evidence": []}}]}]}
+    orig = {
+        "title": row["title"],
+        "abstract": row["abstract"],
+        "full_text": [{"section_name": "Introduction", "paragraphs": ["Intro text."]}],
+        "qas": [
+            {
+                "question": "Is it good?",
+                "question_id": "q2",
+                "answers": [
+                    {
+                        "answer": {
+                            "unanswerable": False,
+                            "extractive_spans": [],
+                            "yes_no": False,
+                            "free_form_answer": "",
+                            "evidence": [],
+                        }
+                    }
+                ],
+            }
+        ],
+    }
     (tmp_path / "qasper").mkdir()
     (tmp_path / "qasper" / "qasper-dev-v0.3.json").write_text(json.dumps({"1909.0002": orig}))
     data = load_source("qasper", {"splits": ["validation"]}, tmp_path)
@@ -110,8 +205,10 @@ def test_qasper_original_release(tmp_path):
 def test_arxiv_removes_the_abstract(tmp_path):
     abstract = "we show that long context models can read whole papers well ."
     article = f"{abstract}\nthe transport of charge in graphene is studied here .\nwe conclude ."
-    _jsonl(tmp_path / "arxiv" / "train.jsonl", [{"article": article, "abstract": abstract},
-                                                 {"article": "", "abstract": "x"}])
+    _jsonl(
+        tmp_path / "arxiv" / "train.jsonl",
+        [{"article": article, "abstract": abstract}, {"article": "", "abstract": "x"}],
+    )
     data = load_source("arxiv", {"splits": ["train"]}, tmp_path)
     (doc,) = data.documents.values()
     assert "long context models" not in doc.text and doc.text.startswith("the transport")
@@ -120,13 +217,30 @@ def test_arxiv_removes_the_abstract(tmp_path):
 
 
 def test_leval_tasks_and_doc_types(tmp_path):
-    _jsonl(tmp_path / "leval" / "Closed-ended-tasks" / "sci_fi.jsonl", [
-        {"input": "THE QUANTUM JUMP\nBy ROBERT WICKS\nCaptain Brandon was a pioneer.",
-         "instructions": ["1.\tBrandon is a pioneer, True or False? Answer based on the document."],
-         "outputs": ["True [fact: False]"], "source": "SFGram", "evaluation": "exam"}])
-    _jsonl(tmp_path / "leval" / "Open-ended-tasks" / "scientific_qa.jsonl", [
-        {"input": "Introduction\nWe use relu.", "instructions": ["What activation?"], "outputs": ["relu"],
-         "source": "qasper", "evaluation": "f1"}])
+    _jsonl(
+        tmp_path / "leval" / "Closed-ended-tasks" / "sci_fi.jsonl",
+        [
+            {
+                "input": "THE QUANTUM JUMP\nBy ROBERT WICKS\nCaptain Brandon was a pioneer.",
+                "instructions": ["1.\tBrandon is a pioneer, True or False? Answer based on the document."],
+                "outputs": ["True [fact: False]"],
+                "source": "SFGram",
+                "evaluation": "exam",
+            }
+        ],
+    )
+    _jsonl(
+        tmp_path / "leval" / "Open-ended-tasks" / "scientific_qa.jsonl",
+        [
+            {
+                "input": "Introduction\nWe use relu.",
+                "instructions": ["What activation?"],
+                "outputs": ["relu"],
+                "source": "qasper",
+                "evaluation": "f1",
+            }
+        ],
+    )
     data = load_source("leval", {"tasks": ["sci_fi", "scientific_qa"]}, tmp_path)
     types = {d.doc_type for d in data.documents.values()}
     assert types == {"novel", "paper"}
@@ -143,11 +257,14 @@ def test_leval_tasks_and_doc_types(tmp_path):
 def test_longalpaca_takes_framed_items_apart(tmp_path):
     recipe = load_recipe("longqa-3k")
     paper = recipe.framing["paper"].format(document="Deep nets are studied here.", question="What is studied?")
-    book = recipe.framing["novel"].format(title="Uncle Silas", document="Maud lived at Knowl.",
-                                          question="Where did Maud live?")
-    rows = [{"instruction": paper, "output": "Deep nets.", "file": "paper_1"},
-            {"instruction": book.replace("\n", "\n\n"), "output": "At Knowl.", "file": "book_1"},
-            {"instruction": "Give three tips for staying healthy.", "output": "Eat.", "file": "alpaca"}]
+    book = recipe.framing["novel"].format(
+        title="Uncle Silas", document="Maud lived at Knowl.", question="Where did Maud live?"
+    )
+    rows = [
+        {"instruction": paper, "output": "Deep nets.", "file": "paper_1"},
+        {"instruction": book.replace("\n", "\n\n"), "output": "At Knowl.", "file": "book_1"},
+        {"instruction": "Give three tips for staying healthy.", "output": "Eat.", "file": "alpaca"},
+    ]
     (tmp_path / "longalpaca").mkdir()
     (tmp_path / "longalpaca" / "LongAlpaca-12k.json").write_text(json.dumps(rows))
     data = load_source("longalpaca", {"framing": recipe.framing}, tmp_path)
@@ -197,8 +314,9 @@ def test_hub_path_reads_rows_through_datasets(monkeypatch):
     rows = {
         "allenai/qasper": [_qasper_row()],
         "ccdv/arxiv-summarization": [{"article": "the body of the paper .", "abstract": "short ."}],
-        "L4NLP/LEval": [{"input": "Introduction\nWe use relu.", "instructions": ["What activation?"],
-                         "outputs": ["relu"]}],
+        "L4NLP/LEval": [
+            {"input": "Introduction\nWe use relu.", "instructions": ["What activation?"], "outputs": ["relu"]}
+        ],
     }
 
     def fake_load(hub_id, config=None, split=None, streaming=False, revision=None):

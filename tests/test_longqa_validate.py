@@ -21,7 +21,8 @@ from longqa.validate import validate
 # the shipped framing strings, as TOML (JSON string escapes are valid TOML)
 FRAMING = "[framing]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in load_recipe("longqa-3k").framing.items())
 
-RECIPE = """
+RECIPE = (
+    """
 name = "tiny-real"
 description = "L-Eval papers and stories (tests)."
 min_tokens = 2048
@@ -34,7 +35,9 @@ detail = 12
 detail = 12
 [sources.leval]
 tasks = ["scientific_qa", "quality"]
-""" + FRAMING
+"""
+    + FRAMING
+)
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +60,19 @@ def _edit_item(path: Path, k: int, fn) -> None:
     path.write_bytes(b"".join(lines))
 
 
-STRING_FIELDS = ["id", "instruction", "output", "category", "doc_type", "source", "doc_id", "title", "question",
-                 "answer_type", "split"]
+STRING_FIELDS = [
+    "id",
+    "instruction",
+    "output",
+    "category",
+    "doc_type",
+    "source",
+    "doc_id",
+    "title",
+    "question",
+    "answer_type",
+    "split",
+]
 
 
 def corrupt(d: Path, kind: str, k: int, rnd: random.Random) -> str:
@@ -123,10 +137,15 @@ def corrupt(d: Path, kind: str, k: int, rnd: random.Random) -> str:
         p.write_bytes(bytes(data))
         return "checksum"
     if kind == "framing":
+
         def edit(it):
             head = it["instruction"].index("Memorize")
-            it["instruction"] = it["instruction"][:head] + rnd.choice(["Remember", "", "memorize"]) + \
-                it["instruction"][head + len("Memorize"):]
+            it["instruction"] = (
+                it["instruction"][:head]
+                + rnd.choice(["Remember", "", "memorize"])
+                + it["instruction"][head + len("Memorize") :]
+            )
+
         _edit_item(train, k, edit)
         return "framing"
     if kind == "answer-in-question":  # on a question that does not offer its answer as a choice
@@ -137,16 +156,20 @@ def corrupt(d: Path, kind: str, k: int, rnd: random.Random) -> str:
         _edit_item(train, k, lambda it: it.__setitem__("output", it["question"]))
         return "answer-in-question"
     if kind == "extractive":
+
         def edit(it):
             it["answer_type"] = "extractive"
             it["output"] = "zqx " + " ".join(rnd.choice(["purple", "llama", "quartz"]) for _ in range(4))
+
         _edit_item(train, k, edit)
         return "extractive-not-found"
     if kind == "over-quota":  # an extra distinct item in a full cell
+
         def edit(it):
             it["id"] = it["id"] + "-extra"
             it["question"] = it["question"] + " Explain."
             it["instruction"] = it["instruction"] + " Explain."
+
         lines = _lines(train)
         item = json.loads(lines[k])
         edit(item)
@@ -157,17 +180,41 @@ def corrupt(d: Path, kind: str, k: int, rnd: random.Random) -> str:
         return "manifest"
     if kind == "manifest-fields":
         m = json.loads((d / "manifest.json").read_text())
-        key, value = rnd.choice([("recipe", "x"), ("tokenizer", 5), ("files", []), ("recipe", {"framing": None}),
-                                 ("recipe", {"framing": {"paper": "{bad}", "novel": "{document}{question}"}})])
+        key, value = rnd.choice(
+            [
+                ("recipe", "x"),
+                ("tokenizer", 5),
+                ("files", []),
+                ("recipe", {"framing": None}),
+                ("recipe", {"framing": {"paper": "{bad}", "novel": "{document}{question}"}}),
+            ]
+        )
         m[key] = value
         (d / "manifest.json").write_text(json.dumps(m))
         return "manifest"
     raise AssertionError(kind)
 
 
-KINDS = ["utf8", "truncated", "not-object", "huge-line", "wrong-type", "missing-field", "unknown-category", "empty",
-         "control-char", "duplicate-line", "leak", "parquet-byte", "framing", "answer-in-question", "extractive",
-         "over-quota", "manifest", "manifest-fields"]
+KINDS = [
+    "utf8",
+    "truncated",
+    "not-object",
+    "huge-line",
+    "wrong-type",
+    "missing-field",
+    "unknown-category",
+    "empty",
+    "control-char",
+    "duplicate-line",
+    "leak",
+    "parquet-byte",
+    "framing",
+    "answer-in-question",
+    "extractive",
+    "over-quota",
+    "manifest",
+    "manifest-fields",
+]
 
 
 def test_clean_build_passes(clean):
@@ -201,8 +248,9 @@ def test_token_counts_are_recounted(clean, tmp_path):
     shutil.copytree(clean, d)
     _edit_item(d / "test.jsonl", 0, lambda it: it.__setitem__("n_tokens", it["n_tokens"] + 1))
     rep = validate(d)
-    assert {(p.code, p.file, p.line, p.field) for p in rep.problems if p.code == "n_tokens"} == \
-        {("n_tokens", "test.jsonl", 1, "n_tokens")}
+    assert {(p.code, p.file, p.line, p.field) for p in rep.problems if p.code == "n_tokens"} == {
+        ("n_tokens", "test.jsonl", 1, "n_tokens")
+    }
     assert "checksum" in {c for _, c in rep.counts}  # the edit also broke the manifest's sha256
 
 
@@ -247,8 +295,10 @@ def test_validate_does_not_import_torch(clean):
     import subprocess
     import sys
 
-    code = ("import sys; from longqa.validate import validate; r = validate(sys.argv[1]); "
-            "assert r.ok; assert 'torch' not in sys.modules, 'torch imported'")
+    code = (
+        "import sys; from longqa.validate import validate; r = validate(sys.argv[1]); "
+        "assert r.ok; assert 'torch' not in sys.modules, 'torch imported'"
+    )
     subprocess.run([sys.executable, "-c", code, str(clean)], check=True)
 
 
@@ -261,14 +311,19 @@ def counter():
 
 
 @settings(max_examples=25, deadline=None)
-@given(start=st.integers(0, 200_000), length=st.integers(1, 3000), question=st.text(max_size=40),
-       doc_type=st.sampled_from(["paper", "novel"]), title=st.text(max_size=10))
+@given(
+    start=st.integers(0, 200_000),
+    length=st.integers(1, 3000),
+    question=st.text(max_size=40),
+    doc_type=st.sampled_from(["paper", "novel"]),
+    title=st.text(max_size=10),
+)
 def test_head_and_rest_counts_add_up_to_the_whole(counter, shared_data, start, length, question, doc_type, title):
     from longqa.schema import clean_text
     from longqa.tokens import safe_split
 
     text = (shared_data / "narrativeqa" / "stories" / "pg215.txt").read_text()
-    doc = clean_text(text[start % len(text): start % len(text) + length]) or "x"
+    doc = clean_text(text[start % len(text) : start % len(text) + length]) or "x"
     f = framing.render(load_recipe("longqa-3k").framing[doc_type], title, doc, question)
     if counter.splittable and safe_split(f.head_doc, f.rest):
         assert sum(counter.count([f.head_doc, f.rest])) == counter.count([f.instruction])[0]

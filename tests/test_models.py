@@ -76,8 +76,9 @@ def test_non_positive_ctx_is_a_user_error(ctx):
 
 
 def test_other_rope_types_refuse_composition():
-    cfg = tiny_llama_config(100, max_position_embeddings=256,
-                            rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0})
+    cfg = tiny_llama_config(
+        100, max_position_embeddings=256, rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}
+    )
     with pytest.raises(LlqaError, match="dynamic"):
         apply_position_interpolation(cfg, 1024)
 
@@ -202,7 +203,7 @@ def test_smollm2_greedy_continues_factual_prompt(smollm2):
     tok = smollm2.tokenizer
     ids = tok("The capital of France is", return_tensors="pt").input_ids
     out = smollm2.model.generate(ids, max_new_tokens=6, do_sample=False)
-    assert "Paris" in tok.decode(out[0, ids.shape[1]:])
+    assert "Paris" in tok.decode(out[0, ids.shape[1] :])
 
 
 def test_build_tiny_llama_is_deterministic():

@@ -42,13 +42,16 @@ def test_default_lengths_are_32_uniform_up_to_ctx():
     assert {b - a for a, b in zip(lengths, lengths[1:], strict=False)} == {256}
 
 
-@pytest.mark.parametrize("acc, threshold, expected", [
-    ({1000: 1.0, 2000: 0.5, 3000: 0.2}, 0.2, 3000),  # threshold reached exactly counts
-    ({1000: 1.0, 2000: 0.1, 3000: 1.0}, 0.2, 1000),  # a later recovery does not count (every length <= k)
-    ({1000: 0.0, 2000: 1.0}, 0.2, 0),  # the shortest already fails
-    ({3000: 0.9, 1000: 0.9, 2000: 0.9}, 0.95, 0),
-    ({3000: 0.9, 1000: 0.9, 2000: 0.9}, 0.5, 3000),  # order of the dict does not matter
-])
+@pytest.mark.parametrize(
+    "acc, threshold, expected",
+    [
+        ({1000: 1.0, 2000: 0.5, 3000: 0.2}, 0.2, 3000),  # threshold reached exactly counts
+        ({1000: 1.0, 2000: 0.1, 3000: 1.0}, 0.2, 1000),  # a later recovery does not count (every length <= k)
+        ({1000: 0.0, 2000: 1.0}, 0.2, 0),  # the shortest already fails
+        ({3000: 0.9, 1000: 0.9, 2000: 0.9}, 0.95, 0),
+        ({3000: 0.9, 1000: 0.9, 2000: 0.9}, 0.5, 3000),  # order of the dict does not matter
+    ],
+)
 def test_effective_context_window(acc, threshold, expected):
     assert effective_context_window(acc, threshold) == expected
 
@@ -61,17 +64,30 @@ def test_trial_keys_are_seeded_five_digit_and_cell_specific():
     assert trial_key(3, 1024, 0.5, 2) != trial_key(4, 1024, 0.5, 2)
 
 
-@pytest.mark.parametrize("kwargs", [dict(depths=[1.5]), dict(depths=[]), dict(trials=0), dict(lengths=[0]),
-                                    dict(threshold=2.0), dict(chat_template="yes"), dict(overlong="cut"),
-                                    dict(max_new_tokens=0)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(depths=[1.5]),
+        dict(depths=[]),
+        dict(trials=0),
+        dict(lengths=[0]),
+        dict(threshold=2.0),
+        dict(chat_template="yes"),
+        dict(overlong="cut"),
+        dict(max_new_tokens=0),
+    ],
+)
 def test_config_rejects_bad_values(kwargs):
     with pytest.raises(LlqaError):
         PasskeyConfig(**kwargs)
 
 
 def test_summary_counts_skipped_apart():
-    recs = [{"length": 100, "depth": 0.0, "correct": True}, {"length": 100, "depth": 1.0, "correct": False},
-            {"length": 200, "depth": 0.0, "skipped": True}]
+    recs = [
+        {"length": 100, "depth": 0.0, "correct": True},
+        {"length": 100, "depth": 1.0, "correct": False},
+        {"length": 200, "depth": 0.0, "skipped": True},
+    ]
     s = summarize(recs, 0.2)
     assert s["evaluated"] == 2 and s["skipped"] == 1 and s["accuracy"] == 0.5
     by_len = {r["length"]: r for r in s["by_length"]}
@@ -79,15 +95,27 @@ def test_summary_counts_skipped_apart():
     assert s["effective_context_window"] == 100
 
 
-@pytest.mark.parametrize("a,b,d", [("", "", 0), ("90684", "90684", 0), ("90684", "9064", 1), ("57305", "5705", 1),
-                                   ("60176", "60170", 1), ("90684", "906845", 1), ("12345", "54321", 4),
-                                   ("", "123", 3), ("kitten", "sitting", 3)])
+@pytest.mark.parametrize(
+    "a,b,d",
+    [
+        ("", "", 0),
+        ("90684", "90684", 0),
+        ("90684", "9064", 1),
+        ("57305", "5705", 1),
+        ("60176", "60170", 1),
+        ("90684", "906845", 1),
+        ("12345", "54321", 4),
+        ("", "123", 3),
+        ("kitten", "sitting", 3),
+    ],
+)
 def test_edit_distance(a, b, d):
     assert edit_distance(a, b) == edit_distance(b, a) == d
 
 
 def test_edit_distance_obeys_the_triangle_inequality():
     import random
+
     rng = random.Random(0)
     words = ["".join(rng.choice("0123") for _ in range(rng.randint(0, 6))) for _ in range(40)]
     for a, b, c in zip(words, words[1:], words[2:], strict=False):
@@ -95,25 +123,30 @@ def test_edit_distance_obeys_the_triangle_inequality():
         assert edit_distance(a, b) >= abs(len(a) - len(b))
 
 
-@pytest.mark.parametrize("record,near", [
-    ({"key_value": 90684, "predicted": 9064, "correct": False}, True),     # a digit dropped
-    ({"key_value": 90684, "predicted": 90634, "correct": False}, True),    # a digit changed
-    ({"key_value": 90684, "predicted": 906844, "correct": False}, True),   # a digit added
-    ({"key_value": 90684, "predicted": 968, "correct": False}, False),     # two digits dropped
-    ({"key_value": 90684, "predicted": 90684, "correct": True}, False),    # correct is not a miss
-    ({"key_value": 90684, "predicted": None, "correct": False}, False),    # no integer at all
-    ({"length": 100, "depth": 0.0, "correct": False}, False),              # a record from before the diagnostic
-])
+@pytest.mark.parametrize(
+    "record,near",
+    [
+        ({"key_value": 90684, "predicted": 9064, "correct": False}, True),  # a digit dropped
+        ({"key_value": 90684, "predicted": 90634, "correct": False}, True),  # a digit changed
+        ({"key_value": 90684, "predicted": 906844, "correct": False}, True),  # a digit added
+        ({"key_value": 90684, "predicted": 968, "correct": False}, False),  # two digits dropped
+        ({"key_value": 90684, "predicted": 90684, "correct": True}, False),  # correct is not a miss
+        ({"key_value": 90684, "predicted": None, "correct": False}, False),  # no integer at all
+        ({"length": 100, "depth": 0.0, "correct": False}, False),  # a record from before the diagnostic
+    ],
+)
 def test_near_miss(record, near):
     assert near_miss(record) is near
 
 
 def test_summary_counts_near_misses_apart_from_accuracy():
-    recs = [{"length": 100, "depth": 0.0, "key_value": 11111, "predicted": 11111, "correct": True},
-            {"length": 100, "depth": 0.0, "key_value": 22222, "predicted": 2222, "correct": False},
-            {"length": 100, "depth": 1.0, "key_value": 33333, "predicted": 45, "correct": False},
-            {"length": 200, "depth": 0.0, "key_value": 44444, "predicted": 44445, "correct": False},
-            {"length": 300, "depth": 0.0, "skipped": True}]
+    recs = [
+        {"length": 100, "depth": 0.0, "key_value": 11111, "predicted": 11111, "correct": True},
+        {"length": 100, "depth": 0.0, "key_value": 22222, "predicted": 2222, "correct": False},
+        {"length": 100, "depth": 1.0, "key_value": 33333, "predicted": 45, "correct": False},
+        {"length": 200, "depth": 0.0, "key_value": 44444, "predicted": 44445, "correct": False},
+        {"length": 300, "depth": 0.0, "skipped": True},
+    ]
     s = summarize(recs, 0.2)
     assert s["accuracy"] == 0.25 and s["near_misses"] == 2 and s["accuracy_one_edit"] == 0.75
     by_len = {r["length"]: r for r in s["by_length"]}
@@ -136,7 +169,7 @@ def test_prompt_has_exact_length_and_key_at_depth(smollm2_tokenizer, template, l
     p = builder.build(length, depth, 48213)
     assert len(p.ids) == length  # tolerance 0: built from token pieces
     # the key line sits where the builder says, after `depth` of the filler (to the nearest token)
-    key_text = tok.decode(p.ids[p.key_start:p.key_start + p.key_len])
+    key_text = tok.decode(p.ids[p.key_start : p.key_start + p.key_len])
     assert key_text.strip() == KEY_LINE.format(key=48213)
     assert abs(p.filler_before - depth * p.filler_total) <= 0.5
     assert p.key_start == len(builder.head) + p.filler_before
@@ -179,8 +212,9 @@ def test_haystack_real_essays(smollm2_tokenizer, shared_data):
     assert len(stream) >= 3000
 
 
-@pytest.mark.parametrize("setup, match", [("empty", "no files matching"), ("blank", "empty"),
-                                          ("missing", "no such file")])
+@pytest.mark.parametrize(
+    "setup, match", [("empty", "no files matching"), ("blank", "empty"), ("missing", "no such file")]
+)
 def test_bad_haystack_is_a_user_error(tmp_path, setup, match):
     folder = tmp_path / "hay"
     if setup != "missing":
@@ -202,8 +236,7 @@ def tiny_loaded(tiny_llama_dir):
 
 
 def test_run_writes_results_and_resumes(tiny_loaded, tmp_path, monkeypatch):
-    cfg = PasskeyConfig(lengths=[120, 200, 300], depths=[0.0, 1.0], trials=2, chat_template="none",
-                        max_new_tokens=4)
+    cfg = PasskeyConfig(lengths=[120, 200, 300], depths=[0.0, 1.0], trials=2, chat_template="none", max_new_tokens=4)
     summary = run_passkey(tiny_loaded, cfg, tmp_path, progress=False)
     # native ctx 256: the 300-token prompts are skipped and counted, never scored
     assert summary["skipped"] == 4 and summary["evaluated"] == 8
@@ -233,8 +266,9 @@ def test_run_writes_results_and_resumes(tiny_loaded, tmp_path, monkeypatch):
 
 
 def test_overlong_middle_truncates_instead_of_skipping(tiny_loaded, tmp_path):
-    cfg = PasskeyConfig(lengths=[300], depths=[0.0], trials=1, chat_template="none", overlong="middle",
-                        max_new_tokens=2)
+    cfg = PasskeyConfig(
+        lengths=[300], depths=[0.0], trials=1, chat_template="none", overlong="middle", max_new_tokens=2
+    )
     summary = run_passkey(tiny_loaded, cfg, tmp_path, progress=False)
     assert summary["skipped"] == 0 and summary["truncated"] == 1 and summary["evaluated"] == 1
 
@@ -252,16 +286,33 @@ def test_ctx_below_native_bounds_the_grid(tiny_loaded, tmp_path):
 
 def test_cli_passkey_happy_path_and_errors(tiny_llama_dir, tmp_path):
     out = tmp_path / "pk"
-    args = ["eval", "passkey", "--model", str(tiny_llama_dir), "--lengths", "128,256", "--depths", "0,0.5",
-            "--trials", "1", "--max-new-tokens", "3", "--out", str(out), "--no-progress"]
+    args = [
+        "eval",
+        "passkey",
+        "--model",
+        str(tiny_llama_dir),
+        "--lengths",
+        "128,256",
+        "--depths",
+        "0,0.5",
+        "--trials",
+        "1",
+        "--max-new-tokens",
+        "3",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     r = runner.invoke(cli.app, args)
     assert r.exit_code == 0, r.output
     assert "effective context window" in r.output
     assert (out / "passkey_heatmap.png").is_file() and (out / "result.csv").is_file()
     cells = [json.loads(line) for line in (out / "cells.jsonl").read_text().splitlines()]
     assert cell_key(128, 0.0, 0) in {c["key"] for c in cells} and len(cells) == 4
-    for bad, match in [(["--depths", "0,x"], "comma-separated"), (["--haystack", str(tmp_path / "nope")],
-                                                                   "no such file")]:
+    for bad, match in [
+        (["--depths", "0,x"], "comma-separated"),
+        (["--haystack", str(tmp_path / "nope")], "no such file"),
+    ]:
         r = runner.invoke(cli.app, [*args[:-3], *bad, "--out", str(tmp_path / "bad"), "--no-progress"])
         assert r.exit_code != 0 and match in str(r.exception)
 

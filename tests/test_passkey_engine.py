@@ -46,7 +46,7 @@ def test_middle_truncate_keeps_both_ends(ids, keep):
     if len(ids) > keep:
         front = -(-keep // 2)
         assert out[:front] == ids[:front]
-        assert out[front:] == ids[len(ids) - (keep - front):]
+        assert out[front:] == ids[len(ids) - (keep - front) :]
 
 
 def test_fit_to_context_policies():
@@ -59,15 +59,18 @@ def test_fit_to_context_policies():
         fit_to_context(ids, 8, "truncate")
 
 
-@pytest.mark.parametrize("text, first, last", [
-    (" 12345.", 12345, 12345),
-    ("The pass key is 12345. Remember 678", 12345, 678),
-    ("no digits here", None, None),
-    ("line x: <2416>", 2416, 2416),
-    ("2,416", 2, 416),  # digits runs, as LongChat parses: a thousands separator splits the number
-    ("-7 and 8", 7, 8),
-    ("", None, None),
-])
+@pytest.mark.parametrize(
+    "text, first, last",
+    [
+        (" 12345.", 12345, 12345),
+        ("The pass key is 12345. Remember 678", 12345, 678),
+        ("no digits here", None, None),
+        ("line x: <2416>", 2416, 2416),
+        ("2,416", 2, 416),  # digits runs, as LongChat parses: a thousands separator splits the number
+        ("-7 and 8", 7, 8),
+        ("", None, None),
+    ],
+)
 def test_integer_rules(text, first, last):
     assert first_integer(text) == first and last_integer(text) == last
 
@@ -115,7 +118,7 @@ def _reference_greedy(model, prompt, steps):
         for _ in range(steps):
             logits = model(torch.tensor([ids])).logits[0, -1]
             ids.append(int(logits.argmax()))
-    return ids[len(prompt):]
+    return ids[len(prompt) :]
 
 
 def test_batched_cached_greedy_equals_reference(tiny):
@@ -153,8 +156,13 @@ class _IdTokenizer:
 def test_stop_when_ends_rows_early(tiny):
     model, tok = tiny
     prompts = [[100, 200, 300], [400, 500, 600, 700]]
-    out = [r for b in generate_greedy(model, _IdTokenizer(tok), prompts, 8, 10_000, stop_when=lambda s: bool(s),
-                                      progress=False) for r in b]
+    out = [
+        r
+        for b in generate_greedy(
+            model, _IdTokenizer(tok), prompts, 8, 10_000, stop_when=lambda s: bool(s), progress=False
+        )
+        for r in b
+    ]
     assert [r.new_tokens for r in sorted(out, key=lambda r: r.index)] == [1, 1]
 
 

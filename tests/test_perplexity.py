@@ -23,13 +23,17 @@ from evals.texts import Document
 from evals.windows import Window, windows
 from llqa.errors import LlqaError
 
-TEXT_A = ("Alice was beginning to get very tired of sitting by her sister on the bank, and of having nothing "
-          "to do: once or twice she had peeped into the book her sister was reading, but it had no pictures "
-          "or conversations in it, “and what is the use of a book,” thought Alice “without pictures or "
-          "conversations?” — naïve café, Ünïcödé, 日本語.")
-TEXT_B = ("So she was considering in her own mind (as well as she could, for the hot day made her feel very "
-          "sleepy and stupid), whether the pleasure of making a daisy-chain would be worth the trouble of "
-          "getting up and picking the daisies, when suddenly a White Rabbit with pink eyes ran close by her.")
+TEXT_A = (
+    "Alice was beginning to get very tired of sitting by her sister on the bank, and of having nothing "
+    "to do: once or twice she had peeped into the book her sister was reading, but it had no pictures "
+    "or conversations in it, “and what is the use of a book,” thought Alice “without pictures or "
+    "conversations?” — naïve café, Ünïcödé, 日本語."
+)
+TEXT_B = (
+    "So she was considering in her own mind (as well as she could, for the hot day made her feel very "
+    "sleepy and stupid), whether the pleasure of making a daisy-chain would be worth the trouble of "
+    "getting up and picking the daisies, when suddenly a White Rabbit with pink eyes ran close by her."
+)
 DOCS = [Document("a", TEXT_A), Document("b", TEXT_B), Document("c", TEXT_A[:200] + TEXT_B[:150])]
 
 
@@ -47,7 +51,7 @@ def brute_force_nll(model, ids: np.ndarray, ws: list[Window]) -> tuple[float, li
         for w in ws:
             nlls = []
             for t in range(w.first_scored, w.end):
-                ctx = torch.tensor(ids[w.start:t][None])
+                ctx = torch.tensor(ids[w.start : t][None])
                 logp = model(ctx, logits_to_keep=1).logits[0, -1].double().log_softmax(-1)
                 nlls.append(-logp[int(ids[t])].item())
             total += sum(nlls)
@@ -74,13 +78,18 @@ def test_equals_brute_force(tiny, tmp_path, scoring, bos):
 def test_all_tokens_equals_longlora_mean(tiny, tmp_path):
     """LongLoRA eval.py: HF's mean loss of each full window (labels = inputs), averaged over windows."""
     length, stride = 32, 8
-    out = run(tiny, DOCS[:1], PerplexityConfig(lengths=[length], stride=stride, scoring="all-tokens", bos="never"),
-              tmp_path, show_progress=False)
+    out = run(
+        tiny,
+        DOCS[:1],
+        PerplexityConfig(lengths=[length], stride=stride, scoring="all-tokens", bos="never"),
+        tmp_path,
+        show_progress=False,
+    )
     ids = tokenize(tiny.tokenizer, DOCS[0], bos=False).ids
     losses = []
     with torch.no_grad():
         for s in range(0, len(ids) - length + 1, stride):
-            x = torch.tensor(ids[s:s + length][None])
+            x = torch.tensor(ids[s : s + length][None])
             losses.append(tiny.model(x, labels=x).loss.item())
     row = out.rows[0]
     assert row["windows"] == len(losses) > 3
@@ -117,8 +126,9 @@ def test_bits_per_byte_counts_the_scored_text(tiny, tmp_path):
     out = run(tiny, [doc], PerplexityConfig(lengths=[32], stride=8, bos="always"), tmp_path, show_progress=False)
     row = out.rows[0]
     assert row["scored_bytes"] == len(doc.text.encode())
-    assert row["bits_per_byte"] == pytest.approx(row["nll_per_token"] * row["scored_tokens"] / math.log(2)
-                                                 / row["scored_bytes"])
+    assert row["bits_per_byte"] == pytest.approx(
+        row["nll_per_token"] * row["scored_tokens"] / math.log(2) / row["scored_bytes"]
+    )
 
 
 def test_resume_skips_finished_cells(tiny, tmp_path):
@@ -131,8 +141,15 @@ def test_resume_skips_finished_cells(tiny, tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run(tiny, DOCS, cfg, tmp_path / "resumed", batch_tokens=16, show_progress=False,
-            on_batch=interrupt_after_first_cell)
+        run(
+            tiny,
+            DOCS,
+            cfg,
+            tmp_path / "resumed",
+            batch_tokens=16,
+            show_progress=False,
+            on_batch=interrupt_after_first_cell,
+        )
     logged = log.read_text().splitlines()
     assert 0 < len(logged) < 3
     rest = []
@@ -171,24 +188,32 @@ def test_data_parallel_ranks_share_cells_and_rank0_merges(tiny, tmp_path, monkey
 
 
 def test_plan_batches_groups_equal_lengths_within_budget():
-    jobs = [Job(0, Window(0, 8, 1)), Job(0, Window(3, 11, 8)), Job(1, Window(0, 5, 1)), Job(0, Window(6, 14, 11)),
-            Job(1, Window(0, 5, 1))]
+    jobs = [
+        Job(0, Window(0, 8, 1)),
+        Job(0, Window(3, 11, 8)),
+        Job(1, Window(0, 5, 1)),
+        Job(0, Window(6, 14, 11)),
+        Job(1, Window(0, 5, 1)),
+    ]
     batches = plan_batches(jobs, batch_tokens=16)
     assert [[j.window.length for j in b] for b in batches] == [[8, 8], [8], [5, 5]]
     assert sorted(map(id, (j for b in batches for j in b))) == sorted(map(id, jobs))
     assert plan_batches(jobs[:1], batch_tokens=1) == [[jobs[0]]]  # a window longer than the budget still runs
 
 
-@pytest.mark.parametrize(("kwargs", "needle"), [
-    ({"lengths": [128], "stride": 256}, "not longer than the stride"),
-    ({"lengths": [256], "stride": 256}, "not longer than the stride"),
-    ({"lengths": [128], "stride": 256, "scoring": "all-tokens"}, "smaller than the stride"),
-    ({"lengths": [1]}, "too short"),
-    ({"lengths": []}, "no window length"),
-    ({"lengths": [512], "scoring": "rolling"}, "--scoring rolling"),
-    ({"lengths": [512], "bos": "sometimes"}, "--bos sometimes"),
-    ({"lengths": [512], "ctx": 256}, "--ctx 256 is shorter"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"lengths": [128], "stride": 256}, "not longer than the stride"),
+        ({"lengths": [256], "stride": 256}, "not longer than the stride"),
+        ({"lengths": [128], "stride": 256, "scoring": "all-tokens"}, "smaller than the stride"),
+        ({"lengths": [1]}, "too short"),
+        ({"lengths": []}, "no window length"),
+        ({"lengths": [512], "scoring": "rolling"}, "--scoring rolling"),
+        ({"lengths": [512], "bos": "sometimes"}, "--bos sometimes"),
+        ({"lengths": [512], "ctx": 256}, "--ctx 256 is shorter"),
+    ],
+)
 def test_config_errors(kwargs, needle):
     with pytest.raises(LlqaError, match=needle):
         PerplexityConfig(**kwargs)
@@ -201,7 +226,7 @@ def test_proof_pile_sample_is_seeded_uniform_and_recorded(tmp_path, smollm2_toke
     path = tmp_path / "proofpile_test.jsonl"
     with open(path, "w") as f:
         for i, n in enumerate(sizes):
-            f.write(json.dumps({"text": book[i * 100:i * 100 + n], "meta": {"set_name": "test", "i": i}}) + "\n")
+            f.write(json.dumps({"text": book[i * 100 : i * 100 + n], "meta": {"set_name": "test", "i": i}}) + "\n")
     rows, _ = local_documents(path)
 
     def n_tokens(doc):
@@ -214,8 +239,10 @@ def test_proof_pile_sample_is_seeded_uniform_and_recorded(tmp_path, smollm2_toke
     assert [d.id for d in picked] == [d.id for d in again] == info["document_ids"]
     assert len(picked) == 3 and {d.id for d in picked} <= long_enough
     assert info["seed"] == 7 and info["min_tokens"] == 500 and picked[0].meta["meta"]["set_name"] == "test"
-    draws = {tuple(d.id for d in sample_long_documents(len(rows), rows.__getitem__, n_tokens, 3, 500, s)[0])
-             for s in range(20)}
+    draws = {
+        tuple(d.id for d in sample_long_documents(len(rows), rows.__getitem__, n_tokens, 3, 500, s)[0])
+        for s in range(20)
+    }
     assert len(draws) > 3  # the seed matters
     everything, info = sample_long_documents(len(rows), rows.__getitem__, n_tokens, 10, 500, seed=0)
     assert {d.id for d in everything} == long_enough and info["selected"] == 5  # fewer than asked: all of them

@@ -48,8 +48,23 @@ def test_cli_happy_path_folder_and_table(tiny_llama_dir, tmp_path):
     (folder / "empty.txt").write_text("")
     (folder / "notes.md").write_text("not read: only --glob '*.txt' files are")
     out = tmp_path / "out"
-    r = run_llqa("eval", "perplexity", "--data", str(folder), "--model", str(tiny_llama_dir), "--lengths",
-                 "64,128", "--stride", "32", "--out", str(out), "--no-progress", "--device", "cpu")
+    r = run_llqa(
+        "eval",
+        "perplexity",
+        "--data",
+        str(folder),
+        "--model",
+        str(tiny_llama_dir),
+        "--lengths",
+        "64,128",
+        "--stride",
+        "32",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--device",
+        "cpu",
+    )
     assert r.returncode == 0, r.stderr
     assert "window ppl" in r.stdout and "bits/byte" in r.stdout
     result = json.loads((out / "result.json").read_text())
@@ -65,13 +80,36 @@ def test_cli_happy_path_folder_and_table(tiny_llama_dir, tmp_path):
 def test_cli_proof_pile_local_copy(tiny_llama_dir, tmp_path, capsys, shared_data):
     book = (shared_data / "gutenberg_novels" / "pg16.txt").read_text()
     path = tmp_path / "proofpile_test.jsonl"
-    rows = [{"text": book[i * 3000:i * 3000 + n], "meta": {"set_name": "fixture"}}
-            for i, n in enumerate([3000, 200, 2500, 4000, 100])]
+    rows = [
+        {"text": book[i * 3000 : i * 3000 + n], "meta": {"set_name": "fixture"}}
+        for i, n in enumerate([3000, 200, 2500, 4000, 100])
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "pp"
-    code, stdout, err = llqa_call(capsys, "eval", "proof-pile", "--data", str(path), "--model", str(tiny_llama_dir),
-                             "--num-docs", "2", "--min-tokens", "300", "--seed", "3", "--lengths", "128",
-                             "--stride", "64", "--out", str(out), "--no-progress", "--device", "cpu")
+    code, stdout, err = llqa_call(
+        capsys,
+        "eval",
+        "proof-pile",
+        "--data",
+        str(path),
+        "--model",
+        str(tiny_llama_dir),
+        "--num-docs",
+        "2",
+        "--min-tokens",
+        "300",
+        "--seed",
+        "3",
+        "--lengths",
+        "128",
+        "--stride",
+        "64",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--device",
+        "cpu",
+    )
     assert code == 0, err
     result = json.loads((out / "result.json").read_text())
     sample = result["data"]["sample"]
@@ -101,12 +139,25 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys, tiny_llama_dir):
     table.write_text(json.dumps({"body": "some text", "id": 1}) + "\n")
     line = one_line_error(capsys, "eval", "perplexity", "--data", str(table), *model)
     assert "no field 'text'" in line and "body" in line and "--text-field" in line
-    line = one_line_error(capsys, "eval", "perplexity", "--data", str(table), "--text-field", "body",
-                          "--lengths", "128", "--stride", "256", *model)
+    line = one_line_error(
+        capsys,
+        "eval",
+        "perplexity",
+        "--data",
+        str(table),
+        "--text-field",
+        "body",
+        "--lengths",
+        "128",
+        "--stride",
+        "256",
+        *model,
+    )
     assert "not longer than the stride 256" in line
     assert "no such file" in one_line_error(capsys, "eval", "perplexity", "--data", str(tmp_path / "nope"), *model)
-    assert "comma-separated" in one_line_error(capsys, "eval", "perplexity", "--data", str(table),
-                                                "--lengths", "4k", *model)
+    assert "comma-separated" in one_line_error(
+        capsys, "eval", "perplexity", "--data", str(table), "--lengths", "4k", *model
+    )
 
 
 def test_hub_datasets_offline_name_the_dataset_and_the_fix(tmp_path):
@@ -128,13 +179,42 @@ def test_torchrun_two_processes_match_one(tmp_path, shared_data):
     books.mkdir()
     for name in ("pg11", "pg16", "pg5200"):
         (books / f"{name}.txt").write_text((shared_data / "gutenberg_novels" / f"{name}.txt").read_text()[:6000])
-    common = ["eval", "perplexity", "--data", str(books), "--model", "random:tiny", "--lengths", "128,256",
-              "--stride", "64", "--no-progress", "--device", "cpu"]
+    common = [
+        "eval",
+        "perplexity",
+        "--data",
+        str(books),
+        "--model",
+        "random:tiny",
+        "--lengths",
+        "128,256",
+        "--stride",
+        "64",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     one = run_llqa(*common, "--out", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", "29561", "-m", "cli", *common, "--out", str(tmp_path / "two")],
-                         capture_output=True, text=True, timeout=600)
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29561",
+            "-m",
+            "cli",
+            *common,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert two.returncode == 0, two.stderr
     a = json.loads((tmp_path / "one" / "result.json").read_text())["summary"]
     b = json.loads((tmp_path / "two" / "result.json").read_text())["summary"]

@@ -24,9 +24,29 @@ def book(tmp_path_factory, shared_data):
 
 
 def score(capsys, tiny_llama_dir, book, out, *extra: str) -> dict:
-    code, _, err = call(capsys, "eval", "perplexity", "--data", str(book), "--model", str(tiny_llama_dir),
-                        "--lengths", "128,384", "--stride", "64", "--max-tokens", "640", "--out", str(out),
-                        "--no-progress", "--device", "cpu", "--dtype", "float32", *extra)
+    code, _, err = call(
+        capsys,
+        "eval",
+        "perplexity",
+        "--data",
+        str(book),
+        "--model",
+        str(tiny_llama_dir),
+        "--lengths",
+        "128,384",
+        "--stride",
+        "64",
+        "--max-tokens",
+        "640",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+        *extra,
+    )
     assert code == 0, err
     return json.loads((out / "result.json").read_text())
 
@@ -54,9 +74,24 @@ def test_no_pi_keeps_native_rope_and_scores_longer_windows(capsys, results):
 
 
 def test_no_pi_with_ctx_is_a_user_error(capsys, tiny_llama_dir, book, tmp_path):
-    line = one_line_error(capsys, "eval", "perplexity", "--data", str(book), "--model", str(tiny_llama_dir),
-                          "--lengths", "384", "--ctx", "512", "--no-pi", "--out", str(tmp_path / "x"),
-                          "--device", "cpu")
+    line = one_line_error(
+        capsys,
+        "eval",
+        "perplexity",
+        "--data",
+        str(book),
+        "--model",
+        str(tiny_llama_dir),
+        "--lengths",
+        "384",
+        "--ctx",
+        "512",
+        "--no-pi",
+        "--out",
+        str(tmp_path / "x"),
+        "--device",
+        "cpu",
+    )
     assert "--no-pi and --ctx" in line
 
 
@@ -97,6 +132,19 @@ def test_cli_compile_flag_reaches_the_engine_and_bad_modes_fail_early(capsys, ti
     score(capsys, tiny_llama_dir, book, out, "--compile", "default")
     this = json.loads((out / "result.json").read_text())["this_session"]
     assert this["compile"] == "default" and this["compiled_batches"] == 0
-    line = one_line_error(capsys, "eval", "perplexity", "--data", str(book), "--model", "no/such-model",
-                          "--compile", "fast", "--out", str(tmp_path / "x"), "--device", "cpu")
+    line = one_line_error(
+        capsys,
+        "eval",
+        "perplexity",
+        "--data",
+        str(book),
+        "--model",
+        "no/such-model",
+        "--compile",
+        "fast",
+        "--out",
+        str(tmp_path / "x"),
+        "--device",
+        "cpu",
+    )
     assert "--compile fast is unknown" in line  # before the model is looked up

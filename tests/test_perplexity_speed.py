@@ -12,11 +12,13 @@ from evals.perplexity import PerplexityConfig, WindowScorer, run
 from evals.texts import Document
 from llqa.errors import LlqaError
 
-TEXT = ("Alice was beginning to get very tired of sitting by her sister on the bank, and of having nothing to "
-        "do: once or twice she had peeped into the book her sister was reading, but it had no pictures or "
-        "conversations in it, 'and what is the use of a book,' thought Alice 'without pictures or conversations?' "
-        "So she was considering in her own mind (as well as she could, for the hot day made her feel very "
-        "sleepy and stupid), whether the pleasure of making a daisy-chain would be worth the trouble.")
+TEXT = (
+    "Alice was beginning to get very tired of sitting by her sister on the bank, and of having nothing to "
+    "do: once or twice she had peeped into the book her sister was reading, but it had no pictures or "
+    "conversations in it, 'and what is the use of a book,' thought Alice 'without pictures or conversations?' "
+    "So she was considering in her own mind (as well as she could, for the hot day made her feel very "
+    "sleepy and stupid), whether the pleasure of making a daisy-chain would be worth the trouble."
+)
 # a long document, one shorter than the longest window (its windows have a length of their own)
 DOCS = [Document("long", TEXT), Document("short", TEXT[:90])]
 

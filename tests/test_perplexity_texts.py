@@ -39,10 +39,13 @@ def test_parquet(tmp_path):
     assert [d.text for d in docs] == ["alpha", "beta"] and docs[1].meta["short_book_title"] == "B"
 
 
-@pytest.mark.parametrize(("content", "needle"), [
-    (b"", "is empty"),
-    ("caf\u00e9".encode("latin-1"), "is not UTF-8"),
-])
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (b"", "is empty"),
+        ("caf\u00e9".encode("latin-1"), "is not UTF-8"),
+    ],
+)
 def test_bad_text_files(tmp_path, content, needle):
     p = tmp_path / "x.txt"
     p.write_bytes(content)

@@ -69,8 +69,7 @@ def test_leftover_rank_logs_of_another_configuration_are_ignored(tmp_path, monke
 
 
 def test_passkey_two_ranks_merge_to_the_single_process_result(tiny_loaded, tmp_path, monkeypatch):
-    cfg = PasskeyConfig(lengths=[120, 200, 300], depths=[0.0, 1.0], trials=2, chat_template="none",
-                        max_new_tokens=4)
+    cfg = PasskeyConfig(lengths=[120, 200, 300], depths=[0.0, 1.0], trials=2, chat_template="none", max_new_tokens=4)
     single = run_passkey(tiny_loaded, cfg, tmp_path / "single", progress=False)
     _as_rank(monkeypatch, 1, 2)
     assert run_passkey(tiny_loaded, cfg, tmp_path / "dp", progress=False) is None
@@ -109,8 +108,9 @@ def test_passkey_resumes_under_another_rank_count(tiny_loaded, tmp_path, monkeyp
 
 def test_lines_two_ranks_merge_to_the_single_process_result(tiny_loaded, tmp_path, monkeypatch):
     def cfg():
-        return LongEvalConfig(task="lines", sizes=[3, 6], generate=True, cases=3, chat_template="none",
-                              max_new_tokens=4)
+        return LongEvalConfig(
+            task="lines", sizes=[3, 6], generate=True, cases=3, chat_template="none", max_new_tokens=4
+        )
 
     single = run_longeval(tiny_loaded, cfg(), tmp_path / "single", progress=False)
     _as_rank(monkeypatch, 1, 2)

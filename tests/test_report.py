@@ -17,8 +17,10 @@ from llqa.errors import LlqaError
 from llqa.report import MISSING, fmt, model_identity, moved_training_run, parse_names, training_cost, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-WORDS = ("the river ran past old stone houses while a quiet wind moved over fields of barley and the children "
-         "counted boats that came down from the hills carrying wool salt iron letters and news of towns").split()
+WORDS = (
+    "the river ran past old stone houses while a quiet wind moved over fields of barley and the children "
+    "counted boats that came down from the hills carrying wool salt iron letters and news of towns"
+).split()
 
 
 def _exit_code(*args) -> int:
@@ -56,16 +58,61 @@ def produced(tmp_path_factory, tiny_llama_dir):
         assert _exit_code(*args) == 0, args
 
     tiny = str(tiny_llama_dir)
-    llqa("train", "--model", tiny, "--ctx", "512", "--method", "lora", "--data", doc, "--out", "runs/lora",
-         "--max-steps", "2", "--batch-size", "1", "--save-every", "2", "--lr", "1e-3", "--device", "cpu")
-    ppl = ["eval", "perplexity", "--data", doc, "--stride", "48", "--max-tokens", "640", "--device", "cpu",
-           "--no-progress"]
+    llqa(
+        "train",
+        "--model",
+        tiny,
+        "--ctx",
+        "512",
+        "--method",
+        "lora",
+        "--data",
+        doc,
+        "--out",
+        "runs/lora",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "1",
+        "--save-every",
+        "2",
+        "--lr",
+        "1e-3",
+        "--device",
+        "cpu",
+    )
+    ppl = [
+        "eval",
+        "perplexity",
+        "--data",
+        doc,
+        "--stride",
+        "48",
+        "--max-tokens",
+        "640",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     llqa(*ppl, "--model", tiny, "--lengths", "64,128", "--out", "evals/base-ppl")
     llqa(*ppl, "--model", tiny, "--lengths", "64,128,512", "--out", "evals/base-pi-ppl")
     llqa(*ppl, "--model", "runs/lora", "--lengths", "64,128,512", "--out", "evals/lora-ppl")
     gen = ["--chat-template", "none", "--device", "cpu", "--no-progress"]
-    llqa("eval", "passkey", "--model", "runs/lora", "--lengths", "160,320", "--depths", "0,1", "--trials", "1",
-         "--out", "evals/lora-passkey", *gen)
+    llqa(
+        "eval",
+        "passkey",
+        "--model",
+        "runs/lora",
+        "--lengths",
+        "160,320",
+        "--depths",
+        "0,1",
+        "--trials",
+        "1",
+        "--out",
+        "evals/lora-passkey",
+        *gen,
+    )
     lines = ["eval", "lines", "--generate", "--sizes", "2,4", "--cases", "2", "--max-new-tokens", "4", *gen]
     llqa(*lines, "--model", "runs/lora", "--out", "evals/lora-lines")
     llqa(*lines, "--model", tiny, "--ctx", "512", "--out", "evals/base-pi-lines")
@@ -91,7 +138,7 @@ def _row(table: dict, label: str) -> dict:
 
 def _md_row(md: str, label: str, after: str) -> list[str]:
     """Cells of the markdown row starting with `label` in the first table after heading text `after`."""
-    section = md[md.index(after):]
+    section = md[md.index(after) :]
     line = next(line for line in section.splitlines() if line.startswith(f"| {label} |"))
     return [c.strip() for c in line.strip("|").split("|")]
 
@@ -163,9 +210,11 @@ def test_training_cost_keeps_the_last_record_of_a_resumed_step(tmp_path):
     from llqa.report import read_training
 
     (tmp_path / "train_config.json").write_text(json.dumps({"config": {"max_steps": 2}}))
-    recs = [{"step": 1, "loss": 9.0, "tokens": 10, "step_s": 5.0, "time": 100.0},
-            {"step": 1, "loss": 3.0, "tokens": 10, "step_s": 1.0, "time": 200.0},  # re-logged after a resume
-            {"step": 2, "loss": 1.0, "tokens": 10, "step_s": 1.0, "time": 201.0, "peak_mem_gib": 7.5}]
+    recs = [
+        {"step": 1, "loss": 9.0, "tokens": 10, "step_s": 5.0, "time": 100.0},
+        {"step": 1, "loss": 3.0, "tokens": 10, "step_s": 1.0, "time": 200.0},  # re-logged after a resume
+        {"step": 2, "loss": 1.0, "tokens": 10, "step_s": 1.0, "time": 201.0, "peak_mem_gib": 7.5},
+    ]
     (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs) + '{"step": 3, "lo')
     cost = training_cost(read_training(tmp_path))
     assert cost["steps"] == 2 and cost["tokens"] == 20 and cost["train_s"] == 2.0 and cost["tokens_per_s"] == 10.0
@@ -186,8 +235,9 @@ def test_pngs_are_written(report):
 def test_unknown_tasks_and_garbage_are_listed_not_fatal(produced, tmp_path, capsys):
     extra = tmp_path / "extra"
     (extra / "mystery").mkdir(parents=True)
-    (extra / "mystery" / "result.json").write_text(json.dumps({"task": "mystery", "model": {"spec": "random:tiny"},
-                                                               "summary": {"score": 1}}))
+    (extra / "mystery" / "result.json").write_text(
+        json.dumps({"task": "mystery", "model": {"spec": "random:tiny"}, "summary": {"score": 1}})
+    )
     (extra / "garbage").mkdir()
     (extra / "garbage" / "result.json").write_bytes(b"\x00\x01not json{")
     (extra / "notes.json").write_text("[1, 2]")
@@ -200,14 +250,18 @@ def test_unknown_tasks_and_garbage_are_listed_not_fatal(produced, tmp_path, caps
     assert "garbage/result.json`: not" in md
 
 
-@pytest.mark.parametrize("doc", [
-    {"task": "perplexity", "summary": {"64": {"ppl": "high"}}},
-    {"task": "perplexity", "summary": {"sixty-four": {"ppl": 3.0}}},
-    {"task": "passkey", "summary": {"by_length": [{"accuracy": 1.0}]}},
-    {"task": "passkey", "summary": {"by_length_depth": [{"length": 8, "depth": "deep"}]}},
-    {"task": "lines", "summary": {"by_n": [{"accuracy": 0.5}]}},
-    {"task": "topics", "summary": {"by_n": [3]}},
-], ids=["ppl-text", "ppl-key", "passkey-length", "passkey-depth", "lines-n", "topics-row"])
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"task": "perplexity", "summary": {"64": {"ppl": "high"}}},
+        {"task": "perplexity", "summary": {"sixty-four": {"ppl": 3.0}}},
+        {"task": "passkey", "summary": {"by_length": [{"accuracy": 1.0}]}},
+        {"task": "passkey", "summary": {"by_length_depth": [{"length": 8, "depth": "deep"}]}},
+        {"task": "lines", "summary": {"by_n": [{"accuracy": 0.5}]}},
+        {"task": "topics", "summary": {"by_n": [3]}},
+    ],
+    ids=["ppl-text", "ppl-key", "passkey-length", "passkey-depth", "lines-n", "topics-row"],
+)
 def test_malformed_results_of_known_tasks_are_listed_not_fatal(produced, tmp_path, doc):
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -233,13 +287,25 @@ def test_minimal_results_show_missing_cells(tmp_path):
 
 def test_passkey_near_misses_of_an_older_result_come_from_its_cells(tmp_path):
     """A result.json written before llqa recorded near misses: the report recomputes them from cells.jsonl."""
-    cells = [{"key": f"k{i}", "length": 64, "depth": 0.0, "trial": i, "key_value": 12345, "predicted": p,
-              "correct": p == 12345, "skipped": False} for i, p in enumerate([12345, 1245, 99, 12346])]
+    cells = [
+        {
+            "key": f"k{i}",
+            "length": 64,
+            "depth": 0.0,
+            "trial": i,
+            "key_value": 12345,
+            "predicted": p,
+            "correct": p == 12345,
+            "skipped": False,
+        }
+        for i, p in enumerate([12345, 1245, 99, 12346])
+    ]
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "cells.jsonl").write_text("".join(json.dumps(c) + "\n" for c in cells))
     summary = {"accuracy": 0.25, "effective_context_window": 64, "by_length": [{"length": 64, "accuracy": 0.25}]}
-    (tmp_path / "old" / "result.json").write_text(json.dumps(
-        {"task": "passkey", "model": {"spec": "random:tiny"}, "summary": summary, "config": {"trials": 4}}))
+    (tmp_path / "old" / "result.json").write_text(
+        json.dumps({"task": "passkey", "model": {"spec": "random:tiny"}, "summary": summary, "config": {"trials": 4}})
+    )
     window = _row(_table(write_report([tmp_path / "old"], tmp_path / "rep"), "passkey"), "random:tiny")
     assert window["accuracy"] == 0.25 and window["within 1 edit"] == 0.75
 
@@ -255,8 +321,9 @@ def test_several_passkey_runs_and_a_long_loss_curve_plot(produced, tmp_path):
     run = tmp_path / "in" / "long-run"
     shutil.copytree(produced / "runs" / "lora", run, ignore=shutil.ignore_patterns("checkpoints", "data", "base"))
     step = json.loads((run / "log.jsonl").read_text().splitlines()[0])
-    (run / "log.jsonl").write_text("".join(json.dumps({**step, "step": i, "loss": 10 / i}) + "\n"
-                                           for i in range(1, 61)))
+    (run / "log.jsonl").write_text(
+        "".join(json.dumps({**step, "step": i, "loss": 10 / i}) + "\n" for i in range(1, 61))
+    )
     rep = write_report([tmp_path / "in"], tmp_path / "rep")
     pi = ["random:smollm2-135m (PI ×2)", "random:tiny (PI ×2)"]  # folders in name order; RoPE ×2, untrained
     assert [r.label for r in rep.runs] == [*pi, "long-run"]
@@ -278,18 +345,25 @@ def test_user_errors_are_one_line_and_exit_2(produced, tmp_path, capsys, case):
     garbage = tmp_path / "g.json"
     garbage.write_text("not json")
     (tmp_path / "file").write_text("x")
-    args = {"only-garbage": [garbage],
-            "missing-path": [tmp_path / "nope"],
-            "bad-name": [produced / "evals", "--name", "nolabel"],
-            "unmatched-name": [produced / "evals", "--name", "random:tiny=x"],
-            "out-is-file": [produced / "evals", "--out", tmp_path / "file"]}[case]
+    args = {
+        "only-garbage": [garbage],
+        "missing-path": [tmp_path / "nope"],
+        "bad-name": [produced / "evals", "--name", "nolabel"],
+        "unmatched-name": [produced / "evals", "--name", "random:tiny=x"],
+        "out-is-file": [produced / "evals", "--out", tmp_path / "file"],
+    }[case]
     if "--out" not in args:
         args += ["--out", tmp_path / "rep"]
     code, out = _llqa(capsys, "report", *args)
     assert code == 2, out
     assert out.startswith("error:") and len(out.strip().splitlines()) == 1 and "Traceback" not in out
-    expected = {"only-garbage": "no llqa results found", "missing-path": "no such file", "bad-name": "PATH=LABEL",
-                "unmatched-name": "no run scored or trained", "out-is-file": "is a file"}[case]
+    expected = {
+        "only-garbage": "no llqa results found",
+        "missing-path": "no such file",
+        "bad-name": "PATH=LABEL",
+        "unmatched-name": "no run scored or trained",
+        "out-is-file": "is a file",
+    }[case]
     assert expected in out
 
 
@@ -320,7 +394,10 @@ def test_results_scored_on_another_machine_join_their_training_run(produced, tmp
     rep = write_report([copy], tmp_path / "rep")
     lora = next(r for r in rep.runs if r.training is not None)
     assert lora.label == "lora" and sorted(x.path.name for x in lora.results) == [
-        "lora-lines", "lora-passkey", "lora-ppl"]
+        "lora-lines",
+        "lora-passkey",
+        "lora-ppl",
+    ]
     assert moved_training_run("/gpu-host/exp/runs/lora", [copy / "runs" / "lora"]) == copy / "runs" / "lora"
     assert moved_training_run("/gpu-host/exp/runs/other", [copy / "runs" / "lora"]) is None
     assert moved_training_run("/h/a/lora", [tmp_path / "x" / "lora", tmp_path / "y" / "lora"]) is None  # ambiguous
@@ -357,34 +434,48 @@ def test_walk_skips_only_a_training_runs_own_folders(tmp_path):
 
 
 def test_cell_format():
-    assert [fmt(None), fmt(float("nan")), fmt(26.0412), fmt(1667.3), fmt(7)] == [MISSING, MISSING, "26.04",
-                                                                                 "1,667", "7"]
+    assert [fmt(None), fmt(float("nan")), fmt(26.0412), fmt(1667.3), fmt(7)] == [
+        MISSING,
+        MISSING,
+        "26.04",
+        "1,667",
+        "7",
+    ]
     assert [fmt(0.8, "pct"), fmt(32768, "int"), fmt(42.5, "time")] == ["80%", "32,768", "42.5 s"]
     assert fmt(3725.0, "time") == "1:02:05"
     assert fmt("n/a", "int") == "n/a"  # a hand-edited value of the wrong type is shown, not a crash
 
 
 def _ppl_doc(spec: str, data: str, docs: list[str], ppl: float) -> dict:
-    return {"task": "perplexity", "model": {"spec": spec},
-            "config": {"data": data, "scoring": "sliding", "stride": 256, "max_tokens": 64, "documents": len(docs)},
-            "data": {"source": data, "documents": docs}, "summary": {"64": {"ppl": ppl}}}
+    return {
+        "task": "perplexity",
+        "model": {"spec": spec},
+        "config": {"data": data, "scoring": "sliding", "stride": 256, "max_tokens": 64, "documents": len(docs)},
+        "data": {"source": data, "documents": docs},
+        "summary": {"64": {"ppl": ppl}},
+    }
 
 
 def _lines_doc(spec: str, folder: str, acc: float) -> dict:
-    return {"task": "lines", "model": {"spec": spec},
-            "config": {"testcases": folder, "files": {"200": f"{folder}/200_lines.jsonl"}, "limit": 5},
-            "summary": {"by_n": [{"n": 200, "accuracy": acc, "mean_prompt_tokens": 4000}]}}
+    return {
+        "task": "lines",
+        "model": {"spec": spec},
+        "config": {"testcases": folder, "files": {"200": f"{folder}/200_lines.jsonl"}, "limit": 5},
+        "summary": {"by_n": [{"n": 200, "accuracy": acc, "mean_prompt_tokens": 4000}]},
+    }
 
 
 def test_results_on_the_same_data_in_other_folders_share_a_table(tmp_path):
     """Scored on two machines (same folder and file names, other absolute paths): one table; other documents or
     another test-case folder: a table of their own."""
-    docs = {"a": _ppl_doc("random:a", "/gpu/exp/heldout", ["x.txt", "y.txt"], 10.0),
-            "b": _ppl_doc("random:b", "/tmp/exp400/heldout", ["x.txt", "y.txt"], 11.0),
-            "c": _ppl_doc("random:c", "/tmp/exp400/heldout", ["x.txt", "z.txt"], 12.0),
-            "la": _lines_doc("random:a", "/gpu/exp/testcases/lines", 0.5),
-            "lb": _lines_doc("random:b", "/tmp/exp400/testcases/lines", 0.25),
-            "lc": _lines_doc("random:c", "/tmp/exp400/other", 0.0)}
+    docs = {
+        "a": _ppl_doc("random:a", "/gpu/exp/heldout", ["x.txt", "y.txt"], 10.0),
+        "b": _ppl_doc("random:b", "/tmp/exp400/heldout", ["x.txt", "y.txt"], 11.0),
+        "c": _ppl_doc("random:c", "/tmp/exp400/heldout", ["x.txt", "z.txt"], 12.0),
+        "la": _lines_doc("random:a", "/gpu/exp/testcases/lines", 0.5),
+        "lb": _lines_doc("random:b", "/tmp/exp400/testcases/lines", 0.25),
+        "lc": _lines_doc("random:c", "/tmp/exp400/other", 0.0),
+    }
     for name, doc in docs.items():
         (tmp_path / "in" / name).mkdir(parents=True)
         (tmp_path / "in" / name / "result.json").write_text(json.dumps(doc))
@@ -404,9 +495,16 @@ def test_cells_past_the_runs_context_are_marked(tmp_path):
     ppl = _ppl_doc("random:tiny", "/x/heldout", ["a.txt"], 10.0)
     ppl["model"] = model
     ppl["summary"] = {"64": {"ppl": 10.0}, "128": {"ppl": 9.5}, "256": {"ppl": 300.0}}
-    passkey = {"task": "passkey", "model": model, "config": {"ctx": 128, "trials": 1},
-               "summary": {"effective_context_window": 128, "accuracy": 0.5,
-                           "by_length": [{"length": 128, "accuracy": 1.0}, {"length": 256, "accuracy": 0.0}]}}
+    passkey = {
+        "task": "passkey",
+        "model": model,
+        "config": {"ctx": 128, "trials": 1},
+        "summary": {
+            "effective_context_window": 128,
+            "accuracy": 0.5,
+            "by_length": [{"length": 128, "accuracy": 1.0}, {"length": 256, "accuracy": 0.0}],
+        },
+    }
     for name, doc in {"ppl": ppl, "passkey": passkey}.items():
         (tmp_path / "in" / name).mkdir(parents=True)
         (tmp_path / "in" / name / "result.json").write_text(json.dumps(doc))
@@ -421,14 +519,25 @@ def test_cells_past_the_runs_context_are_marked(tmp_path):
 
 def test_topic_retrieval_also_reports_token_f1(tmp_path, report):
     """Topics results carry mean token F1 per N: a second table beside accuracy. Lines have no F1: no table."""
-    doc = {"task": "topics", "model": {"spec": "random:tiny"},
-           "config": {"testcases": "/x/topics", "files": {"1": "/x/topics/1_topics.jsonl"}, "limit": 5},
-           "summary": {"by_n": [{"n": 1, "accuracy": 0.2, "mean_f1": 0.4375, "mean_prompt_tokens": 600},
-                                {"n": 5, "accuracy": 0.0, "mean_f1": None, "mean_prompt_tokens": 2800}]}}
+    doc = {
+        "task": "topics",
+        "model": {"spec": "random:tiny"},
+        "config": {"testcases": "/x/topics", "files": {"1": "/x/topics/1_topics.jsonl"}, "limit": 5},
+        "summary": {
+            "by_n": [
+                {"n": 1, "accuracy": 0.2, "mean_f1": 0.4375, "mean_prompt_tokens": 600},
+                {"n": 5, "accuracy": 0.0, "mean_f1": None, "mean_prompt_tokens": 2800},
+            ]
+        },
+    }
     (tmp_path / "in" / "topics").mkdir(parents=True)
     (tmp_path / "in" / "topics" / "result.json").write_text(json.dumps(doc))
     rep = write_report([tmp_path / "in"], tmp_path / "rep")
-    assert _row(_table(rep, "topics_f1"), "random:tiny") == {"run": "random:tiny", "ctx": None, "1 (600 tok)": 0.4375,
-                                                            "5 (2,800 tok)": None}
+    assert _row(_table(rep, "topics_f1"), "random:tiny") == {
+        "run": "random:tiny",
+        "ctx": None,
+        "1 (600 tok)": 0.4375,
+        "5 (2,800 tok)": None,
+    }
     assert "| random:tiny | — | 0.44 | — |" in rep.markdown.read_text()
     assert "lines_f1" not in [t.kind for t in report.tables]

@@ -89,8 +89,9 @@ def grads(fn, q, k, v, weight):
 
 def assert_close_fwd_bwd(fn, ref, q, k, v):
     weight = torch.randn(q.shape[0], q.shape[2], q.shape[1], q.shape[3], generator=torch.Generator().manual_seed(1))
-    for got, want, name in zip(grads(fn, q, k, v, weight), grads(ref, q, k, v, weight), ("out", "dq", "dk", "dv"),
-                               strict=True):
+    for got, want, name in zip(
+        grads(fn, q, k, v, weight), grads(ref, q, k, v, weight), ("out", "dq", "dk", "dv"), strict=True
+    ):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
 
 
@@ -106,8 +107,13 @@ LEFT_PAD = [[-1] * 6 + [3] * 26, [-1] * 3 + [0] * 10 + [-1] * 2 + [1] * 17]
 @pytest.mark.parametrize("shift", [True, False])
 def test_sdpa_backend_equals_masked_reference(heads, group, shift):
     q, k, v = qkv(2, *heads, N=32)
-    assert_close_fwd_bwd(lambda *a: s2_attention(*a, group, shift=shift, backend="sdpa"),
-                         lambda *a: reference_s2(*a, group, shift=shift), q, k, v)
+    assert_close_fwd_bwd(
+        lambda *a: s2_attention(*a, group, shift=shift, backend="sdpa"),
+        lambda *a: reference_s2(*a, group, shift=shift),
+        q,
+        k,
+        v,
+    )
 
 
 @pytest.mark.parametrize("segments", [PACKED, LEFT_PAD], ids=["packed", "padded"])
@@ -116,8 +122,13 @@ def test_sdpa_backend_equals_masked_reference(heads, group, shift):
 def test_segmented_equals_masked_reference(segments, heads, group):
     q, k, v = qkv(2, *heads, N=32, seed=2)
     seg = torch.tensor(segments)
-    assert_close_fwd_bwd(lambda *a: s2_attention(*a, group, segment_ids=seg, backend="sdpa", scale=0.3),
-                         lambda *a: reference_s2(*a, group, segment_ids=seg, scale=0.3), q, k, v)
+    assert_close_fwd_bwd(
+        lambda *a: s2_attention(*a, group, segment_ids=seg, backend="sdpa", scale=0.3),
+        lambda *a: reference_s2(*a, group, segment_ids=seg, scale=0.3),
+        q,
+        k,
+        v,
+    )
 
 
 def test_one_group_without_shift_is_causal_sdpa():
@@ -136,7 +147,7 @@ def test_s2_differs_from_full_attention():
 def future_gradient(fn, N, t):
     q, k, v = qkv(1, 4, 2, N=N, seed=3)
     fn(q, k, v)[:, t].sum().backward()
-    return max(x.grad[:, :, t + 1:].abs().max().item() for x in (q, k, v))
+    return max(x.grad[:, :, t + 1 :].abs().max().item() for x in (q, k, v))
 
 
 @pytest.mark.parametrize("t", [0, 3, 4, 11, 20, 27, 30])
@@ -148,8 +159,12 @@ def test_no_future_leak(t):
 
 def test_naive_roll_leaks():
     """The same check catches LongLoRA's roll formulation: token 0 sees the last half group."""
-    assert future_gradient(lambda q, k, v: naive_roll_s2(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), 8),
-                           32, 0) > 0
+    assert (
+        future_gradient(
+            lambda q, k, v: naive_roll_s2(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), 8), 32, 0
+        )
+        > 0
+    )
 
 
 def test_gqa_never_repeats_kv(monkeypatch):
@@ -216,9 +231,14 @@ def varlen_stand_in(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p=0.0, softmax_sc
     assert max_q == max(int(e - s) for s, e in zip(cu_q[:-1], cu_q[1:], strict=True))
     outs = []
     for s, e in zip(cu_q[:-1].tolist(), cu_q[1:].tolist(), strict=True):
-        o = F.scaled_dot_product_attention(q[s:e].transpose(0, 1)[None], k[s:e].transpose(0, 1)[None],
-                                           v[s:e].transpose(0, 1)[None], is_causal=True, scale=softmax_scale,
-                                           enable_gqa=True)
+        o = F.scaled_dot_product_attention(
+            q[s:e].transpose(0, 1)[None],
+            k[s:e].transpose(0, 1)[None],
+            v[s:e].transpose(0, 1)[None],
+            is_causal=True,
+            scale=softmax_scale,
+            enable_gqa=True,
+        )
         outs.append(o[0].transpose(0, 1))
     return torch.cat(outs)
 
@@ -230,8 +250,13 @@ def test_flash_plumbing_equals_reference(monkeypatch, segments):
     monkeypatch.setattr(s2attn, "_varlen_func", lambda: varlen_stand_in)
     seg = None if segments is None else torch.tensor(segments)
     q, k, v = qkv(2, 6, 3, N=32, seed=4)
-    assert_close_fwd_bwd(lambda *a: s2attn._flash_s2(*a, 8, seg, True, None, 0.0),
-                         lambda *a: reference_s2(*a, 8, segment_ids=seg), q, k, v)
+    assert_close_fwd_bwd(
+        lambda *a: s2attn._flash_s2(*a, 8, seg, True, None, 0.0),
+        lambda *a: reference_s2(*a, 8, segment_ids=seg),
+        q,
+        k,
+        v,
+    )
 
 
 def test_flash_backend_absent_is_a_clear_error(monkeypatch):
@@ -241,8 +266,9 @@ def test_flash_backend_absent_is_a_clear_error(monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available() or not s2attn.flash_attn_available(),
-                    reason="needs CUDA and flash-attn")
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or not s2attn.flash_attn_available(), reason="needs CUDA and flash-attn"
+)
 @pytest.mark.parametrize("segments", [None, PACKED], ids=["dense", "packed"])
 def test_flash_kernel_equals_sdpa_backend(segments):
     q, k, v = (x.detach().cuda().bfloat16().requires_grad_() for x in qkv(2, 8, 2, N=32, D=64))
@@ -265,8 +291,9 @@ def test_sdpa_backend_runs_on_the_flash_kernel(segments):
     with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
         out = s2_attention(q, k, v, 8, segment_ids=seg, backend="sdpa")
         out.sum().backward()
-    want = reference_s2(*(x.detach().float().cpu() for x in (q, k, v)), 8,
-                        segment_ids=None if seg is None else seg.cpu())
+    want = reference_s2(
+        *(x.detach().float().cpu() for x in (q, k, v)), 8, segment_ids=None if seg is None else seg.cpu()
+    )
     torch.testing.assert_close(out.float().cpu(), want, atol=3e-2, rtol=3e-2)
 
 
@@ -282,5 +309,10 @@ def test_random_segments_and_sizes_equal_reference(data):
     runs = data.draw(st.lists(st.lists(st.integers(0, 3), min_size=n, max_size=n), min_size=1, max_size=2))
     seg = torch.tensor(runs)
     q, k, v = qkv(seg.shape[0], hq, hkv, N=n, seed=data.draw(st.integers(0, 99)))
-    assert_close_fwd_bwd(lambda *a: s2_attention(*a, group, segment_ids=seg, backend="sdpa"),
-                         lambda *a: reference_s2(*a, group, segment_ids=seg), q, k, v)
+    assert_close_fwd_bwd(
+        lambda *a: s2_attention(*a, group, segment_ids=seg, backend="sdpa"),
+        lambda *a: reference_s2(*a, group, segment_ids=seg),
+        q,
+        k,
+        v,
+    )

@@ -15,8 +15,27 @@ def load_bench():
 
 def test_benchmark_runs_on_cpu(tmp_path):
     bench = load_bench()
-    assert bench.main(["--model", "random:tiny", "--lengths", "64", "--steps", "1", "--warmup", "0",
-                       "--dtype", "float32", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    assert (
+        bench.main(
+            [
+                "--model",
+                "random:tiny",
+                "--lengths",
+                "64",
+                "--steps",
+                "1",
+                "--warmup",
+                "0",
+                "--dtype",
+                "float32",
+                "--device",
+                "cpu",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     result = json.loads((tmp_path / "s2attn.json").read_text())
     rows = {r["variant"]: r for r in result["results"]}
     assert set(rows) == {"full", "naive", "s2"} and all(r["step_s"] > 0 for r in rows.values())

@@ -14,8 +14,16 @@ from tests.conftest import build_tiny_llama
 from trainer.s2attn import S2_ATTN_NAME, disable_s2_attention, enable_s2_attention
 
 VOCAB = 128
-SMALL = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0)
+SMALL = dict(
+    vocab_size=VOCAB,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    pad_token_id=0,
+)
 
 
 def build(family: str, seed: int = 0, **overrides):
@@ -26,8 +34,9 @@ def build(family: str, seed: int = 0, **overrides):
     config_class = {"qwen2": Qwen2Config, "mistral": MistralConfig}[family]
     extra = {"sliding_window": None} if family == "mistral" else {}
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config_class(**{**SMALL, **extra, **overrides}),
-                                             attn_implementation="sdpa")
+    model = AutoModelForCausalLM.from_config(
+        config_class(**{**SMALL, **extra, **overrides}), attn_implementation="sdpa"
+    )
     return model.float().eval()
 
 
@@ -126,7 +135,7 @@ def test_no_future_leak_through_the_model():
     emb = s2.get_input_embeddings()(ids(1, 32, seed=5)).detach().requires_grad_()
     for t in (1, 5, 17, 29):
         s2(inputs_embeds=emb).logits[0, t].sum().backward()
-        assert emb.grad[0, t + 1:].abs().max().item() == 0.0 and emb.grad[0, : t + 1].abs().max().item() > 0
+        assert emb.grad[0, t + 1 :].abs().max().item() == 0.0 and emb.grad[0, : t + 1].abs().max().item() > 0
         emb.grad = None
 
 
@@ -179,8 +188,18 @@ def test_mask_function_returns_compact_segments_or_the_exact_mask():
 
     from trainer.s2attn import _s2_mask, sdpa_mask_from_code
 
-    base = dict(batch_size=1, q_length=8, kv_length=8, q_offset=0, kv_offset=0, mask_function=causal_mask_function,
-                attention_mask=None, allow_is_causal_skip=True, use_vmap=False, device=torch.device("cpu"))
+    base = dict(
+        batch_size=1,
+        q_length=8,
+        kv_length=8,
+        q_offset=0,
+        kv_offset=0,
+        mask_function=causal_mask_function,
+        attention_mask=None,
+        allow_is_causal_skip=True,
+        use_vmap=False,
+        device=torch.device("cpu"),
+    )
     assert _s2_mask(**base) is None
     pad = torch.tensor([[False, False, True, True, True, True, True, True]])
     code = _s2_mask(**{**base, "attention_mask": pad})

@@ -21,8 +21,14 @@ def tiny_dir(tmp_path_factory, smollm2_tokenizer):
 @pytest.fixture()
 def sft_file(tmp_path):
     path = tmp_path / "longalpaca.json"  # LongAlpaca's own format: a JSON list
-    path.write_text(json.dumps([{"instruction": f"Read this. {'Text. ' * 20} What number is it?",
-                                 "output": f"The number is {i}."} for i in range(3)]))
+    path.write_text(
+        json.dumps(
+            [
+                {"instruction": f"Read this. {'Text. ' * 20} What number is it?", "output": f"The number is {i}."}
+                for i in range(3)
+            ]
+        )
+    )
     return path
 
 
@@ -30,9 +36,28 @@ def test_sft_then_merge_from_the_command_line(capsys, tmp_path, tiny_dir, sft_fi
     from transformers import AutoModelForCausalLM
 
     run, merged = tmp_path / "run", tmp_path / "merged"
-    code, out = llqa_in_process(capsys, "sft", "--model", str(tiny_dir), "--ctx", "128", "--data", str(sft_file),
-                                "--out", str(run), "--max-steps", "2", "--batch-size", "2", "--lr", "1e-3",
-                                "--device", "cpu", "--template", "inst")
+    code, out = llqa_in_process(
+        capsys,
+        "sft",
+        "--model",
+        str(tiny_dir),
+        "--ctx",
+        "128",
+        "--data",
+        str(sft_file),
+        "--out",
+        str(run),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--lr",
+        "1e-3",
+        "--device",
+        "cpu",
+        "--template",
+        "inst",
+    )
     assert code == 0, out
     assert "done" in out and (run / "adapter_model.safetensors").is_file()
     assert json.loads((run / "train_config.json").read_text())["data"]["template"] == "inst"
@@ -50,9 +75,27 @@ def test_sft_then_merge_from_the_command_line(capsys, tmp_path, tiny_dir, sft_fi
 
 def test_train_with_resume_from_the_command_line(capsys, tmp_path, tiny_dir, shared_data):
     essays = shared_data / "paul_graham_essays"
-    args = ["train", "--model", str(tiny_dir), "--ctx", "64", "--data", str(sorted(essays.rglob("*.txt"))[0]),
-            "--out", str(tmp_path / "run"), "--max-steps", "2", "--batch-size", "1", "--save-every", "1",
-            "--method", "lora", "--device", "cpu"]
+    args = [
+        "train",
+        "--model",
+        str(tiny_dir),
+        "--ctx",
+        "64",
+        "--data",
+        str(sorted(essays.rglob("*.txt"))[0]),
+        "--out",
+        str(tmp_path / "run"),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "1",
+        "--save-every",
+        "1",
+        "--method",
+        "lora",
+        "--device",
+        "cpu",
+    ]
     code, out = llqa_in_process(capsys, *args, "--stop-after", "1")
     assert code == 0 and "--resume" in out, out
     code, out = llqa_in_process(capsys, *args)
@@ -64,11 +107,26 @@ def test_train_with_resume_from_the_command_line(capsys, tmp_path, tiny_dir, sha
 @pytest.mark.parametrize("case", ["missing-field", "empty", "ctx-multiple", "no-data", "bad-method"])
 def test_user_errors_are_one_line_and_exit_2(capsys, tmp_path, tiny_dir, case):
     data = tmp_path / "items.jsonl"
-    args = ["sft", "--model", str(tiny_dir), "--ctx", "128", "--out", str(tmp_path / "run"), "--device", "cpu",
-            "--data", str(data)]
-    expect = {"missing-field": "record 2: missing or empty field(s) output", "empty": "no sft item fits",
-              "ctx-multiple": "must be a multiple of 8", "no-data": "needs data",
-              "bad-method": "--method qlora is not a method"}[case]
+    args = [
+        "sft",
+        "--model",
+        str(tiny_dir),
+        "--ctx",
+        "128",
+        "--out",
+        str(tmp_path / "run"),
+        "--device",
+        "cpu",
+        "--data",
+        str(data),
+    ]
+    expect = {
+        "missing-field": "record 2: missing or empty field(s) output",
+        "empty": "no sft item fits",
+        "ctx-multiple": "must be a multiple of 8",
+        "no-data": "needs data",
+        "bad-method": "--method qlora is not a method",
+    }[case]
     data.write_text(json.dumps({"instruction": "q", "output": "a"}) + "\n" + json.dumps({"instruction": "q"}) + "\n")
     if case == "empty":
         data.write_text("")
@@ -120,11 +178,34 @@ def test_sigterm_stops_after_the_step_with_a_checkpoint_there(capsys, tmp_path, 
     root = Path(__file__).resolve().parents[1]
     text, run = tmp_path / "text.txt", tmp_path / "run"
     text.write_text(" ".join(f"word{i % 97} is number {i}." for i in range(4000)))
-    args = ["train", "--model", str(tiny_dir), "--ctx", "64", "--data", str(text), "--out", str(run),
-            "--batch-size", "1", "--save-every", "100000", "--method", "lora", "--device", "cpu"]
+    args = [
+        "train",
+        "--model",
+        str(tiny_dir),
+        "--ctx",
+        "64",
+        "--data",
+        str(text),
+        "--out",
+        str(run),
+        "--batch-size",
+        "1",
+        "--save-every",
+        "100000",
+        "--method",
+        "lora",
+        "--device",
+        "cpu",
+    ]
     env = {**os.environ, "PYTHONPATH": str(root)}
-    proc = subprocess.Popen([sys.executable, "-m", "cli", *args, "--max-steps", "100000"], cwd=root, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli", *args, "--max-steps", "100000"],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 240
     while len(read_log(run)) < 3 if (run / "log.jsonl").exists() else True:
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()

@@ -20,9 +20,22 @@ CTX = 64
 
 
 def _cfg(out, model, data, **kw) -> TrainConfig:
-    base = dict(task="train", out=str(out), model=str(model), ctx=CTX, data=[str(data)], method="lora+",
-                max_steps=4, batch_size=4, lr=2e-3, warmup_steps=2, save_every=2, device="cpu", dtype="float32",
-                seed=11)
+    base = dict(
+        task="train",
+        out=str(out),
+        model=str(model),
+        ctx=CTX,
+        data=[str(data)],
+        method="lora+",
+        max_steps=4,
+        batch_size=4,
+        lr=2e-3,
+        warmup_steps=2,
+        save_every=2,
+        device="cpu",
+        dtype="float32",
+        seed=11,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -33,16 +46,19 @@ def _trainable(model) -> dict[str, torch.Tensor]:
 def _worker(rank: int, world: int, ports: tuple[int, int], root, model, data) -> None:
     import os
 
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(ports[0]))
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(ports[0])
+    )
     torch.set_num_threads(1)
     first = run_training(_cfg(root / "ddp", model, data, stop_after=2))
     if rank == 0:  # the stopped 2-rank run, to be resumed by one process
         shutil.copytree(root / "ddp", root / "single-resume")
     os.environ["MASTER_PORT"] = str(ports[1])  # a second launch, as a second torchrun would be
     done = run_training(_cfg(root / "ddp", model, data, resume=True))
-    torch.save({"losses": first.losses + done.losses, "weights": _trainable(done.model), "finished": done.finished},
-               root / f"rank{rank}.pt")
+    torch.save(
+        {"losses": first.losses + done.losses, "weights": _trainable(done.model), "finished": done.finished},
+        root / f"rank{rank}.pt",
+    )
 
 
 def test_two_gloo_ranks_train_like_one_process_and_resume_on_two_and_one(tmp_path, tied_tiny_and_essay):
@@ -59,8 +75,10 @@ def test_two_gloo_ranks_train_like_one_process_and_resume_on_two_and_one(tmp_pat
     torch.testing.assert_close(torch.tensor(ranks[0]["losses"]), torch.tensor(single.losses), rtol=1e-5, atol=1e-6)
     want = _trainable(single.model)
     assert_tensor_dicts_close(ranks[0]["weights"], want)
-    assert any(not torch.equal(want[n], w) for n, w in _trainable(run_training(
-        _cfg(tmp_path / "untrained", model, data, max_steps=1)).model).items())  # the comparison can fail
+    assert any(
+        not torch.equal(want[n], w)
+        for n, w in _trainable(run_training(_cfg(tmp_path / "untrained", model, data, max_steps=1)).model).items()
+    )  # the comparison can fail
 
     # the checkpoint written under 2 ranks resumes in 1 process to the same end state
     resumed = run_training(_cfg(tmp_path / "single-resume", model, data, resume=True))
@@ -97,8 +115,14 @@ def test_multi_gpu_script_runs_under_torchrun_on_cpu(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "NPROC": "2", "MODEL": "random:tiny", "CTX": "256"}
-    proc = subprocess.run(["bash", str(root / "benchmarks" / "train_multi_gpu.sh"), str(tmp_path)], cwd=root,
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        ["bash", str(root / "benchmarks" / "train_multi_gpu.sh"), str(tmp_path)],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["resume_ok"] and summary["steps"] == 4 and summary["nproc"] == 2

@@ -30,9 +30,24 @@ CTX = 64
 
 
 def _cfg(out, model, data, **kw) -> TrainConfig:
-    base = dict(task="train", out=str(out), model=str(model), ctx=CTX, data=[str(data)], method="longlora",
-                max_steps=4, batch_size=4, lr=2e-3, warmup_steps=2, save_every=2, device="cpu", dtype="float32",
-                seed=11, parallel="fsdp", max_grad_norm=0.1)  # 0.1: clipping binds (the global norm is larger)
+    base = dict(
+        task="train",
+        out=str(out),
+        model=str(model),
+        ctx=CTX,
+        data=[str(data)],
+        method="longlora",
+        max_steps=4,
+        batch_size=4,
+        lr=2e-3,
+        warmup_steps=2,
+        save_every=2,
+        device="cpu",
+        dtype="float32",
+        seed=11,
+        parallel="fsdp",
+        max_grad_norm=0.1,
+    )  # 0.1: clipping binds (the global norm is larger)
     return TrainConfig(**{**base, **kw})
 
 
@@ -52,12 +67,20 @@ def _worker(rank: int, world: int, ports: list[int], root, model, data) -> None:
     from_one = run(_cfg(root / "from-one", model, data, resume=True))  # stopped by one process, resumed on 2
     full = run(_cfg(root / "full", model, data, method="full", max_steps=2))
     rnd = run(_cfg(root / "random", "random:tiny", data, max_steps=1))  # shards drawn on each rank, base gathered
-    shards = {base_name(n): p.to_local().detach().clone() for n, p in rnd.model.named_parameters()
-              if base_name(n) is not None}
-    torch.save({"sharded": is_sharded(done.model) and is_sharded(full.model),
-                "losses": first.losses + done.losses, "full": full.losses, "from_one": from_one.losses,
-                "shards": shards,
-                "finished": done.finished and from_one.finished and full.finished}, root / f"rank{rank}.pt")
+    shards = {
+        base_name(n): p.to_local().detach().clone() for n, p in rnd.model.named_parameters() if base_name(n) is not None
+    }
+    torch.save(
+        {
+            "sharded": is_sharded(done.model) and is_sharded(full.model),
+            "losses": first.losses + done.losses,
+            "full": full.losses,
+            "from_one": from_one.losses,
+            "shards": shards,
+            "finished": done.finished and from_one.finished and full.finished,
+        },
+        root / f"rank{rank}.pt",
+    )
 
 
 def _spawn(tmp_path, model, data) -> list[dict]:
@@ -89,8 +112,10 @@ def test_fsdp_on_two_gloo_ranks_trains_like_one_process_and_resumes_across_count
         for got, exp in zip(_checkpoint(tmp_path / run), want, strict=True):
             assert_tensor_dicts_close(got, exp)
     # the final adapter is the single-process format, with the same weights
-    assert_tensor_dicts_close(load_file(str(tmp_path / "fsdp" / "adapter_model.safetensors")),
-                  load_file(str(tmp_path / "single" / "adapter_model.safetensors")))
+    assert_tensor_dicts_close(
+        load_file(str(tmp_path / "fsdp" / "adapter_model.safetensors")),
+        load_file(str(tmp_path / "single" / "adapter_model.safetensors")),
+    )
     untrained = load_file(str(tmp_path / "fsdp" / "checkpoints" / "step-000002" / "trainable.safetensors"))
     assert any(not torch.equal(untrained[n], w) for n, w in want[0].items())  # the comparison can fail
 
@@ -107,8 +132,10 @@ def test_fsdp_on_two_gloo_ranks_trains_like_one_process_and_resumes_across_count
     # full fine-tuning: every weight sharded and trained
     full = run_training(_cfg(tmp_path / "single-full", model, data, method="full", max_steps=2))
     torch.testing.assert_close(torch.tensor(ranks[0]["full"]), torch.tensor(full.losses), rtol=1e-5, atol=1e-6)
-    assert_tensor_dicts_close(load_file(str(tmp_path / "full" / "model.safetensors")),
-                  load_file(str(tmp_path / "single-full" / "model.safetensors")))
+    assert_tensor_dicts_close(
+        load_file(str(tmp_path / "full" / "model.safetensors")),
+        load_file(str(tmp_path / "single-full" / "model.safetensors")),
+    )
 
 
 def test_fsdp_refuses_what_it_does_not_support(tmp_path):
@@ -136,8 +163,10 @@ def test_engine_choice():
 def test_base_names_of_peft_parameters():
     from trainer.fsdp import base_name
 
-    assert base_name("base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight") == \
-        "model.layers.0.self_attn.q_proj.weight"
+    assert (
+        base_name("base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight")
+        == "model.layers.0.self_attn.q_proj.weight"
+    )
     assert base_name("base_model.model.model.embed_tokens.original_module.weight") == "model.embed_tokens.weight"
     assert base_name("base_model.model.lm_head.weight") == "lm_head.weight"
     assert base_name("base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight") is None
@@ -151,10 +180,40 @@ def test_accelerate_launch_starts_the_fsdp_ranks(tmp_path, tied_tiny_and_essay):
     import subprocess
 
     model, data = tied_tiny_and_essay
-    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
-           "no", "--dynamo_backend", "no", "-m", "cli", "train", "--model", str(model), "--ctx", str(CTX), "--data",
-           str(data), "--out", str(tmp_path / "run"), "--batch-size", "2", "--max-steps", "1", "--parallel", "fsdp",
-           "--device", "cpu", "--dtype", "float32"]
+    cmd = [
+        "accelerate",
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "cli",
+        "train",
+        "--model",
+        str(model),
+        "--ctx",
+        str(CTX),
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "run"),
+        "--batch-size",
+        "2",
+        "--max-steps",
+        "1",
+        "--parallel",
+        "fsdp",
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     log = read_log(tmp_path / "run")
@@ -170,9 +229,28 @@ def test_fsdp_benchmark_runs_on_cpu(tmp_path):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, str(root / "benchmarks" / "train_fsdp.py"), "--nproc", "2", "--runs",
-                           "tiny@256", "--task", "sft", "--steps", "1", "--device", "cpu", "--out", str(tmp_path)],
-                          cwd=root, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(root / "benchmarks" / "train_fsdp.py"),
+            "--nproc",
+            "2",
+            "--runs",
+            "tiny@256",
+            "--task",
+            "sft",
+            "--steps",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     run = json.loads((tmp_path / "summary.json").read_text())["runs"][0]
     assert run["resume_ok"] and run["steps"] == 2 and run["nproc"] == 2 and run["task"] == "sft"
@@ -197,8 +275,9 @@ def _stop_worker(rank: int, world: int, port: int, root, model, data) -> None:
 
     from trainer.stop import TrainingInterrupted
 
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
     run = root / "stopped"
 

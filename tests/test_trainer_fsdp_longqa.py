@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 N = 2  # steps per launch
 CTX = 256  # items (whole sci-fi stories) lose the middle of their instruction to fit, as 64k items would at 13B
 
-RECIPE = """
+RECIPE = (
+    """
 name = "fsdp-tiny"
 description = "A tiny LongQA build (L-Eval sci_fi) for the FSDP sft path test."
 min_tokens = 256
@@ -40,7 +41,10 @@ detail = 8
 
 [sources.leval]
 tasks = ["sci_fi"]
-""" + "[framing]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in load_recipe("longqa-3k").framing.items())
+"""
+    + "[framing]\n"
+    + "".join(f"{k} = {json.dumps(v)}\n" for k, v in load_recipe("longqa-3k").framing.items())
+)
 
 
 def _cli(args: list[str]) -> str:
@@ -51,12 +55,47 @@ def _cli(args: list[str]) -> str:
 
 def _torchrun_sft(build: Path, run: Path, max_steps: int, *extra: str) -> None:
     """One launch of the real CLI under torchrun, 2 ranks (gloo on CPU), as issue 9's command but tiny."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "cli", "sft",
-           "--model", "random:tiny", "--ctx", str(CTX), "--data", str(build), "--out", str(run), "--method",
-           "longlora", "--parallel", "fsdp", "--device", "cpu", "--dtype", "float32", "--batch-size", "4",
-           "--save-every", str(N), "--warmup-steps", "1", "--lr", "1e-3", "--max-steps", str(max_steps), *extra]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "cli",
+        "sft",
+        "--model",
+        "random:tiny",
+        "--ctx",
+        str(CTX),
+        "--data",
+        str(build),
+        "--out",
+        str(run),
+        "--method",
+        "longlora",
+        "--parallel",
+        "fsdp",
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+        "--batch-size",
+        "4",
+        "--save-every",
+        str(N),
+        "--warmup-steps",
+        "1",
+        "--lr",
+        "1e-3",
+        "--max-steps",
+        str(max_steps),
+        *extra,
+    ]
+    proc = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
@@ -71,8 +110,26 @@ def _adam_steps(ckpt: Path) -> set[int]:
 
 
 def _ppl(model: Path, essay: Path, out: Path) -> tuple[dict, float]:
-    _cli(["eval", "perplexity", "--model", str(model), "--data", str(essay), "-L", str(CTX), "-S", str(CTX // 2),
-          "--max-tokens", "768", "--device", "cpu", "--out", str(out)])
+    _cli(
+        [
+            "eval",
+            "perplexity",
+            "--model",
+            str(model),
+            "--data",
+            str(essay),
+            "-L",
+            str(CTX),
+            "-S",
+            str(CTX // 2),
+            "--max-tokens",
+            "768",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ]
+    )
     result = json.loads((out / "result.json").read_text())
     return result["model"], result["summary"][str(CTX)]["ppl"]
 

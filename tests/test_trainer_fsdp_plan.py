@@ -83,8 +83,20 @@ def test_the_trainers_fsdp2_sharding_matches_the_arithmetic(tmp_path):
     """The script shards the tiny model with trainer.fsdp.shard over a fake process group (a subprocess: the
     group is global state) and checks every local shard; world 3 leaves padded shards."""
     pytest.importorskip("torch.testing._internal.distributed.fake_pg")
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fsdp_plan.py"), "--runs", "tiny@256/2,tiny@256/3",
-                           "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "fsdp_plan.py"),
+            "--runs",
+            "tiny@256/2,tiny@256/3",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     runs = json.loads((tmp_path / "plan.json").read_text())["runs"]
     assert [r["world"] for r in runs] == [2, 3]

@@ -24,8 +24,9 @@ CTX = 64
 def tied_tiny_dir(tmp_path_factory, smollm2_tokenizer):
     """Tiny Llama with tied input/output embeddings (like SmolLM2) and a native context of 32 tokens."""
     path = tmp_path_factory.mktemp("tied-tiny")
-    build_tiny_llama(len(smollm2_tokenizer), seed=5, tie_word_embeddings=True,
-                     max_position_embeddings=32).save_pretrained(path)
+    build_tiny_llama(
+        len(smollm2_tokenizer), seed=5, tie_word_embeddings=True, max_position_embeddings=32
+    ).save_pretrained(path)
     smollm2_tokenizer.save_pretrained(path)
     return path
 
@@ -40,9 +41,22 @@ def essay(shared_data, tmp_path_factory):
 
 
 def _cfg(tmp_path, model, data, **kw):
-    base = dict(task="train", out=str(tmp_path / "run"), model=str(model), ctx=CTX, data=[str(data)],
-                method="lora+", max_steps=4, batch_size=2, lr=2e-3, warmup_steps=2, save_every=2,
-                device="cpu", dtype="float32", seed=7)
+    base = dict(
+        task="train",
+        out=str(tmp_path / "run"),
+        model=str(model),
+        ctx=CTX,
+        data=[str(data)],
+        method="lora+",
+        max_steps=4,
+        batch_size=2,
+        lr=2e-3,
+        warmup_steps=2,
+        save_every=2,
+        device="cpu",
+        dtype="float32",
+        seed=7,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -198,17 +212,30 @@ def test_longlora_trains_with_s2_attention(tmp_path, tied_tiny_dir, essay):
     loaded = load_model(str(tmp_path / "run"), dtype="float32", device="cpu")
     ids = torch.randint(0, 1000, (1, CTX))
     with torch.no_grad():
-        torch.testing.assert_close(loaded.model(input_ids=ids).logits, result.model.eval()(input_ids=ids).logits,
-                                   rtol=0, atol=0)
+        torch.testing.assert_close(
+            loaded.model(input_ids=ids).logits, result.model.eval()(input_ids=ids).logits, rtol=0, atol=0
+        )
 
 
 def test_sft_trains_on_answers(tmp_path, tied_tiny_dir):
     items = [{"instruction": f"Question {i}: what is {i} plus {i}?", "output": f"It is {2 * i}."} for i in range(4)]
     data = tmp_path / "sft.jsonl"
     data.write_text("".join(json.dumps(x) + "\n" for x in items))
-    cfg = TrainConfig(task="sft", out=str(tmp_path / "run"), model=str(tied_tiny_dir), ctx=CTX, data=[str(data)],
-                      method="longlora", max_steps=3, batch_size=2, micro_batch_size=2, lr=1e-2, save_every=100,
-                      device="cpu", dtype="float32")
+    cfg = TrainConfig(
+        task="sft",
+        out=str(tmp_path / "run"),
+        model=str(tied_tiny_dir),
+        ctx=CTX,
+        data=[str(data)],
+        method="longlora",
+        max_steps=3,
+        batch_size=2,
+        micro_batch_size=2,
+        lr=1e-2,
+        save_every=100,
+        device="cpu",
+        dtype="float32",
+    )
     result = run_training(cfg)
     assert result.finished and result.data["items"] == 4 and result.data["template"] == "chat"
     assert result.data["skipped_too_long"] == 0
@@ -221,8 +248,19 @@ def test_real_smollm2_sft_step_and_reload(tmp_path):
     then `--model RUN_DIR` reloads to the trained model's logits."""
     data = tmp_path / "sft.jsonl"
     data.write_text(json.dumps({"instruction": "What is the capital of France?", "output": "Paris."}) + "\n")
-    cfg = TrainConfig(task="sft", out=str(tmp_path / "run"), model="smollm2-135m", ctx=128, data=[str(data)],
-                      method="longlora", max_steps=1, batch_size=1, lr=1e-3, device="cpu", dtype="float32")
+    cfg = TrainConfig(
+        task="sft",
+        out=str(tmp_path / "run"),
+        model="smollm2-135m",
+        ctx=128,
+        data=[str(data)],
+        method="longlora",
+        max_steps=1,
+        batch_size=1,
+        lr=1e-3,
+        device="cpu",
+        dtype="float32",
+    )
     result = run_training(cfg)
     assert result.finished and 0 < result.losses[0] < 10 and result.data["template"] == "chat"
     ids = torch.tensor([[1, 504, 3458, 282, 4649, 314, 2]])

@@ -78,8 +78,16 @@ def test_prefetch_issues_the_next_tensor_before_backward_asks_for_it():
     xs[-1].sum().backward()
     # tensor 3: its GPU reference is dropped once its copy is done, so it is copied on demand; each unpack k then
     # prefetches k-1, and the compute stream waits only for the tensor it needs
-    assert copier.log == [("h2d", tags[3]), ("wait",), ("h2d", tags[2]), ("wait",), ("h2d", tags[1]), ("wait",),
-                          ("h2d", tags[0]), ("wait",)]
+    assert copier.log == [
+        ("h2d", tags[3]),
+        ("wait",),
+        ("h2d", tags[2]),
+        ("wait",),
+        ("h2d", tags[1]),
+        ("wait",),
+        ("h2d", tags[0]),
+        ("wait",),
+    ]
     assert hooks.stats["prefetched"] == 3 and hooks.stats["copied_on_demand"] == 1
     x_ref, ys = _chain(4)
     ys[-1].sum().backward()
@@ -311,8 +319,20 @@ def test_train_7b_offload_rows_on_cpu(tmp_path):
     bench = load_benchmark("train_7b")
     with pytest.raises(ValueError, match="exclude each other"):
         bench.lever_parts("offload+offload-sync")
-    args = ["--model", "random:tiny", "--lengths", "128", "--lever-lengths", "128", "--device", "cpu",
-            "--levers", "base,offload,offload-half,offload-sync", "--out", str(tmp_path)]
+    args = [
+        "--model",
+        "random:tiny",
+        "--lengths",
+        "128",
+        "--lever-lengths",
+        "128",
+        "--device",
+        "cpu",
+        "--levers",
+        "base,offload,offload-half,offload-sync",
+        "--out",
+        str(tmp_path),
+    ]
     assert bench.main(args) == 0
     import json
 

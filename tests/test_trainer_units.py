@@ -20,26 +20,41 @@ from trainer.lora import norm_module_names, prepare_trainable, trainable_names
 
 def test_config_defaults_are_the_papers(tmp_path):
     cfg = TrainConfig(task="train", out=str(tmp_path), data=["x"])
-    assert (cfg.lr, cfg.beta1, cfg.beta2, cfg.weight_decay, cfg.warmup_steps, cfg.max_steps) == \
-        (2e-5, 0.9, 0.95, 0.0, 20, 1000)
+    assert (cfg.lr, cfg.beta1, cfg.beta2, cfg.weight_decay, cfg.warmup_steps, cfg.max_steps) == (
+        2e-5,
+        0.9,
+        0.95,
+        0.0,
+        20,
+        1000,
+    )
     assert (cfg.batch_size, cfg.micro_batch_size, cfg.grad_accum) == (64, 1, 64)
-    assert (cfg.method, cfg.attn, cfg.group_ratio, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout) == \
-        ("longlora", "s2", 0.25, 8, 16, 0.0)
+    assert (cfg.method, cfg.attn, cfg.group_ratio, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout) == (
+        "longlora",
+        "s2",
+        0.25,
+        8,
+        16,
+        0.0,
+    )
     assert cfg.gradient_checkpointing and cfg.dtype == "auto"
     assert TrainConfig(task="sft", out="o", data=["x"], method="lora+").attn == "full"
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(ctx=100), "multiple of 8"),  # S2-Attn with ratio 1/4 needs ctx % 8 == 0
-    (dict(ctx=100, group_ratio=1 / 3), "multiple of 6"),
-    (dict(method="qlora"), "--method qlora"),
-    (dict(attn="flash"), "--attn flash"),
-    (dict(data=[]), "needs data"),
-    (dict(batch_size=6, micro_batch_size=4), "multiple of --micro-batch-size"),
-    (dict(lr=-1.0), "--lr must not be negative"),
-    (dict(max_steps=0), "--max-steps must be positive"),
-    (dict(dataset="org/x"), "both --data and --dataset"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(ctx=100), "multiple of 8"),  # S2-Attn with ratio 1/4 needs ctx % 8 == 0
+        (dict(ctx=100, group_ratio=1 / 3), "multiple of 6"),
+        (dict(method="qlora"), "--method qlora"),
+        (dict(attn="flash"), "--attn flash"),
+        (dict(data=[]), "needs data"),
+        (dict(batch_size=6, micro_batch_size=4), "multiple of --micro-batch-size"),
+        (dict(lr=-1.0), "--lr must not be negative"),
+        (dict(max_steps=0), "--max-steps must be positive"),
+        (dict(dataset="org/x"), "both --data and --dataset"),
+    ],
+)
 def test_config_rejects_bad_input(kwargs, message):
     with pytest.raises(LlqaError, match=message):
         TrainConfig(**{"task": "train", "out": "o", "data": ["x"], **kwargs})
@@ -77,7 +92,7 @@ def test_documents_end_with_eos_and_pack_into_a_cached_file(tmp_path, smollm2_to
     packed, info = D.build_packed(texts, smollm2_tokenizer, 128, needed=5, out_dir=tmp_path, meta=meta)
     assert len(packed) == info["sequences"] == 5
     flat = [i for t in toks for i in t]
-    np.testing.assert_array_equal(packed.tokens.reshape(-1), flat[:5 * 128])
+    np.testing.assert_array_equal(packed.tokens.reshape(-1), flat[: 5 * 128])
     again, _ = D.build_packed(iter(()), smollm2_tokenizer, 128, needed=5, out_dir=tmp_path, meta=meta)
     assert len(again) == 5  # reused, nothing re-tokenized
     with pytest.raises(LlqaError, match="fewer than --ctx"):
@@ -114,8 +129,8 @@ def test_sample_order_epochs_are_permutations_and_deterministic():
     n = 7
     order = [D.sample_index(p, n, seed=3, shuffle=True) for p in range(3 * n)]
     for e in range(3):
-        assert sorted(order[e * n:(e + 1) * n]) == list(range(n))
-    assert order[:n] != order[n:2 * n]  # each epoch its own order
+        assert sorted(order[e * n : (e + 1) * n]) == list(range(n))
+    assert order[:n] != order[n : 2 * n]  # each epoch its own order
     assert order == [D.sample_index(p, n, seed=3, shuffle=True) for p in range(3 * n)]
     assert [D.sample_index(p, n, 0, shuffle=False) for p in range(n + 2)] == [*range(n), 0, 1]
 
@@ -161,9 +176,15 @@ def test_sft_long_items_lose_the_instruction_middle_or_are_skipped(smollm2_token
     prompt = smollm2_tokenizer.decode(ids[labels == -100])
     assert "BEGIN" in prompt and "what is it?" in prompt
     assert tpl.encode("q", "long answer " * 100, ctx=64) is None
-    stats = D.build_sft([("f", 1, {"instruction": instruction, "output": "An answer."}),
-                         ("f", 2, {"instruction": "q", "output": "long answer " * 100})],
-                        smollm2_tokenizer, "inst", 64).stats
+    stats = D.build_sft(
+        [
+            ("f", 1, {"instruction": instruction, "output": "An answer."}),
+            ("f", 2, {"instruction": "q", "output": "long answer " * 100}),
+        ],
+        smollm2_tokenizer,
+        "inst",
+        64,
+    ).stats
     assert (stats["items"], stats["truncated_middle"], stats["skipped_too_long"]) == (1, 1, 1)
 
 
@@ -250,11 +271,26 @@ def test_incomplete_checkpoint_is_ignored(tmp_path):
 def test_oom_message_names_what_to_lower():
     from trainer.loop import oom_error
 
-    cfg = TrainConfig(task="train", out="o", data=["x"], ctx=65536, method="full", attn="full",
-                      micro_batch_size=2, batch_size=4, gradient_checkpointing=False)
+    cfg = TrainConfig(
+        task="train",
+        out="o",
+        data=["x"],
+        ctx=65536,
+        method="full",
+        attn="full",
+        micro_batch_size=2,
+        batch_size=4,
+        gradient_checkpointing=False,
+    )
     msg = str(oom_error(cfg, torch.device("cpu")))
-    for hint in ("--ctx below 65536", "--attn s2", "gradient checkpointing", "--micro-batch-size 1",
-                 "--method longlora", "--loss-chunk"):
+    for hint in (
+        "--ctx below 65536",
+        "--attn s2",
+        "gradient checkpointing",
+        "--micro-batch-size 1",
+        "--method longlora",
+        "--loss-chunk",
+    ):
         assert hint in msg
 
 

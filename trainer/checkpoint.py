@@ -69,13 +69,21 @@ def full_training_state(model: torch.nn.Module, optimizer) -> tuple[dict[str, to
 
     weights = trainable_state(model)
     opt = optimizer.state_dict()
-    opt["state"] = {i: {k: full_tensor(v).cpu() if hasattr(v, "cpu") else v for k, v in s.items()}
-                    for i, s in opt["state"].items()}
+    opt["state"] = {
+        i: {k: full_tensor(v).cpu() if hasattr(v, "cpu") else v for k, v in s.items()} for i, s in opt["state"].items()
+    }
     return weights, opt
 
 
-def save_checkpoint(run_dir: str | Path, model: torch.nn.Module, optimizer, scheduler, state: dict[str, Any],
-                    keep: int = 2, write: bool = True) -> Path | None:
+def save_checkpoint(
+    run_dir: str | Path,
+    model: torch.nn.Module,
+    optimizer,
+    scheduler,
+    state: dict[str, Any],
+    keep: int = 2,
+    write: bool = True,
+) -> Path | None:
     """Write checkpoint `state['step']` atomically and prune to the newest `keep`. With sharded (FSDP) weights
     every rank calls this (the state is gathered) and only the one with `write` writes."""
     import torch
@@ -122,15 +130,20 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) ->
     missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
     unknown = [n for n in weights if n not in params]
     if missing or unknown:
-        raise LlqaError(f"checkpoint {path} does not match the model ({len(missing)} trainable weights missing, "
-                        f"{len(unknown)} unknown)", "resume with the same --model and --method")
+        raise LlqaError(
+            f"checkpoint {path} does not match the model ({len(missing)} trainable weights missing, "
+            f"{len(unknown)} unknown)",
+            "resume with the same --model and --method",
+        )
     with torch.no_grad():
         for n, w in weights.items():
             params[n].copy_(like_param(w, params[n]))
     opt = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False)
     ordered = [p for group in optimizer.param_groups for p in group["params"]]  # state ids index this order
-    opt["optimizer"]["state"] = {i: {k: like_param(v, ordered[int(i)]) if isinstance(v, torch.Tensor) else v
-                                     for k, v in s.items()} for i, s in opt["optimizer"]["state"].items()}
+    opt["optimizer"]["state"] = {
+        i: {k: like_param(v, ordered[int(i)]) if isinstance(v, torch.Tensor) else v for k, v in s.items()}
+        for i, s in opt["optimizer"]["state"].items()
+    }
     optimizer.load_state_dict(opt["optimizer"])
     scheduler.load_state_dict(opt["scheduler"])
     set_rng_state(torch.load(path / "rng.pt", map_location="cpu", weights_only=False))

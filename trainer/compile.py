@@ -50,8 +50,9 @@ def decoder_layers(model) -> torch.nn.ModuleList:
     body = getattr(inner, "model", inner)
     layers = getattr(body, "layers", None)
     if not isinstance(layers, torch.nn.ModuleList) or not len(layers):
-        raise LlqaError(f"--compile: {type(inner).__name__} has no list of decoder layers to compile",
-                        "run with --compile off")
+        raise LlqaError(
+            f"--compile: {type(inner).__name__} has no list of decoder layers to compile", "run with --compile off"
+        )
     return layers
 
 

@@ -25,9 +25,22 @@ PARALLEL = ("auto", "ddp", "fsdp")
 CONFIG_FILE = "train_config.json"
 # Fields that may change between an interrupted run and its `--resume` without changing its result
 # ("out": a run directory that was moved or copied, e.g. to another machine, resumes where it now lies).
-RESUMABLE_CHANGES = frozenset({"out", "offload_activations", "offload_fraction", "sdpa_backend", "compile",
-                               "parallel", "max_steps", "save_every", "keep_checkpoints", "log_every", "resume",
-                               "stop_after"})
+RESUMABLE_CHANGES = frozenset(
+    {
+        "out",
+        "offload_activations",
+        "offload_fraction",
+        "sdpa_backend",
+        "compile",
+        "parallel",
+        "max_steps",
+        "save_every",
+        "keep_checkpoints",
+        "log_every",
+        "resume",
+        "stop_after",
+    }
+)
 
 
 @dataclass
@@ -98,28 +111,45 @@ class TrainConfig:
             raise LlqaError(f"llqa {self.task} needs data", "pass --data PATH (or --dataset HUB_ID)")
         if self.data and self.dataset:
             raise LlqaError("both --data and --dataset given", "pass one of them")
-        self._check_positive("ctx", "lora_r", "lora_alpha", "max_steps", "batch_size", "micro_batch_size",
-                             "loss_chunk", "save_every", "keep_checkpoints", "log_every")
+        self._check_positive(
+            "ctx",
+            "lora_r",
+            "lora_alpha",
+            "max_steps",
+            "batch_size",
+            "micro_batch_size",
+            "loss_chunk",
+            "save_every",
+            "keep_checkpoints",
+            "log_every",
+        )
         self._check_nonnegative("lr", "weight_decay", "warmup_steps", "max_grad_norm", "lora_dropout")
         if not 0 <= self.beta1 < 1 or not 0 <= self.beta2 < 1:
             raise LlqaError(f"betas must lie in [0, 1), got ({self.beta1}, {self.beta2})", "e.g. 0.9 and 0.95")
         if self.batch_size % self.micro_batch_size:
-            raise LlqaError(f"--batch-size {self.batch_size} is not a multiple of --micro-batch-size "
-                            f"{self.micro_batch_size}", "the global batch is micro-batch × gradient accumulation")
+            raise LlqaError(
+                f"--batch-size {self.batch_size} is not a multiple of --micro-batch-size {self.micro_batch_size}",
+                "the global batch is micro-batch × gradient accumulation",
+            )
         if self.sdpa_backend not in SDPA_BACKENDS:
-            raise LlqaError(f"--sdpa-backend {self.sdpa_backend} is not an SDPA backend",
-                            f"use one of: {', '.join(SDPA_BACKENDS)}")
+            raise LlqaError(
+                f"--sdpa-backend {self.sdpa_backend} is not an SDPA backend", f"use one of: {', '.join(SDPA_BACKENDS)}"
+            )
         from trainer.compile import check_compile_mode
 
         check_compile_mode(self.compile)
         if self.parallel not in PARALLEL:
             raise LlqaError(f"--parallel {self.parallel} is not an engine", f"use one of: {', '.join(PARALLEL)}")
         if not 0 <= self.offload_fraction <= 1:
-            raise LlqaError(f"--offload-fraction {self.offload_fraction} is not in [0, 1]",
-                            "pass the fraction of layers whose checkpoints go to CPU memory, e.g. 1 or 0.5")
+            raise LlqaError(
+                f"--offload-fraction {self.offload_fraction} is not in [0, 1]",
+                "pass the fraction of layers whose checkpoints go to CPU memory, e.g. 1 or 0.5",
+            )
         if self.offload_activations and not self.gradient_checkpointing:
-            raise LlqaError("--offload-activations moves the gradient checkpoints to CPU memory, but gradient "
-                            "checkpointing is off", "drop --no-gradient-checkpointing or --offload-activations")
+            raise LlqaError(
+                "--offload-activations moves the gradient checkpoints to CPU memory, but gradient checkpointing is off",
+                "drop --no-gradient-checkpointing or --offload-activations",
+            )
         if self.attn == "s2":
             self._check_s2()
 
@@ -141,9 +171,11 @@ class TrainConfig:
 
         multiple = s2_length_multiple(self.group_ratio)
         if self.ctx % multiple:
-            raise LlqaError(f"--ctx {self.ctx} does not suit S2-Attn with --group-ratio {self.group_ratio}: "
-                            f"the context must be a multiple of {multiple}",
-                            f"use e.g. --ctx {max(multiple, self.ctx // multiple * multiple)}, or --attn full")
+            raise LlqaError(
+                f"--ctx {self.ctx} does not suit S2-Attn with --group-ratio {self.group_ratio}: "
+                f"the context must be a multiple of {multiple}",
+                f"use e.g. --ctx {max(multiple, self.ctx // multiple * multiple)}, or --attn full",
+            )
 
     @property
     def pad_multiple(self) -> int:
@@ -188,8 +220,9 @@ class TrainConfig:
         try:
             return cls.from_dict(json.loads(path.read_text())["config"])
         except (OSError, KeyError, json.JSONDecodeError) as e:
-            raise LlqaError(f"{path} is missing or unreadable ({e})", "point at an llqa training run directory") \
-                from None
+            raise LlqaError(
+                f"{path} is missing or unreadable ({e})", "point at an llqa training run directory"
+            ) from None
 
     def differences(self, other: TrainConfig) -> list[str]:
         """Fields that differ from `other` and would change the result of a resumed run."""

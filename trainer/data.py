@@ -49,8 +49,10 @@ def data_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
         if p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in DATA_SUFFIXES)
             if not found:
-                raise LlqaError(f"--data {p}: the folder holds no {'/'.join(sorted(DATA_SUFFIXES))} files",
-                                "point --data at text, jsonl or parquet files")
+                raise LlqaError(
+                    f"--data {p}: the folder holds no {'/'.join(sorted(DATA_SUFFIXES))} files",
+                    "point --data at text, jsonl or parquet files",
+                )
             out.extend(found)
         elif p.is_file():
             out.append(p)
@@ -73,8 +75,10 @@ def read_records(path: Path) -> Iterator[dict[str, Any]]:
         except json.JSONDecodeError as e:
             raise LlqaError(f"{path} is not valid JSON ({e})", "fix the file or convert it to jsonl") from None
         if not isinstance(data, list):
-            raise LlqaError(f"{path} holds a JSON {type(data).__name__}, not a list of records",
-                            "use a JSON list of objects or jsonl")
+            raise LlqaError(
+                f"{path} holds a JSON {type(data).__name__}, not a list of records",
+                "use a JSON list of objects or jsonl",
+            )
         yield from data
         return
     with open(path, encoding="utf-8") as f:
@@ -93,8 +97,9 @@ def read_documents(paths: Iterable[str | os.PathLike], text_field: str = "text")
         if path.suffix.lower() in JSON_SUFFIXES | TABLE_SUFFIXES:
             for n, rec in enumerate(read_records(path), 1):
                 if not isinstance(rec, dict) or text_field not in rec:
-                    raise LlqaError(f"{path} record {n} has no field '{text_field}'",
-                                    "name the text column with --text-field")
+                    raise LlqaError(
+                        f"{path} record {n} has no field '{text_field}'", "name the text column with --text-field"
+                    )
                 if rec[text_field]:
                     yield str(rec[text_field])
         else:
@@ -110,23 +115,31 @@ def hub_records(dataset: str, config: str | None, split: str, streaming: bool) -
 
     online = hub_reachable()
     if not online and not hub_offline_by_env():
-        raise LlqaError(f"dataset '{dataset}' needs the hub, which cannot be reached",
-                        OFFLINE_FIX + " with --data (or set HF_HUB_OFFLINE=1 to read the local cache)")
+        raise LlqaError(
+            f"dataset '{dataset}' needs the hub, which cannot be reached",
+            OFFLINE_FIX + " with --data (or set HF_HUB_OFFLINE=1 to read the local cache)",
+        )
     try:
         return datasets.load_dataset(dataset, config, split=split, streaming=streaming and online)
     except Exception as e:  # datasets raises many types for missing/offline data
         if not online:
-            raise LlqaError(f"dataset '{dataset}' is not in the local cache and the hub cannot be reached",
-                            OFFLINE_FIX + " with --data") from None
-        raise LlqaError(f"could not load dataset '{dataset}' ({type(e).__name__}: {str(e).splitlines()[0]})",
-                        "check the dataset id, --dataset-config and --split") from None
+            raise LlqaError(
+                f"dataset '{dataset}' is not in the local cache and the hub cannot be reached",
+                OFFLINE_FIX + " with --data",
+            ) from None
+        raise LlqaError(
+            f"could not load dataset '{dataset}' ({type(e).__name__}: {str(e).splitlines()[0]})",
+            "check the dataset id, --dataset-config and --split",
+        ) from None
 
 
 def hub_documents(dataset: str, config: str | None, split: str, text_field: str) -> Iterator[str]:
     for n, rec in enumerate(hub_records(dataset, config, split, streaming=True), 1):
         if text_field not in rec:
-            raise LlqaError(f"dataset '{dataset}' record {n} has no field '{text_field}' "
-                            f"(fields: {', '.join(rec)})", "name the text column with --text-field")
+            raise LlqaError(
+                f"dataset '{dataset}' record {n} has no field '{text_field}' (fields: {', '.join(rec)})",
+                "name the text column with --text-field",
+            )
         if rec[text_field]:
             yield str(rec[text_field])
 
@@ -190,8 +203,9 @@ class PackedData:
         return ids, ids  # every token is a label
 
 
-def build_packed(texts: Iterable[str], tokenizer, ctx: int, needed: int, out_dir: Path,
-                 meta: dict[str, Any]) -> tuple[PackedData, dict[str, Any]]:
+def build_packed(
+    texts: Iterable[str], tokenizer, ctx: int, needed: int, out_dir: Path, meta: dict[str, Any]
+) -> tuple[PackedData, dict[str, Any]]:
     """Pack `texts` into at most `needed` sequences under out_dir (reused when `meta` matches)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path, meta_path = out_dir / "packed.bin", out_dir / "packed.json"
@@ -209,8 +223,10 @@ def build_packed(texts: Iterable[str], tokenizer, ctx: int, needed: int, out_dir
         os.fsync(f.fileno())
     if n == 0:
         tmp.unlink()
-        raise LlqaError(f"the data holds fewer than --ctx {ctx} tokens: no training sequence can be packed",
-                        "add data or lower --ctx")
+        raise LlqaError(
+            f"the data holds fewer than --ctx {ctx} tokens: no training sequence can be packed",
+            "add data or lower --ctx",
+        )
     os.replace(tmp, path)
     info = {"source": meta, "sequences": n, "tokens": n * ctx, "needed": needed}
     from llqa.io import atomic_write_json
@@ -227,11 +243,16 @@ def read_sft_items(paths: Iterable[str | os.PathLike]) -> Iterator[tuple[str, in
     (a LongQA build) or, failing that, every json/jsonl file in it."""
     for p in map(Path, paths):
         if p.is_dir():
-            files = [p / "train.jsonl"] if (p / "train.jsonl").is_file() else sorted(
-                f for f in p.rglob("*") if f.suffix.lower() in JSON_SUFFIXES)
+            files = (
+                [p / "train.jsonl"]
+                if (p / "train.jsonl").is_file()
+                else sorted(f for f in p.rglob("*") if f.suffix.lower() in JSON_SUFFIXES)
+            )
             if not files:
-                raise LlqaError(f"--data {p}: no train.jsonl (LongQA build) or json/jsonl files in it",
-                                "point --data at a LongQA build directory or a LongAlpaca json/jsonl file")
+                raise LlqaError(
+                    f"--data {p}: no train.jsonl (LongQA build) or json/jsonl files in it",
+                    "point --data at a LongQA build directory or a LongAlpaca json/jsonl file",
+                )
         elif p.is_file():
             files = [p]
         else:
@@ -246,11 +267,13 @@ def read_sft_items(paths: Iterable[str | os.PathLike]) -> Iterator[tuple[str, in
 def sft_instruction(rec: Any, where: str) -> tuple[str, str]:
     """(instruction, output) of one record, with a clear error for missing or empty fields."""
     if not isinstance(rec, dict):
-        raise LlqaError(f"{where}: a record must be a JSON object", "use {\"instruction\": ..., \"output\": ...}")
+        raise LlqaError(f"{where}: a record must be a JSON object", 'use {"instruction": ..., "output": ...}')
     missing = [k for k in ("instruction", "output") if not isinstance(rec.get(k), str) or not rec[k].strip()]
     if missing:
-        raise LlqaError(f"{where}: missing or empty field(s) {', '.join(missing)}",
-                        "every sft item needs non-empty 'instruction' and 'output' strings")
+        raise LlqaError(
+            f"{where}: missing or empty field(s) {', '.join(missing)}",
+            "every sft item needs non-empty 'instruction' and 'output' strings",
+        )
     instruction = rec["instruction"]
     if isinstance(rec.get("input"), str) and rec["input"].strip():
         instruction = f"{instruction}\n\n{rec['input']}"
@@ -268,19 +291,21 @@ class PromptTemplate:
         self.tokenizer = tokenizer
         marker = "\u2063INSTRUCTION\u2063"  # invisible separators: never produced by real text
         if self.kind == "chat":
-            prompt = tokenizer.apply_chat_template([{"role": "user", "content": marker}], tokenize=False,
-                                                   add_generation_prompt=True)
-            full = tokenizer.apply_chat_template([{"role": "user", "content": marker},
-                                                  {"role": "assistant", "content": "\u2063ANSWER\u2063"}],
-                                                 tokenize=False)
+            prompt = tokenizer.apply_chat_template(
+                [{"role": "user", "content": marker}], tokenize=False, add_generation_prompt=True
+            )
+            full = tokenizer.apply_chat_template(
+                [{"role": "user", "content": marker}, {"role": "assistant", "content": "\u2063ANSWER\u2063"}],
+                tokenize=False,
+            )
             if not full.startswith(prompt) or "\u2063ANSWER\u2063" not in full:
-                raise LlqaError("the chat template does not render a prompt that the answer continues",
-                                "use --template inst")
+                raise LlqaError(
+                    "the chat template does not render a prompt that the answer continues", "use --template inst"
+                )
             prefix, suffix = prompt.split(marker)
-            end = full[len(prompt):].split("\u2063ANSWER\u2063", 1)[1]
+            end = full[len(prompt) :].split("\u2063ANSWER\u2063", 1)[1]
             self.prefix = tokenizer(prefix, add_special_tokens=False)["input_ids"]
-            self.end = tokenizer(end.rstrip("\n"), add_special_tokens=False)["input_ids"] or \
-                [tokenizer.eos_token_id]
+            self.end = tokenizer(end.rstrip("\n"), add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id]
         else:
             suffix = "[/INST]"
             self.prefix = tokenizer("[INST]", add_special_tokens=True)["input_ids"]
@@ -297,12 +322,12 @@ class PromptTemplate:
             return None
         status = "ok"
         if len(instr) > room:
-            instr = instr[:room - room // 2] + instr[len(instr) - room // 2:] if room // 2 else instr[:room]
+            instr = instr[: room - room // 2] + instr[len(instr) - room // 2 :] if room // 2 else instr[:room]
             status = "truncated"
         prompt = self.prefix + instr + self.suffix
         ids = np.asarray(prompt + answer, dtype=np.int64)
         labels = ids.copy()
-        labels[:len(prompt)] = IGNORE_INDEX
+        labels[: len(prompt)] = IGNORE_INDEX
         return ids, labels, status
 
 
@@ -330,11 +355,17 @@ def build_sft(records: Iterable[tuple[str, int, Any]], tokenizer, template: str,
         truncated += enc[2] == "truncated"
         items.append(enc[:2])
     if not items:
-        raise LlqaError("no sft item fits: the data is empty or every answer is longer than --ctx",
-                        "check --data, or raise --ctx")
-    stats = {"items": len(items), "truncated_middle": truncated, "skipped_too_long": skipped,
-             "template": tpl.kind, "answer_tokens": int(sum((lab != IGNORE_INDEX).sum() for _, lab in items)),
-             "tokens": int(sum(len(ids) for ids, _ in items))}
+        raise LlqaError(
+            "no sft item fits: the data is empty or every answer is longer than --ctx", "check --data, or raise --ctx"
+        )
+    stats = {
+        "items": len(items),
+        "truncated_middle": truncated,
+        "skipped_too_long": skipped,
+        "template": tpl.kind,
+        "answer_tokens": int(sum((lab != IGNORE_INDEX).sum() for _, lab in items)),
+        "tokens": int(sum(len(ids) for ids, _ in items)),
+    }
     return SftData(items, stats)
 
 
@@ -365,13 +396,16 @@ def collate(items: list[tuple[np.ndarray, np.ndarray]], pad_id: int, multiple: i
     longest = max(len(ids) for ids, _ in items)
     width = -(-longest // multiple) * multiple
     if all(len(ids) == width for ids, _ in items):
-        return (torch.as_tensor(np.stack([i for i, _ in items])), torch.as_tensor(np.stack([lab for _, lab in items])),
-                None)
+        return (
+            torch.as_tensor(np.stack([i for i, _ in items])),
+            torch.as_tensor(np.stack([lab for _, lab in items])),
+            None,
+        )
     ids = torch.full((len(items), width), pad_id, dtype=torch.long)
     labels = torch.full((len(items), width), IGNORE_INDEX, dtype=torch.long)
     mask = torch.zeros((len(items), width), dtype=torch.long)
     for r, (i, lab) in enumerate(items):
-        ids[r, :len(i)] = torch.as_tensor(i)
-        labels[r, :len(lab)] = torch.as_tensor(lab)
-        mask[r, :len(i)] = 1
+        ids[r, : len(i)] = torch.as_tensor(i)
+        labels[r, : len(lab)] = torch.as_tensor(lab)
+        mask[r, : len(i)] = 1
     return ids, labels, mask

@@ -114,16 +114,18 @@ def micro_batches_per_rank(batch_size: int, micro_batch_size: int, world: int) -
     """Gradient-accumulation steps per rank: global batch = micro × accumulation × world."""
     per_step = micro_batch_size * world
     if batch_size % per_step:
-        raise LlqaError(f"--batch-size {batch_size} is not a multiple of --micro-batch-size {micro_batch_size} × "
-                        f"{world} processes", f"use a --batch-size divisible by {per_step} (global batch = "
-                        "micro-batch × gradient accumulation × processes)")
+        raise LlqaError(
+            f"--batch-size {batch_size} is not a multiple of --micro-batch-size {micro_batch_size} × {world} processes",
+            f"use a --batch-size divisible by {per_step} (global batch = "
+            "micro-batch × gradient accumulation × processes)",
+        )
     return batch_size // per_step
 
 
 def rank_slice(items: list, rank: int, world: int) -> list:
     """The contiguous share of a global batch that `rank` trains on (the batch size divides by `world`)."""
     per = len(items) // world
-    return items[rank * per:(rank + 1) * per]
+    return items[rank * per : (rank + 1) * per]
 
 
 def choose_engine(cfg, info: DistInfo, device: torch.device) -> str:

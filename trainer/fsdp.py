@@ -48,12 +48,15 @@ def check_combination(cfg: TrainConfig, device: torch.device) -> None:
     from trainer.compile import resolve_compile_mode
 
     if cfg.compile not in ("off", "auto") and resolve_compile_mode(cfg.compile, device) != "off":
-        raise LlqaError(f"--compile {cfg.compile} is not supported with --parallel fsdp",
-                        "use --compile off (or auto, which is off under FSDP), or --parallel ddp")
+        raise LlqaError(
+            f"--compile {cfg.compile} is not supported with --parallel fsdp",
+            "use --compile off (or auto, which is off under FSDP), or --parallel ddp",
+        )
     if cfg.offload_activations:
-        raise LlqaError("--offload-activations is not supported with --parallel fsdp",
-                        "drop --offload-activations (FSDP already divides the weights by the GPU count), "
-                        "or use --parallel ddp")
+        raise LlqaError(
+            "--offload-activations is not supported with --parallel fsdp",
+            "drop --offload-activations (FSDP already divides the weights by the GPU count), or use --parallel ddp",
+        )
 
 
 def mixed_precision(compute_dtype: torch.dtype):
@@ -211,8 +214,9 @@ def save_base_copy(model: torch.nn.Module, config, tokenizer, base_dir, main: bo
         config.save_pretrained(base_dir)
 
 
-def _build_sharded(cfg: TrainConfig, config, dtype: torch.dtype, compute_dtype: torch.dtype, dist: DistInfo,
-                   device: torch.device):
+def _build_sharded(
+    cfg: TrainConfig, config, dtype: torch.dtype, compute_dtype: torch.dtype, dist: DistInfo, device: torch.device
+):
     """(prepared model, step module) sharded and allocated on `device`, parameters not yet written."""
     import dataclasses
 

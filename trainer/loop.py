@@ -39,9 +39,11 @@ from trainer.stop import StopRequest, TrainingInterrupted
 if TYPE_CHECKING:
     import torch
 
-SEMANTICS = ("loss: mean next-token NLL (natural log) over the scored tokens of each optimizer step's global "
-             "batch; train: every token of the packed sequences is scored; sft: answer tokens only "
-             "(prompt labels are -100).")
+SEMANTICS = (
+    "loss: mean next-token NLL (natural log) over the scored tokens of each optimizer step's global "
+    "batch; train: every token of the packed sequences is scored; sft: answer tokens only "
+    "(prompt labels are -100)."
+)
 
 
 class TrainingStopped(LlqaError):
@@ -75,14 +77,17 @@ def _check_run_dir(cfg: TrainConfig) -> Path | None:
             raise LlqaError(f"{run} already holds a training run", "pass --resume to continue it, or another --out")
         return None
     if not saved.exists():
-        raise LlqaError(f"--resume: {run} holds no training run ({CONFIG_FILE} missing)",
-                        "drop --resume to start a new run there")
+        raise LlqaError(
+            f"--resume: {run} holds no training run ({CONFIG_FILE} missing)", "drop --resume to start a new run there"
+        )
     diff = TrainConfig.read(run).differences(cfg)
     if diff:
-        raise LlqaError(f"--resume: the options differ from the run in {run}: {', '.join(diff)}",
-                        "resume with the same options (only --max-steps, --save-every, --log-every, "
-                        "--keep-checkpoints, --out, --offload-activations, --sdpa-backend, --compile and the number "
-                        "of GPUs may change)")
+        raise LlqaError(
+            f"--resume: the options differ from the run in {run}: {', '.join(diff)}",
+            "resume with the same options (only --max-steps, --save-every, --log-every, "
+            "--keep-checkpoints, --out, --offload-activations, --sdpa-backend, --compile and the number "
+            "of GPUs may change)",
+        )
     return latest_checkpoint(run)
 
 
@@ -92,8 +97,10 @@ def _compute_dtype(cfg: TrainConfig, device: torch.device) -> str:
     dtype = resolve_dtype(cfg.dtype, device)
     name = str(dtype).removeprefix("torch.")
     if name == "float16":
-        raise LlqaError("--dtype float16 is not supported for training (its range overflows without loss scaling)",
-                        "use --dtype bfloat16 (GPU) or float32")
+        raise LlqaError(
+            "--dtype float16 is not supported for training (its range overflows without loss scaling)",
+            "use --dtype bfloat16 (GPU) or float32",
+        )
     return name
 
 
@@ -106,13 +113,16 @@ def _load(cfg: TrainConfig):
 
     source = resolve(cfg.model)
     if source.kind == "peft":
-        raise LlqaError(f"--model {cfg.model} is a LoRA adapter", "merge it first (`llqa merge RUN --out DIR`) "
-                        "and train on the merged model")
+        raise LlqaError(
+            f"--model {cfg.model} is a LoRA adapter",
+            "merge it first (`llqa merge RUN --out DIR`) and train on the merged model",
+        )
     device = resolve_device(cfg.device)
     dtype = _compute_dtype(cfg, device)
     torch.manual_seed(cfg.seed)  # random:<shape> bases and LoRA init derive from the seed
-    loaded = load_model(weights_spec(cfg), ctx=cfg.ctx, dtype="float32" if cfg.method == "full" else dtype,
-                        device=str(device))
+    loaded = load_model(
+        weights_spec(cfg), ctx=cfg.ctx, dtype="float32" if cfg.method == "full" else dtype, device=str(device)
+    )
     return loaded, device, getattr(torch, dtype)
 
 
@@ -133,16 +143,31 @@ def build_data(cfg: TrainConfig, tokenizer):
 
     if cfg.task == "train":
         needed = cfg.max_steps * cfg.batch_size
-        meta = {"data": [str(Path(p).resolve()) for p in cfg.data], "dataset": cfg.dataset,
-                "dataset_config": cfg.dataset_config, "split": cfg.split, "text_field": cfg.text_field,
-                "ctx": cfg.ctx, "tokenizer": getattr(tokenizer, "name_or_path", ""), "vocab": len(tokenizer)}
-        texts = (D.hub_documents(cfg.dataset, cfg.dataset_config, cfg.split, cfg.text_field) if cfg.dataset
-                 else D.read_documents(cfg.data, cfg.text_field))
+        meta = {
+            "data": [str(Path(p).resolve()) for p in cfg.data],
+            "dataset": cfg.dataset,
+            "dataset_config": cfg.dataset_config,
+            "split": cfg.split,
+            "text_field": cfg.text_field,
+            "ctx": cfg.ctx,
+            "tokenizer": getattr(tokenizer, "name_or_path", ""),
+            "vocab": len(tokenizer),
+        }
+        texts = (
+            D.hub_documents(cfg.dataset, cfg.dataset_config, cfg.split, cfg.text_field)
+            if cfg.dataset
+            else D.read_documents(cfg.data, cfg.text_field)
+        )
         packed, info = D.build_packed(texts, tokenizer, cfg.ctx, needed, cfg.run_dir / "data", meta)
         return packed, {**info, "epochs": round(needed / len(packed), 3)}
-    records = ((cfg.dataset, n, r) for n, r in enumerate(D.hub_records(cfg.dataset, cfg.dataset_config, cfg.split,
-                                                                        streaming=False), 1)) \
-        if cfg.dataset else D.read_sft_items(cfg.data)
+    records = (
+        (
+            (cfg.dataset, n, r)
+            for n, r in enumerate(D.hub_records(cfg.dataset, cfg.dataset_config, cfg.split, streaming=False), 1)
+        )
+        if cfg.dataset
+        else D.read_sft_items(cfg.data)
+    )
     sft = D.build_sft(records, tokenizer, cfg.template, cfg.ctx)
     return sft, sft.stats
 
@@ -197,8 +222,7 @@ def _optimizer(cfg: TrainConfig, model):
 
     params = [p for p in model.parameters() if p.requires_grad]
     fused = all(p.is_cuda for p in params) or None
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
-                            fused=fused)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay, fused=fused)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.warmup_steps))
     return params, opt, sched
 
@@ -212,8 +236,7 @@ def sdpa_context(backend: str):
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    names = {"flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
-             "math": "MATH"}
+    names = {"flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "math": "MATH"}
     return sdpa_kernel([getattr(SDPBackend, names[backend])])
 
 
@@ -256,12 +279,15 @@ def oom_error(cfg: TrainConfig, device) -> LlqaError:
     if launched_world()[1] > 1 and cfg.parallel != "fsdp":
         hints.append("--parallel fsdp (weights sharded over the GPUs)")
     hints.append(f"--loss-chunk below {cfg.loss_chunk}")
-    return LlqaError(f"CUDA out of memory training at --ctx {cfg.ctx} ({total:.0f} GiB device)",
-                     "lower the memory need: " + ", ".join(hints))
+    return LlqaError(
+        f"CUDA out of memory training at --ctx {cfg.ctx} ({total:.0f} GiB device)",
+        "lower the memory need: " + ", ".join(hints),
+    )
 
 
-def train_step(model, params, optimizer, scheduler, batches, cfg: TrainConfig, device, autocast_dtype,
-               step: int, dist=None) -> tuple[float, float | None]:
+def train_step(
+    model, params, optimizer, scheduler, batches, cfg: TrainConfig, device, autocast_dtype, step: int, dist=None
+) -> tuple[float, float | None]:
     """One optimizer step over `batches` (this rank's micro-batches); returns (mean loss, grad norm).
 
     `model` is a `trainer.loss.CausalLMLoss` (or a bare causal LM, wrapped here), DDP-wrapped when several
@@ -314,22 +340,35 @@ def train_step(model, params, optimizer, scheduler, batches, cfg: TrainConfig, d
 def _nan_error(what: str, value: float, step: int, cfg: TrainConfig) -> TrainingStopped:
     last = latest_checkpoint(cfg.run_dir)
     kept = f"the last good checkpoint is {last}" if last else "no checkpoint had been written yet"
-    return TrainingStopped(f"{what} is {value} at step {step + 1}: training stopped before the update; {kept}",
-                           "lower --lr (or --max-grad-norm), use --dtype bfloat16 or float32, then --resume")
+    return TrainingStopped(
+        f"{what} is {value} at step {step + 1}: training stopped before the update; {kept}",
+        "lower --lr (or --max-grad-norm), use --dtype bfloat16 or float32, then --resume",
+    )
 
 
 # --------------------------------------------------------------------------- the run
 
 
-def _write_run_files(cfg: TrainConfig, loaded, data_stats, trainable: dict[str, int], step: int,
-                     world: int = 1, engine: str = "single") -> None:
+def _write_run_files(
+    cfg: TrainConfig, loaded, data_stats, trainable: dict[str, int], step: int, world: int = 1, engine: str = "single"
+) -> None:
     """`grad_accum`: micro-batches per optimizer step on each of the `world_size` processes of the last
     (possibly resumed) launch; global batch = micro-batch × grad_accum × world_size. `engine`: single, ddp
     or fsdp (`--parallel` resolved)."""
-    atomic_write_json(cfg.run_dir / CONFIG_FILE, {
-        "config": cfg.to_dict(), "semantics": SEMANTICS, "grad_accum": cfg.grad_accum // world, "world_size": world,
-        "engine": engine, "model": loaded.info.to_dict(), "data": data_stats, "trainable": trainable,
-        "steps_done": step})
+    atomic_write_json(
+        cfg.run_dir / CONFIG_FILE,
+        {
+            "config": cfg.to_dict(),
+            "semantics": SEMANTICS,
+            "grad_accum": cfg.grad_accum // world,
+            "world_size": world,
+            "engine": engine,
+            "model": loaded.info.to_dict(),
+            "data": data_stats,
+            "trainable": trainable,
+            "steps_done": step,
+        },
+    )
 
 
 def _base_spec(cfg: TrainConfig, loaded) -> str:
@@ -351,8 +390,18 @@ def save_final(cfg: TrainConfig, model, loaded, step: int, state_dict: dict | No
     model.save_pretrained(run, **({"state_dict": state_dict} if state_dict is not None else {}))
     loaded.tokenizer.save_pretrained(run)
     base = _base_spec(cfg, loaded)
-    atomic_write_json(run / RUN_FILE, {"base_model": base, "ctx": cfg.ctx, "method": cfg.method, "attn": cfg.attn,
-                                       "group_ratio": cfg.group_ratio, "steps": step, "task": cfg.task})
+    atomic_write_json(
+        run / RUN_FILE,
+        {
+            "base_model": base,
+            "ctx": cfg.ctx,
+            "method": cfg.method,
+            "attn": cfg.attn,
+            "group_ratio": cfg.group_ratio,
+            "steps": step,
+            "task": cfg.task,
+        },
+    )
 
 
 def _save_random_base(cfg: TrainConfig, loaded) -> None:
@@ -417,8 +466,11 @@ def _run(cfg: TrainConfig, console, dist, resume_from: Path | None) -> TrainResu
     if not dist.main:
         dataset, data_stats = build_data(cfg, loaded.tokenizer)
     params, optimizer, scheduler = _optimizer(cfg, model)
-    trainable = {"parameters": sum(p.numel() for p in params), "tensors": len(params),
-                 "of_total": sum(p.numel() for p in model.parameters())}
+    trainable = {
+        "parameters": sum(p.numel() for p in params),
+        "tensors": len(params),
+        "of_total": sum(p.numel() for p in model.parameters()),
+    }
     state = {"step": 0, "consumed": 0}
     if resume_from is not None:  # every rank loads the same full checkpoint, whatever world size wrote it
         state = load_checkpoint(resume_from, model, optimizer, scheduler)
@@ -432,9 +484,15 @@ def _run(cfg: TrainConfig, console, dist, resume_from: Path | None) -> TrainResu
 
     def checkpoint(loss: float) -> None:
         if dist.main or sharded:  # one full checkpoint (FSDP: gathered from every rank's shards)
-            save_checkpoint(cfg.run_dir, model, optimizer, scheduler,
-                            {**state, "last_loss": loss, "world_size": dist.world},
-                            keep=cfg.keep_checkpoints, write=dist.main)
+            save_checkpoint(
+                cfg.run_dir,
+                model,
+                optimizer,
+                scheduler,
+                {**state, "last_loss": loss, "world_size": dist.world},
+                keep=cfg.keep_checkpoints,
+                write=dist.main,
+            )
         barrier(dist)
 
     try:
@@ -447,8 +505,9 @@ def _run(cfg: TrainConfig, console, dist, resume_from: Path | None) -> TrainResu
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
                 lr = optimizer.param_groups[0]["lr"]
-                loss, norm = train_step(step_model, params, optimizer, scheduler, batches, cfg, device,
-                                        compute_dtype, state["step"], dist)
+                loss, norm = train_step(
+                    step_model, params, optimizer, scheduler, batches, cfg, device, compute_dtype, state["step"], dist
+                )
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 dt = time.perf_counter() - t0
@@ -466,14 +525,26 @@ def _run(cfg: TrainConfig, console, dist, resume_from: Path | None) -> TrainResu
                 result.losses.append(loss)
                 result.steps = state["step"]
                 if dist.main:
-                    logger.log(state["step"], {"loss": loss, "lr": lr, "grad_norm": norm, "tokens": int(tokens),
-                                               "tokens_per_s": tokens / dt, "step_s": dt, "peak_mem_gib": peak,
-                                               "world_size": dist.world, "peak_mem_gib_per_rank": per_rank})
+                    logger.log(
+                        state["step"],
+                        {
+                            "loss": loss,
+                            "lr": lr,
+                            "grad_norm": norm,
+                            "tokens": int(tokens),
+                            "tokens_per_s": tokens / dt,
+                            "step_s": dt,
+                            "peak_mem_gib": peak,
+                            "world_size": dist.world,
+                            "peak_mem_gib_per_rank": per_rank,
+                        },
+                    )
                 if stop_flag or state["step"] % cfg.save_every == 0 or state["step"] == cfg.max_steps:
                     checkpoint(loss)
                 if stop_flag and state["step"] < cfg.max_steps:
-                    raise TrainingInterrupted(stop.signum or signal.SIGTERM, state["step"],
-                                              str(latest_checkpoint(cfg.run_dir)), "--resume")
+                    raise TrainingInterrupted(
+                        stop.signum or signal.SIGTERM, state["step"], str(latest_checkpoint(cfg.run_dir)), "--resume"
+                    )
     except torch.OutOfMemoryError:
         raise oom_error(cfg, device) from None
     full_state = None
@@ -500,7 +571,7 @@ def _next_batches(cfg: TrainConfig, dataset, consumed: int, pad_id: int, dist=No
     items = [dataset.item(sample_index(consumed + i, n, cfg.seed, cfg.shuffle)) for i in range(cfg.batch_size)]
     items = rank_slice(items, dist.rank, dist.world)
     mb = cfg.micro_batch_size
-    return [collate(items[i:i + mb], pad_id, cfg.pad_multiple) for i in range(0, len(items), mb)]
+    return [collate(items[i : i + mb], pad_id, cfg.pad_multiple) for i in range(0, len(items), mb)]
 
 
 # --------------------------------------------------------------------------- logging
@@ -519,9 +590,15 @@ class StepLogger:
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(str(self.cfg.run_dir / "tb"), purge_step=self.start + 1 if self.start else None)
-        self.progress = Progress(TextColumn(f"[bold]{self.cfg.task}[/]"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[metrics]}"), TimeRemainingColumn(),
-                                 console=self.console or Console(stderr=True), transient=False)
+        self.progress = Progress(
+            TextColumn(f"[bold]{self.cfg.task}[/]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[metrics]}"),
+            TimeRemainingColumn(),
+            console=self.console or Console(stderr=True),
+            transient=False,
+        )
         self.progress.__enter__()
         self.task = self.progress.add_task("steps", total=self.cfg.max_steps, completed=self.start, metrics="")
         return self

@@ -24,8 +24,11 @@ ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 def norm_module_names(model: torch.nn.Module) -> list[str]:
     """Qualified names of every normalization layer (leaf modules whose class name ends in 'Norm')."""
-    return [name for name, mod in model.named_modules()
-            if name and not any(True for _ in mod.children()) and type(mod).__name__.endswith("Norm")]
+    return [
+        name
+        for name, mod in model.named_modules()
+        if name and not any(True for _ in mod.children()) and type(mod).__name__.endswith("Norm")
+    ]
 
 
 def embedding_module_name(model: torch.nn.Module) -> str:
@@ -49,18 +52,29 @@ def lora_config(model: torch.nn.Module, r: int = 8, alpha: int = 16, dropout: fl
     targets = [t for t in ATTENTION_PROJECTIONS if t in present]
     if len(targets) != len(ATTENTION_PROJECTIONS):
         missing = sorted(set(ATTENTION_PROJECTIONS) - set(targets))
-        raise LlqaError(f"the model has no attention projection(s) named {', '.join(missing)}",
-                        "LoRA targets q_proj/k_proj/v_proj/o_proj; use --method full for this architecture")
+        raise LlqaError(
+            f"the model has no attention projection(s) named {', '.join(missing)}",
+            "LoRA targets q_proj/k_proj/v_proj/o_proj; use --method full for this architecture",
+        )
     kwargs = {}
     if plus:
         kwargs["modules_to_save"] = [embedding_module_name(model), *norm_module_names(model)]
         if heads_tied(model):
             if "ensure_weight_tying" not in LoraConfig.__dataclass_fields__:
-                raise LlqaError("LoRA+ on a model with tied input/output embeddings needs peft's "
-                                "ensure_weight_tying", "pip install -U 'peft>=0.18'")
+                raise LlqaError(
+                    "LoRA+ on a model with tied input/output embeddings needs peft's ensure_weight_tying",
+                    "pip install -U 'peft>=0.18'",
+                )
             kwargs["ensure_weight_tying"] = True
-    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none",
-                      task_type="CAUSAL_LM", **kwargs)
+    return LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+        **kwargs,
+    )
 
 
 def prepare_trainable(model: torch.nn.Module, method: str, r: int = 8, alpha: int = 16, dropout: float = 0.0):

@@ -24,8 +24,9 @@ IGNORE_INDEX = -100
 DEFAULT_CHUNK = 4096  # 4096 tokens × 49,152 vocab × 4 B = 0.8 GB of fp32 logits per chunk
 
 
-def _logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-            softcap: float | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.dtype]:
+def _logits(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, softcap: float | None
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.dtype]:
     """(fp32 logits, tanh of the soft-cap or None, dtype the head computed in) of one chunk: the head runs
     in the model's dtype (bf16 under autocast), as the HF head does, and the loss in fp32."""
     raw = F.linear(hidden, weight, bias)  # (T, V)
@@ -53,7 +54,7 @@ class _FusedLinearNLL(torch.autograd.Function):
         grad_b = torch.zeros_like(bias, dtype=torch.float32) if need_b else None
         total = hidden.new_zeros((), dtype=torch.float32)
         for start in range(0, hidden.shape[0], chunk):
-            h, t = hidden[start:start + chunk], target[start:start + chunk]
+            h, t = hidden[start : start + chunk], target[start : start + chunk]
             logits, tanh, dtype = _logits(h, weight, bias, softcap)
             lse = torch.logsumexp(logits, dim=-1)  # (T,)
             total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
@@ -63,7 +64,7 @@ class _FusedLinearNLL(torch.autograd.Function):
                 g *= 1 - tanh * tanh
             g = g.to(dtype)  # the gradient enters the head's matmuls in the head's dtype, as in autograd
             if need_h:
-                grad_h[start:start + chunk] = g @ weight.to(dtype)
+                grad_h[start : start + chunk] = g @ weight.to(dtype)
             if need_w:
                 grad_w += (g.T @ h.to(dtype)).float()
             if need_b:
@@ -77,15 +78,22 @@ class _FusedLinearNLL(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         saved = iter(ctx.saved_tensors)
-        grads = [(next(saved) * grad_out).to(dt) if need else None
-                 for need, dt in zip(ctx.needs, ctx.dtypes, strict=True)]
+        grads = [
+            (next(saved) * grad_out).to(dt) if need else None for need, dt in zip(ctx.needs, ctx.dtypes, strict=True)
+        ]
         return (*grads, None, None, None)
 
 
-def chunked_causal_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
-                           bias: torch.Tensor | None = None, chunk_size: int = DEFAULT_CHUNK,
-                           ignore_index: int = IGNORE_INDEX,
-                           softcap: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def chunked_causal_lm_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    chunk_size: int = DEFAULT_CHUNK,
+    ignore_index: int = IGNORE_INDEX,
+    softcap: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean NLL over scored tokens, number of scored tokens) for hidden (B, N, H), weight (V, H), labels (B, N).
 
     Equal to the HF causal-LM loss in value and gradient (see the module doc for the scored tokens).
@@ -108,8 +116,10 @@ def chunked_causal_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: t
     if grad:
         total = _FusedLinearNLL.apply(h, weight, bias, target, chunk_size, softcap)
     else:
-        total = sum(_chunk_nll_sum(h[s:s + chunk_size], weight, bias, target[s:s + chunk_size], softcap)
-                    for s in range(0, count, chunk_size))
+        total = sum(
+            _chunk_nll_sum(h[s : s + chunk_size], weight, bias, target[s : s + chunk_size], softcap)
+            for s in range(0, count, chunk_size)
+        )
     return total / count, torch.tensor(count, device=hidden.device)
 
 
@@ -131,9 +141,14 @@ def lm_head_of(model) -> tuple[torch.Tensor, torch.Tensor | None, float | None]:
     return head.weight, getattr(head, "bias", None), softcap
 
 
-def causal_lm_loss(model, input_ids: torch.Tensor, labels: torch.Tensor,
-                   attention_mask: torch.Tensor | None = None, chunk_size: int = DEFAULT_CHUNK,
-                   **forward_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+def causal_lm_loss(
+    model,
+    input_ids: torch.Tensor,
+    labels: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    chunk_size: int = DEFAULT_CHUNK,
+    **forward_kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the decoder of `model` (a HF causal LM, PEFT-wrapped or not) and return the chunked loss.
 
     The decoder is the model's `base_model` (e.g. `LlamaModel` inside `LlamaForCausalLM`); calling it
@@ -143,8 +158,9 @@ def causal_lm_loss(model, input_ids: torch.Tensor, labels: torch.Tensor,
     decoder = base.base_model
     out = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **forward_kwargs)
     weight, bias, softcap = lm_head_of(model)
-    return chunked_causal_lm_loss(out.last_hidden_state, weight, labels, bias=bias, chunk_size=chunk_size,
-                                  softcap=softcap)
+    return chunked_causal_lm_loss(
+        out.last_hidden_state, weight, labels, bias=bias, chunk_size=chunk_size, softcap=softcap
+    )
 
 
 class CausalLMLoss(torch.nn.Module):
@@ -158,7 +174,7 @@ class CausalLMLoss(torch.nn.Module):
         super().__init__()
         self.model, self.chunk_size = model, chunk_size
 
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor,
-                attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        return causal_lm_loss(self.model, input_ids, labels, attention_mask=attention_mask,
-                              chunk_size=self.chunk_size)
+    def forward(
+        self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return causal_lm_loss(self.model, input_ids, labels, attention_mask=attention_mask, chunk_size=self.chunk_size)

@@ -21,13 +21,16 @@ from llqa.io import atomic_write_json
 from llqa.models import RUN_FILE, load_model
 
 
-def merge_run(run_dir: str | Path, out: str | Path, dtype: str = "auto", device: str = "cpu",
-              overwrite: bool = False) -> Path:
+def merge_run(
+    run_dir: str | Path, out: str | Path, dtype: str = "auto", device: str = "cpu", overwrite: bool = False
+) -> Path:
     """Merge the run in `run_dir` into a standalone model directory `out`; returns `out`."""
     run_dir, out = Path(run_dir), Path(out)
     if not (run_dir / RUN_FILE).is_file():
-        raise LlqaError(f"{run_dir} is not an llqa training run ({RUN_FILE} missing)",
-                        "pass the --out directory of a finished `llqa train` / `llqa sft`")
+        raise LlqaError(
+            f"{run_dir} is not an llqa training run ({RUN_FILE} missing)",
+            "pass the --out directory of a finished `llqa train` / `llqa sft`",
+        )
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise LlqaError(f"--out {out} exists and is not empty", "pick another --out or pass --overwrite")
     loaded = load_model(str(run_dir), dtype=dtype, device=device)

@@ -125,8 +125,14 @@ class ActivationOffload(torch.autograd.graph.saved_tensors_hooks):
     `prefetch`: how many tensors ahead of the one backward asks for are copied back early. `limit`: offload
     at most this many tensors per entry of the context, the first ones (see `checkpoint_offload`)."""
 
-    def __init__(self, device: torch.device | str | None = None, min_bytes: int = MIN_BYTES, prefetch: int = 1,
-                 copier=None, limit: int | None = None):
+    def __init__(
+        self,
+        device: torch.device | str | None = None,
+        min_bytes: int = MIN_BYTES,
+        prefetch: int = 1,
+        copier=None,
+        limit: int | None = None,
+    ):
         if copier is None and device is not None and torch.device(device).type == "cuda":
             copier = CudaCopier(torch.device(device))
         self.copier, self.min_bytes, self.prefetch = copier, min_bytes, prefetch
@@ -140,8 +146,14 @@ class ActivationOffload(torch.autograd.graph.saved_tensors_hooks):
         self._pool: dict[int, list[torch.Tensor]] = {}  # size (a power of two) -> free pinned buffers
         self._held = 0  # bytes of the buffers of live entries
         self._most_held = 0  # the most bytes ever held at once: the pool never keeps more than that in all
-        self.stats = {"packed": 0, "offloaded_bytes": 0, "buffers_allocated": 0, "buffers_reused": 0,
-                      "prefetched": 0, "copied_on_demand": 0}
+        self.stats = {
+            "packed": 0,
+            "offloaded_bytes": 0,
+            "buffers_allocated": 0,
+            "buffers_reused": 0,
+            "prefetched": 0,
+            "copied_on_demand": 0,
+        }
         super().__init__(self._pack, self._unpack)
 
     def __enter__(self):
@@ -284,8 +296,11 @@ class ActivationOffload(torch.autograd.graph.saved_tensors_hooks):
                     self.copier.wait(event)
             saved.gpu = saved.prefetched = None
             self._live.pop(saved.index, None)
-            if saved.key is not None and self._by_tensor.get(saved.key[:2]) is not None \
-                    and self._by_tensor[saved.key[:2]]() in (None, saved):
+            if (
+                saved.key is not None
+                and self._by_tensor.get(saved.key[:2]) is not None
+                and self._by_tensor[saved.key[:2]]() in (None, saved)
+            ):
                 del self._by_tensor[saved.key[:2]]
             self._pending = [r for r in self._pending if r() is not None]
             self._held -= saved.host.numel()

@@ -74,7 +74,8 @@ def s2_group_size(n_tokens: int, group_ratio: float) -> int:
         raise LlqaError(
             f"S2-Attn with group ratio {_ratio(group_ratio)} needs sequence lengths that are a multiple of "
             f"{multiple}, got {n_tokens} tokens",
-            f"use --ctx (or pad sequences to) a multiple of {multiple}, change --group-ratio, or use --attn full")
+            f"use --ctx (or pad sequences to) a multiple of {multiple}, change --group-ratio, or use --attn full",
+        )
     return int(n_tokens * _ratio(group_ratio))
 
 
@@ -112,9 +113,18 @@ def segment_boundaries(segment_ids: torch.Tensor) -> list[list[int]]:
 # --------------------------------------------------------------------------- the pure function
 
 
-def s2_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group_size: int, *,
-                 segment_ids: torch.Tensor | None = None, shift: bool = True, scale: float | None = None,
-                 dropout: float = 0.0, backend: str = "auto") -> torch.Tensor:
+def s2_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    group_size: int,
+    *,
+    segment_ids: torch.Tensor | None = None,
+    shift: bool = True,
+    scale: float | None = None,
+    dropout: float = 0.0,
+    backend: str = "auto",
+) -> torch.Tensor:
     """Shifted sparse attention. q: (B, Hq, N, D); k, v: (B, Hkv, N, D) with Hq a multiple of Hkv.
 
     Returns (B, N, Hq, D) — the layout transformers' attention functions return (the caller merges
@@ -127,9 +137,11 @@ def s2_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group_size: 
     if k.shape != (B, Hkv, N, D) or v.shape[:3] != (B, Hkv, N) or Hq % Hkv:
         raise ValueError(f"s2_attention: bad shapes q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
     if group_size <= 0 or N % group_size or (shift and group_size % 2):
-        raise LlqaError(f"S2-Attn group size {group_size} does not tile {N} tokens"
-                        + (" with a half-group shift (it must be even)" if shift else ""),
-                        "use a sequence length that is a multiple of the (even) group size")
+        raise LlqaError(
+            f"S2-Attn group size {group_size} does not tile {N} tokens"
+            + (" with a half-group shift (it must be even)" if shift else ""),
+            "use a sequence length that is a multiple of the (even) group size",
+        )
     if segment_ids is not None and segment_ids.shape != (B, N):
         raise ValueError(f"segment_ids must be (B, N) = {(B, N)}, got {tuple(segment_ids.shape)}")
     if _use_flash(backend, q):
@@ -163,8 +175,15 @@ def _sdpa(q, k, v, scale, dropout):
     import torch.nn.functional as F
 
     gqa = q.shape[2] != k.shape[2]
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                         dropout_p=dropout, is_causal=True, scale=scale, enable_gqa=gqa)
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2),
+        k.transpose(1, 2),
+        v.transpose(1, 2),
+        dropout_p=dropout,
+        is_causal=True,
+        scale=scale,
+        enable_gqa=gqa,
+    )
     return out.transpose(1, 2)
 
 
@@ -187,8 +206,7 @@ def _sdpa_pieces_dense(q, k, v, cuts: list[int], scale, dropout):
         return out.reshape(B, N, *out.shape[2:])
     heads, mids, tails = zip(*(x.split([first, N - first - last, last], dim=1) for x in (q, k, v)), strict=True)
     count = len(cuts) - 3
-    mid = _sdpa(*(_grouped(x, count, size) for x in mids), scale, dropout).reshape(B, N - first - last,
-                                                                                    *q.shape[2:])
+    mid = _sdpa(*(_grouped(x, count, size) for x in mids), scale, dropout).reshape(B, N - first - last, *q.shape[2:])
     # [0, G/2) and [N - G/2, N) in the batch dimension of one call
     head, tail = _sdpa(*(torch.cat(pair) for pair in zip(heads, tails, strict=True)), scale, dropout).split(B)
     return torch.cat([head, mid, tail], dim=1)
@@ -247,11 +265,14 @@ def _use_flash(backend: str, q: torch.Tensor) -> bool:
     fits = q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
     if backend == "flash":
         if not flash_attn_available():
-            raise LlqaError("the flash S2-Attn backend needs flash-attn, which is not installed",
-                            "pip install flash-attn (or llqa[flash]), or use the sdpa backend")
+            raise LlqaError(
+                "the flash S2-Attn backend needs flash-attn, which is not installed",
+                "pip install flash-attn (or llqa[flash]), or use the sdpa backend",
+            )
         if not fits:
-            raise LlqaError("flash-attn runs on CUDA in float16/bfloat16 only",
-                            "use --dtype bfloat16 on a GPU, or the sdpa backend")
+            raise LlqaError(
+                "flash-attn runs on CUDA in float16/bfloat16 only", "use --dtype bfloat16 on a GPU, or the sdpa backend"
+            )
         return True
     return backend == "auto" and fits and flash_attn_available()
 
@@ -336,6 +357,7 @@ def _segment_code(mask_function, batch: int, n: int, padding, device):
     h = torch.zeros(1, 1, dtype=torch.long, device=device)
     i = torch.arange(n, device=device)[None, :]  # (1, N)
     try:
+
         def allowed(q, kv):
             return mask_function(b, h, q, kv).expand(batch, q.shape[-1]).to(torch.bool)
 
@@ -357,8 +379,12 @@ def _segment_code(mask_function, batch: int, n: int, padding, device):
 def _is_segment_code(mask) -> bool:
     import torch
 
-    return isinstance(mask, torch.Tensor) and mask.ndim == 2 and not mask.dtype.is_floating_point \
+    return (
+        isinstance(mask, torch.Tensor)
+        and mask.ndim == 2
+        and not mask.dtype.is_floating_point
         and mask.dtype != torch.bool
+    )
 
 
 def _decode(code):
@@ -404,8 +430,9 @@ def training_segments(code) -> torch.Tensor | None:
     return ids
 
 
-def s2_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0,
-                         scaling: float | None = None, **kwargs):
+def s2_attention_forward(
+    module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None, **kwargs
+):
     """The function registered in transformers' AttentionInterface under S2_ATTN_NAME.
 
     Training (`module.training`): S2-Attn with G = N × `config.s2_group_ratio`, segments from the mask
@@ -416,19 +443,33 @@ def s2_attention_forward(module, query, key, value, attention_mask, dropout: flo
     if not module.training:
         mask = sdpa_mask_from_code(code) if code is not None else attention_mask
         return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling, **kwargs)
-    if (attention_mask is not None and code is None) or key.shape[2] != query.shape[2] \
-            or not getattr(module, "is_causal", True):
-        raise LlqaError("S2-Attn in training needs causal self-attention over whole sequences; this forward "
-                        "has a KV cache, a sliding-window layer or a custom attention mask",
-                        "train without past_key_values, disable the sliding window, or use --attn full")
+    if (
+        (attention_mask is not None and code is None)
+        or key.shape[2] != query.shape[2]
+        or not getattr(module, "is_causal", True)
+    ):
+        raise LlqaError(
+            "S2-Attn in training needs causal self-attention over whole sequences; this forward "
+            "has a KV cache, a sliding-window layer or a custom attention mask",
+            "train without past_key_values, disable the sliding window, or use --attn full",
+        )
     config = getattr(module, "config", None)
     ratio = getattr(config, RATIO_ATTR, None)
     if ratio is None:
-        raise LlqaError("the model's attention is set to S2-Attn but no group ratio is recorded on its config",
-                        "switch it on with trainer.s2attn.enable_s2_attention(model)")
-    out = s2_attention(query, key, value, s2_group_size(query.shape[2], ratio),
-                       segment_ids=training_segments(code), scale=scaling, dropout=dropout,
-                       backend=getattr(config, BACKEND_ATTR, "auto"))
+        raise LlqaError(
+            "the model's attention is set to S2-Attn but no group ratio is recorded on its config",
+            "switch it on with trainer.s2attn.enable_s2_attention(model)",
+        )
+    out = s2_attention(
+        query,
+        key,
+        value,
+        s2_group_size(query.shape[2], ratio),
+        segment_ids=training_segments(code),
+        scale=scaling,
+        dropout=dropout,
+        backend=getattr(config, BACKEND_ATTR, "auto"),
+    )
     return out, None
 
 
@@ -457,16 +498,21 @@ def enable_s2_attention(model, group_ratio: float = 0.25, backend: str = "auto")
     if backend not in BACKENDS:
         raise LlqaError(f"unknown S2-Attn backend '{backend}'", f"use one of: {', '.join(BACKENDS)}")
     if backend == "flash" and not flash_attn_available():
-        raise LlqaError("the flash S2-Attn backend needs flash-attn, which is not installed",
-                        "pip install flash-attn (or llqa[flash]), or use backend='sdpa'")
+        raise LlqaError(
+            "the flash S2-Attn backend needs flash-attn, which is not installed",
+            "pip install flash-attn (or llqa[flash]), or use backend='sdpa'",
+        )
     register_s2_attention()
     base = _base_model(model)
     setattr(base.config, RATIO_ATTR, float(group_ratio))
     setattr(base.config, BACKEND_ATTR, backend)
     base.set_attn_implementation(S2_ATTN_NAME)
     if base.config._attn_implementation != S2_ATTN_NAME:
-        raise LlqaError(f"{type(base).__name__} does not route its attention through transformers' "
-                        "AttentionInterface, so S2-Attn cannot be switched on", "use --attn full")
+        raise LlqaError(
+            f"{type(base).__name__} does not route its attention through transformers' "
+            "AttentionInterface, so S2-Attn cannot be switched on",
+            "use --attn full",
+        )
 
 
 def disable_s2_attention(model) -> None:

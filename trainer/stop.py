@@ -29,8 +29,10 @@ class TrainingInterrupted(LlqaError):
 
     def __init__(self, signum: int, step: int, checkpoint: str, resume: str):
         name = signal.Signals(signum).name
-        super().__init__(f"{name} received: training stopped after step {step}, checkpoint {checkpoint}",
-                         f"continue with the same command and {resume}")
+        super().__init__(
+            f"{name} received: training stopped after step {step}, checkpoint {checkpoint}",
+            f"continue with the same command and {resume}",
+        )
         self.exit_code = 128 + signum  # the shell's convention for "ended by signal N"
 
 
@@ -69,5 +71,9 @@ class StopRequest:
             signal.raise_signal(signum)
             return
         self.signum = signum
-        print(f"llqa: {signal.Signals(signum).name} received; finishing this step and writing a checkpoint "
-              "(send it again to stop at once)", file=sys.stderr, flush=True)
+        print(
+            f"llqa: {signal.Signals(signum).name} received; finishing this step and writing a checkpoint "
+            "(send it again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )

@@ -44,8 +44,10 @@ def check_available(names: Iterable[str], source_dir: Path | None) -> None:
     if missing and not hub_reachable():
         what = ", ".join(f"{n} ({module(n).HUB_ID})" for n in missing)
         where = f"{source_dir}/<name>/" if source_dir else "--source-dir DIR with DIR/<name>/"
-        raise LlqaError(f"no local copy and no hub for source(s) {what}",
-                        f"{OFFLINE_FIX}: pass {where} holding each (layouts in README, 'LongQA sources')")
+        raise LlqaError(
+            f"no local copy and no hub for source(s) {what}",
+            f"{OFFLINE_FIX}: pass {where} holding each (layouts in README, 'LongQA sources')",
+        )
 
 
 def load_source(name: str, options: dict[str, Any], source_dir: Path | None) -> SourceData:
@@ -135,8 +137,12 @@ def data_files(directory: Path, splits: Iterable[str] | None = None) -> list[Pat
     splits = tuple(splits)
     aliases = {"validation": ("validation", "valid", "dev", "val")}
     names = tuple(a for s in splits for a in aliases.get(s, (s,)))
-    return [p for p in files if p.name.lower().startswith(names)
-            or any(part.lower() in names for part in p.relative_to(directory).parts[:-1])]
+    return [
+        p
+        for p in files
+        if p.name.lower().startswith(names)
+        or any(part.lower() in names for part in p.relative_to(directory).parts[:-1])
+    ]
 
 
 # --------------------------------------------------------------------------- hub
@@ -164,5 +170,7 @@ def hub_rows(hub_id: str, split: str, config: str | None = None, streaming: bool
         except Exception as e:  # datasets raises many types (connection, script, missing config, ...)
             first = first or e
     msg = str(first).splitlines()[0] if str(first) else type(first).__name__
-    raise LlqaError(f"could not load {hub_id} ({config or 'default'}, {split}) from the hub: {msg}",
-                    f"{OFFLINE_FIX} via --source-dir")
+    raise LlqaError(
+        f"could not load {hub_id} ({config or 'default'}, {split}) from the hub: {msg}",
+        f"{OFFLINE_FIX} via --source-dir",
+    )

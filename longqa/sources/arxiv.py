@@ -69,5 +69,6 @@ def load_hub(options: dict[str, Any]) -> SourceData:
 def load_local(directory: Path, options: dict[str, Any]) -> SourceData:
     files = data_files(directory, options.get("splits", ["train"]))
     data = SourceData(NAME, local_origin(directory), digest_files(files, directory))
-    return from_rows((r for f in files for r in iter_records(f)), data, options.get("max_docs"),
-                     options.get("max_chars"))
+    return from_rows(
+        (r for f in files for r in iter_records(f)), data, options.get("max_docs"), options.get("max_chars")
+    )

@@ -26,8 +26,13 @@ from longqa.sources.arxiv import first_line_title
 
 NAME = "leval"
 HUB_ID = "L4NLP/LEval"
-TASK_DOC_TYPES = {"scientific_qa": "paper", "paper_assistant": "paper", "quality": "novel",
-                  "sci_fi": "novel", "narrative_qa": "novel"}
+TASK_DOC_TYPES = {
+    "scientific_qa": "paper",
+    "paper_assistant": "paper",
+    "quality": "novel",
+    "sci_fi": "novel",
+    "narrative_qa": "novel",
+}
 
 
 def clean_instruction(text: str) -> str:
@@ -69,8 +74,10 @@ def _tasks(options: dict[str, Any]) -> list[tuple[str, str]]:
     tasks = options.get("tasks") or ["scientific_qa", "paper_assistant", "quality", "sci_fi"]
     unknown = [t for t in tasks if types.get(t) not in ("paper", "novel")]
     if unknown:
-        raise LlqaError(f"leval tasks {unknown} have no document type",
-                        'add doc_types = { task = "paper" | "novel" } under [sources.leval]')
+        raise LlqaError(
+            f"leval tasks {unknown} have no document type",
+            'add doc_types = { task = "paper" | "novel" } under [sources.leval]',
+        )
     return [(t, types[t]) for t in tasks]
 
 
@@ -94,8 +101,10 @@ def load_local(directory: Path, options: dict[str, Any]) -> SourceData:
     for task, doc_type in _tasks(options):
         files = task_files(directory, task)
         if not files:
-            raise LlqaError(f"no local L-Eval task {task!r} under {directory}",
-                            f"add {task}.jsonl there, or remove it from the recipe's leval tasks")
+            raise LlqaError(
+                f"no local L-Eval task {task!r} under {directory}",
+                f"add {task}.jsonl there, or remove it from the recipe's leval tasks",
+            )
         read += files
         from_rows((r for f in files for r in iter_records(f)), task, doc_type, data, options.get("max_chars"))
     data.revision = digest_files(read, directory)

@@ -40,7 +40,7 @@ def story_text(raw: str, start: str | None = None, end: str | None = None) -> st
     if start and end:
         i, j = raw.find(start), raw.rfind(end)
         if 0 <= i < j:
-            raw = raw[i: j + len(end)]
+            raw = raw[i : j + len(end)]
     if re.search(r"<(html|body|pre|p|br|div)\b", raw[:20000], re.I):
         raw = re.sub(r"<(script|style)\b.*?</\1>", " ", raw, flags=re.I | re.S)
         raw = re.sub(r"<br\s*/?>|</p>|</div>", "\n", raw, flags=re.I)
@@ -49,12 +49,19 @@ def story_text(raw: str, start: str | None = None, end: str | None = None) -> st
 
 
 def clean_title(title: str) -> str:
-    """"Pump Up the Volume (film)" -> "Pump Up the Volume": drop Wikipedia's disambiguation."""
+    """ "Pump Up the Volume (film)" -> "Pump Up the Volume": drop Wikipedia's disambiguation."""
     return re.sub(r"\s*\([^)]*\)\s*$", "", title.strip()) or title.strip()
 
 
-def _add(data: SourceData, doc_id: str, title: str, text: str, summary: str | None,
-         questions: list[tuple[str, list[str]]], max_chars: int | None) -> None:
+def _add(
+    data: SourceData,
+    doc_id: str,
+    title: str,
+    text: str,
+    summary: str | None,
+    questions: list[tuple[str, list[str]]],
+    max_chars: int | None,
+) -> None:
     if not text:
         data.notes.append(f"{doc_id}: empty story text")
         return
@@ -82,11 +89,14 @@ def from_hub_rows(rows, data: SourceData, max_chars: int | None = None) -> Sourc
         doc_id = doc["id"]
         if doc_id not in docs:
             summary = doc.get("summary") or {}
-            docs[doc_id] = dict(title=summary.get("title") or doc.get("url") or doc_id,
-                                text=story_text(doc.get("text") or "", doc.get("start"), doc.get("end")),
-                                summary=summary.get("text"))
-        questions[doc_id].append(((row.get("question") or {}).get("text") or "",
-                                  [a.get("text") or "" for a in row.get("answers") or []]))
+            docs[doc_id] = dict(
+                title=summary.get("title") or doc.get("url") or doc_id,
+                text=story_text(doc.get("text") or "", doc.get("start"), doc.get("end")),
+                summary=summary.get("text"),
+            )
+        questions[doc_id].append(
+            ((row.get("question") or {}).get("text") or "", [a.get("text") or "" for a in row.get("answers") or []])
+        )
     for doc_id in sorted(docs):
         d = docs[doc_id]
         _add(data, doc_id, d["title"], d["text"], d["summary"], questions[doc_id], max_chars)
@@ -116,8 +126,11 @@ def load_local(directory: Path, options: dict[str, Any]) -> SourceData:
 
 def _load_repo_layout(directory: Path, splits: list[str], max_chars: int | None) -> SourceData:
     read: list[Path] = [directory / "documents.csv"]
-    meta = {r["document_id"]: r for r in iter_records(directory / "documents.csv")
-            if _SET.get(r.get("set", ""), r.get("set")) in splits}
+    meta = {
+        r["document_id"]: r
+        for r in iter_records(directory / "documents.csv")
+        if _SET.get(r.get("set", ""), r.get("set")) in splits
+    }
     questions: dict[str, list[tuple[str, list[str]]]] = defaultdict(list)
     if (directory / "qaps.csv").is_file():
         read.append(directory / "qaps.csv")
@@ -155,8 +168,15 @@ def _load_repo_layout(directory: Path, splits: list[str], max_chars: int | None)
         read.append(path)
         m = meta[doc_id]
         raw = path.read_text(encoding="utf-8", errors="replace")
-        _add(data, doc_id, m.get("wiki_title") or doc_id, story_text(raw, m.get("story_start"), m.get("story_end")),
-             summaries.get(doc_id), questions.get(doc_id, []), max_chars)
+        _add(
+            data,
+            doc_id,
+            m.get("wiki_title") or doc_id,
+            story_text(raw, m.get("story_start"), m.get("story_end")),
+            summaries.get(doc_id),
+            questions.get(doc_id, []),
+            max_chars,
+        )
     if missing:
         data.notes.append(f"{missing} documents of {len(meta)} have no local story text; skipped")
     data.revision = digest_files(read, directory)

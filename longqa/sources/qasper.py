@@ -104,7 +104,10 @@ def load_local(directory: Path, options: dict[str, Any]) -> SourceData:
     splits = list(options.get("splits", ["train", "validation", "test"]))
     files = data_files(directory, splits)
     # the original release names splits inside the file name: qasper-train-v0.3.json
-    files += [p for p in sorted(directory.glob("qasper-*.json")) if p not in files
-              and any(s in p.name for s in splits + (["dev"] if "validation" in splits else []))]
+    files += [
+        p
+        for p in sorted(directory.glob("qasper-*.json"))
+        if p not in files and any(s in p.name for s in splits + (["dev"] if "validation" in splits else []))
+    ]
     data = SourceData(NAME, local_origin(directory), digest_files(files, directory))
     return from_rows((r for f in files for r in iter_records(f)), data, options.get("max_chars"))
