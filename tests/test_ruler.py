@@ -398,3 +398,70 @@ def test_qa_without_data_is_a_user_error(tmp_path):
         read_qa(None, "squad")
     with pytest.raises(LlqaError, match="neither"):
         read_qa(tmp_path, "hotpotqa")
+
+
+# ---- the run (evals.harness) ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_loaded(tiny_llama_dir):
+    from llqa.models import load_model
+
+    return load_model(str(tiny_llama_dir), dtype="float32", device="cpu")
+
+
+def test_run_writes_scores_per_task_and_length_and_resumes(tiny_loaded, tmp_path, monkeypatch):
+    import evals.ruler as ruler
+    from evals.harness import GenerationOptions, run_task
+    from evals.ruler import RulerConfig, RulerTask
+
+    # fewer tokens to generate keep the random model's babble short (prompts grow to keep L exact)
+    monkeypatch.setitem(ruler.TOKENS_TO_GENERATE, "niah", 8)
+    monkeypatch.setitem(ruler.TOKENS_TO_GENERATE, "fwe", 6)
+
+    cfg = RulerConfig(tasks=["fwe", "niah_single_1"], lengths=[400, 500], samples=2, seed=1)
+    options = GenerationOptions(chat_template="none")
+    result = run_task(tiny_loaded, RulerTask(cfg), options, tmp_path, progress=False, ctx=493)
+    summary = result.summary
+    # fwe at 500 (a 494-token prompt) exceeds ctx: skipped and counted; niah's 492 tokens fit. The average
+    # and the effective length use 400 only, where every task was scored
+    assert summary["skipped"] == 2 and summary["evaluated"] == 6
+    assert [r["average"] is None for r in summary["by_length"]] == [False, True]
+    cells = [json.loads(line) for line in (tmp_path / "cells.jsonl").read_text().splitlines()]
+    assert {c["key"] for c in cells} == {
+        f"{t}|len={n}|sample={i}" for t in cfg.tasks for n in (400, 500) for i in (0, 1)
+    }
+    for c in cells:
+        assert c["prompt_tokens"] == c["length"] - TASKS[c["ruler_task"]].tokens_to_generate
+        if not c["skipped"]:
+            assert c["score"] == score_sample(c["ruler_task"], c["output"], c["references"])
+    by_cell = {(r["task"], r["length"]): r for r in summary["by_task_length"]}
+    for task in cfg.tasks:
+        mine = [c for c in cells if c["ruler_task"] == task and c["length"] == 400]
+        expected = string_match_all([c["output"] for c in mine], [c["references"] for c in mine])
+        assert round(by_cell[(task, 400)]["score"], 2) == expected  # RULER's own aggregate
+    avg = sum(by_cell[(t, 400)]["score"] for t in cfg.tasks) / 2
+    assert summary["by_length"][0]["average"] == pytest.approx(avg)
+    assert summary["effective_length"] == (400 if avg > 85.6 else 0)
+    saved = json.loads((tmp_path / "result.json").read_text())
+    assert saved["task"] == "ruler" and "string_match_all" in saved["semantics"]
+    assert saved["config"]["lengths"] == [400, 500] and saved["config"]["tasks"] == ["niah_single_1", "fwe"]
+    assert (tmp_path / "ruler_scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    csv = (tmp_path / "result.csv").read_text().splitlines()
+    assert csv[0] == "task,length,samples,skipped,score" and any(line.startswith("average,400,") for line in csv)
+    # resume: nothing left to generate, the same summary
+    again = run_task(tiny_loaded, RulerTask(cfg), options, tmp_path, progress=False, ctx=493)
+    assert again.summary == summary
+
+
+def test_config_errors():
+    from evals.ruler import RulerConfig
+
+    with pytest.raises(LlqaError, match="unknown RULER task"):
+        RulerConfig(tasks=["niah_single_9"])
+    with pytest.raises(LlqaError, match="--samples"):
+        RulerConfig(samples=0)
+    with pytest.raises(LlqaError, match="--threshold"):
+        RulerConfig(threshold=101)
+    assert RulerConfig().resolved_lengths(32768) == [4096, 8192, 16384, 32768]
+    assert RulerConfig().resolved_lengths(2048) == [2048]
