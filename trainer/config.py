@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from llqa.errors import LlqaError
+from llqa.prompts import TEMPLATES
 
 TASKS = ("train", "sft")
 METHODS = ("longlora", "lora+", "lora", "full")
 ATTNS = ("full", "s2")
-TEMPLATES = ("auto", "chat", "inst")
 SDPA_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
 PARALLEL = ("auto", "ddp", "fsdp")
 CONFIG_FILE = "train_config.json"
