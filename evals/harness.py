@@ -30,12 +30,12 @@ the registry that the CLI and `llqa report` read):
     class MyTask:                       # any object with these attributes satisfies `Task`
         name = "mytask"                 # result.json "task"; the registry key
         default_max_new_tokens = 32
+        stop_when = None                # or a function (new text) -> bool that ends a row early
         cfg: MyConfig                   # the task's own options (a dataclass checked in __post_init__)
 
         def semantics(self, ctx) -> str: ...     # which tokens/answers are scored, how results average
         def config(self) -> dict: ...            # the task's options, recorded in run.json / result.json
         def build_cases(self, ctx) -> list[Case]: ...
-        def stop_when(self, text) -> bool: ...   # optional early stop per row (return False: never)
         def score(self, case, answer) -> dict: ...  # per-cell fields, e.g. {"correct": True, "f1": 0.5}
         def summarise(self, records) -> dict: ...   # the result.json "summary"
         def rows(self, summary) -> list[dict]: ...  # result.csv rows (one column type per column)
@@ -107,14 +107,13 @@ class Task(Protocol):
 
     name: str
     default_max_new_tokens: int
+    stop_when: Callable[[str], bool] | None
 
     def semantics(self, ctx: TaskContext) -> str: ...
 
     def config(self) -> dict[str, Any]: ...
 
     def build_cases(self, ctx: TaskContext) -> list[Case]: ...
-
-    def stop_when(self, text: str) -> bool: ...
 
     def score(self, case: Case, answer: str) -> dict[str, Any]: ...
 

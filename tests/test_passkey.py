@@ -252,13 +252,13 @@ def test_run_writes_results_and_resumes(tiny_loaded, tmp_path, monkeypatch):
     assert all(c["correct"] == (c["predicted"] == c["key_value"]) for c in cells if not c["skipped"])
 
     # resume: every cell is done, so nothing is generated again and the summary is the same
-    import evals.passkey as pk
+    import evals.harness as harness
 
     def no_generation(model, tok, prompts, *a, **k):
         assert not prompts, "a finished cell was generated again"
         return iter(())
 
-    monkeypatch.setattr(pk, "generate_greedy", no_generation)
+    monkeypatch.setattr(harness, "generate_greedy", no_generation)
     assert run_passkey(tiny_loaded, cfg, tmp_path, progress=False) == summary
     # a different configuration in the same folder is refused
     with pytest.raises(LlqaError, match="different configuration"):
