@@ -525,6 +525,7 @@ def summarize(records: Sequence[dict], task: str) -> list[dict]:
             row["mean_f1"] = (sum(r["f1"] for r in done) / len(done)) if done else None
             judged = [r for r in done if r.get("judge") is not None]
             row["judge_accuracy"] = (sum(r["judge"] for r in judged) / len(judged)) if judged else None
+            row["judge_errors"] = sum(bool(r.get("judge_error")) for r in done)
         rows.append(row)
     return rows
 
@@ -605,7 +606,11 @@ class LongEvalTask:
                 "gold": gold,
                 "answer": answer,
             }
-            rec["judge"] = run_judge(self.cfg.judge_cmd, payload)
+            # a failing judge never costs the generation: the cell is kept with the failure recorded
+            try:
+                rec["judge"] = run_judge(self.cfg.judge_cmd, payload)
+            except LlqaError as e:
+                rec["judge"], rec["judge_error"] = None, str(e)
         return rec
 
     def summarise(self, records: Sequence[dict]) -> dict[str, Any]:

@@ -50,6 +50,8 @@ TASK = (
     "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
     "I will quiz you about the important information there."
 )
+# LongLoRA's passkey_retrivial.py says "memorize them" (Landmark Attention's wording) where PI says "it"
+TASK_LONGLORA = TASK.replace("Find it and memorize it.", "Find it and memorize them.")
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 KEY_LINE = "The pass key is {key}. Remember it. {key} is the pass key."
 QUESTION = "What is the pass key? The pass key is"
@@ -61,6 +63,23 @@ DEFAULT_TRIALS = 10
 DEFAULT_THRESHOLD = 0.2
 DEFAULT_MAX_NEW_TOKENS = 12  # "The pass key is 12345." is ~10 tokens; rows stop once an integer is complete
 KEY_RANGE = (10_000, 99_999)
+KEY_RANGE_LONGLORA = (1, 49_999)  # numpy's random.randint(1, 50000) excludes 50,000
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """The wording and keys of one published passkey protocol (prompts stay exact-length token grids)."""
+
+    task: str
+    key_range: tuple[int, int]
+
+
+PROTOCOLS = {
+    # Position Interpolation's wording, 5-digit keys (every key has the same number of tokens)
+    "llqa": Protocol(TASK, KEY_RANGE),
+    # LongLoRA's passkey_retrivial.py: "memorize them", keys 1-49,999
+    "longlora": Protocol(TASK_LONGLORA, KEY_RANGE_LONGLORA),
+}
 
 SEMANTICS = (
     "Passkey retrieval (PI / LongLoRA protocol). Each trial is one prompt of exactly `length` tokens "
@@ -74,6 +93,10 @@ SEMANTICS = (
     "near_misses) / evaluated trials."
 )
 
+SEMANTICS_LONGLORA_KEY = (
+    "a random key in 1-49,999 (LongLoRA's passkey_retrivial.py: its task line says 'memorize them'; llqa keeps "
+    "exact token lengths and fixed depths where LongLoRA cuts the filler in characters at a random depth)"
+)
 SEMANTICS_TRUNCATED = " Under --overlong middle, prompts above the context lost their middle (the key may be lost)."
 
 
@@ -92,10 +115,10 @@ def effective_context_window(accuracy_by_length: dict[int, float], threshold: fl
     return k
 
 
-def trial_key(seed: int, length: int, depth: float, trial: int) -> int:
+def trial_key(seed: int, length: int, depth: float, trial: int, key_range: tuple[int, int] = KEY_RANGE) -> int:
     """The key of one trial, derived from the cell itself (not from its position in the grid), so a
     resumed or extended grid reproduces every key. str seeds hash with sha512: stable across runs."""
-    return random.Random(f"passkey:{seed}:{length}:{depth!r}:{trial}").randint(*KEY_RANGE)
+    return random.Random(f"passkey:{seed}:{length}:{depth!r}:{trial}").randint(*key_range)
 
 
 @dataclass
@@ -112,8 +135,10 @@ class PasskeyConfig:
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     batch_tokens: int | None = None  # None: by device (see generation.default_batch_tokens)
     threshold: float = DEFAULT_THRESHOLD
+    protocol: str = "llqa"  # "llqa" (PI's wording, keys 10,000-99,999) or "longlora" (see PROTOCOLS)
 
     def __post_init__(self):
+        check_choice("--protocol", self.protocol, tuple(PROTOCOLS))
         if self.lengths is not None:
             if not self.lengths or any(n <= 0 for n in self.lengths):
                 raise LlqaError(
@@ -192,17 +217,25 @@ class PasskeyPrompt:
 class PasskeyBuilder:
     """Builds prompts of an exact token length from token pieces (see the module doc)."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, frame: PromptFrame, filler_ids: Sequence[int]):
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        frame: PromptFrame,
+        filler_ids: Sequence[int],
+        protocol: Protocol = PROTOCOLS["llqa"],
+    ):
         self.tokenizer = tokenizer
-        self.head = [*frame.head, *encode_text(tokenizer, TASK + "\n")]
+        self.protocol = protocol
+        self.head = [*frame.head, *encode_text(tokenizer, protocol.task + "\n")]
         self.tail = [*encode_text(tokenizer, "\n" + QUESTION), *frame.tail]
         self.filler = list(filler_ids)
 
     def key_ids(self, key: int) -> list[int]:
         return encode_text(self.tokenizer, "\n" + KEY_LINE.format(key=key) + "\n")
 
-    def min_length(self, key: int = KEY_RANGE[1]) -> int:
-        return len(self.head) + len(self.key_ids(key)) + len(self.tail)
+    def min_length(self) -> int:
+        """The shortest prompt that fits every key of the protocol (its longest key has the most digits)."""
+        return len(self.head) + max(len(self.key_ids(k)) for k in self.protocol.key_range) + len(self.tail)
 
     def build(self, length: int, depth: float, key: int) -> PasskeyPrompt:
         key_ids = self.key_ids(key)
@@ -304,9 +337,10 @@ def summarize(records: Iterable[dict], threshold: float) -> dict[str, Any]:
 
 
 def csv_rows(summary: dict) -> list[dict[str, Any]]:
-    """result.csv: one row per length (depth "all"), then one per (length, depth)."""
+    """result.csv: one row per length (over all depths: `depth` empty, so the column stays numeric when
+    loaded), then one per (length, depth)."""
     per_length = ("trials", "correct", "accuracy", "near_misses", "accuracy_one_edit", "skipped")
-    return [{"length": r["length"], "depth": "all", **{k: r[k] for k in per_length}} for r in summary["by_length"]] + [
+    return [{"length": r["length"], "depth": "", **{k: r[k] for k in per_length}} for r in summary["by_length"]] + [
         {
             "length": r["length"],
             "depth": r["depth"],
@@ -340,7 +374,10 @@ class PasskeyTask:
         return GenerationOptions(c.chat_template, c.overlong, c.max_new_tokens, c.batch_tokens)
 
     def semantics(self, ctx: TaskContext) -> str:
-        return SEMANTICS + (SEMANTICS_TRUNCATED if ctx.options.overlong == "middle" else "")
+        text = SEMANTICS
+        if self.cfg.protocol == "longlora":
+            text = text.replace("a random 5-digit key", SEMANTICS_LONGLORA_KEY)
+        return text + (SEMANTICS_TRUNCATED if ctx.options.overlong == "middle" else "")
 
     def config(self) -> dict[str, Any]:
         resolved = {k: v for k, v in self.cfg.to_dict().items() if k != "batch_tokens"}
@@ -349,7 +386,8 @@ class PasskeyTask:
     def build_cases(self, ctx: TaskContext) -> list[Case]:
         tok, cfg = ctx.tokenizer, self.cfg
         lengths = cfg.lengths or default_lengths(ctx.ctx)
-        probe = PasskeyBuilder(tok, ctx.frame, [])
+        protocol = PROTOCOLS[cfg.protocol]
+        probe = PasskeyBuilder(tok, ctx.frame, [], protocol)
         if cfg.lengths is None:  # the uniform grid may start below the fixed part of the prompt at tiny ctx
             lengths = [n for n in lengths if n >= probe.min_length()]
         too_short = [n for n in lengths if n < probe.min_length()]
@@ -360,12 +398,13 @@ class PasskeyTask:
                 f"use lengths of at least {probe.min_length()} tokens",
             )
         self.lengths = lengths
-        builder = PasskeyBuilder(tok, ctx.frame, haystack_stream(tok, cfg.haystack, max(lengths)))
+        builder = PasskeyBuilder(tok, ctx.frame, haystack_stream(tok, cfg.haystack, max(lengths)), protocol)
         cases = []
         for length in lengths:
             for depth in cfg.depths:
                 for trial in range(cfg.trials):
-                    p = builder.build(length, depth, trial_key(cfg.seed, length, depth, trial))
+                    key = trial_key(cfg.seed, length, depth, trial, protocol.key_range)
+                    p = builder.build(length, depth, key)
                     meta = {
                         "length": length,
                         "depth": depth,
@@ -390,7 +429,7 @@ class PasskeyTask:
     def data(self) -> dict[str, Any]:
         return {
             "haystack": self.cfg.haystack,
-            "task": TASK,
+            "task": PROTOCOLS[self.cfg.protocol].task,
             "filler": FILLER,
             "key_line": KEY_LINE,
             "question": QUESTION,

@@ -106,3 +106,25 @@ def test_registry_lists_every_task_with_a_report_spec():
     assert TASKS["topics"].report.series(doc) == {"accuracy": {5: 0.5, 10: None}, "mean_f1": {5: 0.7}}
     doc = {"summary": {"effective_context_window": 4096, "by_length": [{"length": 1024, "accuracy": 1.0}]}}
     assert TASKS["passkey"].report.headline(doc) == ("effective context window", 4096)
+
+
+def test_changed_inputs_are_refused_like_a_changed_configuration(tiny_loaded, tmp_path):
+    @dataclass
+    class Words(EchoTask):
+        word: str = "apple"
+
+        def build_cases(self, ctx):
+            return [Case(f"n={n}", text=f"{self.word} " * n, reference=n, meta={"n": n}) for n in self.sizes]
+
+    opts = GenerationOptions(chat_template="none", max_new_tokens=1)
+    first = run_task(tiny_loaded, Words(sizes=(5, 6)), opts, tmp_path, progress=False)
+    doc = json.loads((tmp_path / "result.json").read_text())
+    assert doc["inputs_fingerprint"] == doc["config"]["inputs_fingerprint"] == first.fingerprint
+    with pytest.raises(LlqaError, match="different configuration"):  # same config(), other text
+        run_task(tiny_loaded, Words(sizes=(5, 6), word="pear"), opts, tmp_path, progress=False)
+    # a logged cell whose own fingerprint disagrees (e.g. copied in from another run) is refused too
+    lines = (tmp_path / "cells.jsonl").read_text().splitlines()
+    forged = {**json.loads(lines[0]), "fingerprint": "0" * 16}
+    (tmp_path / "cells.jsonl").write_text("\n".join([json.dumps(forged), *lines[1:]]) + "\n")
+    with pytest.raises(LlqaError, match="different configuration"):
+        run_task(tiny_loaded, Words(sizes=(5, 6)), opts, tmp_path, progress=False)
