@@ -3,6 +3,8 @@ parsing, chat-template framing, and batched KV-cache greedy decoding against a p
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -277,3 +279,17 @@ def test_out_of_memory_splits_the_batch_and_keeps_every_result(tiny, monkeypatch
     monkeypatch.setattr(model, "generate", always_oom)
     with pytest.raises(LlqaError, match="out of memory generating from one 3-token prompt"):
         _collect(model, tok, prompts[:1], 3)
+
+
+@pytest.mark.slow
+def test_generation_prefill_benchmark_smoke(tmp_path):
+    """benchmarks/generation_prefill.py at tiny CPU sizes (chunked prefill at 128 tokens): the code the GPU
+    run uses, end to end."""
+    from conftest import load_benchmark
+
+    result = load_benchmark("generation_prefill").main(["--smoke", "--out", str(tmp_path)])
+    assert [r["length"] for r in result["prefill"]] == [256, 512] and result["prefill_chunk"] == 128
+    assert all(r["harness_tokens_per_s"] > 0 and r["generate_b1_tokens_per_s"] > 0 for r in result["prefill"])
+    assert sum(result["prefill"][0]["harness_batches"]) == 6
+    assert result["passkey"][0]["trials"] == 6
+    assert json.loads((tmp_path / "benchmark.json").read_text())["prefill"] == result["prefill"]
