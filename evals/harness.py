@@ -19,9 +19,13 @@ everything else, identically for every task:
 6. scoring per cell (`Task.score`), the summary (`Task.summarise`), `result.json` (task, semantics,
    config, model, data, summary, fingerprint), `result.csv` (`Task.rows`) and the task's plots.
 
-A cell record is `{key, **case.meta, truncated, output, skipped: false, **score}`; a skipped cell is
-`{key, **case.meta, skipped: true}`. A case given as text gets `prompt_tokens` (the framed prompt's
-length before truncation) added to its meta; a case given as ids records its length in meta itself.
+A cell record is `{key, **case.meta, fingerprint, truncated, output, skipped: false, **score}`; a
+skipped cell is `{key, **case.meta, fingerprint, skipped: true}`. `fingerprint` (per cell) and
+`inputs_fingerprint` (run.json, result.json) hash what each case feeds the model (`case_fingerprint`):
+a rerun into the same folder whose test cases, haystack or prompts changed is refused with the same
+line as a changed configuration, so old cells never mix with new inputs. A case given as text gets
+`prompt_tokens` (the framed prompt's length before truncation) added to its meta; a case given as ids
+records its length in meta itself.
 
 Writing a task (see `evals/passkey.py` and `evals/longchat.py` for complete ones, `evals/tasks.py` for
 the registry that the CLI and `llqa report` read):
@@ -30,12 +34,12 @@ the registry that the CLI and `llqa report` read):
     class MyTask:                       # any object with these attributes satisfies `Task`
         name = "mytask"                 # result.json "task"; the registry key
         default_max_new_tokens = 32
+        stop_when = None                # or a function (new text) -> bool that ends a row early
         cfg: MyConfig                   # the task's own options (a dataclass checked in __post_init__)
 
         def semantics(self, ctx) -> str: ...     # which tokens/answers are scored, how results average
         def config(self) -> dict: ...            # the task's options, recorded in run.json / result.json
         def build_cases(self, ctx) -> list[Case]: ...
-        def stop_when(self, text) -> bool: ...   # optional early stop per row (return False: never)
         def score(self, case, answer) -> dict: ...  # per-cell fields, e.g. {"correct": True, "f1": 0.5}
         def summarise(self, records) -> dict: ...   # the result.json "summary"
         def rows(self, summary) -> list[dict]: ...  # result.csv rows (one column type per column)
@@ -107,14 +111,13 @@ class Task(Protocol):
 
     name: str
     default_max_new_tokens: int
+    stop_when: Callable[[str], bool] | None
 
     def semantics(self, ctx: TaskContext) -> str: ...
 
     def config(self) -> dict[str, Any]: ...
 
     def build_cases(self, ctx: TaskContext) -> list[Case]: ...
-
-    def stop_when(self, text: str) -> bool: ...
 
     def score(self, case: Case, answer: str) -> dict[str, Any]: ...
 
@@ -202,7 +205,7 @@ class TaskResult:
     rows: list[dict[str, Any]]
     out_dir: Path
     ctx: int
-    warnings: list[str] = field(default_factory=list)
+    fingerprint: str
 
 
 # --------------------------------------------------------------------------- fingerprints
@@ -253,21 +256,31 @@ def run_task(
     if len(set(keys)) != len(keys):
         raise ValueError(f"{task.name}: duplicate case keys")
     max_new = options.max_new_tokens or task.default_max_new_tokens
+    prompts = {c.key: list(c.ids) if c.ids is not None else tctx.encode(c.text) for c in cases}
+    fingerprints = {c.key: case_fingerprint(prompts[c.key], c.reference, c.max_new_tokens or max_new) for c in cases}
+    fingerprint = run_fingerprint(fingerprints)
     run_config = {
         **task.config(),
         **options.record(task),
         "model": info.spec,
         "ctx": ctx,
         "chat_template_applied": template,
+        "inputs_fingerprint": fingerprint,
     }
     store = RankedStore(out_dir, task.name, run_config, overwrite=overwrite)
+    stale = [k for k, rec in store.done.items() if k in fingerprints and rec.get("fingerprint") != fingerprints[k]]
+    if stale:  # the run's fingerprint matched, yet a logged cell was computed from other inputs
+        raise LlqaError(
+            f"{out_dir} holds a {task.name} run with a different configuration",
+            "pass another --out, or --overwrite to start this one afresh",
+        )
 
     pending: list[tuple[Case, dict[str, Any], list[int]]] = []
     for case in store.share(cases):
         if case.key in store.done:
             continue
-        full = list(case.ids) if case.ids is not None else tctx.encode(case.text)
-        meta = dict(case.meta)
+        full = prompts[case.key]
+        meta = {**case.meta, "fingerprint": fingerprints[case.key]}
         if case.ids is None:
             meta.setdefault("prompt_tokens", len(full))
         ids, truncated = fit_to_context(full, ctx, options.overlong)
@@ -308,9 +321,9 @@ def run_task(
         rows=rows,
         model=info.to_dict(),
         data=task.data(),
-        extra={"plots": pngs, "batch_tokens": batch_tokens},
+        extra={"plots": pngs, "batch_tokens": batch_tokens, "inputs_fingerprint": fingerprint},
     )
-    return TaskResult(summary=summary, rows=rows, out_dir=out_dir, ctx=ctx)
+    return TaskResult(summary=summary, rows=rows, out_dir=out_dir, ctx=ctx, fingerprint=fingerprint)
 
 
 def as_dict(obj: Any) -> dict[str, Any]:

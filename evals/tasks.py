@@ -1,0 +1,70 @@
+"""The registry of generation eval tasks: the one list the CLI and `llqa report` read.
+
+Adding a task: write `evals/<name>.py` with a class satisfying `evals.harness.Task`, then add one
+`TaskEntry` here (its name, what it measures, and how the report tabulates its result.json). The
+report then tables every result of the task with no further code; the CLI command's own options live
+in `cli/` (`cli/retrieval.py` for these three).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from evals.harness import ReportSpec
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    """One registered task. `measures`: one line, for `--help`, the README table and the report."""
+
+    name: str
+    title: str
+    measures: str
+    report: ReportSpec
+
+
+def _per(summary_key: str, x: str, metrics: tuple[str, ...]):
+    """A `ReportSpec.series` reading rows `summary[summary_key]`, x from `x`, one series per metric."""
+
+    def series(result: Mapping[str, Any]) -> dict[str, dict[int, float | None]]:
+        rows = (result.get("summary") or {}).get(summary_key) or []
+        return {m: {int(r[x]): r.get(m) for r in rows if m in r} for m in metrics}
+
+    return series
+
+
+def _passkey_window(result: Mapping[str, Any]) -> tuple[str, Any]:
+    return ("effective context window", (result.get("summary") or {}).get("effective_context_window"))
+
+
+TASKS: dict[str, TaskEntry] = {
+    e.name: e
+    for e in (
+        TaskEntry(
+            "passkey",
+            "Passkey retrieval",
+            "find a 5-digit key hidden at a depth of filler text: accuracy per length and depth, the effective "
+            "context window (PI / LongLoRA)",
+            ReportSpec(
+                "Passkey retrieval",
+                "prompt length (tokens)",
+                _per("by_length", "length", ("accuracy", "accuracy_one_edit")),
+                headline=_passkey_window,
+            ),
+        ),
+        TaskEntry(
+            "topics",
+            "Topic retrieval",
+            "name the first of N concatenated conversations' topics (LongChat): match accuracy and token F1 per N",
+            ReportSpec("Topic retrieval (LongChat)", "number of topics", _per("by_n", "n", ("accuracy", "mean_f1"))),
+        ),
+        TaskEntry(
+            "lines",
+            "Line retrieval",
+            "the number on one of N lines (LongChat): accuracy per N",
+            ReportSpec("Line retrieval (LongChat)", "number of lines", _per("by_n", "n", ("accuracy",))),
+        ),
+    )
+}
