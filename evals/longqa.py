@@ -284,3 +284,16 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             groups[str(r.get(key, ""))].append(r)
         out[f"by_{key}"] = [_group(v, k) for k, v in sorted(groups.items())]
     return out
+
+
+def report_series(result: Mapping[str, Any]) -> dict[str, dict[int, float | None]]:
+    """{metric: {ctx: value}} from a LongQA result.json (for `llqa report`): overall F1, ROUGE-L and judge
+    accuracy, and F1 per category and per doc_type, at the context the eval ran at."""
+    summary = result.get("summary") or {}
+    ctx = int((result.get("config") or {}).get("ctx") or 0)
+    overall = summary.get("overall") or {}
+    out = {m: {ctx: overall.get(m)} for m in ("f1", "rouge_l", "judge_accuracy") if overall.get(m) is not None}
+    for group in ("category", "doc_type"):
+        for r in summary.get(f"by_{group}") or []:
+            out[f"f1 {group}={r['name']}"] = {ctx: r.get("f1")}
+    return out

@@ -1146,3 +1146,19 @@ def report_series(result: Mapping[str, Any]) -> dict[str, dict[int, float | None
         out.setdefault(r["task"], {})[int(r["length"])] = r["score"]
     out["average"] = {int(r["length"]): r["average"] for r in summary.get("by_length", [])}
     return out
+
+
+def check_sources(cfg: RulerConfig) -> None:
+    """Fail before any weights load when the data a chosen task needs is missing (essays, QA files)."""
+    if any(TASKS[t].needs_essays for t in cfg.tasks):
+        if cfg.haystack is not None:
+            if not Path(cfg.haystack).expanduser().exists():
+                raise LlqaError(f"--haystack {cfg.haystack}: no such file or folder", "pass a folder of .txt essays")
+        elif find_essays() is None:
+            read_essays(None, 0)  # raises the error naming the fixes
+    for t in cfg.tasks:
+        if TASKS[t].kind == "qa":
+            names = QA_FILES[TASKS[t].dataset]
+            folder = Path(cfg.qa_data).expanduser() if cfg.qa_data else None
+            if folder is None or not any((folder / n).is_file() for n in names):
+                read_qa(cfg.qa_data, TASKS[t].dataset)  # raises the error naming the file

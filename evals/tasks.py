@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from evals import longqa, ruler
 from evals.harness import ReportSpec
 
 
@@ -33,6 +34,10 @@ def _per(summary_key: str, x: str, metrics: tuple[str, ...]):
         return {m: {int(r[x]): r.get(m) for r in rows if m in r} for m in metrics}
 
     return series
+
+
+def _ruler_length(result: Mapping[str, Any]) -> tuple[str, Any]:
+    return ("effective length", (result.get("summary") or {}).get("effective_length"))
 
 
 def _passkey_window(result: Mapping[str, Any]) -> tuple[str, Any]:
@@ -65,6 +70,20 @@ TASKS: dict[str, TaskEntry] = {
             "Line retrieval",
             "the number on one of N lines (LongChat): accuracy per N",
             ReportSpec("Line retrieval (LongChat)", "number of lines", _per("by_n", "n", ("accuracy",))),
+        ),
+        TaskEntry(
+            "ruler",
+            "RULER",
+            "RULER's synthetic tasks (needles with multiple keys/values/queries, variable tracking, common and "
+            "frequent words): score per task and sequence length, the average, the effective length",
+            ReportSpec("RULER", "sequence length (tokens)", ruler.report_series, headline=_ruler_length),
+        ),
+        TaskEntry(
+            "longqa",
+            "LongQA held-out",
+            "answers to LongQA's held-out questions on whole papers and novels, prompted as sft trains: SQuAD "
+            "token F1 and ROUGE-L overall, per category and per doc_type",
+            ReportSpec("LongQA held-out questions", "context (tokens)", longqa.report_series),
         ),
     )
 }

@@ -148,3 +148,21 @@ def test_budget_by_category_and_no_room(tiny_loaded, build, tmp_path):
     task = LongQATask(LongQAEvalConfig(str(build), template="inst"))
     with pytest.raises(LlqaError, match="no room"):  # 512 tokens for the summary item exceed ctx 256
         run_task(tiny_loaded, task, GenerationOptions(chat_template="none"), tmp_path / "o", progress=False, ctx=256)
+
+
+def test_cli_longqa_happy_path_and_errors(tiny_llama_dir, build, tmp_path, capsys):
+    from conftest import llqa_call
+
+    common = ["--model", str(tiny_llama_dir), "--device", "cpu", "--dtype", "float32", "--no-progress"]
+    out = tmp_path / "q"
+    code, stdout, err = llqa_call(
+        capsys, "eval", "longqa", str(build), *common, "--ctx", "200", "--max-new-tokens", "4", "--template", "inst",
+        "--out", str(out),
+    )  # fmt: skip
+    assert code == 0, err
+    assert "summary" in stdout and "novel" in stdout and "ROUGE-L" in stdout
+    assert json.loads((out / "result.json").read_text())["summary"]["overall"]["middle_cut"] == 1
+    code, _, err = llqa_call(capsys, "eval", "longqa", str(tmp_path / "nope"), *common, "--out", str(out))
+    assert code == 2 and "no such LongQA build" in err
+    code, stdout, _ = llqa_call(capsys, "eval", "longqa", "--help")
+    assert code == 0 and "SQuAD token F1" in stdout

@@ -465,3 +465,33 @@ def test_config_errors():
         RulerConfig(threshold=101)
     assert RulerConfig().resolved_lengths(32768) == [4096, 8192, 16384, 32768]
     assert RulerConfig().resolved_lengths(2048) == [2048]
+
+
+# ---- CLI --------------------------------------------------------------------------------------------
+
+
+def test_cli_ruler_happy_path_and_errors(tiny_llama_dir, tmp_path, capsys, monkeypatch):
+    import evals.ruler as ruler
+    from conftest import llqa_call
+
+    monkeypatch.setitem(ruler.TOKENS_TO_GENERATE, "niah", 4)
+    monkeypatch.setitem(ruler.TOKENS_TO_GENERATE, "fwe", 4)
+    common = ["--model", str(tiny_llama_dir), "--device", "cpu", "--dtype", "float32", "--no-progress"]
+    out = tmp_path / "r"
+    code, stdout, err = llqa_call(
+        capsys, "eval", "ruler", *common, "--ctx", "512", "--lengths", "400", "--samples", "1",
+        "--tasks", "fwe,niah_single_1", "--out", str(out),
+    )  # fmt: skip
+    assert code == 0, err
+    assert "effective length (average > 85.6)" in stdout and "niah_single_1" in stdout and "average" in stdout
+    assert json.loads((out / "result.json").read_text())["summary"]["tasks"] == ["niah_single_1", "fwe"]
+
+    code, _, err = llqa_call(capsys, "eval", "ruler", *common, "--tasks", "niah_single_9", "--out", str(out))
+    assert code == 2 and "unknown RULER task" in err
+    monkeypatch.setattr(ruler, "find_essays", lambda: None)
+    code, _, err = llqa_call(capsys, "eval", "ruler", *common, "--tasks", "niah_single_2", "--out", str(tmp_path / "e"))
+    assert code == 2 and "--haystack" in err and "Traceback" not in err
+    code, _, err = llqa_call(capsys, "eval", "ruler", *common, "--tasks", "qa_1", "--out", str(tmp_path / "q"))
+    assert code == 2 and "--qa-data" in err
+    code, stdout, _ = llqa_call(capsys, "eval", "ruler", "--help")
+    assert code == 0 and "string_match_all" in stdout and "--haystack" in stdout
