@@ -50,9 +50,19 @@ RetrOverlongOpt = Annotated[
 ]
 RetrBatchOpt = Annotated[
     int | None,
-    typer.Option("--batch-tokens", help="Batch size x longest prompt per batch. Default: 262144 on GPU, 16384 on CPU."),
+    typer.Option(
+        "--batch-tokens",
+        help="Batch size x longest prompt per batch at most. Default: 262144 on GPU, 16384 on CPU. Batches are also "
+        "capped by the rows whose KV cache and prefill activations fit in free memory; prompts over 4096 tokens "
+        "are prefilled in chunks; out of memory halves the batch and retries.",
+    ),
 ]
-RetrNewTokensOpt = Annotated[int | None, typer.Option("--max-new-tokens", help="Tokens generated per prompt at most.")]
+RetrNewTokensOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-new-tokens", help="Tokens generated per prompt at most (> 0). Default: passkey 12, topics 50, lines 100."
+    ),
+]
 
 
 @dataclass(frozen=True)
@@ -118,6 +128,15 @@ def passkey_cmd(
     threshold: Annotated[
         float, typer.Option("--threshold", help="Accuracy a length must reach for the effective context window.")
     ] = 0.2,
+    protocol: Annotated[
+        str,
+        typer.Option(
+            "--protocol",
+            help="llqa: Position Interpolation's wording ('Find it and memorize it.'), keys 10,000-99,999; "
+            "longlora: LongLoRA's passkey_retrivial.py wording ('memorize them') and keys 1-49,999. Both keep "
+            "exact token lengths and the --depths grid (LongLoRA cuts filler in characters at random depths).",
+        ),
+    ] = "llqa",
 ) -> None:
     from evals.passkey import DEFAULT_DEPTHS, DEFAULT_MAX_NEW_TOKENS, PasskeyConfig, run_passkey
     from llqa.models import load_model
@@ -131,9 +150,10 @@ def passkey_cmd(
         haystack=haystack,
         chat_template=opts.chat_template,
         overlong=opts.overlong,
-        max_new_tokens=opts.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
+        max_new_tokens=DEFAULT_MAX_NEW_TOKENS if opts.max_new_tokens is None else opts.max_new_tokens,
         batch_tokens=opts.batch_tokens,
         threshold=threshold,
+        protocol=protocol,
     )
     if cfg.haystack != "filler" and not Path(cfg.haystack).expanduser().exists():
         raise LlqaError(
@@ -142,19 +162,27 @@ def passkey_cmd(
         )
     loaded = load_model(model, ctx=ctx, dtype=opts.dtype, device=opts.device)
     summary = run_passkey(loaded, cfg, opts.out, overwrite=opts.overwrite, progress=opts.progress, ctx=ctx)
-    if summary is None:  # a torchrun rank other than 0: its trials are logged, rank 0 writes the result
-        return
-    table = Table(title=f"passkey — {loaded.info.spec} at ctx {ctx or loaded.info.target_ctx}")
-    for col in ("length", "trials", "accuracy", "skipped"):
+    if summary is not None:  # None: a torchrun rank other than 0 (its trials are logged, rank 0 writes the result)
+        print_result(
+            "passkey", summary, f"passkey — {loaded.info.spec} at ctx {ctx or loaded.info.target_ctx}", opts.out
+        )
+
+
+def print_result(task: str, summary: dict, title: str, out: Path) -> None:
+    """The table and notes the task's registry entry (`evals.tasks.TASKS`) declares, then where the results are."""
+    from evals.tasks import TASKS, console_table
+
+    entry = TASKS[task]
+    headers, rows = console_table(entry, summary)
+    table = Table(title=title)
+    for col in headers:
         table.add_column(col, justify="right")
-    for r in summary["by_length"]:
-        acc = "—" if r["accuracy"] is None else f"{r['accuracy']:.2f}"
-        table.add_row(str(r["length"]), str(r["trials"]), acc, str(r["skipped"]))
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
-    console.print(
-        f"effective context window (accuracy >= {cfg.threshold:g}): "
-        f"{summary['effective_context_window']} tokens; results in {opts.out}"
-    )
+    for line in entry.notes(summary) if entry.notes else []:
+        console.print(line)
+    console.print(f"results in {out}")
 
 
 def _longeval(
@@ -192,7 +220,8 @@ def _longeval(
         judge_cmd=judge_cmd,
     )
     if generate_only:
-        files = prepare_testcases(cfg, opts.out, load_tokenizer(resolve(model)) if task == "lines" else None)
+        tokenizer = load_tokenizer(resolve(model)) if cfg.generation_counts_tokens else None
+        files = prepare_testcases(cfg, opts.out, tokenizer)
         for n, path in files.items():
             console.print(f"{n}: {path}")
         return
@@ -200,24 +229,9 @@ def _longeval(
     prepare_testcases(cfg, opts.out, load_tokenizer(resolve(model)))
     loaded = load_model(model, ctx=ctx, dtype=opts.dtype, device=opts.device)
     rows = run_longeval(loaded, cfg, opts.out, overwrite=opts.overwrite, progress=opts.progress, ctx=ctx)
-    if rows is None:  # a torchrun rank other than 0: its cases are logged, rank 0 writes the result
-        return
-    table = Table(title=f"LongChat {task} — {loaded.info.spec} at ctx {ctx or loaded.info.target_ctx}")
-    cols = ["N", "cases", "skipped", "mean prompt tokens", "accuracy"]
-    cols += ["mean F1", "judge"] if task == "topics" else []
-    for col in cols:
-        table.add_column(col, justify="right")
-
-    def fmt(v):
-        return "—" if v is None else f"{v:.2f}"
-
-    for r in rows:
-        cells = [str(r["n"]), str(r["cases"]), str(r["skipped"]), f"{r['mean_prompt_tokens']:.0f}", fmt(r["accuracy"])]
-        if task == "topics":
-            cells += [fmt(r["mean_f1"]), fmt(r["judge_accuracy"])]
-        table.add_row(*cells)
-    console.print(table)
-    console.print(f"results in {opts.out}")
+    if rows is not None:  # None: a torchrun rank other than 0 (its cases are logged, rank 0 writes the result)
+        title = f"LongChat {task} — {loaded.info.spec} at ctx {ctx or loaded.info.target_ctx}"
+        print_result(task, {"by_n": rows}, title, opts.out)
 
 
 _LONGEVAL_DATA_HELP = (

@@ -449,6 +449,12 @@ class LongEvalConfig:
         if self.max_new_tokens <= 0:
             raise LlqaError(f"--max-new-tokens must be positive, got {self.max_new_tokens}", "e.g. 50")
 
+    @property
+    def generation_counts_tokens(self) -> bool:
+        """Generated lines cases record their prompt's token count (LongChat's `token_size`): they need the
+        tokenizer; topics cases do not."""
+        return self.task == "lines"
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

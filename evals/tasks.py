@@ -8,7 +8,7 @@ in `cli/` (`cli/retrieval.py` for these three).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,13 +17,57 @@ from evals.harness import ReportSpec
 
 
 @dataclass(frozen=True)
+class Column:
+    """One column of the table the CLI prints after a run: header, field of a summary row, format
+    ("int", "acc" two decimals, "tokens" no decimals, "count")."""
+
+    header: str
+    field: str
+    format: str = "acc"
+
+
+@dataclass(frozen=True)
 class TaskEntry:
-    """One registered task. `measures`: one line, for `--help`, the README table and the report."""
+    """One registered task. `measures`: one line, for `--help`, the README table and the report.
+    `rows`: the summary key holding the per-length / per-N rows the CLI prints with `columns`;
+    `notes(summary)`: lines printed after that table (the headline number, warnings)."""
 
     name: str
     title: str
     measures: str
     report: ReportSpec
+    rows: str
+    columns: tuple[Column, ...]
+    notes: Callable[[Mapping[str, Any]], list[str]] | None = None
+
+
+def _format(value: Any, kind: str) -> str:
+    if value is None:
+        return "—"
+    return {"acc": f"{value:.2f}", "tokens": f"{value:.0f}"}.get(kind, str(value))
+
+
+def console_table(entry: TaskEntry, summary: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """(headers, rows of strings) of the table the CLI prints for a finished run of `entry`'s task."""
+    rows = summary.get(entry.rows) or []
+    return [c.header for c in entry.columns], [[_format(r.get(c.field), c.format) for c in entry.columns] for r in rows]
+
+
+def _passkey_notes(summary: Mapping[str, Any]) -> list[str]:
+    window = summary.get("effective_context_window")
+    if window is None:
+        return ["no length was evaluated: every prompt was longer than the context (see --overlong and --ctx)"]
+    return [f"effective context window (accuracy >= {summary['threshold']:g}): {window} tokens"]
+
+
+def _judge_notes(summary: Mapping[str, Any]) -> list[str]:
+    failed = sum(r.get("judge_errors") or 0 for r in summary.get("by_n") or [])
+    if not failed:
+        return []
+    return [
+        f"warning: --judge-cmd failed on {failed} case(s); each failure is recorded in cells.jsonl "
+        "(judge_error) and judge accuracy counts only the judged cases"
+    ]
 
 
 def _per(summary_key: str, x: str, metrics: tuple[str, ...]):
@@ -44,6 +88,14 @@ def _passkey_window(result: Mapping[str, Any]) -> tuple[str, Any]:
     return ("effective context window", (result.get("summary") or {}).get("effective_context_window"))
 
 
+_LONGCHAT_COLUMNS = (
+    Column("N", "n", "int"),
+    Column("cases", "cases", "int"),
+    Column("skipped", "skipped", "int"),
+    Column("mean prompt tokens", "mean_prompt_tokens", "tokens"),
+    Column("accuracy", "accuracy"),
+)
+
 TASKS: dict[str, TaskEntry] = {
     e.name: e
     for e in (
@@ -58,18 +110,31 @@ TASKS: dict[str, TaskEntry] = {
                 _per("by_length", "length", ("accuracy", "accuracy_one_edit")),
                 headline=_passkey_window,
             ),
+            "by_length",
+            (
+                Column("length", "length", "int"),
+                Column("trials", "trials", "int"),
+                Column("accuracy", "accuracy"),
+                Column("skipped", "skipped", "int"),
+            ),  # fmt: skip
+            _passkey_notes,
         ),
         TaskEntry(
             "topics",
             "Topic retrieval",
             "name the first of N concatenated conversations' topics (LongChat): match accuracy and token F1 per N",
             ReportSpec("Topic retrieval (LongChat)", "number of topics", _per("by_n", "n", ("accuracy", "mean_f1"))),
+            "by_n",
+            (*_LONGCHAT_COLUMNS, Column("mean F1", "mean_f1"), Column("judge", "judge_accuracy")),
+            _judge_notes,
         ),
         TaskEntry(
             "lines",
             "Line retrieval",
             "the number on one of N lines (LongChat): accuracy per N",
             ReportSpec("Line retrieval (LongChat)", "number of lines", _per("by_n", "n", ("accuracy",))),
+            "by_n",
+            _LONGCHAT_COLUMNS,
         ),
         TaskEntry(
             "ruler",

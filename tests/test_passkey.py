@@ -420,3 +420,18 @@ def test_changed_haystack_is_refused_like_a_changed_configuration(tiny_loaded, t
     hay.write_text("Otters float on their backs holding hands while they sleep. " * 20)
     with pytest.raises(LlqaError, match="different configuration"):
         run_passkey(tiny_loaded, cfg, tmp_path / "out", progress=False)
+
+
+def test_cli_zero_new_tokens_all_skipped_and_protocol(tiny_llama_dir, tmp_path, capsys):
+    from conftest import llqa_call
+
+    base = ["eval", "passkey", "--model", str(tiny_llama_dir), "--depths", "0.5", "--trials", "1", "--no-progress"]
+    code, out, err = llqa_call(capsys, *base, "--lengths", "120", "--max-new-tokens", "0", "--out", str(tmp_path / "a"))
+    assert code == 2 and "--max-new-tokens must be positive, got 0" in err and "Traceback" not in err + out
+    # every length above the context: no window to report, said in words (never "None tokens")
+    code, out, err = llqa_call(capsys, *base, "--lengths", "300", "--out", str(tmp_path / "b"))
+    assert code == 0 and "no length was evaluated" in out and "None" not in out
+    args = ("--lengths", "120", "--max-new-tokens", "2", "--protocol", "longlora", "--out", str(tmp_path / "c"))
+    code, out, err = llqa_call(capsys, *base, *args)
+    assert code == 0 and "effective context window" in out
+    assert json.loads((tmp_path / "c" / "result.json").read_text())["config"]["protocol"] == "longlora"
