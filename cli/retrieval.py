@@ -518,17 +518,4 @@ def longqa_cmd(
     )
     if result is None:
         return
-    s = result.summary
-    table = Table(title=f"LongQA {split} — {loaded.info.spec} at ctx {result.ctx}")
-    for col in ("group", "items", "middle cut", "F1", "ROUGE-L", "judge"):
-        table.add_column(col, justify="right")
-
-    def fmt(v):
-        return "—" if v is None else f"{v:.3f}"
-
-    for r in [s["overall"], *s["by_category"], *s["by_doc_type"]]:
-        table.add_row(
-            r["name"], str(r["items"]), str(r["middle_cut"]), fmt(r["f1"]), fmt(r["rouge_l"]), fmt(r["judge_accuracy"])
-        )
-    console.print(table)
-    console.print(f"results in {opts.out}")
+    print_result("longqa", result.summary, f"LongQA {split} — {loaded.info.spec} at ctx {result.ctx}", opts.out)

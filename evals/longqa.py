@@ -283,6 +283,8 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         for r in records:
             groups[str(r.get(key, ""))].append(r)
         out[f"by_{key}"] = [_group(v, k) for k, v in sorted(groups.items())]
+    # one list for printing: overall, then each category, then each doc_type
+    out["table"] = [out["overall"], *out["by_category"], *out["by_doc_type"]]
     return out
 
 

@@ -44,7 +44,11 @@ class TaskEntry:
 def _format(value: Any, kind: str) -> str:
     if value is None:
         return "—"
-    return {"acc": f"{value:.2f}", "tokens": f"{value:.0f}"}.get(kind, str(value))
+    if kind == "acc":
+        return f"{value:.2f}"
+    if kind == "tokens":
+        return f"{value:.0f}"
+    return str(value)  # int, count, text (a name such as a task or a category)
 
 
 def console_table(entry: TaskEntry, summary: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -82,6 +86,22 @@ def _per(summary_key: str, x: str, metrics: tuple[str, ...]):
 
 def _ruler_length(result: Mapping[str, Any]) -> tuple[str, Any]:
     return ("effective length", (result.get("summary") or {}).get("effective_length"))
+
+
+def _ruler_notes(summary: Mapping[str, Any]) -> list[str]:
+    averages = ", ".join(
+        f"{r['length']}: {'—' if r['average'] is None else format(r['average'], '.2f')}" for r in summary["by_length"]
+    )
+    return [
+        f"average over tasks per length: {averages}",
+        f"effective length (average > {summary['threshold']:g}): {summary['effective_length']} tokens; "
+        f"{summary['skipped']} samples skipped (prompt above the context)",
+    ]
+
+
+def _longqa_notes(summary: Mapping[str, Any]) -> list[str]:
+    failed = summary["overall"].get("judge_errors") or 0
+    return [f"warning: --judge-cmd failed on {failed} item(s) (judge_error in cells.jsonl)"] if failed else []
 
 
 def _passkey_window(result: Mapping[str, Any]) -> tuple[str, Any]:
@@ -142,6 +162,15 @@ TASKS: dict[str, TaskEntry] = {
             "RULER's synthetic tasks (needles with multiple keys/values/queries, variable tracking, common and "
             "frequent words): score per task and sequence length, the average, the effective length",
             ReportSpec("RULER", "sequence length (tokens)", ruler.report_series, headline=_ruler_length),
+            "by_task_length",
+            (
+                Column("task", "task", "text"),
+                Column("length", "length", "int"),
+                Column("samples", "samples", "int"),
+                Column("skipped", "skipped", "int"),
+                Column("score", "score"),
+            ),
+            _ruler_notes,
         ),
         TaskEntry(
             "longqa",
@@ -149,6 +178,16 @@ TASKS: dict[str, TaskEntry] = {
             "answers to LongQA's held-out questions on whole papers and novels, prompted as sft trains: SQuAD "
             "token F1 and ROUGE-L overall, per category and per doc_type",
             ReportSpec("LongQA held-out questions", "context (tokens)", longqa.report_series),
+            "table",
+            (
+                Column("group", "name", "text"),
+                Column("items", "items", "int"),
+                Column("middle cut", "middle_cut", "int"),
+                Column("F1", "f1"),
+                Column("ROUGE-L", "rouge_l"),
+                Column("judge", "judge_accuracy"),
+            ),
+            _longqa_notes,
         ),
     )
 }
