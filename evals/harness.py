@@ -133,18 +133,27 @@ class Task(Protocol):
 @dataclass(frozen=True)
 class ReportSpec:
     """What `llqa report` shows for a task, read from result.json files alone (no model, no task object):
-    one table per metric, a row per run, a column per x value, and the same as a line plot.
+    per group of results with equal settings, one table per series (a row per run, a column per x value)
+    and a line plot of the first series.
 
-    `series(result)`: {metric name: {x: value or None}} from one parsed result.json (e.g. {"accuracy":
-    {1024: 0.9, 2048: 0.4}}); `setting(result)`: results with equal settings share a table (default:
-    the task plus its config without model, ctx and output-only fields); `headline(result)`: an optional
-    one-number summary per run (e.g. ("effective length", 8192))."""
+    `series(result)`: {series key: {x: value or None}} from one parsed result.json (e.g. {"accuracy":
+    {1024: 0.9, 2048: 0.4}}); the first series is the main table, a later one gets a table of its own
+    only where some value is present (its table kind: "<task>_<key>"). `metric_names`: how titles name
+    a series (default: its key). `setting(result)`: results with equal settings share a table (default:
+    the task and its config less model, ctx and fingerprint). `caption(result)`: what the results were
+    scored on, shown in the main title. `column_label(result, x)`: a column's header (default: x).
+    `notes`: a series' explanation under its table (default for the first: the result's semantics).
+    `headline(result)`: an optional one-number summary per run (e.g. ("effective length", 8192))."""
 
     heading: str
     x_label: str
     series: Callable[[Mapping[str, Any]], dict[str, dict[int, float | None]]]
     setting: Callable[[Mapping[str, Any]], tuple] | None = None
     headline: Callable[[Mapping[str, Any]], tuple[str, Any] | None] | None = None
+    metric_names: Mapping[str, str] = field(default_factory=dict)
+    caption: Callable[[Mapping[str, Any]], str] | None = None
+    column_label: Callable[[Mapping[str, Any], int], str] | None = None
+    notes: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from evals import longqa, ruler
@@ -74,12 +75,20 @@ def _judge_notes(summary: Mapping[str, Any]) -> list[str]:
     ]
 
 
-def _per(summary_key: str, x: str, metrics: tuple[str, ...]):
-    """A `ReportSpec.series` reading rows `summary[summary_key]`, x from `x`, one series per metric."""
+def _number(x: Any) -> float | None:
+    if x is None or isinstance(x, int | float):
+        return x
+    raise TypeError(f"{x!r} is not a number")
+
+
+def _per(summary_key: str, x: str, metrics: Mapping[str, str]):
+    """A `ReportSpec.series` reading rows `summary[summary_key]`, x from field `x`, one series per
+    {series key: row field} of `metrics`. A value that is not a number raises TypeError (the report
+    lists such a result as unreadable)."""
 
     def series(result: Mapping[str, Any]) -> dict[str, dict[int, float | None]]:
         rows = (result.get("summary") or {}).get(summary_key) or []
-        return {m: {int(r[x]): r.get(m) for r in rows if m in r} for m in metrics}
+        return {key: {int(r[x]): _number(r.get(f)) for r in rows if f in r} for key, f in metrics.items()}
 
     return series
 
@@ -102,6 +111,45 @@ def _ruler_notes(summary: Mapping[str, Any]) -> list[str]:
 def _longqa_notes(summary: Mapping[str, Any]) -> list[str]:
     failed = summary["overall"].get("judge_errors") or 0
     return [f"warning: --judge-cmd failed on {failed} item(s) (judge_error in cells.jsonl)"] if failed else []
+
+
+def _config(result: Mapping[str, Any]) -> Mapping[str, Any]:
+    c = result.get("config")
+    return c if isinstance(c, dict) else {}
+
+
+def longchat_setting(result: Mapping[str, Any]) -> tuple:
+    """LongChat results scored on the same test cases: the same files per N (by folder and file name, not
+    absolute path, so results from another machine compare) or the same seeded generation, limit, template."""
+    c = _config(result)
+    generated = (c.get("seed"), c.get("cases")) if c.get("generate") else None
+    files = c.get("files") if isinstance(c.get("files"), dict) else {}
+    names = tuple(sorted((str(n), Path(str(f)).name) for n, f in files.items()))
+    testcases = Path(str(c.get("testcases"))).name
+    return (result.get("task"), testcases, names, generated, c.get("limit"), c.get("chat_template_applied"))
+
+
+def longchat_caption(result: Mapping[str, Any]) -> str:
+    c = _config(result)
+    if c.get("generate"):
+        cases = f"generated, seed {c.get('seed')}"
+    else:
+        cases = Path(str(c["testcases"])).name if c.get("testcases") else "LongChat's published"
+    limit = f", first {c['limit']} per N" if c.get("limit") else ""
+    return f"LongChat, {cases}{limit} test cases"
+
+
+def longchat_column(result: Mapping[str, Any], n: int) -> str:
+    """'5 (2,960 tok)': N with its mean prompt length."""
+    rows = {int(r["n"]): r for r in (result.get("summary") or {}).get("by_n") or []}
+    tokens = rows.get(n, {}).get("mean_prompt_tokens")
+    return f"{n} ({tokens:,.0f} tok)" if isinstance(tokens, int | float) else str(n)
+
+
+F1_NOTE = (
+    "SQuAD token F1 between the normalised answer and the gold topic, averaged over the evaluated cases of "
+    "each N: partial credit where the exact-match accuracy gives none."
+)
 
 
 def _passkey_window(result: Mapping[str, Any]) -> tuple[str, Any]:
@@ -127,7 +175,7 @@ TASKS: dict[str, TaskEntry] = {
             ReportSpec(
                 "Passkey retrieval",
                 "prompt length (tokens)",
-                _per("by_length", "length", ("accuracy", "accuracy_one_edit")),
+                _per("by_length", "length", {"accuracy": "accuracy", "accuracy_one_edit": "accuracy_one_edit"}),
                 headline=_passkey_window,
             ),
             "by_length",
@@ -143,7 +191,16 @@ TASKS: dict[str, TaskEntry] = {
             "topics",
             "Topic retrieval",
             "name the first of N concatenated conversations' topics (LongChat): match accuracy and token F1 per N",
-            ReportSpec("Topic retrieval (LongChat)", "number of topics", _per("by_n", "n", ("accuracy", "mean_f1"))),
+            ReportSpec(
+                "Topic retrieval",
+                "number of topics",
+                _per("by_n", "n", {"accuracy": "accuracy", "f1": "mean_f1"}),
+                setting=longchat_setting,
+                metric_names={"f1": "mean token F1"},
+                caption=longchat_caption,
+                column_label=longchat_column,
+                notes={"f1": F1_NOTE},
+            ),
             "by_n",
             (*_LONGCHAT_COLUMNS, Column("mean F1", "mean_f1"), Column("judge", "judge_accuracy")),
             _judge_notes,
@@ -152,7 +209,14 @@ TASKS: dict[str, TaskEntry] = {
             "lines",
             "Line retrieval",
             "the number on one of N lines (LongChat): accuracy per N",
-            ReportSpec("Line retrieval (LongChat)", "number of lines", _per("by_n", "n", ("accuracy",))),
+            ReportSpec(
+                "Line retrieval",
+                "number of lines",
+                _per("by_n", "n", {"accuracy": "accuracy"}),
+                setting=longchat_setting,
+                caption=longchat_caption,
+                column_label=longchat_column,
+            ),
             "by_n",
             _LONGCHAT_COLUMNS,
         ),

@@ -36,7 +36,7 @@ from report.plots import plot_accuracy, plot_losses, plot_passkey_heatmaps, plot
 from report.runs import Run, group_runs, parse_names
 from report.summary import other_table, runs_table, training_table
 from report.tables import Table, group
-from report.tasks import passkey_tables, perplexity_tables, retrieval_tables
+from report.tasks import passkey_tables, perplexity_tables, series_tables
 
 
 @dataclass
@@ -75,14 +75,14 @@ def write_report(
         tables += [window, per_length]
         sections += [section(window, images=[plots[-1].name]), section(per_length, level=3)]
 
-    for i, (t, ns, f1) in enumerate(retrieval_tables(runs), 1):
-        png = plot_accuracy(out / f"{t.kind}_accuracy_{i}.png", t, ns, t.title)
+    for i, (t, xs, more) in enumerate(series_tables(runs), 1):
+        png = plot_accuracy(out / f"{t.kind}_accuracy_{i}.png", t, xs, t.title)
         plots.append(png)
         tables.append(t)
         sections.append(section(t, images=[png.name]))
-        if f1 is not None:
-            tables.append(f1)
-            sections.append(section(f1, level=3))
+        for extra in more:
+            tables.append(extra)
+            sections.append(section(extra, level=3))
 
     cost = training_table(runs)
     if cost is not None:

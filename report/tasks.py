@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from evals.passkey import summarize  # the scoring rule lives with the eval
+from evals.tasks import TASKS
 from llqa.ranks import all_cells
-from report.fields import by_length, ppl_cells, ppl_setting, ppl_title, retrieval_cells, retrieval_setting
-from report.inputs import BEYOND_NOTE, RETRIEVAL_TASKS, EvalResult
+from report.fields import by_length, ppl_cells, ppl_setting, ppl_title, series_setting
+from report.inputs import BEYOND_NOTE, EvalResult
 from report.runs import Run
 from report.tables import Table, beyond_ctx, group, length_label
 
@@ -104,58 +104,48 @@ def passkey_tables(pairs: Sequence[tuple[Run, EvalResult]]) -> tuple[Table, Tabl
     return window, per_length
 
 
-def _per_n_rows(
-    cells: Sequence[tuple[Run, EvalResult, dict[int, dict[str, Any]]]], ns: Sequence[int], key: str
-) -> list[list[Any]]:
-    """One row per result: label, ctx, then `key` of each N (None where the result has no such N)."""
-    return [
-        [run.label, r.config.get("ctx", run.ctx), *[c[n].get(key) if n in c else None for n in ns]]
-        for run, r, c in cells
-    ]
+OWN_TABLES = ("passkey",)  # registered tasks whose tables are written above, not from their ReportSpec
 
 
-def retrieval_tables(runs: Sequence[Run]) -> list[tuple[Table, list[int], Table | None]]:
-    """Topic and line retrieval (LongChat): accuracy per N, one table per task and set of test cases; with the
-    Ns of its columns and, for topics, the mean token F1 per N (None when no result has it)."""
-    tables = []
-    groups = group(runs, RETRIEVAL_TASKS, retrieval_setting)
-    for (task, *_), pairs in sorted(groups.items(), key=lambda kv: RETRIEVAL_TASKS.index(kv[0][0])):
-        cells = [(run, r, retrieval_cells(r)) for run, r in pairs]
-        ns = sorted({n for *_, c in cells for n in c})
-        tokens = {n: next((c[n].get("mean_prompt_tokens") for *_, c in cells if n in c), None) for n in ns}
-        cols = [f"{n} ({tokens[n]:,.0f} tok)" if isinstance(tokens[n], int | float) else str(n) for n in ns]
-        rows = _per_n_rows(cells, ns, "accuracy")
-        semantics = str(pairs[0][1].doc.get("semantics", ""))
-        conf = pairs[0][1].config
-        cases = (
-            f"generated, seed {conf.get('seed')}"
-            if conf.get("generate")
-            else Path(str(conf["testcases"])).name
-            if conf.get("testcases")
-            else "LongChat's published"
-        )
-        cases += f", first {conf['limit']} per N" if conf.get("limit") else ""
-        what = "Topic" if task == "topics" else "Line"
-        per = "number of topics" if task == "topics" else "number of lines"
-        table = Table(
-            f"{what} retrieval (LongChat, {cases} test cases): accuracy per {per}",
-            ["run", "ctx", *cols],
-            rows,
-            kind=task,
-            formats={"ctx": "int", **{col: "pct" for col in cols}},
-            note=semantics,
-        )
-        f1_rows = _per_n_rows(cells, ns, "mean_f1")
-        f1 = None
-        if any(v is not None for row in f1_rows for v in row[2:]):
-            f1 = Table(
-                f"{what} retrieval: mean token F1 per {per}",
-                ["run", "ctx", *cols],
-                f1_rows,
-                kind=f"{task}_f1",
-                formats={"ctx": "int"},
-                note="SQuAD token F1 between the normalised answer and the gold topic, averaged over the "
-                "evaluated cases of each N: partial credit where the exact-match accuracy gives none.",
+def series_tasks() -> list[str]:
+    """The registered generation tasks (evals.tasks.TASKS) tabulated from their ReportSpec, in registry order."""
+    return [name for name in TASKS if name not in OWN_TABLES]
+
+
+def series_tables(runs: Sequence[Run]) -> list[tuple[Table, list[int], list[Table]]]:
+    """Every registered task's results from its ReportSpec: per group of results with one setting, the main
+    table (the first series, a row per run, a column per x) with its x values, and a table for each further
+    series that has a value."""
+    tasks = series_tasks()
+    out = []
+    groups = group(runs, tasks, series_setting)
+    for _, pairs in sorted(groups.items(), key=lambda kv: tasks.index(kv[1][0][1].task)):
+        task = pairs[0][1].task
+        spec = TASKS[task].report
+        series = [(run, r, spec.series(r.doc)) for run, r in pairs]
+        keys = list(series[0][2])
+        xs = sorted({x for *_, s in series for values in s.values() for x in values})
+        label = spec.column_label or (lambda doc, x: str(x))
+        cols = [label(pairs[0][1].doc, x) for x in xs]
+        caption = f" ({spec.caption(pairs[0][1].doc)})" if spec.caption else ""
+        tables = []
+        for i, key in enumerate(keys):
+            rows = [
+                [run.label, r.config.get("ctx", run.ctx), *[s.get(key, {}).get(x) for x in xs]] for run, r, s in series
+            ]
+            if i and not any(v is not None for row in rows for v in row[2:]):
+                continue
+            name = spec.metric_names.get(key, key)
+            note = spec.notes.get(key) or (str(pairs[0][1].doc.get("semantics", "")) if i == 0 else "")
+            tables.append(
+                Table(
+                    f"{spec.heading}{caption if i == 0 else ''}: {name} per {spec.x_label}",
+                    ["run", "ctx", *cols],
+                    rows,
+                    kind=task if i == 0 else f"{task}_{key}",
+                    formats={"ctx": "int", **({col: "pct" for col in cols} if i == 0 else {})},
+                    note=note,
+                )
             )
-        tables.append((table, ns, f1))
-    return tables
+        out.append((tables[0], xs, tables[1:]))
+    return out

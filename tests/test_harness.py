@@ -103,7 +103,7 @@ def test_overlong_middle_and_bad_options(tiny_loaded, tmp_path):
 def test_registry_lists_every_task_with_a_report_spec():
     assert list(TASKS) == ["passkey", "topics", "lines"]
     doc = {"summary": {"by_n": [{"n": 5, "accuracy": 0.5, "mean_f1": 0.7}, {"n": 10, "accuracy": None}]}}
-    assert TASKS["topics"].report.series(doc) == {"accuracy": {5: 0.5, 10: None}, "mean_f1": {5: 0.7}}
+    assert TASKS["topics"].report.series(doc) == {"accuracy": {5: 0.5, 10: None}, "f1": {5: 0.7}}
     doc = {"summary": {"effective_context_window": 4096, "by_length": [{"length": 1024, "accuracy": 1.0}]}}
     assert TASKS["passkey"].report.headline(doc) == ("effective context window", 4096)
 
@@ -128,3 +128,31 @@ def test_changed_inputs_are_refused_like_a_changed_configuration(tiny_loaded, tm
     (tmp_path / "cells.jsonl").write_text("\n".join([json.dumps(forged), *lines[1:]]) + "\n")
     with pytest.raises(LlqaError, match="different configuration"):
         run_task(tiny_loaded, Words(sizes=(5, 6)), opts, tmp_path, progress=False)
+
+
+def test_a_registered_task_is_tabulated_by_the_report_with_no_report_code(tmp_path, monkeypatch):
+    from evals.harness import ReportSpec
+    from evals.tasks import TaskEntry, _per
+    from report import write_report
+
+    spec = ReportSpec("Echo retrieval", "words", _per("by_n", "n", {"accuracy": "acc", "f1": "f1"}))
+    entry = TaskEntry("echo", "Echo", "repeats words", spec, "by_n", ())
+    monkeypatch.setitem(TASKS, "echo", entry)
+    monkeypatch.setattr("report.inputs.KNOWN_TASKS", ("perplexity", *TASKS))
+    monkeypatch.setattr("report.summary.KNOWN_TASKS", ("perplexity", *TASKS))
+    for name, acc in [("a", 0.5), ("b", 1.0)]:
+        doc = {
+            "task": "echo",
+            "model": {"spec": f"model-{name}"},
+            "config": {"sizes": [5, 40], "ctx": 256},
+            "semantics": "echo: correct when the answer is non-empty",
+            "summary": {"by_n": [{"n": 5, "acc": acc, "f1": None}, {"n": 40, "acc": 0.0, "f1": None}]},
+        }
+        (tmp_path / "in" / name).mkdir(parents=True)
+        (tmp_path / "in" / name / "result.json").write_text(json.dumps(doc))
+    rep = write_report([tmp_path / "in"], tmp_path / "rep")
+    [table] = [t for t in rep.tables if t.kind == "echo"]
+    assert table.title == "Echo retrieval: accuracy per words" and table.columns == ["run", "ctx", "5", "40"]
+    assert sorted(r[2] for r in table.rows) == [0.5, 1.0]
+    assert "echo_f1" not in [t.kind for t in rep.tables]  # a series with no value gets no table
+    assert "other" not in [t.kind for t in rep.tables]  # not under "Other results"
