@@ -104,7 +104,7 @@ def passkey_tables(pairs: Sequence[tuple[Run, EvalResult]]) -> tuple[Table, Tabl
     return window, per_length
 
 
-OWN_TABLES = ("passkey",)  # registered tasks whose tables are written above, not from their ReportSpec
+OWN_TABLES = ("passkey", "ruler", "longqa")  # registered tasks with tables of their own, not from their ReportSpec
 
 
 def series_tasks() -> list[str]:
@@ -149,3 +149,99 @@ def series_tables(runs: Sequence[Run]) -> list[tuple[Table, list[int], list[Tabl
             )
         out.append((tables[0], xs, tables[1:]))
     return out
+
+
+# --------------------------------------------------------------------------- RULER, LongQA held-out
+
+
+def ruler_setting(r: EvalResult) -> tuple:
+    """RULER results that asked the same samples: tasks, samples, seed, template, essays, threshold."""
+    c = r.config
+    haystack = Path(str(c["haystack"])).name if c.get("haystack") else None
+    return (tuple(c.get("tasks") or ()), c.get("samples"), c.get("seed"), c.get("chat_template_applied"), haystack,
+            c.get("threshold"))  # fmt: skip
+
+
+def ruler_tables(pairs: Sequence[tuple[Run, EvalResult]]) -> tuple[Table, Table]:
+    """For RULER results of one setting: the average and effective length per run, and the score of every
+    task at every length (a block of rows per run)."""
+    c = pairs[0][1].config
+    lengths = sorted({int(x["length"]) for _, r in pairs for x in r.summary.get("by_length") or []})
+    cols = [length_label(n) for n in lengths]
+    avg_rows, task_rows = [], []
+    for run, r in pairs:
+        avg = {int(x["length"]): x.get("average") for x in r.summary.get("by_length") or []}
+        ctx = r.config.get("ctx", run.ctx)
+        avg_rows.append([run.label, ctx, r.summary.get("effective_length"), *[avg.get(n) for n in lengths]])
+        score = {(x["task"], int(x["length"])): x.get("score") for x in r.summary.get("by_task_length") or []}
+        for task in r.summary.get("tasks") or []:
+            task_rows.append([run.label, task, *[score.get((task, n)) for n in lengths]])
+        task_rows.append([run.label, "average", *[avg.get(n) for n in lengths]])
+    threshold = c.get("threshold", 85.6)
+    what = f"{len(c.get('tasks') or [])} tasks, {c.get('samples')} samples per task and length, seed {c.get('seed')}"
+    summary = Table(
+        f"RULER ({what}): average score and effective length",
+        ["run", "ctx", "effective length", *cols],
+        avg_rows,
+        kind="ruler",
+        formats={"ctx": "int", "effective length": "int"},
+        beyond_ctx=beyond_ctx(avg_rows, [row[1] for row in avg_rows], lengths, first=3),
+        note=f"Average over the tasks of RULER's score (string_match_all, x 100) per sequence length (prompt + "
+        f"tokens to generate); effective length: the longest tested length such that the average at every "
+        f"tested length up to it exceeds {threshold:g} (RULER's threshold: Llama-2-7B's average at 4k). "
+        "— where some task has no evaluated sample at that length.",
+    )
+    per_task = Table(
+        "RULER: score per task and sequence length",
+        ["run", "task", *cols],
+        task_rows,
+        kind="ruler_tasks",
+        note=str(pairs[0][1].doc.get("semantics", "")),
+    )
+    return summary, per_task
+
+
+def longqa_setting(r: EvalResult) -> tuple:
+    """LongQA results that answered the same items: the split file's name, split, limit, token budget."""
+    c = r.config
+    data = r.doc.get("data") if isinstance(r.doc.get("data"), dict) else {}
+    return (Path(str(data.get("file") or c.get("build"))).name, c.get("split"), c.get("limit"), c.get("max_new_tokens"))
+
+
+def longqa_table(pairs: Sequence[tuple[Run, EvalResult]]) -> Table:
+    """For LongQA results on one split: a row per run with F1, ROUGE-L, judge accuracy and F1 per category and
+    per doc_type."""
+    cats = sorted({x["name"] for _, r in pairs for x in r.summary.get("by_category") or []})
+    types = sorted({x["name"] for _, r in pairs for x in r.summary.get("by_doc_type") or []})
+    rows = []
+    for run, r in pairs:
+        s = r.summary
+        o = s.get("overall") or {}
+        f1 = {("category", x["name"]): x.get("f1") for x in s.get("by_category") or []}
+        f1 |= {("doc_type", x["name"]): x.get("f1") for x in s.get("by_doc_type") or []}
+        rows.append(
+            [run.label, r.config.get("ctx", run.ctx), r.config.get("template"), o.get("evaluated"), o.get("middle_cut"),
+             o.get("f1"), o.get("rouge_l"), o.get("judge_accuracy"),
+             *[f1.get(("category", k)) for k in cats], *[f1.get(("doc_type", k)) for k in types]]
+        )  # fmt: skip
+    c = pairs[0][1].config
+    split = f"{c.get('split', 'test')} split" + (f", first {c['limit']} items" if c.get("limit") else "")
+    return Table(
+        f"LongQA held-out questions ({longqa_setting(pairs[0][1])[0]}, {split})",
+        [
+            "run",
+            "ctx",
+            "template",
+            "items",
+            "middle cut",
+            "F1",
+            "ROUGE-L",
+            "judge",
+            *[f"F1 {k}" for k in cats],
+            *[f"F1 {k}" for k in types],
+        ],  # fmt: skip
+        rows,
+        kind="longqa",
+        formats={"ctx": "int", "items": "int", "middle cut": "int"},
+        note=str(pairs[0][1].doc.get("semantics", "")),
+    )

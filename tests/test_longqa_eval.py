@@ -141,6 +141,17 @@ def test_run_scores_per_category_and_doc_type_with_a_judge(tiny_loaded, build, t
     assert saved["config"]["template"] == "inst" and saved["data"]["file"].endswith("test.jsonl")
     assert (out / "result.csv").read_text().splitlines()[0].startswith("group,name,items,evaluated,middle_cut,f1")
 
+    # llqa report: one row per run with the overall scores and F1 per category and doc_type
+    from report import write_report
+
+    (table,) = [t for t in write_report([out], tmp_path / "report").tables if t.kind == "longqa"]
+    assert table.columns[3:8] == ["items", "middle cut", "F1", "ROUGE-L", "judge"]
+    assert table.columns[8:] == ["F1 character", "F1 detail", "F1 summary", "F1 novel", "F1 paper"]
+    row = table.rows[0]
+    assert row[1:8] == [200, "inst", 3, 1, pytest.approx(s["overall"]["f1"]), pytest.approx(s["overall"]["rouge_l"]),
+                        pytest.approx(1 / 3)]  # fmt: skip
+    assert row[11] == pytest.approx(by_type["novel"]["f1"])
+
 
 def test_budget_by_category_and_no_room(tiny_loaded, build, tmp_path):
     from evals.harness import GenerationOptions, run_task

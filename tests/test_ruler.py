@@ -453,6 +453,18 @@ def test_run_writes_scores_per_task_and_length_and_resumes(tiny_loaded, tmp_path
     again = run_task(tiny_loaded, RulerTask(cfg), options, tmp_path, progress=False, ctx=493)
     assert again.summary == summary
 
+    # llqa report: the average and effective length per run, and every task x length
+    from report import write_report
+
+    rep = write_report([tmp_path], tmp_path / "report")
+    tables = {t.kind: t for t in rep.tables}
+    assert tables["ruler"].columns == ["run", "ctx", "effective length", "400", "500"]
+    assert tables["ruler"].rows[0][1:] == [493, summary["effective_length"], pytest.approx(avg), None]
+    per_task = {row[1]: row[2:] for row in tables["ruler_tasks"].rows}
+    assert per_task["fwe"] == [pytest.approx(by_cell[("fwe", 400)]["score"]), None]  # fwe at 500 was skipped
+    assert per_task["niah_single_1"][1] == pytest.approx(by_cell[("niah_single_1", 500)]["score"])
+    assert "Other results" not in rep.markdown.read_text()
+
 
 def test_config_errors():
     from evals.ruler import RulerConfig
