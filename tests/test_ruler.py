@@ -110,6 +110,14 @@ def test_uuid_niah_prompt(builder):
     assert text.endswith(SINGULAR_NIAH_TAIL.replace("number", "uuid").format(query=key))
     assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", case.outputs[0])
     assert RULER_NEEDLE.format(type_needle_v="uuids", key=key, value=case.outputs[0]) in text
+    # niah_multikey_3: every line of the haystack is a needle with a UUID key and value, one of them asked
+    case = builder.build("niah_multikey_3", 2048, 1)
+    text = text_of(builder, case)
+    uuid_re = r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
+    lines = text.split("\n")[1:-1]
+    assert all(re.fullmatch(f"One of the special magic uuids for {uuid_re} is: {uuid_re}\\.", x) for x in lines[:-1])
+    assert text.endswith(SINGULAR_NIAH_TAIL.replace("number", "uuid").format(query=case.info["keys"][0]))
+    assert RULER_NEEDLE.format(type_needle_v="uuids", key=case.info["keys"][0], value=case.outputs[0]) in text
 
 
 @pytest.mark.parametrize("task", ["niah_multivalue", "niah_multiquery"])
