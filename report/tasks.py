@@ -129,9 +129,14 @@ def series_tables(runs: Sequence[Run]) -> list[tuple[Table, list[int], list[Tabl
         cols = [label(pairs[0][1].doc, x) for x in xs]
         caption = f" ({spec.caption(pairs[0][1].doc)})" if spec.caption else ""
         tables = []
+        heads = [spec.headline(r.doc) if spec.headline else None for _, r, _ in series]
+        head_col = next((h[0] for h in heads if h), None)  # e.g. ("effective length", 8192): a column after ctx
         for i, key in enumerate(keys):
+            extra = [head_col] if head_col and i == 0 else []
             rows = [
-                [run.label, r.config.get("ctx", run.ctx), *[s.get(key, {}).get(x) for x in xs]] for run, r, s in series
+                [run.label, r.config.get("ctx", run.ctx), *([h[1] if h else None] if extra else [])]
+                + [s.get(key, {}).get(x) for x in xs]
+                for (run, r, s), h in zip(series, heads, strict=True)
             ]
             if i and not any(v is not None for row in rows for v in row[2:]):
                 continue
@@ -140,7 +145,7 @@ def series_tables(runs: Sequence[Run]) -> list[tuple[Table, list[int], list[Tabl
             tables.append(
                 Table(
                     f"{spec.heading}{caption if i == 0 else ''}: {name} per {spec.x_label}",
-                    ["run", "ctx", *cols],
+                    ["run", "ctx", *extra, *cols],
                     rows,
                     kind=task if i == 0 else f"{task}_{key}",
                     formats={"ctx": "int", **({col: "pct" for col in cols} if i == 0 else {})},

@@ -135,7 +135,12 @@ def test_a_registered_task_is_tabulated_by_the_report_with_no_report_code(tmp_pa
     from evals.tasks import TaskEntry, _per
     from report import write_report
 
-    spec = ReportSpec("Echo retrieval", "words", _per("by_n", "n", {"accuracy": "acc", "f1": "f1"}))
+    spec = ReportSpec(
+        "Echo retrieval",
+        "words",
+        _per("by_n", "n", {"accuracy": "acc", "f1": "f1"}),
+        headline=lambda doc: ("longest", doc["summary"]["longest"]),
+    )
     entry = TaskEntry("echo", "Echo", "repeats words", spec, "by_n", ())
     monkeypatch.setitem(TASKS, "echo", entry)
     monkeypatch.setattr("report.inputs.KNOWN_TASKS", ("perplexity", *TASKS))
@@ -146,13 +151,14 @@ def test_a_registered_task_is_tabulated_by_the_report_with_no_report_code(tmp_pa
             "model": {"spec": f"model-{name}"},
             "config": {"sizes": [5, 40], "ctx": 256},
             "semantics": "echo: correct when the answer is non-empty",
-            "summary": {"by_n": [{"n": 5, "acc": acc, "f1": None}, {"n": 40, "acc": 0.0, "f1": None}]},
+            "summary": {"longest": 5, "by_n": [{"n": 5, "acc": acc, "f1": None}, {"n": 40, "acc": 0.0, "f1": None}]},
         }
         (tmp_path / "in" / name).mkdir(parents=True)
         (tmp_path / "in" / name / "result.json").write_text(json.dumps(doc))
     rep = write_report([tmp_path / "in"], tmp_path / "rep")
     [table] = [t for t in rep.tables if t.kind == "echo"]
-    assert table.title == "Echo retrieval: accuracy per words" and table.columns == ["run", "ctx", "5", "40"]
-    assert sorted(r[2] for r in table.rows) == [0.5, 1.0]
+    assert table.title == "Echo retrieval: accuracy per words"
+    assert table.columns == ["run", "ctx", "longest", "5", "40"]  # the headline, then one column per x
+    assert sorted(r[3] for r in table.rows) == [0.5, 1.0] and {r[2] for r in table.rows} == {5}
     assert "echo_f1" not in [t.kind for t in rep.tables]  # a series with no value gets no table
     assert "other" not in [t.kind for t in rep.tables]  # not under "Other results"
