@@ -1024,6 +1024,7 @@ class RulerTask:
                         "sample": i,
                         "prompt_tokens": len(c.ids),
                         "references": c.outputs,
+                        **({"depths": c.info["depths"]} if "depths" in c.info else {}),  # where the needles are
                     }
                     cases.append(
                         Case(

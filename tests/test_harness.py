@@ -101,11 +101,20 @@ def test_overlong_middle_and_bad_options(tiny_loaded, tmp_path):
 
 
 def test_registry_lists_every_task_with_a_report_spec():
-    assert list(TASKS) == ["passkey", "topics", "lines"]
+    assert list(TASKS) == ["passkey", "topics", "lines", "ruler", "longqa"]
     doc = {"summary": {"by_n": [{"n": 5, "accuracy": 0.5, "mean_f1": 0.7}, {"n": 10, "accuracy": None}]}}
     assert TASKS["topics"].report.series(doc) == {"accuracy": {5: 0.5, 10: None}, "f1": {5: 0.7}}
     doc = {"summary": {"effective_context_window": 4096, "by_length": [{"length": 1024, "accuracy": 1.0}]}}
     assert TASKS["passkey"].report.headline(doc) == ("effective context window", 4096)
+    doc = {
+        "summary": {
+            "effective_length": 4096,
+            "by_task_length": [{"task": "vt", "length": 4096, "score": 90.0}],
+            "by_length": [{"length": 4096, "average": 90.0}],
+        }
+    }
+    assert TASKS["ruler"].report.series(doc) == {"vt": {4096: 90.0}, "average": {4096: 90.0}}
+    assert TASKS["ruler"].report.headline(doc) == ("effective length", 4096)
 
 
 def test_changed_inputs_are_refused_like_a_changed_configuration(tiny_loaded, tmp_path):
