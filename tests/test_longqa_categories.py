@@ -10,6 +10,7 @@ whole document; `generation` asks to write a new text that is not a summary; eve
 """
 
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 
@@ -160,3 +161,33 @@ def test_generation_tasks_in_real_leval_are_their_own_category_and_dropped(share
     # 46 less 6 repeats: three papers occur twice in the file (20 distinct documents), each repeat's
     # instructions are dropped as duplicate questions before they are categorised
     assert {c.category for c in cands} == {"summary"} and stats["generation_task"] == 40
+    # a recipe that wants writing tasks gets them
+    recipe = load_recipe("longqa-3k")
+    wanting = replace(recipe, quotas={**recipe.quotas, "paper": {**recipe.quotas["paper"], "generation": 40}})
+    stats = Counter()
+    cands = candidates([data], wanting, stats)
+    assert Counter(c.category for c in cands)["generation"] == 40 and stats["generation_task"] == 0
+
+
+def test_validate_accepts_generation_and_still_refuses_unknown_categories():
+    from longqa.validate import Report, Row, check_schema
+
+    item = {
+        "id": "x",
+        "instruction": "Below is a paper. ... Please write a review for this paper.",
+        "output": "The paper proposes ...",
+        "category": "generation",
+        "doc_type": "paper",
+        "source": "leval",
+        "doc_id": "leval-paper_assistant-0",
+        "title": "A paper",
+        "question": "Please write a review for this paper.",
+        "answer_type": "abstractive",
+        "n_tokens": 5000,
+        "split": "train",
+    }
+    report = Report("x")
+    assert check_schema(Row("train.jsonl", 1, item), report, "train") and not report.problems
+    report = Report("x")
+    assert not check_schema(Row("train.jsonl", 1, {**item, "category": "writing"}), report, "train")
+    assert [p.code for p in report.problems] == ["category"]
