@@ -66,8 +66,17 @@ _KIN = (
     r"father|mother|parents?|sons?|daughters?|brothers?|sisters?|siblings?|wife|wives|husbands?|"
     r"spouses?|uncles?|aunts?|cousins?|nephews?|nieces?|grand(father|mother|son|daughter|parents?|children|child)|"
     r"fianc[eé]e?|lovers?|girlfriend|boyfriend|(best |old |close )?friends?|enem(y|ies)|rivals?|mentor|"
-    r"guardian|step(father|mother|son|daughter|brother|sister|parent)s?|widow(er)?"
+    r"guardian|step(father|mother|son|daughter|brother|sister|parent)s?|widow(er)?|love|sweetheart"
 )
+# The kin noun phrase a question asks about: possessed ("Johanna's father", "Goodwin's old friends",
+# "her brother") or "the father of X" — not "the friend that Parnell talks about" (a who-question), and
+# not a kin noun that only starts the subject of another question ("Kitty's husband doing", "the mob boss
+# whose cousin is ...").
+_POSS = r"((?-i:[A-Z])[\w.-]* )*(?-i:[A-Z])[\w-]*('s|')|his|her|their"
+_KIN_END = (
+    r"('s)?( (first |full |last )?names?)?\s*([?.,]|$|\b(at|in|of|for|on|to|from|before|after|when|that|during|with)\b)"
+)
+_KIN_NP = rf"(({_POSS}) ([\w-]+ ){{0,2}}?({_KIN}){_KIN_END}|the ([\w-]+ )?({_KIN}) of\b)"
 # Love and marriage as the thing asked: "Who did Philip marry?", "What girl does Dmitri fall in love with?"
 _LOVE = (
     r"marr(y|ies|ied|ying)|fall(s|en)? in love|fell in love|in love with|engaged to|betrothed|attracted to|"
@@ -99,8 +108,9 @@ RELATION_NOVEL = _compile(
 # question is about an event ("What happened to his father?", "How does Bobby's father die?").
 RELATION_ASKED = _compile(
     # kinship or friendship asked for: "Who is Johanna's father?", "What is Lisbeth's brother's name?"
-    rf"^\W*(who|what|which \w+)\b[^?]*\b(is|was|are|were)\b[^?]*\b({_KIN})\b(?!'s (?!(first |full |last )?names?\b))",
-    rf"^\W*(who|whom|what|which)\b[^?]*\b({_LOVE})\b",
+    rf"^\W*(who|what|which \w+) (is|was|are|were) (the (first |full |last )?name of )?{_KIN_NP}",
+    # love asked for: "Who did Philip marry?", "What girl ..."; not "What does Emilie find out after being married?"
+    rf"^\W*(who|whom|(what|which) ({_PERSON}))\b[^?]*\b({_LOVE})\b",
     rf"\bwith whom\b[^?]*\b({_LOVE})\b",
     rf"\bfeel(s|ing|ings)? (about|for|towards?) ({_SOMEONE})",
     rf"\b(attitude|opinion|view|views|impression|sentiment)s? (of|about|on|to|towards?) ({_SOMEONE})",
