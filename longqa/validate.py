@@ -59,6 +59,7 @@ from typing import Any
 
 from llqa.errors import LlqaError
 from longqa import dedup, framing
+from longqa.build import N_TOKENS_DEFINITION, dataset_card
 from longqa.schema import (
     ANSWER_TYPES,
     CATEGORIES,
@@ -77,6 +78,7 @@ ERROR, WARNING = "error", "warning"
 MAX_PROBLEMS = 10_000  # kept in the report; counts by code are always complete
 
 MANIFEST = "manifest.json"
+FORMAT = "llqa-longqa/1"
 # What `llqa build` writes beside the manifest; each must be listed in the manifest's `files`.
 BUILD_FILES = ("train.jsonl", "test.jsonl", "train.parquet", "test.parquet", "README.md")
 # The manifest's top-level fields and their JSON types.
@@ -384,6 +386,7 @@ def check_duplicates(rows: list[Row], report: Report) -> None:
     questions: dict[tuple[str, str], Row] = {}
     near: dict[tuple[str, str], Row] = {}
     docs: dict[str, tuple[str, Row]] = {}
+    meta: dict[tuple[str, str], Row] = {}
     for r in rows:
         it = r.item
         if it["id"] in ids:
@@ -428,6 +431,18 @@ def check_duplicates(rows: list[Row], report: Report) -> None:
                     f"doc_id {_short(it['doc_id'])!r} has a different document at {first.file}:{first.line}",
                 )
             docs.setdefault(it["doc_id"], (digest, r))
+        for key in ("title", "doc_type", "source"):  # properties of the document, not of the question
+            first = meta.setdefault((it["doc_id"], key), r)
+            if first.item[key] != it[key]:
+                report.add(
+                    ERROR,
+                    "doc-mismatch",
+                    r.file,
+                    r.line,
+                    key,
+                    f"doc_id {_short(it['doc_id'])!r} has {key} {_short(first.item[key])!r} "
+                    f"at {first.file}:{first.line}",
+                )
 
 
 def check_documents(rows: list[Row], report: Report) -> None:
@@ -691,6 +706,9 @@ def _manifest(build: Path, report: Report) -> dict[str, Any] | None:
             m[key] = typ()
     for key in sorted(set(m) - set(MANIFEST_FIELDS)):
         report.add(WARNING, "extra-field", MANIFEST, None, key, "field not in the manifest format")
+    for key, want in (("format", FORMAT), ("n_tokens", N_TOKENS_DEFINITION)):  # what this validator checks
+        if m[key] != want:
+            report.add(ERROR, "manifest", MANIFEST, None, key, f"{_short(m[key])!r}, expected {_short(want)!r}")
     counts = m["counts"]
     for key in (*COUNT_TOTALS, *COUNT_TALLIES):
         if key not in counts:
@@ -759,7 +777,8 @@ def check_parquet(data: bytes, name: str, items: list[dict[str, Any]], report: R
     import pyarrow.parquet as pq
 
     try:
-        rows = pq.read_table(pa.BufferReader(data)).to_pylist()
+        # one thread: small files, and a thread pool costs more than it saves on a busy machine
+        rows = pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False).to_pylist()
     except Exception as e:  # pyarrow raises many types on damaged files; any of them means unreadable
         report.add(ERROR, "parquet", name, None, None, f"unreadable ({type(e).__name__}: {_short(str(e))})")
         return
@@ -772,6 +791,28 @@ def check_parquet(data: bytes, name: str, items: list[dict[str, Any]], report: R
             fld = next((k for k in keys if k not in row or k not in item or row[k] != item[k]), None)
             report.add(ERROR, "parquet", name, i, fld, "this row differs from the same line of its jsonl")
             return
+
+
+def _fill_order(cell: tuple[str, Any]) -> tuple[int, int, str]:
+    """The order `llqa build` fills cells in (scarce categories first), which its dataset card lists them in;
+    the manifest stores them sorted by name."""
+    doc_type, _, cat = cell[0].partition("/")
+    rank = lambda x, xs: xs.index(x) if x in xs else len(xs)  # noqa: E731
+    return rank(cat, CATEGORIES), rank(doc_type, DOC_TYPES), cell[0]
+
+
+def check_card(data: bytes, manifest: dict[str, Any], report: Report) -> None:
+    """README.md is the dataset card `llqa build` writes from the manifest (its YAML header is what
+    `datasets.load_dataset(dir)` reads to find the splits)."""
+    try:
+        want = dataset_card({**manifest, "cells": dict(sorted(manifest["cells"].items(), key=_fill_order))})
+    except Exception as e:  # a damaged manifest (already reported) may lack anything the card reads
+        report.add(
+            ERROR, "readme", "README.md", None, None, f"cannot be rebuilt from the manifest ({type(e).__name__})"
+        )
+        return
+    if data != want.encode("utf-8", "backslashreplace"):
+        report.add(ERROR, "readme", "README.md", None, None, "not the dataset card of this manifest")
 
 
 def _usable_template(t: Any) -> bool:
@@ -904,6 +945,8 @@ def validate(
         if manifest is not None and clean and parquet in contents:
             check_parquet(contents[parquet], parquet, [r.item for r in file_rows], report)
         rows += [r for r in file_rows if check_schema(r, report, split)]
+    if manifest is not None and "README.md" in contents:
+        check_card(contents["README.md"], manifest, report)
     report.items = len(rows)
     if path.is_dir() and not rows:
         report.add(ERROR, "empty", path.name, None, None, "the build holds no items")
