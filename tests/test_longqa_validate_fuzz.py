@@ -714,3 +714,20 @@ def test_empty_jsonl_is_reported(clean, tmp_path):
 def test_a_clean_copy_passes_and_the_fuzz_build_is_small(clean):
     assert all(clean.items[s] for s in SPLITS) and len(_items(clean)) == 8
     verdict(clean, clean.copy(), False, "clean")
+
+
+def test_an_empty_split_recorded_as_empty_is_a_warning_and_its_files_may_be_left_out(tmp_path, shared_data):
+    (tmp_path / "r.toml").write_text(RECIPE.replace("test_fraction = 0.3", "test_fraction = 0"))
+    build(load_recipe(tmp_path / "r.toml"), tmp_path / "set", source_dir=shared_data, seed=0)
+    rep = validate(tmp_path / "set", recount=False)
+    assert rep.ok and rep.to_dict()["by_code"] == {"warning:empty": 1}
+    m = json.loads((tmp_path / "set" / MANIFEST).read_text())
+    for name in ("test.jsonl", "test.parquet"):
+        (tmp_path / "set" / name).unlink()
+        del m["files"][name]
+    write_manifest(tmp_path / "set", m)
+    assert validate(tmp_path / "set", recount=False).ok
+    m["counts"]["by_split"]["test"] = 1  # now the manifest promises a test item: its files must be there
+    write_manifest(tmp_path / "set", m)
+    codes = _codes(validate(tmp_path / "set", recount=False))
+    assert {("missing-file", "test.jsonl", None, None), ("missing-file", "test.parquet", None, None)} <= codes
