@@ -14,11 +14,13 @@ check (a re-serialisation of the same JSON, CRLF line ends, with checksums updat
 
 Checks (code: severity):
 - manifest: `manifest` missing, unreadable, a field missing or of the wrong type, `files` empty, no
-  tokenizer named (error); `extra-field` an unknown top-level field (warning); `path` a listed name that
-  is not a plain file name in the build directory (never read), `symlink`, `not-a-file`, `missing-file`,
-  `unlisted-file` a file of the directory the manifest does not list (error); `checksum` a file's sha256
-  or byte count differs from the manifest (error); `parquet` a Parquet file unreadable or not holding
-  the rows of its jsonl (error).
+  tokenizer named, a format or n_tokens definition other than the one checked here (error);
+  `extra-field` an unknown top-level field (warning); `path` a listed name that is not a plain file name
+  in the build directory (never read), `symlink`, `not-a-file`, `missing-file`, `unlisted-file` a file of
+  the directory the manifest does not list (error; the files of a split the manifest records as empty
+  may be absent); `checksum` a file's sha256 or byte count differs from the manifest (error); `parquet` a
+  Parquet file unreadable or not holding the rows of its jsonl, `readme` README.md not the dataset card
+  of the manifest (error).
 - lines: `utf8` invalid UTF-8 (error), `json` not a JSON object, a duplicate key or a carriage return
   inside a line (error), `surrogate` a lone UTF-16 surrogate (a `\\ud800` escape: no UTF-8 reader or
   tokenizer takes it) (error), `empty` a file with no items (error; a warning for a split the manifest
@@ -33,9 +35,9 @@ Checks (code: severity):
   `tokenizer` the manifest's tokenizer cannot be loaded (error) or differs from the build's (warning).
 - duplicates: `duplicate-id`, `duplicate-question` (same document, same question) (error);
   `near-duplicate-question` (same document, same words) (warning); `doc-mismatch` one doc_id with two
-  different texts (error); `near-duplicate-document` two doc_ids with near-identical text (warning);
-  `split-leak` a document, or a near-duplicate of it, in both splits (error); `max-per-doc` more items
-  on one document than the recipe's max_per_doc (error).
+  different texts, titles, doc_types or sources (error); `near-duplicate-document` two doc_ids with
+  near-identical text (warning); `split-leak` a document, or a near-duplicate of it, in both splits
+  (error); `max-per-doc` more items on one document than the recipe's max_per_doc (error).
 - answers: `answer-in-question` (error), `extractive-not-found` an extractive answer's span absent from
   the document (error).
 - counts: `quota` a (doc_type, category) count above the recipe's quota, or below it when the build was

@@ -731,3 +731,9 @@ def test_an_empty_split_recorded_as_empty_is_a_warning_and_its_files_may_be_left
     write_manifest(tmp_path / "set", m)
     codes = _codes(validate(tmp_path / "set", recount=False))
     assert {("missing-file", "test.jsonl", None, None), ("missing-file", "test.parquet", None, None)} <= codes
+
+
+@pytest.mark.parametrize("name", ["x" * 300, "a\0b"])
+def test_an_unusable_path_argument_is_one_error_line(tmp_path, name):
+    with pytest.raises(LlqaError, match="not a usable path|does not exist"):
+        validate(str(tmp_path / name))
