@@ -61,7 +61,7 @@ from typing import Any
 
 from llqa.errors import LlqaError
 from longqa import dedup, framing
-from longqa.build import N_TOKENS_DEFINITION, dataset_card
+from longqa.build import DATA_FILES, N_TOKENS_DEFINITION, dataset_card
 from longqa.schema import (
     ANSWER_TYPES,
     CATEGORIES,
@@ -82,7 +82,7 @@ MAX_PROBLEMS = 10_000  # kept in the report; counts by code are always complete
 MANIFEST = "manifest.json"
 FORMAT = "llqa-longqa/1"
 # What `llqa build` writes beside the manifest; each must be listed in the manifest's `files`.
-BUILD_FILES = ("train.jsonl", "test.jsonl", "train.parquet", "test.parquet", "README.md")
+BUILD_FILES = DATA_FILES
 # The manifest's top-level fields and their JSON types.
 MANIFEST_FIELDS: dict[str, type] = {
     "format": str,
