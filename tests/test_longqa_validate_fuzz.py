@@ -1,15 +1,17 @@
 """Fuzzing `llqa validate` on a real small build (L-Eval papers and stories from ../shared/data).
 
-About 1,200 corruptions per run, in six classes: byte edits of the data files, item edits with the
-jsonl's checksum recomputed, forged items (jsonl, Parquet and checksums all rewritten to agree), manifest
-edits, encodings, and file-system oddities. Every example asserts that validate returns a report (only
-`LlqaError` may escape, and then only for a corruption that must fail) that the CLI can write, and that
-the verdict is exactly the oracle's: a corruption that changes the items or breaks a promise of the
-manifest fails; one that changes nothing observable (the same JSON re-serialised, CRLF line ends, a field
-validate cannot verify, such as a renamed item id in a forged build) passes.
+1,180 examples per run, about 1,000 of them corruptions that must fail, in six classes: byte edits of
+the data files, item edits with the jsonl's checksum recomputed, forged items (jsonl, Parquet and
+checksums all rewritten to agree), manifest edits, encodings, and file-system oddities. Every example
+asserts that validate returns a report (only `LlqaError` may escape, and then only for a corruption that
+must fail) that the CLI can write, and that the verdict is exactly the oracle's: a corruption that
+changes the items or breaks a promise of the manifest fails; one that changes nothing observable (the
+same JSON re-serialised, CRLF line ends, a field validate cannot verify, such as a renamed item id in a
+forged build) passes.
 
 The costly parts run once per module: the build, the tokenizer (token counts are memoised by text, so a
-recount after one edit encodes only the edited texts) and document fingerprints (memoised by text).
+recount after one edit encodes only the edited texts) and document fingerprints and near-duplicate pairs
+(memoised by their inputs).
 """
 
 from __future__ import annotations
@@ -149,7 +151,7 @@ def canon(x) -> str:
 # --------------------------------------------------------------------------- 1. byte edits, no rehash
 
 
-@fuzz(200)
+@fuzz(220)
 @given(data=st.data())
 def test_byte_edits_of_listed_files(clean, data):
     name = data.draw(st.sampled_from(BUILD_FILES))
@@ -206,7 +208,7 @@ def write_jsonl(d: Path, split: str, items: list, line=json_line, crlf: bool = F
     (d / f"{split}.jsonl").write_bytes(text.encode("utf-8"))
 
 
-@fuzz(220)
+@fuzz(240)
 @given(data=st.data())
 def test_item_edits_with_the_jsonl_rehashed(clean, data):
     """Parquet keeps the original rows, so any change to the items is caught; equivalent JSON is not."""
@@ -256,7 +258,7 @@ def _word_gap(text: str, start: int, data) -> int:
     return data.draw(st.sampled_from(gaps))
 
 
-@fuzz(150)
+@fuzz(170)
 @given(data=st.data())
 def test_forged_items(clean, data):
     split = data.draw(st.sampled_from(SPLITS))
@@ -481,7 +483,7 @@ def manifest_edit(b: Build, m: dict, data) -> tuple[bool, str]:
     return False, f"{'.'.join(path)} (unverifiable)"
 
 
-@fuzz(240)
+@fuzz(260)
 @given(data=st.data())
 def test_manifest_edits(clean, data):
     m = json.loads(clean.files[MANIFEST])
@@ -496,7 +498,7 @@ def test_manifest_edits(clean, data):
 # --------------------------------------------------------------------------- 5. encodings
 
 
-@fuzz(160)
+@fuzz(180)
 @given(data=st.data())
 def test_encodings(clean, data):
     split = data.draw(st.sampled_from(SPLITS))
@@ -538,7 +540,7 @@ def test_encodings(clean, data):
 # --------------------------------------------------------------------------- 6. file-system oddities
 
 
-@fuzz(100)
+@fuzz(110)
 @given(data=st.data())
 def test_file_system_oddities(clean, data):
     name = data.draw(st.sampled_from(list(BUILD_FILES) + [MANIFEST]))
