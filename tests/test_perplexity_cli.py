@@ -21,15 +21,16 @@ def one_line_error(capsys, *args: str) -> str:
 
 def test_smollm2_on_a_real_novel_improves_with_longer_windows(smollm2, shared_data, tmp_path):
     """Alice in Wonderland, its first 2,048 tokens, stride 448 (kept cheap on CPU): at L=512 every token
-    outside the first window has 64..511 tokens of context; at L=4096 the single window holds the whole
-    excerpt, so each token sees everything before it. Longer context must not make perplexity worse."""
+    outside the first window has 64..511 tokens of context; at L=2048 the single window holds the whole
+    excerpt, so each token sees everything before it. Longer context must not make perplexity worse. (At
+    L=4096 the excerpt fills no window: not a measurement at 4096, see the next test.)"""
     from evals.perplexity import PerplexityConfig, local_documents, run
 
     docs, info = local_documents(shared_data / "gutenberg_novels" / "pg11.txt")
-    cfg = PerplexityConfig(lengths=[512, 4096], stride=448, max_tokens=2048)
+    cfg = PerplexityConfig(lengths=[512, 2048], stride=448, max_tokens=2048)
     out = run(smollm2, docs, cfg, tmp_path, data_info=info, show_progress=False)
     by_length = {r["length"]: r for r in out.rows}
-    short, long = by_length[512], by_length[4096]
+    short, long = by_length[512], by_length[2048]
     assert short["scored_tokens"] == long["scored_tokens"] == 2047  # the same tokens, each once
     for r in (short, long):
         assert math.isfinite(r["ppl"]) and 3 < r["ppl"] < 100  # a sane English-text perplexity
