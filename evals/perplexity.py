@@ -43,7 +43,8 @@ from llqa.compile import compile_modules, uncompile_modules
 from llqa.engine import EngineOptions, check_compile_mode, check_sdpa_backend
 from llqa.errors import LlqaError
 from llqa.io import TEXT_READING
-from llqa.ranks import RankedStore
+from llqa.models import MAX_CTX
+from llqa.ranks import RankedStore, all_cells
 from llqa.results import changed_run_error
 
 if TYPE_CHECKING:
@@ -101,6 +102,11 @@ class PerplexityConfig:
         for length in self.lengths:
             if length < 2:
                 raise LlqaError(f"window length {length} is too short", "use at least 2 tokens per window")
+            if length > MAX_CTX:
+                raise LlqaError(
+                    f"window length {length:,} is longer than the {MAX_CTX:,} tokens any context can hold",
+                    "use --lengths of at most 16777216 (longer positions are not exact in the fp32 RoPE tables)",
+                )
             if self.scoring == "sliding" and length <= self.stride:
                 raise LlqaError(
                     f"window length {length} is not longer than the stride {self.stride}: tokens "
@@ -490,20 +496,29 @@ def combined_fingerprint(ids: Sequence[str], fingerprints: Sequence[str]) -> str
     return "sha256:" + h.hexdigest()
 
 
-def check_fingerprints(out_dir: Path, done: dict[str, dict], expected: dict[str, str]) -> None:
-    """Refuse to reuse finished cells (key -> their record) scored on another text than now (key -> text
+def check_fingerprints(out_dir: Path, done: Iterable[dict], expected: dict[str, str]) -> None:
+    """Refuse to reuse finished cells (their records) scored on another text than now (document id -> text
     fingerprint): resuming would mix numbers of two data sets."""
     stale = sorted(
-        {
-            rec.get("doc", key)
-            for key, rec in done.items()
-            if key in expected and rec.get("text_sha256") != expected[key]
-        }
+        {rec["doc"] for rec in done if rec.get("doc") in expected and rec.get("text_sha256") != expected[rec["doc"]]}
     )
     if not stale:
         return
     names = ", ".join(stale[:3]) + (f" and {len(stale) - 3} more" if len(stale) > 3 else "")
     raise changed_run_error(out_dir, TASK, f"the text of {names} is not the text its cells were scored on")
+
+
+def stream_fingerprints(documents: Sequence[Document], concat: bool) -> dict[str, str]:
+    """Stream id -> fingerprint of its text: each document's, or the one joined stream's (`--concat`)."""
+    text_sha = [text_fingerprint(d.text) for d in documents]
+    if concat:
+        return {"concat": combined_fingerprint([d.id for d in documents], text_sha)}
+    return {d.id: fp for d, fp in zip(documents, text_sha, strict=True)}
+
+
+def check_unchanged(out_dir: str | Path, documents: Sequence[Document], cfg: PerplexityConfig) -> None:
+    """`run`'s refusal of changed text, before any weights load: against every log in `out_dir`."""
+    check_fingerprints(Path(out_dir), all_cells(out_dir).values(), stream_fingerprints(documents, cfg.concat))
 
 
 def _progress(enabled: bool):
@@ -584,11 +599,11 @@ def run(
 
     tokenizer = loaded.tokenizer
     bos = uses_bos(tokenizer, cfg.bos)
-    text_sha = [text_fingerprint(d.text) for d in documents]
-    doc_ids = ["concat"] if cfg.concat else ids
-    doc_sha = [combined_fingerprint(ids, text_sha)] if cfg.concat else text_sha
-    all_cells = [Cell(d, length) for length in cfg.lengths for d in range(len(doc_ids))]
-    check_fingerprints(out_dir, store.done, {c.key(doc_ids[c.doc]): doc_sha[c.doc] for c in all_cells})
+    fingerprints = stream_fingerprints(documents, cfg.concat)
+    check_fingerprints(out_dir, store.done.values(), fingerprints)
+    doc_ids = list(fingerprints)
+    doc_sha = list(fingerprints.values())
+    cells_of_run = [Cell(d, length) for length in cfg.lengths for d in range(len(doc_ids))]
     batch_tokens = engine.batch_tokens or default_batch_tokens(loaded.model, max(cfg.lengths))
 
     streams: dict[int, Stream] = {}
@@ -620,7 +635,7 @@ def run(
             n_tokens.append(logged.get(doc_ids[d]) or len(stream(d).ids))
             progress.advance(task)
         coverage = {L: sum(fills(n, L, cfg.stride, cfg.scoring) for n in n_tokens) for L in cfg.lengths}
-        cells = [c for c in all_cells if coverage[c.length]]  # a length no document fills is not scored
+        cells = [c for c in cells_of_run if coverage[c.length]]  # a length no document fills is not scored
         planned = [
             (c, cfg.windows(len(stream(c.doc).ids), c.length))
             for c in store.share(cells)
@@ -651,13 +666,14 @@ def run(
     merged = store.merge(keys, poll_s)
     rows, summary = summarize(cfg, [merged[k] for k in keys], coverage, len(doc_ids))
     warnings = coverage_warnings(cfg, rows, max(n_tokens))
+    text_sha = stream_fingerprints(documents, concat=False)
     data = {
         **(data_info or {}),
         "bos": bos,
         "bos_token": tokenizer.bos_token if bos else None,
         "documents": doc_ids if not cfg.concat else ids,
-        "text_sha256": dict(zip(ids, text_sha, strict=True)),
-        "fingerprint": combined_fingerprint(ids, text_sha),
+        "text_sha256": text_sha,
+        "fingerprint": combined_fingerprint(ids, list(text_sha.values())),
         "longest_document_tokens": max(n_tokens),
         "world_size": world,
     }

@@ -245,6 +245,7 @@ def test_plan_batches_groups_equal_lengths_within_budget():
         ({"lengths": [512], "scoring": "rolling"}, "--scoring rolling"),
         ({"lengths": [512], "bos": "sometimes"}, "--bos sometimes"),
         ({"lengths": [512], "ctx": 256}, "--ctx 256 is shorter"),
+        ({"lengths": [2048, 100_000_000]}, "window length 100,000,000 is longer than the 16,777,216 tokens"),
     ],
 )
 def test_config_errors(kwargs, needle):
@@ -333,7 +334,7 @@ def test_changed_text_is_refused_and_overwrite_scores_it_afresh(tiny, tmp_path):
 
 
 def test_a_length_no_document_fills_is_not_measured(tiny, tmp_path):
-    """A 5-token document at L=8192, and L=100,000,000 next to a measured length: rows that say so, with no
+    """A 5-token document at L=8192, and L=65,536 next to a measured length: rows that say so, with no
     number; the measured length keeps exactly its number."""
     five = Document("five", "one two three four five")
     assert len(tokenize(tiny.tokenizer, five, bos=False).ids) == 5
@@ -346,13 +347,11 @@ def test_a_length_no_document_fills_is_not_measured(tiny, tmp_path):
         "the longest has 5)"
     ]
 
-    huge = run(
-        tiny, DOCS, PerplexityConfig(lengths=[32, 100_000_000], stride=8), tmp_path / "huge", show_progress=False
-    )
+    huge = run(tiny, DOCS, PerplexityConfig(lengths=[32, 65536], stride=8), tmp_path / "huge", show_progress=False)
     alone = run(tiny, DOCS, PerplexityConfig(lengths=[32], stride=8), tmp_path / "alone", show_progress=False)
     assert huge.rows[0]["ppl"] == pytest.approx(alone.rows[0]["ppl"], rel=1e-9) and huge.rows[0]["reached"]
     result = json.loads(huge.result_path.read_text())
-    assert result["summary"]["100000000"] == {
+    assert result["summary"]["65536"] == {
         "ppl": None,
         "window_ppl": None,
         "bits_per_byte": None,
@@ -362,7 +361,7 @@ def test_a_length_no_document_fills_is_not_measured(tiny, tmp_path):
         "full_documents": 0,
         "reached": False,
     }
-    assert result["warnings"][0].startswith("L=100000000: not measured") and result["cells"] == 3
+    assert result["warnings"][0].startswith("L=65536: not measured") and result["cells"] == 3
     csv_rows = (tmp_path / "huge" / "result.csv").read_text().splitlines()
     assert "reached" in csv_rows[0] and ",False," in csv_rows[2]
 
