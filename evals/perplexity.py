@@ -497,15 +497,18 @@ def combined_fingerprint(ids: Sequence[str], fingerprints: Sequence[str]) -> str
 
 
 def check_fingerprints(out_dir: Path, done: Iterable[dict], expected: dict[str, str]) -> None:
-    """Refuse to reuse finished cells (their records) scored on another text than now (document id -> text
-    fingerprint): resuming would mix numbers of two data sets."""
-    stale = sorted(
-        {rec["doc"] for rec in done if rec.get("doc") in expected and rec.get("text_sha256") != expected[rec["doc"]]}
-    )
-    if not stale:
-        return
-    names = ", ".join(stale[:3]) + (f" and {len(stale) - 3} more" if len(stale) > 3 else "")
-    raise changed_run_error(out_dir, TASK, f"the text of {names} is not the text its cells were scored on")
+    """Refuse to reuse finished cells (their records) scored on another text than now (stream id -> text
+    fingerprint): resuming would mix numbers of two data sets. Cells logged before llqa fingerprinted texts
+    cannot be checked, so they are refused too."""
+    mine = [rec for rec in done if rec.get("doc") in expected]
+    if any("text_sha256" not in rec for rec in mine):
+        why = "its cells were scored by an older llqa that did not record the documents' text"
+        raise changed_run_error(out_dir, TASK, why)
+    stale = sorted({rec["doc"] for rec in mine if rec["text_sha256"] != expected[rec["doc"]]})
+    if stale:
+        names = ", ".join("the joined documents" if d == "concat" else d for d in stale[:3])
+        more = f" and {len(stale) - 3} more" if len(stale) > 3 else ""
+        raise changed_run_error(out_dir, TASK, f"the text of {names}{more} is not the text its cells were scored on")
 
 
 def stream_fingerprints(documents: Sequence[Document], concat: bool) -> dict[str, str]:

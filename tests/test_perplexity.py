@@ -329,8 +329,17 @@ def test_changed_text_is_refused_and_overwrite_scores_it_afresh(tiny, tmp_path):
     assert redone.rows[0]["ppl"] == pytest.approx(fresh.rows[0]["ppl"], rel=1e-9) != first.rows[0]["ppl"]
     concat = PerplexityConfig(lengths=[24], stride=6, concat=True)  # the joined stream is fingerprinted too
     run(tiny, DOCS, concat, tmp_path / "cat", show_progress=False)
-    with pytest.raises(LlqaError, match="the text of concat"):
+    with pytest.raises(LlqaError, match="the text of the joined documents is not"):
         run(tiny, shorter, concat, tmp_path / "cat", show_progress=False)
+    log = tmp_path / "cat" / "cells.jsonl"  # a log from before texts were fingerprinted: cannot be checked
+    log.write_text(
+        "".join(
+            json.dumps({k: v for k, v in json.loads(x).items() if k != "text_sha256"}) + "\n"
+            for x in log.read_text().splitlines()
+        )
+    )
+    with pytest.raises(LlqaError, match="scored by an older llqa that did not record the documents' text"):
+        run(tiny, DOCS, concat, tmp_path / "cat", show_progress=False)
 
 
 def test_a_length_no_document_fills_is_not_measured(tiny, tmp_path):
