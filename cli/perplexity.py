@@ -222,7 +222,7 @@ def _perplexity(documents_fn, opts: PerplexityOptions) -> None:
         )
     console.print(table)
     for line in result.warnings:
-        err_console.print(f"warning: {line}", highlight=False, markup=False)
+        err_console.print(f"warning: {line}", highlight=False, markup=False, soft_wrap=True)
     console.print(f"result: {result.result_path}")
 
 
