@@ -37,7 +37,7 @@ from urllib.parse import urlparse
 from evals.generation import CHAT_TEMPLATE_MODES, OVERLONG_POLICIES, check_choice, last_integer
 from evals.harness import Case, GenerationOptions, TaskContext, run_task
 from llqa.errors import LlqaError
-from llqa.io import atomic_write_text
+from llqa.io import atomic_write_text, read_text_lines
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -155,11 +155,7 @@ def load_testcases(path: str | Path, task: str) -> list[dict]:
     check_task(task)
     path = Path(path)
     cases = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise LlqaError(f"cannot read {path}: {e}", "check the --testcases folder") from None
-    for n, line in enumerate(lines, start=1):
+    for n, line in enumerate(read_text_lines(path), start=1):
         if not line.strip():
             continue
         try:
@@ -269,7 +265,7 @@ def read_conversations(path: str | Path) -> list[tuple[str, str]]:
     if not path.is_file():
         raise LlqaError(f"--conversations {path}: no such file", "pass a jsonl file of {topic, conversation}")
     out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for n, line in enumerate(read_text_lines(path), start=1):
         if not line.strip():
             continue
         try:

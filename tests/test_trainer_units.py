@@ -19,7 +19,7 @@ from trainer.lora import norm_module_names, prepare_trainable, trainable_names
 
 
 def test_config_defaults_are_the_papers(tmp_path):
-    cfg = TrainConfig(task="train", out=str(tmp_path), data=["x"])
+    cfg = TrainConfig(task="train", out=str(tmp_path), data=["x"], ctx=8192)
     assert (cfg.lr, cfg.beta1, cfg.beta2, cfg.weight_decay, cfg.warmup_steps, cfg.max_steps) == (
         2e-5,
         0.9,
@@ -38,7 +38,7 @@ def test_config_defaults_are_the_papers(tmp_path):
         0.0,
     )
     assert cfg.gradient_checkpointing and cfg.dtype == "auto"
-    assert TrainConfig(task="sft", out="o", data=["x"], method="lora+").attn == "full"
+    assert TrainConfig(task="sft", out="o", data=["x"], ctx=8192, method="lora+").attn == "full"
 
 
 @pytest.mark.parametrize(
@@ -57,7 +57,7 @@ def test_config_defaults_are_the_papers(tmp_path):
 )
 def test_config_rejects_bad_input(kwargs, message):
     with pytest.raises(LlqaError, match=message):
-        TrainConfig(**{"task": "train", "out": "o", "data": ["x"], **kwargs})
+        TrainConfig(**{"task": "train", "out": "o", "data": ["x"], "ctx": 8192, **kwargs})
 
 
 def test_config_s2_ctx_rule_and_full_attention_exemption():
@@ -66,10 +66,10 @@ def test_config_s2_ctx_rule_and_full_attention_exemption():
 
 
 def test_resume_differences_ignore_only_harmless_fields():
-    a = TrainConfig(task="train", out="o", data=["x"])
-    b = TrainConfig(task="train", out="o", data=["x"], max_steps=5, save_every=1, resume=True)
+    a = TrainConfig(task="train", out="o", data=["x"], ctx=8192)
+    b = TrainConfig(task="train", out="o", data=["x"], ctx=8192, max_steps=5, save_every=1, resume=True)
     assert a.differences(b) == []
-    assert a.differences(TrainConfig(task="train", out="o", data=["x"], lr=1e-4)) == ["lr"]
+    assert a.differences(TrainConfig(task="train", out="o", data=["x"], ctx=8192, lr=1e-4)) == ["lr"]
 
 
 # --------------------------------------------------------------------------- train data
@@ -113,6 +113,30 @@ def test_read_documents_formats_and_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(LlqaError, match="holds no"):
         list(D.read_documents([tmp_path / "empty"]))
+
+
+def test_line_ends_pack_the_same_tokens_and_binary_files_are_refused(tmp_path, smollm2_tokenizer, shared_data):
+    """`--data` text is read as the evals read it: CRLF, CR and LF copies of a novel pack into the same token
+    ids; a binary or non-UTF-8 file is refused with its byte offset (it used to train on U+FFFD)."""
+    text = (shared_data / "gutenberg_novels" / "pg11.txt").read_text()[:3000]
+    packed = []
+    for name, end in (("lf", "\n"), ("crlf", "\r\n"), ("cr", "\r")):
+        path = tmp_path / f"{name}.txt"
+        path.write_bytes(text.replace("\n", end).encode())
+        (doc,) = D.read_documents([path])
+        assert doc == text
+        data, _ = D.build_packed([doc], smollm2_tokenizer, 64, needed=4, out_dir=tmp_path / name, meta={})
+        packed.append(data.tokens.copy())
+    np.testing.assert_array_equal(packed[0], packed[1])
+    np.testing.assert_array_equal(packed[0], packed[2])
+    blob = tmp_path / "weights.bin"
+    blob.write_bytes(b"PK\x03\x04" + bytes(range(256)))
+    with pytest.raises(LlqaError, match=r"weights.bin is not UTF-8 text \(byte 132: b'\\x80'\)"):
+        list(D.read_documents([blob]))
+    latin = tmp_path / "items.jsonl"
+    latin.write_bytes(b'{"text": "ok"}\r\n{"text": "caf\xe9"}\r\n')
+    with pytest.raises(LlqaError, match=r"items.jsonl is not UTF-8 text \(line 2, byte 29: b'\\xe9'"):
+        list(D.read_documents([latin]))
 
 
 def test_hub_dataset_offline_is_one_clear_error(monkeypatch):
