@@ -92,10 +92,24 @@ class RetrievalOptions:
     "integer generated equals the key. Reported: accuracy per length and per (length, depth), and the "
     "effective context window (PI): the largest tested length k such that every tested length <= k "
     "reaches accuracy >= --threshold. Diagnostic, not used for the window: near misses (the first "
-    "integer is one digit dropped, added or changed from the key) and accuracy within one edit."
-    + _RETRIEVAL_ENGINE_HELP,
+    "integer is one digit dropped, added or changed from the key) and accuracy within one edit. No chat "
+    "template unless --chat-template auto." + _RETRIEVAL_ENGINE_HELP,
 )
-@shared_options(RetrievalOptions, defaults={"out": Path("runs/passkey")})
+@shared_options(
+    RetrievalOptions,
+    defaults={"out": Path("runs/passkey"), "chat_template": "none"},
+    annotations={
+        "chat_template": Annotated[
+            str,
+            typer.Option(
+                "--chat-template",
+                help="none (the default: passkey is a completion prompt ending 'The pass key is', as in PI and "
+                "LongLoRA) or auto (apply the model's chat template when it has one; chat models then often "
+                "answer in prose).",
+            ),
+        ]
+    },
+)
 def passkey_cmd(
     opts: RetrievalOptions,
     model: ModelOpt = DEFAULT_MODEL,

@@ -130,7 +130,8 @@ class PasskeyConfig:
     trials: int = DEFAULT_TRIALS
     seed: int = 0
     haystack: str = "filler"  # "filler" (the repeated PI sentences), or a folder of .txt files / a text file
-    chat_template: str = "auto"
+    # a completion prompt ("... The pass key is"): under a chat template SmolLM2 answers in prose instead
+    chat_template: str = "none"
     overlong: str = "skip"
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     batch_tokens: int | None = None  # None: by device (see generation.default_batch_tokens)

@@ -434,4 +434,7 @@ def test_cli_zero_new_tokens_all_skipped_and_protocol(tiny_llama_dir, tmp_path, 
     args = ("--lengths", "120", "--max-new-tokens", "2", "--protocol", "longlora", "--out", str(tmp_path / "c"))
     code, out, err = llqa_call(capsys, *base, *args)
     assert code == 0 and "effective context window" in out
-    assert json.loads((tmp_path / "c" / "result.json").read_text())["config"]["protocol"] == "longlora"
+    config = json.loads((tmp_path / "c" / "result.json").read_text())["config"]
+    assert config["protocol"] == "longlora"
+    # passkey is a completion prompt: no chat template unless asked for (the tokenizer has one)
+    assert config["chat_template"] == "none" and config["chat_template_applied"] is False
