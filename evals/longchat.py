@@ -583,6 +583,7 @@ def run_longeval(
         "ctx": ctx,
         "chat_template_applied": template,
         "files": {str(n): str(p) for n, p in files.items()},
+        **info.rope_key(),
     }
     store = RankedStore(out_dir, cfg.task, run_config, overwrite=overwrite)
 

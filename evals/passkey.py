@@ -372,6 +372,7 @@ def run_passkey(
         "ctx": ctx,
         "chat_template_applied": template,
         "length_tolerance_tokens": LENGTH_TOLERANCE,
+        **info.rope_key(),
     }
     store = RankedStore(out_dir, "passkey", run_config, overwrite=overwrite)
 
@@ -428,7 +429,7 @@ def run_passkey(
     summary = summarize(records, cfg.threshold)
     out = Path(out_dir)
     title = (
-        f"passkey: {info.spec} @ ctx {ctx} (rope x{info.rope_factor:g}), "
+        f"passkey: {info.spec} @ ctx {ctx} ({info.rope_label or 'own RoPE'}), "
         f"{'chat template' if template else 'no template'}, {cfg.trials} trials/cell"
     )
     pngs = _plots(out, summary, lengths, cfg.depths, title)

@@ -180,6 +180,11 @@ class ModelInfo:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def rope_key(self) -> dict[str, str]:
+        """The RoPE method for an eval's resume key (cells of yarn ×4 and PI ×4 must not mix); absent for no
+        extension and PI, whose results from before `--rope` existed keep resuming."""
+        return {} if self.rope_method in ("none", "pi") else {"rope": self.rope_label}
+
 
 @dataclass
 class LoadedModel:
