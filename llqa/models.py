@@ -169,7 +169,7 @@ class ModelInfo:
     adapter: str | None = None
     rope_method: str = "none"  # none | pi | yarn | dynamic | theta | llama3 (llqa.rope)
     checkpoint_rope_method: str = "none"
-    checkpoint_ctx: int | None = None  # the context the checkpoint (or run) serves before --ctx
+    checkpoint_ctx: int | None = None  # the context the checkpoint on disk serves (an adapter: its base)
     rope_theta: float | None = None
     checkpoint_rope_theta: float | None = None
     rope_label: str = ""  # "yarn ×4", "theta θ=1.2e+06"; "" without extension
@@ -584,11 +584,19 @@ def describe(
     source = resolve(spec)
     dev = resolve_device(device)
     base_config = load_config(source)
-    config, before, after = extend_context(base_config, ctx, rope, source)
-    return _info(source, config, before, after, resolve_dtype(dtype, dev), dev, count_parameters(config))
+    config, _, after = extend_context(base_config, ctx, rope, source)
+    disk = _disk_rope(base_config, source, rope)
+    return _info(source, config, disk, after, resolve_dtype(dtype, dev), dev, count_parameters(config))
+
+
+def _disk_rope(config: PretrainedConfig, source: ModelSource, opts: RopeOptions) -> R.Rope:
+    """The RoPE of the checkpoint on disk (an adapter's base), which `ModelInfo.checkpoint_*` describe; a run's
+    trained RoPE is the model's before `--ctx`, but not its checkpoint's."""
+    return checkpoint_rope(config, None if source.kind == "peft" else source.record, opts.original_ctx)
 
 
 def _info(source, config, before: R.Rope, after: R.Rope, dtype, device, params, attn="sdpa") -> ModelInfo:
+    """`before`: the checkpoint's RoPE (see `_disk_rope`); `after`: what the model runs with."""
     text = getattr(config, "text_config", config)
     heads = text.num_attention_heads
     return ModelInfo(
@@ -648,7 +656,7 @@ def load_model(
     torch_dtype = resolve_dtype(dtype, dev)
     tokenizer = load_tokenizer(source)
     base_config = load_config(source, tokenizer)
-    config, before, after = extend_context(base_config, ctx, rope, source)
+    config, _, after = extend_context(base_config, ctx, rope, source)
     weights = source.base if source.kind == "peft" else source
     if weights.kind == "random":
         with dev:
@@ -669,5 +677,6 @@ def load_model(
         model = PeftModel.from_pretrained(model, source.location, is_trainable=False)
     model.eval()
     params = sum(p.numel() for p in model.parameters())
-    info = _info(source, config, before, after, torch_dtype, dev, params, attn_implementation)
+    disk = _disk_rope(base_config, source, rope)
+    info = _info(source, config, disk, after, torch_dtype, dev, params, attn_implementation)
     return LoadedModel(model, tokenizer, info, source, after)
