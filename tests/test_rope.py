@@ -449,3 +449,19 @@ def test_an_older_reader_gets_the_same_rope_from_a_written_config(tmp_path, meth
     assert old_scale == pytest.approx(new_scale)
     stale, _ = legacy_rope({**bare, "rope_theta": bare.get("rope_theta", 10000.0)}, seq)
     assert not torch.allclose(stale, new, rtol=1e-3)  # what older readers ran before these keys were written
+
+
+def test_info_reports_what_a_non_linear_checkpoint_carries(tmp_path):
+    """A llama3 (or yarn) checkpoint is no longer reported as "factor 1": method, factor, θ and contexts are
+    what its config says."""
+    from llqa.models import describe
+
+    tiny = {**LLAMA_31_8B, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4}
+    make(tiny, num_hidden_layers=2, num_key_value_heads=2, vocab_size=100).save_pretrained(tmp_path)
+    info = describe(str(tmp_path), device="cpu")
+    assert (info.checkpoint_rope_method, info.checkpoint_rope_factor, info.checkpoint_rope_theta) == (
+        "llama3",
+        8.0,
+        500000.0,
+    )
+    assert (info.native_ctx, info.target_ctx, info.rope_label) == (8192, 131072, "llama3 ×8")
