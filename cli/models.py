@@ -69,7 +69,7 @@ def info_cmd(
         ("heads / KV heads", f"{info.heads} / {info.kv_heads}"),
         ("hidden", str(info.hidden)),
         ("vocab", str(info.vocab)),
-        ("original context", str(info.native_ctx)),
+        ("original context", _original(info)),
         ("context", f"{info.target_ctx} (checkpoint {info.checkpoint_ctx})"),
         ("RoPE method", f"{info.rope_method} (checkpoint {info.checkpoint_rope_method})"),
         ("RoPE factor", f"{info.rope_factor:g} (checkpoint {info.checkpoint_rope_factor:g})"),
@@ -85,6 +85,13 @@ def info_cmd(
     for k, v in rows:
         table.add_row(k, v)
     console.print(table)
+
+
+def _original(info) -> str:
+    if not info.original_ctx_candidates:
+        return str(info.native_ctx)
+    a, b = info.original_ctx_candidates[0], info.original_ctx_candidates[-1]
+    return f"{a} or {b}: the config does not say (--rope-original-ctx decides)"
 
 
 def _waves(pair: list[float]) -> str:

@@ -176,6 +176,7 @@ class ModelInfo:
     rope_parameters: dict[str, Any] = field(default_factory=dict)  # what the model runs with (transformers names)
     wavelengths: list[float] = field(default_factory=list)  # shortest, longest RoPE wavelength (tokens), after
     checkpoint_wavelengths: list[float] = field(default_factory=list)  # before
+    original_ctx_candidates: list[int] = field(default_factory=list)  # a linear checkpoint that does not say
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -628,6 +629,7 @@ def _info(source, config, before: R.Rope, after: R.Rope, dtype, device, params, 
         rope_parameters=dict(after.params),
         wavelengths=list(_wavelengths(config, after)),
         checkpoint_wavelengths=list(_wavelengths(apply_rope(config, before), before)),
+        original_ctx_candidates=list(before.ambiguous),
     )
 
 

@@ -465,3 +465,6 @@ def test_info_reports_what_a_non_linear_checkpoint_carries(tmp_path):
         500000.0,
     )
     assert (info.native_ctx, info.target_ctx, info.rope_label) == (8192, 131072, "llama3 ×8")
+    shape = dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, vocab_size=100)
+    make(LONGLORA_13B_32K, num_attention_heads=4, num_key_value_heads=4, **shape).save_pretrained(tmp_path)
+    assert describe(str(tmp_path), device="cpu").original_ctx_candidates == [4096, 512]
