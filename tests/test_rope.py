@@ -360,7 +360,7 @@ def test_dynamic_ntk_is_refused_for_training():
     from trainer.config import TrainConfig
 
     with pytest.raises(LlqaError) as e:
-        TrainConfig(task="train", out="x", data=["x"], rope="dynamic")
+        TrainConfig(task="train", out="x", ctx=512, data=["x"], rope="dynamic")
     assert "cannot be trained" in one_line(e)
 
 
