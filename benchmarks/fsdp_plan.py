@@ -96,7 +96,7 @@ def build(shape: str, ctx: int, method: str = "longlora"):
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
-    from llqa.models import apply_position_interpolation, load_config, resolve
+    from llqa.models import extend_context, load_config, resolve
     from trainer.config import TrainConfig
     from trainer.loss import CausalLMLoss
     from trainer.model import prepare_model
@@ -111,7 +111,7 @@ def build(shape: str, ctx: int, method: str = "longlora"):
         device="cpu",
         parallel="fsdp",
     )
-    config = apply_position_interpolation(load_config(resolve(cfg.model)), ctx)
+    config, _, _ = extend_context(load_config(resolve(cfg.model)), ctx)
     dtype = torch.float32 if method == "full" else torch.bfloat16
     with init_empty_weights(include_buffers=False):
         meta = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")

@@ -99,12 +99,12 @@ def model_flops(shape: str, ctx: int, tokens: float, sequences: int, attn: str) 
     import torch
     from transformers import AutoModelForCausalLM
 
-    from llqa.models import apply_position_interpolation, load_config, resolve
+    from llqa.models import extend_context, load_config, resolve
 
     spec = importlib.util.spec_from_file_location("bench_train_7b", ROOT / "benchmarks" / "train_7b.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    config = apply_position_interpolation(load_config(resolve(f"random:{shape}")), ctx)
+    config, _, _ = extend_context(load_config(resolve(f"random:{shape}")), ctx)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     n = tokens / sequences  # packed training: exactly ctx

@@ -7,7 +7,17 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cli.options import CtxOpt, DeviceOpt, DtypeOpt, ModelOpt, check_ctx, console
+from cli.options import (
+    CtxOpt,
+    DeviceOpt,
+    DtypeOpt,
+    ModelOpt,
+    RopeCliOptions,
+    check_ctx,
+    console,
+    rope_options,
+    shared_options,
+)
 from llqa.models import DEFAULT_MODEL
 
 app = typer.Typer(rich_markup_mode=None)
@@ -32,7 +42,9 @@ def models_cmd() -> None:
 
 
 @app.command("info")
+@shared_options(RopeCliOptions)
 def info_cmd(
+    opts: RopeCliOptions,
     model: ModelOpt = DEFAULT_MODEL,
     ctx: CtxOpt = None,
     dtype: DtypeOpt = "auto",
@@ -45,7 +57,7 @@ def info_cmd(
     from llqa.models import describe
 
     check_ctx(ctx)
-    info = describe(model, ctx=ctx, dtype=dtype, device=device)
+    info = describe(model, ctx=ctx, dtype=dtype, device=device, rope=rope_options(opts))
     if json_out:
         console.print_json(json.dumps(info.to_dict()))
         return
@@ -57,9 +69,13 @@ def info_cmd(
         ("heads / KV heads", f"{info.heads} / {info.kv_heads}"),
         ("hidden", str(info.hidden)),
         ("vocab", str(info.vocab)),
-        ("native context", str(info.native_ctx)),
-        ("target context", str(info.target_ctx)),
-        ("RoPE scaling factor", f"{info.rope_factor:g} (checkpoint {info.checkpoint_rope_factor:g})"),
+        ("original context", _original(info)),
+        ("context", f"{info.target_ctx} (checkpoint {info.checkpoint_ctx})"),
+        ("RoPE method", f"{info.rope_method} (checkpoint {info.checkpoint_rope_method})"),
+        ("RoPE factor", f"{info.rope_factor:g} (checkpoint {info.checkpoint_rope_factor:g})"),
+        ("RoPE θ", f"{info.rope_theta:g} (checkpoint {info.checkpoint_rope_theta:g})"),
+        ("RoPE wavelengths", f"{_waves(info.wavelengths)} (checkpoint {_waves(info.checkpoint_wavelengths)})"),
+        ("RoPE parameters", _params(info.rope_parameters)),
         ("dtype", info.dtype),
         ("device", info.device),
         ("parameters", f"{info.params:,}"),
@@ -69,3 +85,18 @@ def info_cmd(
     for k, v in rows:
         table.add_row(k, v)
     console.print(table)
+
+
+def _original(info) -> str:
+    if not info.original_ctx_candidates:
+        return str(info.native_ctx)
+    a, b = info.original_ctx_candidates[0], info.original_ctx_candidates[-1]
+    return f"{a} or {b}: the config does not say (--rope-original-ctx decides)"
+
+
+def _waves(pair: list[float]) -> str:
+    return f"{pair[0]:.3g}–{pair[1]:,.0f} tokens" if pair else "—"
+
+
+def _params(params: dict) -> str:
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from dataclasses import MISSING, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Annotated, get_type_hints
 
@@ -34,8 +34,30 @@ CtxOpt = Annotated[
     int | None,
     typer.Option(
         "--ctx",
-        help="Target context in tokens. Above the model's native context, Position Interpolation "
-        "applies linear RoPE scaling by ctx/native, multiplied with any scaling the checkpoint carries.",
+        help="Target context in tokens. Above the context the model serves, its RoPE is extended by --rope, "
+        "re-derived from the model's original context (a PI ×4 checkpoint taken twice as far ends at ×8). "
+        "An llqa run loads at the RoPE it was trained with.",
+    ),
+]
+RopeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--rope",
+        help="Context extension method above the model's context: pi (Position Interpolation, linear), yarn "
+        "(YaRN), dynamic (dynamic NTK, inference only), theta (raise rope_theta by s^(d/(d-2)), s = ctx/original, "
+        "or to --rope-theta), llama3. Default: the method the checkpoint carries, else pi. Another method than "
+        "the checkpoint's is refused.",
+    ),
+]
+RopeThetaOpt = Annotated[
+    float | None, typer.Option("--rope-theta", help="With --rope theta: set rope_theta to this instead of the rule.")
+]
+RopeOriginalCtxOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--rope-original-ctx",
+        help="The context the model was pretrained at, where its config does not say (linear checkpoints such "
+        "as LongLoRA's keep 4096 beside ×8; Qwen3 serves 40,960 positions, pretrained at 32,768).",
     ),
 ]
 DtypeOpt = Annotated[
@@ -48,6 +70,23 @@ OverwriteOpt = Annotated[
     bool, typer.Option("--overwrite", help="Discard finished cells in --out and start afresh (default: resume).")
 ]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")]
+
+
+@dataclass(frozen=True)
+class RopeCliOptions:
+    """The context extension options of every command that takes --ctx (see `shared_options`); an options
+    class of a command group lists the same three fields and passes itself to `rope_options`."""
+
+    rope: RopeOpt = None
+    rope_theta: RopeThetaOpt = None
+    rope_original_ctx: RopeOriginalCtxOpt = None
+
+
+def rope_options(opts):
+    """The `llqa.models.RopeOptions` of an options object with the fields of `RopeCliOptions`."""
+    from llqa.models import RopeOptions
+
+    return RopeOptions(opts.rope, opts.rope_theta, opts.rope_original_ctx)
 
 
 def check_ctx(ctx: int | None) -> None:

@@ -17,11 +17,15 @@ from cli.options import (
     OutOpt,
     OverwriteOpt,
     ProgressOpt,
+    RopeOpt,
+    RopeOriginalCtxOpt,
+    RopeThetaOpt,
     SeedOpt,
     check_ctx,
     console,
     err_console,
     int_list,
+    rope_options,
     shared_options,
 )
 from llqa.engine import EngineOptions
@@ -150,6 +154,9 @@ class PerplexityOptions:
     batch_tokens: BatchTokensOpt = None
     sdpa_backend: SdpaOpt = "auto"
     pi: PiOpt = True
+    rope: RopeOpt = None
+    rope_theta: RopeThetaOpt = None
+    rope_original_ctx: RopeOriginalCtxOpt = None
     compile_mode: CompileOpt = "auto"
     dtype: DtypeOpt = "auto"
     device: DeviceOpt = "auto"
@@ -181,7 +188,10 @@ def _perplexity(documents_fn, opts: PerplexityOptions) -> None:
     import torch
 
     torch.manual_seed(0)  # random:<shape> weights are then the same on every rank and every resume
-    loaded = load_model(opts.model, ctx=cfg.model_ctx, dtype=opts.dtype, device=opts.device)
+    rope = rope_options(opts)
+    if not opts.pi and (rope.method or rope.theta):
+        raise LlqaError("--no-pi and --rope contradict each other", "drop --no-pi to extend the context by --rope")
+    loaded = load_model(opts.model, ctx=cfg.model_ctx, dtype=opts.dtype, device=opts.device, rope=rope)
     result = run(
         loaded,
         documents,
@@ -196,7 +206,9 @@ def _perplexity(documents_fn, opts: PerplexityOptions) -> None:
     )
     if result.result_path is None:  # a rank other than 0 under torchrun: rank 0 reports
         return
-    at = f"ctx {cfg.model_ctx}" if opts.pi else f"its own RoPE (ctx {loaded.info.target_ctx}, no PI)"
+    info = loaded.info
+    own = f"its own RoPE (ctx {info.target_ctx}, no extension)"
+    at = f"ctx {info.target_ctx} ({info.rope_label or 'its own RoPE'})" if opts.pi else own
     table = Table(
         title=f"perplexity ({cfg.scoring}, stride {cfg.stride}) — {loaded.info.spec} at {at}, "
         f"{len(documents)} documents"

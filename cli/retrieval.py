@@ -17,11 +17,15 @@ from cli.options import (
     OutOpt,
     OverwriteOpt,
     ProgressOpt,
+    RopeOpt,
+    RopeOriginalCtxOpt,
+    RopeThetaOpt,
     SeedOpt,
     check_ctx,
     console,
     float_list,
     int_list,
+    rope_options,
     shared_options,
 )
 from llqa.errors import LlqaError
@@ -74,6 +78,9 @@ class RetrievalOptions:
     max_new_tokens: RetrNewTokensOpt = None
     batch_tokens: RetrBatchOpt = None
     seed: SeedOpt = 0
+    rope: RopeOpt = None
+    rope_theta: RopeThetaOpt = None
+    rope_original_ctx: RopeOriginalCtxOpt = None
     dtype: DtypeOpt = "auto"
     device: DeviceOpt = "auto"
     out: OutOpt = Path("runs/retrieval")  # each command sets its own
@@ -174,7 +181,7 @@ def passkey_cmd(
             f"--haystack {cfg.haystack}: no such file or folder",
             "pass `filler` or a folder of .txt files (e.g. essays)",
         )
-    loaded = load_model(model, ctx=ctx, dtype=opts.dtype, device=opts.device)
+    loaded = load_model(model, ctx=ctx, dtype=opts.dtype, device=opts.device, rope=rope_options(opts))
     summary = run_passkey(loaded, cfg, opts.out, overwrite=opts.overwrite, progress=opts.progress, ctx=ctx)
     if summary is not None:  # None: a torchrun rank other than 0 (its trials are logged, rank 0 writes the result)
         print_result(
@@ -241,7 +248,7 @@ def _longeval(
         return
     # bad or missing data fails before the weights load
     prepare_testcases(cfg, opts.out, load_tokenizer(resolve(model)))
-    loaded = load_model(model, ctx=ctx, dtype=opts.dtype, device=opts.device)
+    loaded = load_model(model, ctx=ctx, dtype=opts.dtype, device=opts.device, rope=rope_options(opts))
     rows = run_longeval(loaded, cfg, opts.out, overwrite=opts.overwrite, progress=opts.progress, ctx=ctx)
     if rows is not None:  # None: a torchrun rank other than 0 (its cases are logged, rank 0 writes the result)
         title = f"LongChat {task} — {loaded.info.spec} at ctx {ctx or loaded.info.target_ctx}"

@@ -8,7 +8,19 @@ from typing import Annotated, Any, get_type_hints
 
 import typer
 
-from cli.options import DeviceOpt, DtypeOpt, ModelOpt, OutOpt, SeedOpt, check_ctx, console, shared_options
+from cli.options import (
+    DeviceOpt,
+    DtypeOpt,
+    ModelOpt,
+    OutOpt,
+    RopeOpt,
+    RopeOriginalCtxOpt,
+    RopeThetaOpt,
+    SeedOpt,
+    check_ctx,
+    console,
+    shared_options,
+)
 from trainer.config import TrainConfig
 
 app = typer.Typer(rich_markup_mode=None)
@@ -26,13 +38,35 @@ SftDataOpt = Annotated[
 # TrainConfig's fields as train's and sft's options, in --help order; each command adds its own option after
 # --split (train --text-field, sft --template) and sft its own --data help.
 _ORDER = (
-    *("out", "ctx", "data", "dataset", "dataset_config", "split", "model", "method", "attn", "group_ratio"),
+    *(
+        "out",
+        "ctx",
+        "rope",
+        "rope_theta",
+        "rope_original_ctx",
+        "data",
+        "dataset",
+        "dataset_config",
+        "split",
+        "model",
+        "method",
+        "attn",
+        "group_ratio",
+    ),
     *("lora_r", "lora_alpha", "lora_dropout", "lr", "beta1", "beta2", "weight_decay", "warmup_steps", "max_steps"),
     *("batch_size", "micro_batch_size", "max_grad_norm", "dtype", "device", "gradient_checkpointing", "loss_chunk"),
     *("save_every", "keep_checkpoints", "log_every", "seed", "shuffle", "resume", "stop_after"),
     *("offload_activations", "offload_fraction", "sdpa_backend", "compile", "parallel"),
 )
-_SHARED = {"model": ModelOpt, "dtype": DtypeOpt, "device": DeviceOpt, "seed": SeedOpt}  # help shared by every command
+_SHARED = {  # help shared by every command
+    "model": ModelOpt,
+    "dtype": DtypeOpt,
+    "device": DeviceOpt,
+    "seed": SeedOpt,
+    "rope": RopeOpt,
+    "rope_theta": RopeThetaOpt,
+    "rope_original_ctx": RopeOriginalCtxOpt,
+}
 _DECLS = {  # option names other than --field-name
     "out": ("--out", "-o"),
     "gradient_checkpointing": ("--gradient-checkpointing/--no-gradient-checkpointing",),
@@ -131,7 +165,8 @@ def merge_cmd(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out.")] = False,
 ) -> None:
     """Merge a run into a standalone Hugging Face model: LoRA merged, trained embeddings and norms in place,
-    RoPE scaling and max_position_embeddings of the trained context in config.json, tokenizer saved."""
+    the RoPE it was trained with in config.json (rope_parameters, and the legacy rope_scaling + rope_theta that
+    transformers 4.x and vLLM read), the RoPE record in llqa_model.json, tokenizer saved."""
     from trainer.merge import merge_run
 
     path = merge_run(run_dir, out, dtype=dtype, device=device, overwrite=overwrite)

@@ -439,7 +439,7 @@ class PasskeyTask:
     def plots(self, out_dir: Path, summary: dict, ctx: TaskContext) -> list[str]:
         info = ctx.model_info
         title = (
-            f"passkey: {info.spec} @ ctx {ctx.ctx} (rope x{info.rope_factor:g}), "
+            f"passkey: {info.spec} @ ctx {ctx.ctx} ({info.rope_label or 'own RoPE'}), "
             f"{'chat template' if ctx.template else 'no template'}, {self.cfg.trials} trials/cell"
         )
         return _plots(out_dir, summary, self.lengths, self.cfg.depths, title)

@@ -17,9 +17,10 @@ What is scored (also written into every result file as `semantics`):
   shorter window; all-tokens: none, as LongLoRA); `full_documents` says how many filled one.
 - Every document's text is fingerprinted (sha256 of the text as tokenized, in each cell and in result.json):
   resuming into an --out whose cells were scored on other text is refused like a changed configuration.
-- One model is loaded at Position Interpolation context `ctx` (default: the longest length) and every
-  length is scored with that same RoPE scaling. With `pi=False` (`--no-pi`) the model keeps its own RoPE
-  (its native context, or the context an llqa run was trained at) and windows may be longer than that
+- One model is loaded at context `ctx` (default: the longest length, or an llqa run's trained context
+  when that is longer), its RoPE extended by `--rope` (Position Interpolation unless the model carries
+  another method), and every length is scored with that same RoPE. With `pi=False` (`--no-pi`) the model
+  keeps its own RoPE (its native context, or the context an llqa run was trained at) and windows may be longer than that
   context: an extrapolation measurement (result.json: `config.pi` false — absent means PI on —,
   `model.rope_factor` unchanged).
 """
@@ -588,7 +589,7 @@ def run(
     info = loaded.info
     config = {
         **asdict(cfg),
-        "model_ctx": cfg.model_ctx or info.target_ctx,
+        "model_ctx": info.target_ctx,  # the context the model was loaded at (a run's trained one at least)
         "model": info.spec,
         "dtype": info.dtype,
         "rope_factor": info.rope_factor,
@@ -597,6 +598,7 @@ def run(
     }
     if cfg.pi:  # recorded only when off, so that runs started before --no-pi existed still resume
         del config["pi"]
+    config.update(info.rope_key())
     store = RankedStore(out_dir, TASK, config, overwrite=overwrite)
     rank, world = store.rank, store.world
 

@@ -1,4 +1,4 @@
-"""Resolve `--model`, apply Position Interpolation from `--ctx`, load weights: the one loader every command uses.
+"""Resolve `--model`, extend its context from `--ctx` / `--rope`, load weights: the one loader every command uses.
 
 `--model` accepts
 - an alias (`smollm2-135m` — the default —, `7b`, `13b`, `70b`; see `ALIASES`),
@@ -8,10 +8,11 @@
 - a local directory: a Hugging Face model, a PEFT adapter (its base resolved from
   `adapter_config.json`), or a model/run written by llqa; or a local `.gguf` file.
 
-Position Interpolation: `--ctx N` above the checkpoint's native context (its
-`max_position_embeddings`) sets linear RoPE scaling with factor N / native, multiplied with any
-linear factor the checkpoint already carries (a ×4 checkpoint taken a further ×2 ends at ×8).
-`--ctx` at or below the native context leaves the model as it is.
+Context extension (`llqa.rope`): `--ctx N` above the context the model serves re-derives its RoPE for N
+by `--rope METHOD` (default: the method the checkpoint carries, else Position Interpolation) from the
+model's original context — a PI ×4 checkpoint taken to twice its context ends at ×8. `--ctx` at or below
+that context leaves the model as it is. An llqa run (adapter, full run or merged model) always loads at
+the RoPE it was trained with, recorded in its `llqa_model.json`; `--ctx` above it extends further.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llqa import rope as R
 from llqa.errors import LlqaError
 from llqa.hub import OFFLINE_FIX, hub_reachable
 
@@ -132,6 +134,16 @@ class ModelSource:
     base: ModelSource | None = None  # for "peft"
     trained_ctx: int | None = None  # context an llqa run trained at (default for --ctx)
     local_only: bool = True  # load without contacting the hub
+    record: dict[str, Any] = field(default_factory=dict)  # an llqa run's llqa_model.json
+
+
+@dataclass(frozen=True)
+class RopeOptions:
+    """How to extend the context (`--rope`, `--rope-theta`, `--rope-original-ctx`); see `llqa.rope`."""
+
+    method: str | None = None  # None: the checkpoint's own method, else pi
+    theta: float | None = None  # explicit rope_theta for method theta
+    original_ctx: int | None = None  # the pretraining context of a linear checkpoint that does not say
 
 
 @dataclass
@@ -148,16 +160,31 @@ class ModelInfo:
     vocab: int
     native_ctx: int
     target_ctx: int
-    checkpoint_rope_factor: float
-    rope_factor: float
+    checkpoint_rope_factor: float  # the `factor` of the checkpoint's RoPE scaling (any method; 1 without)
+    rope_factor: float  # the `factor` the model runs with
     dtype: str
     device: str
     params: int
     attn_implementation: str = "sdpa"
     adapter: str | None = None
+    rope_method: str = "none"  # none | pi | yarn | dynamic | theta | llama3 (llqa.rope)
+    checkpoint_rope_method: str = "none"
+    checkpoint_ctx: int | None = None  # the context the checkpoint on disk serves (an adapter: its base)
+    rope_theta: float | None = None
+    checkpoint_rope_theta: float | None = None
+    rope_label: str = ""  # "yarn ×4", "theta θ=1.2e+06"; "" without extension
+    rope_parameters: dict[str, Any] = field(default_factory=dict)  # what the model runs with (transformers names)
+    wavelengths: list[float] = field(default_factory=list)  # shortest, longest RoPE wavelength (tokens), after
+    checkpoint_wavelengths: list[float] = field(default_factory=list)  # before
+    original_ctx_candidates: list[int] = field(default_factory=list)  # a linear checkpoint that does not say
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def rope_key(self) -> dict[str, str]:
+        """The RoPE method for an eval's resume key (cells of yarn ×4 and PI ×4 must not mix); absent for no
+        extension and PI, whose results from before `--rope` existed keep resuming."""
+        return {} if self.rope_method in ("none", "pi") else {"rope": self.rope_label}
 
 
 @dataclass
@@ -166,6 +193,7 @@ class LoadedModel:
     tokenizer: PreTrainedTokenizerBase
     info: ModelInfo
     source: ModelSource = field(repr=False)
+    rope: R.Rope | None = field(default=None, repr=False)  # the RoPE it runs with (recorded by training runs)
 
 
 # --------------------------------------------------------------------------- resolution
@@ -234,10 +262,16 @@ def _local_source(spec: str, path: Path) -> ModelSource:
         base_spec = run.get("base_model") or _adapter_base(path)
         base = resolve(base_spec)
         return ModelSource(
-            spec, "peft", str(path), f"PEFT adapter {path} on {base.note}", base=base, trained_ctx=run.get("ctx")
+            spec,
+            "peft",
+            str(path),
+            f"PEFT adapter {path} on {base.note}",
+            base=base,
+            trained_ctx=run.get("ctx"),
+            record=run,
         )
     if (path / "config.json").is_file():
-        return ModelSource(spec, "hf", str(path), f"local model {path}", trained_ctx=run.get("ctx"))
+        return ModelSource(spec, "hf", str(path), f"local model {path}", trained_ctx=run.get("ctx"), record=run)
     ggufs = sorted(path.glob("*.gguf"))
     if ggufs:
         return ModelSource(spec, "gguf", str(path), f"GGUF file {ggufs[0]}", gguf_file=ggufs[0].name)
@@ -384,42 +418,66 @@ def files_location(source: ModelSource) -> str:
     return source.location
 
 
-# --------------------------------------------------------------------------- Position Interpolation
+# --------------------------------------------------------------------------- context extension
 
 
-def checkpoint_rope(config: PretrainedConfig) -> tuple[str, float]:
-    """(rope_type, linear factor) the checkpoint carries; the factor is 1.0 unless the type is linear."""
-    params = getattr(config, "rope_parameters", None) or {}
-    if params and all(isinstance(v, dict) for v in params.values()):
-        raise LlqaError(
-            "this model uses per-layer RoPE parameters, which --ctx cannot rescale",
-            "run it at its native context (omit --ctx)",
-        )
-    rope_type = params.get("rope_type", "default")
-    return rope_type, float(params.get("factor", 1.0)) if rope_type == "linear" else 1.0
+def checkpoint_rope(config: PretrainedConfig, record: dict | None = None, original_ctx: int | None = None) -> R.Rope:
+    """The RoPE `config` carries, its original decided from evidence (`llqa.rope.read`)."""
+    return R.read(
+        getattr(config, "rope_parameters", None),
+        int(config.max_position_embeddings),
+        R.rotary_dim(config),
+        record,
+        original_ctx,
+    )
 
 
-def apply_position_interpolation(config: PretrainedConfig, ctx: int | None) -> PretrainedConfig:
-    """A copy of `config` set up for context `ctx` by Position Interpolation (see the module doc)."""
+def trained_rope(config: PretrainedConfig, source: ModelSource, opts: RopeOptions = RopeOptions()) -> R.Rope:
+    """The RoPE the model loads at before `--ctx`: the checkpoint's, or for an llqa run the one it trained with.
+
+    Runs whose llqa_model.json predates the `rope` record were all trained with Position Interpolation."""
+    rope = checkpoint_rope(config, source.record, opts.original_ctx)
+    if source.trained_ctx and "rope" not in source.record:
+        rope = R.extend(rope, int(source.trained_ctx), "pi" if rope.method == "none" else None)
+    return rope
+
+
+def apply_rope(config: PretrainedConfig, rope: R.Rope) -> PretrainedConfig:
+    """A copy of `config` running with `rope` (the caller's config is never mutated)."""
     config = copy.deepcopy(config)
-    if ctx is None:
-        return config
-    if ctx <= 0:
-        raise LlqaError(f"--ctx must be a positive number of tokens, got {ctx}", "e.g. --ctx 32768")
-    native = int(config.max_position_embeddings)
-    if ctx <= native:
-        return config
-    rope_type, factor = checkpoint_rope(config)
-    if rope_type not in ("default", "linear"):
-        raise LlqaError(
-            f"the checkpoint uses '{rope_type}' RoPE scaling, which llqa cannot compose with Position Interpolation",
-            f"use --ctx {native} or less with this model",
-        )
-    params = dict(config.rope_parameters or {})
-    params.update(rope_type="linear", factor=factor * ctx / native)
-    config.rope_parameters = params
-    config.max_position_embeddings = ctx
+    config.rope_parameters = dict(rope.params)
+    config.max_position_embeddings = rope.max_position_embeddings
     return config
+
+
+def extend_context(
+    config: PretrainedConfig,
+    ctx: int | None,
+    opts: RopeOptions = RopeOptions(),
+    source: ModelSource | None = None,
+) -> tuple[PretrainedConfig, R.Rope, R.Rope]:
+    """(config for context `ctx`, the RoPE before, the RoPE after); see the module doc."""
+    before = trained_rope(config, source or ModelSource("", "hf", "", ""), opts)
+    after = R.extend(before, ctx, opts.method, opts.theta)
+    return apply_rope(config, after), before, after
+
+
+def add_legacy_rope_keys(config_file: Path) -> None:
+    """Write transformers 4.x's `rope_theta` and `rope_scaling` beside transformers 5's `rope_parameters`.
+
+    Readers of the older layout (transformers < 5, vLLM and others) ignore `rope_parameters`: without these
+    keys they run a model at θ = 10,000 and no scaling. transformers 5 reads `rope_scaling` first and fills
+    `rope_theta` in from beside it, so both readers get the same RoPE."""
+    from llqa.io import atomic_write_json
+
+    doc = json.loads(config_file.read_text())
+    params = doc.get("rope_parameters") or {}
+    if not params or all(isinstance(v, dict) for v in params.values()):
+        return
+    doc["rope_theta"] = params["rope_theta"]
+    scaling = {k: v for k, v in params.items() if k != "rope_theta"}
+    doc["rope_scaling"] = None if scaling.get("rope_type", "default") == "default" else scaling
+    atomic_write_json(config_file, doc)
 
 
 # --------------------------------------------------------------------------- dtype / device
@@ -516,17 +574,30 @@ def count_parameters(config: PretrainedConfig) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def describe(spec: str | None, ctx: int | None = None, dtype: str = "auto", device: str = "auto") -> ModelInfo:
+def describe(
+    spec: str | None,
+    ctx: int | None = None,
+    dtype: str = "auto",
+    device: str = "auto",
+    rope: RopeOptions = RopeOptions(),
+) -> ModelInfo:
     """The resolved configuration without loading weights (what `llqa info` prints)."""
     source = resolve(spec)
     dev = resolve_device(device)
     base_config = load_config(source)
-    ctx = ctx if ctx is not None else source.trained_ctx
-    config = apply_position_interpolation(base_config, ctx)
-    return _info(source, base_config, config, resolve_dtype(dtype, dev), dev, count_parameters(config))
+    config, _, after = extend_context(base_config, ctx, rope, source)
+    disk = _disk_rope(base_config, source, rope)
+    return _info(source, config, disk, after, resolve_dtype(dtype, dev), dev, count_parameters(config))
 
 
-def _info(source, base_config, config, dtype, device, params, attn="sdpa") -> ModelInfo:
+def _disk_rope(config: PretrainedConfig, source: ModelSource, opts: RopeOptions) -> R.Rope:
+    """The RoPE of the checkpoint on disk (an adapter's base), which `ModelInfo.checkpoint_*` describe; a run's
+    trained RoPE is the model's before `--ctx`, but not its checkpoint's."""
+    return checkpoint_rope(config, None if source.kind == "peft" else source.record, opts.original_ctx)
+
+
+def _info(source, config, before: R.Rope, after: R.Rope, dtype, device, params, attn="sdpa") -> ModelInfo:
+    """`before`: the checkpoint's RoPE (see `_disk_rope`); `after`: what the model runs with."""
     text = getattr(config, "text_config", config)
     heads = text.num_attention_heads
     return ModelInfo(
@@ -540,16 +611,31 @@ def _info(source, base_config, config, dtype, device, params, attn="sdpa") -> Mo
         kv_heads=getattr(text, "num_key_value_heads", None) or heads,
         hidden=text.hidden_size,
         vocab=text.vocab_size,
-        native_ctx=int(base_config.max_position_embeddings),
-        target_ctx=int(config.max_position_embeddings),
-        checkpoint_rope_factor=checkpoint_rope(base_config)[1],
-        rope_factor=checkpoint_rope(config)[1],
+        native_ctx=before.original.ctx,
+        target_ctx=after.ctx,
+        checkpoint_rope_factor=before.factor,
+        rope_factor=after.factor,
         dtype=str(dtype).removeprefix("torch."),
         device=str(device),
         params=params,
         attn_implementation=attn,
         adapter=source.location if source.kind == "peft" else None,
+        rope_method=after.method,
+        checkpoint_rope_method=before.method,
+        checkpoint_ctx=before.ctx,
+        rope_theta=after.theta,
+        checkpoint_rope_theta=before.theta,
+        rope_label=after.label(),
+        rope_parameters=dict(after.params),
+        wavelengths=list(_wavelengths(config, after)),
+        checkpoint_wavelengths=list(_wavelengths(apply_rope(config, before), before)),
+        original_ctx_candidates=list(before.ambiguous),
     )
+
+
+def _wavelengths(config, rope: R.Rope) -> tuple[float, float]:
+    """At the context the RoPE serves (dynamic NTK's frequencies depend on the forward pass's length)."""
+    return R.wavelengths(config, seq_len=rope.ctx if rope.method == "dynamic" else None)
 
 
 def load_model(
@@ -558,11 +644,12 @@ def load_model(
     dtype: str = "auto",
     device: str = "auto",
     attn_implementation: str = "sdpa",
+    rope: RopeOptions = RopeOptions(),
 ) -> LoadedModel:
-    """Load model + tokenizer for `spec` at context `ctx` (Position Interpolation when above native).
+    """Load model + tokenizer for `spec` at context `ctx` (extended by `rope` when above its own).
 
-    For a PEFT adapter the base is loaded, the adapter applied (not merged) and, for an llqa run,
-    `ctx` defaults to the context it was trained at.
+    For a PEFT adapter the base is loaded and the adapter applied (not merged); an llqa run loads at the
+    RoPE it was trained with, and `ctx` above its context extends it further.
     """
     from transformers import AutoModelForCausalLM
 
@@ -571,8 +658,7 @@ def load_model(
     torch_dtype = resolve_dtype(dtype, dev)
     tokenizer = load_tokenizer(source)
     base_config = load_config(source, tokenizer)
-    ctx = ctx if ctx is not None else source.trained_ctx
-    config = apply_position_interpolation(base_config, ctx)
+    config, _, after = extend_context(base_config, ctx, rope, source)
     weights = source.base if source.kind == "peft" else source
     if weights.kind == "random":
         with dev:
@@ -593,5 +679,6 @@ def load_model(
         model = PeftModel.from_pretrained(model, source.location, is_trainable=False)
     model.eval()
     params = sum(p.numel() for p in model.parameters())
-    info = _info(source, base_config, config, torch_dtype, dev, params, attn_implementation)
-    return LoadedModel(model, tokenizer, info, source)
+    disk = _disk_rope(base_config, source, rope)
+    info = _info(source, config, disk, after, torch_dtype, dev, params, attn_implementation)
+    return LoadedModel(model, tokenizer, info, source, after)

@@ -6,8 +6,9 @@ holding such directories (walked recursively; checkpoints, packed data and Tenso
 
 A *run* is one row of every table: a model at one RoPE scaling. Eval results are grouped by the model they
 scored (`model.spec` in result.json: a local path is resolved against the current directory, and a merged
-model points back at its training run through `merged_from`) and by its RoPE factor, so the base model
-with and without Position Interpolation are two rows, and a training run's perplexity, passkey and
+model points back at its training run through `merged_from`) and by its RoPE method and factor (θ for
+`theta`), so the base model with and without Position Interpolation, or with PI ×4 and YaRN ×4, are separate
+rows, and a training run's perplexity, passkey and
 retrieval numbers line up with its training cost.
 
 Numbers are copied from the result files, never recomputed: perplexity is the token-weighted `ppl` of

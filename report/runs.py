@@ -57,12 +57,21 @@ def _factor(x: Any) -> float:
         return 1.0
 
 
+def rope_key(model: Mapping[str, Any]) -> tuple[str, float]:
+    """(method, factor or θ) of the RoPE a model ran with: YaRN ×4 and PI ×4 are different runs. Results from
+    before `--rope` record only a factor, which was always Position Interpolation's."""
+    factor = _factor(model.get("rope_factor", 1.0))
+    method = model.get("rope_method") or ("pi" if factor != 1.0 else "none")
+    return method, _factor(model.get("rope_theta")) if method == "theta" else factor
+
+
 @dataclass
 class Run:
     identity: str  # model_identity of the scored / trained model
     rope_factor: float
+    rope_method: str = "none"  # none | pi | yarn | dynamic | theta | llama3 (llqa.rope)
     name: str = ""  # the model's name: derived, or given with --name
-    variant: str = ""  # what sets this run apart from others of the same model: " (PI ×4)", " @ ctx 65536"
+    variant: str = ""  # what sets this run apart from others of the same model: " (yarn ×4)", " @ ctx 65536"
     label: str = ""  # the row label: name + variant, or exactly what --name gave for one result directory
     results: list[EvalResult] = field(default_factory=list)
     training: TrainingRun | None = None
@@ -90,10 +99,14 @@ def _derive_name(run: Run) -> None:
     run.name = Path(run.identity).name if Path(run.identity).is_absolute() else run.identity
     trained_ctx = _trained_ctx(run)
     ckpt = _factor(run.model.get("checkpoint_rope_factor", 1.0)) or 1.0
+    ckpt_method = run.model.get("checkpoint_rope_method") or ("pi" if ckpt != 1.0 else "none")
     if trained_ctx is not None:
         run.variant = "" if run.ctx in (None, trained_ctx) else f" @ ctx {run.ctx}"
-    else:
+    elif run.rope_method == "pi" and ckpt_method in ("none", "pi"):  # PI multiplies: say by how much
         run.variant = "" if run.rope_factor == ckpt else f" (PI ×{run.rope_factor / ckpt:g})"
+    else:
+        changed = (run.rope_method, run.rope_factor) != (ckpt_method, ckpt) or run.rope_method == "theta"
+        run.variant = f" ({run.model.get('rope_label')})" if changed and run.model.get("rope_label") else ""
     run.label = run.name + run.variant
 
 
@@ -110,12 +123,13 @@ def parse_names(pairs: Sequence[str]) -> list[tuple[str, str]]:
 
 def group_runs(inputs: Inputs, names: Sequence[tuple[str, str]] = ()) -> list[Run]:
     """Runs with each eval result and training run attached: references first, then trained runs."""
-    runs: dict[tuple[str, float], Run] = {}
+    runs: dict[tuple[str, str, float], Run] = {}
 
     def run_for(identity: str, model: Mapping[str, Any]) -> Run:
-        key = (identity, _factor(model.get("rope_factor", 1.0)))
+        method, value = rope_key(model)
+        key = (identity, method, value)
         if key not in runs:
-            runs[key] = Run(identity, key[1], model=dict(model))
+            runs[key] = Run(identity, _factor(model.get("rope_factor", 1.0)), method, model=dict(model))
         return runs[key]
 
     trained = [t.path.resolve() for t in inputs.trainings]

@@ -129,6 +129,7 @@ def runs_table(runs: Sequence[Run]) -> Table:
                 model,
                 run.ctx,
                 m.get("native_ctx"),
+                m.get("rope_label") or run.rope_method,
                 run.rope_factor,
                 "yes" if run.training else "no",
                 len(run.results),
@@ -137,7 +138,7 @@ def runs_table(runs: Sequence[Run]) -> Table:
         )
     return Table(
         "Runs",
-        ["run", "model", "ctx", "native ctx", "RoPE factor", "trained here", "evals", "from"],
+        ["run", "model", "ctx", "native ctx", "RoPE", "RoPE factor", "trained here", "evals", "from"],
         rows,
         kind="runs",
         formats={"ctx": "int", "native ctx": "int", "RoPE factor": "g"},

@@ -37,7 +37,7 @@ def perplexity_tables(runs: Sequence[Run]) -> list[tuple[Table, list[int]]]:
             beyond_ctx=marks,
             note="Token-weighted perplexity exp(total NLL / scored tokens) per evaluation length (the "
             "`ppl` of each result; see its `semantics`). ctx: the context the model ran at (Position "
-            "Interpolation above its native context)."
+            "Interpolation, or the method in the Runs table's RoPE column, above its native context)."
             + (BEYOND_NOTE if marks else "")
             + (NOT_REACHED_NOTE if unreached else ""),
         )

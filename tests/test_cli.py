@@ -67,7 +67,8 @@ def test_info_reports_pi_factor_4_for_smollm2_at_32k():
 def test_info_table(tiny_llama_dir):
     result = run_llqa("info", "--model", str(tiny_llama_dir), "--ctx", "1024", "--device", "cpu")
     assert result.returncode == 0, result.stderr
-    assert "RoPE scaling factor" in result.stdout and "4 (checkpoint 1)" in result.stdout
+    assert "RoPE factor" in result.stdout and "4 (checkpoint 1)" in result.stdout
+    assert "pi (checkpoint none)" in result.stdout and "1024 (checkpoint 256)" in result.stdout
 
 
 def _assert_one_line_error(result, *needles):

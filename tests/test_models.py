@@ -10,12 +10,27 @@ import torch
 from conftest import build_tiny_llama, tiny_llama_config
 from llqa.errors import LlqaError
 from llqa.models import (
-    apply_position_interpolation,
+    RopeOptions,
     checkpoint_rope,
     describe,
+    extend_context,
     load_model,
     resolve,
 )
+
+
+def original_ctx_opts(n):
+    return RopeOptions(original_ctx=n)
+
+
+def apply_position_interpolation(config, ctx):
+    """The model's config at `ctx` by the default method (Position Interpolation for these models)."""
+    return extend_context(config, ctx)[0]
+
+
+def rope_of(config):
+    rope = checkpoint_rope(config)
+    return rope.params["rope_type"], rope.factor
 
 
 def _rotary_cos_sin(config, positions):
@@ -40,15 +55,16 @@ def test_pi_rotary_at_p_equals_unscaled_at_p_over_f(factor):
     torch.testing.assert_close(cos_s, cos_b, rtol=0, atol=1e-5)
     torch.testing.assert_close(sin_s, sin_b, rtol=0, atol=1e-5)
     assert scaled.max_position_embeddings == 256 * factor
-    assert checkpoint_rope(scaled) == ("linear", float(factor))
+    assert rope_of(scaled) == ("linear", float(factor))
 
 
 def test_pi_composes_by_multiplying_with_checkpoint_scaling():
     # A checkpoint already extended x4 (native context now 1024) taken to 2048 ends at x8, not x2.
+    # (it says so: llqa writes the extended context into max_position_embeddings and records the original)
     already = apply_position_interpolation(tiny_llama_config(100, max_position_embeddings=256), 1024)
-    assert checkpoint_rope(already)[1] == 4.0
-    further = apply_position_interpolation(already, 2048)
-    assert checkpoint_rope(further) == ("linear", 8.0)
+    assert rope_of(already) == ("linear", 4.0)
+    further = extend_context(already, 2048, original_ctx_opts(256))[0]
+    assert rope_of(further) == ("linear", 8.0)
     direct = apply_position_interpolation(tiny_llama_config(100, max_position_embeddings=256), 2048)
     cos_a, _ = _rotary_cos_sin(further, [0.0, 5.0, 2047.0])
     cos_b, _ = _rotary_cos_sin(direct, [0.0, 5.0, 2047.0])
@@ -66,7 +82,7 @@ def test_ctx_at_or_below_native_leaves_model_unchanged(ctx):
 def test_pi_does_not_mutate_input_config():
     base = tiny_llama_config(100, max_position_embeddings=256)
     apply_position_interpolation(base, 4096)
-    assert base.max_position_embeddings == 256 and checkpoint_rope(base) == ("default", 1.0)
+    assert base.max_position_embeddings == 256 and rope_of(base) == ("default", 1.0)
 
 
 @pytest.mark.parametrize("ctx", [0, -5])
@@ -75,12 +91,12 @@ def test_non_positive_ctx_is_a_user_error(ctx):
         apply_position_interpolation(tiny_llama_config(100), ctx)
 
 
-def test_other_rope_types_refuse_composition():
+def test_another_method_than_the_checkpoints_is_refused():
     cfg = tiny_llama_config(
         100, max_position_embeddings=256, rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}
     )
-    with pytest.raises(LlqaError, match="dynamic"):
-        apply_position_interpolation(cfg, 1024)
+    with pytest.raises(LlqaError, match="carries dynamic RoPE.*--rope pi would stack"):
+        extend_context(cfg, 1024, RopeOptions(method="pi"))
 
 
 def test_local_model_dir_loads_with_pi(tiny_llama_dir):

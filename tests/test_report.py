@@ -573,3 +573,27 @@ def test_topic_retrieval_also_reports_token_f1(tmp_path, report):
     }
     assert "| random:tiny | — | 0.44 | — |" in rep.markdown.read_text()
     assert "lines_f1" not in [t.kind for t in report.tables]
+
+
+def test_rows_are_labelled_by_rope_method_and_factor(tmp_path):
+    """The same model extended ×4 by PI and by YaRN, and θ-raised, scored on the same data: three rows, named
+    by method and factor (or θ); a result from before `--rope` (a factor only) is PI's row."""
+    base = {"spec": "random:tiny", "target_ctx": 512, "native_ctx": 128, "checkpoint_rope_factor": 1.0}
+    models = {
+        "pi": {**base, "rope_factor": 4.0},  # written before --rope existed
+        "pi-new": {**base, "rope_factor": 4.0, "rope_method": "pi", "rope_label": "pi ×4"},
+        "yarn": {**base, "rope_factor": 4.0, "rope_method": "yarn", "rope_label": "yarn ×4"},
+        "theta": {**base, "rope_factor": 1.0, "rope_method": "theta", "rope_theta": 4e5, "rope_label": "theta θ=4e+05"},
+    }
+    for name, model in models.items():
+        doc = _ppl_doc("random:tiny", "/x/heldout", ["a.txt"], 10.0)
+        doc["model"] = model
+        (tmp_path / "in" / name).mkdir(parents=True)
+        (tmp_path / "in" / name / "result.json").write_text(json.dumps(doc))
+    rep = write_report([tmp_path / "in"], tmp_path / "rep")
+    assert sorted(r.label for r in rep.runs) == [
+        "random:tiny (PI ×4)",
+        "random:tiny (theta θ=4e+05)",
+        "random:tiny (yarn ×4)",
+    ]
+    assert [len(r.results) for r in rep.runs if r.rope_method == "pi"] == [2]

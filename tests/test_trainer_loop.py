@@ -290,3 +290,34 @@ def test_full_fine_tuning_saves_a_standalone_model_at_the_new_context(tmp_path, 
         torch.testing.assert_close(loaded.model(input_ids=ids).logits, want, rtol=0, atol=0)
     merged = merge_run(run, tmp_path / "merged", dtype="float32")
     assert (merged / "config.json").is_file()
+
+
+def test_a_yarn_run_reloads_and_merges_with_its_rope(tmp_path, tied_tiny_dir, essay):
+    """Trained with --rope yarn: the run records the method (and the original); `--model RUN` and the merged
+    model run that RoPE, the merged config.json carries it in both transformers 5's and the legacy keys, and
+    extending the merged model further re-derives YaRN from the original 32 tokens."""
+    from transformers import AutoModelForCausalLM
+
+    from llqa.models import describe
+    from trainer.merge import merge_run
+
+    result = run_training(_cfg(tmp_path, tied_tiny_dir, essay, max_steps=1, rope="yarn"))
+    run = tmp_path / "run"
+    rope = json.loads((run / RUN_FILE).read_text())["rope"]
+    assert rope["method"] == "yarn" and rope["original"]["ctx"] == 32 and rope["params"]["factor"] == 2.0
+    ids = torch.randint(0, 1000, (1, CTX))
+    with torch.no_grad():
+        want = result.model.eval()(input_ids=ids).logits
+    loaded = load_model(str(run), dtype="float32", device="cpu")
+    assert loaded.info.rope_label == "yarn ×2" and loaded.model.config.rope_parameters["rope_type"] == "yarn"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(input_ids=ids).logits, want, rtol=0, atol=0)
+    out = merge_run(run, tmp_path / "merged", dtype="float32")
+    doc = json.loads((out / "config.json").read_text())
+    assert doc["rope_scaling"]["rope_type"] == "yarn" and doc["rope_scaling"]["factor"] == 2.0
+    assert doc["rope_theta"] == doc["rope_parameters"]["rope_theta"] and doc["max_position_embeddings"] == CTX
+    plain = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(plain(input_ids=ids).logits, want, rtol=1e-5, atol=1e-5)
+    further = describe(str(out), ctx=4 * CTX, device="cpu")
+    assert further.rope_label == "yarn ×8" and further.rope_parameters["original_max_position_embeddings"] == 32

@@ -14,9 +14,10 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from llqa import rope as R
 from llqa.engine import EngineOptions
 from llqa.errors import LlqaError
-from llqa.models import DEFAULT_MODEL
+from llqa.models import DEFAULT_MODEL, RopeOptions
 from llqa.prompts import TEMPLATES
 
 TASKS = ("train", "sft")
@@ -66,10 +67,15 @@ class TrainConfig:
     model: str = option(DEFAULT_MODEL)  # any --model spec the loader accepts; help: the shared --model alias
     # Required, as on the command line: a run's context is its most important choice, never a silent default.
     ctx: int = option(
-        help="Training context in tokens (required). Above the model's native context, Position Interpolation "
-        "scales RoPE linearly by ctx/native. With S2-Attn it must be a multiple of 8 (ratio 1/4).",
+        help="Training context in tokens (required). Above the model's context its RoPE is extended by --rope "
+        "(default: the checkpoint's method, else Position Interpolation). With S2-Attn it must be a multiple of 8 "
+        "(ratio 1/4).",
         kw_only=True,
     )
+    # context extension (llqa.rope); help: the shared --rope aliases
+    rope: str | None = option(None)  # pi, yarn, theta, llama3; None: the model's own method, else pi
+    rope_theta: float | None = option(None)  # explicit rope_theta for rope=theta
+    rope_original_ctx: int | None = option(None)  # pretraining context of a linear checkpoint that does not say
     data: list[str] = option(
         help="Text files (one document each), folders (walked for .txt/.md/.tex/.jsonl/.json/.parquet), "
         "jsonl/json/parquet files (one document per record, --text-field). Repeatable.",
@@ -222,6 +228,13 @@ class TrainConfig:
             )
         if self.attn == "s2":
             self._check_s2()
+        if self.rope is not None and self.rope not in R.METHODS:
+            raise LlqaError(f"--rope {self.rope} is not a method llqa knows", f"use one of: {', '.join(R.METHODS)}")
+        R.check_trainable(self.rope)
+
+    @property
+    def rope_options(self) -> RopeOptions:
+        return RopeOptions(self.rope, self.rope_theta, self.rope_original_ctx)
 
     def _check_positive(self, *names: str) -> None:
         for n in names:

@@ -143,7 +143,7 @@ def choose_engine(cfg, info: DistInfo, device: torch.device) -> str:
 
     from llqa.models import describe, resolve_dtype
 
-    params = describe(cfg.model, cfg.ctx, cfg.dtype, str(device)).params
+    params = describe(cfg.model, cfg.ctx, cfg.dtype, str(device), cfg.rope_options).params
     per_param = 16 if cfg.method == "full" else resolve_dtype(cfg.dtype, device).itemsize
     return "fsdp" if params * per_param > torch.cuda.get_device_properties(device).total_memory / 2 else "ddp"
 

@@ -38,8 +38,8 @@ from llqa.engine import resolve_compile_mode
 from llqa.errors import LlqaError
 from llqa.models import (
     LoadedModel,
-    apply_position_interpolation,
     describe,
+    extend_context,
     load_config,
     load_model,
     load_tokenizer,
@@ -226,7 +226,7 @@ def load_sharded(cfg: TrainConfig, dist: DistInfo):
     base_dtype = "float32" if cfg.method == "full" else str(compute_dtype).removeprefix("torch.")
     source = resolve(spec)
     tokenizer = load_tokenizer(source)
-    config = apply_position_interpolation(load_config(source, tokenizer), cfg.ctx)
+    config, _, rope = extend_context(load_config(source, tokenizer), cfg.ctx, cfg.rope_options, source)
     torch.manual_seed(cfg.seed)
     model, step_module = _build_sharded(cfg, config, getattr(torch, base_dtype), compute_dtype, dist, device)
     if source.kind == "random":
@@ -239,10 +239,10 @@ def load_sharded(cfg: TrainConfig, dist: DistInfo):
         full = None
         if dist.main:
             torch.manual_seed(cfg.seed)  # as in one process: the same LoRA initialisation
-            loaded = load_model(spec, ctx=cfg.ctx, dtype=base_dtype, device="cpu")
+            loaded = load_model(spec, ctx=cfg.ctx, dtype=base_dtype, device="cpu", rope=cfg.rope_options)
             full = prepare_trainable(loaded.model, cfg.method, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
             del loaded
         fill_from_rank0(model, full, device)
         del full
-    info = describe(spec, cfg.ctx, base_dtype, str(device))
-    return LoadedModel(None, tokenizer, info, source), device, compute_dtype, model, step_module
+    info = describe(spec, cfg.ctx, base_dtype, str(device), cfg.rope_options)
+    return LoadedModel(None, tokenizer, info, source, rope), device, compute_dtype, model, step_module

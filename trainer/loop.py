@@ -9,7 +9,8 @@ aware), so a data-parallel wrapper can be added around `model` without changing 
 
 Run directory (`--out`):
 - `train_config.json`   resolved config, model info, data statistics, what is trained
-- `llqa_model.json`     base model spec + trained ctx, so `--model RUN_DIR` loads at the new context
+- `llqa_model.json`     base model spec, trained ctx and RoPE (method, parameters, original), so `--model RUN_DIR`
+  loads at exactly the RoPE it was trained with
 - `adapter_config.json`, `adapter_model.safetensors` (LoRA methods) or `config.json`,
   `model.safetensors` (full): the final weights, with the tokenizer
 - `checkpoints/step-N/` atomic checkpoints (see `trainer.checkpoint`), every `--save-every` steps and when the
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from llqa.errors import LlqaError
 from llqa.io import append_jsonl, atomic_write_json
-from llqa.models import RUN_FILE, resolve_device
+from llqa.models import RUN_FILE, add_legacy_rope_keys, resolve_device
 from trainer import data as D
 from trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from trainer.config import CONFIG_FILE, TrainConfig
@@ -281,6 +282,8 @@ def save_final(cfg: TrainConfig, model, loaded, step: int, state_dict: dict | No
     if cfg.attn == "s2":
         disable_s2_attention(model.get_base_model() if hasattr(model, "get_base_model") else model)
     model.save_pretrained(run, **({"state_dict": state_dict} if state_dict is not None else {}))
+    if not cfg.lora:
+        add_legacy_rope_keys(run / "config.json")
     loaded.tokenizer.save_pretrained(run)
     base = base_spec(cfg, loaded)
     atomic_write_json(
@@ -295,6 +298,7 @@ def save_final(cfg: TrainConfig, model, loaded, step: int, state_dict: dict | No
             "task": cfg.task,
             # the prompt format sft trained on: `llqa eval longqa --model RUN` asks its questions the same way
             **({"template": cfg.template} if cfg.task == "sft" else {}),
+            "rope": loaded.rope.record(),
         },
     )
 

@@ -1,12 +1,15 @@
 """`llqa merge RUN_DIR --out DIR`: a standalone Hugging Face model from a training run.
 
-The run's adapter is loaded onto its base at the trained context (Position Interpolation from
+The run's adapter is loaded onto its base at the RoPE it was trained with (method, factor and θ from
 `llqa_model.json`), the LoRA matrices are merged into the weights and PEFT's trained copies of the
 embeddings and norms (LoRA+) replace the originals (`merge_and_unload`); tied input/output
-embeddings stay tied. The saved `config.json` carries the linear RoPE scaling and
-`max_position_embeddings` = the trained context, so plain
-`transformers.AutoModelForCausalLM.from_pretrained(DIR)` runs at the new context. The directory is
-written under a temporary name and renamed, so a crash never leaves half a model.
+embeddings stay tied. The saved `config.json` carries that RoPE twice: transformers 5's `rope_parameters`
+and the legacy `rope_scaling` + `rope_theta` that transformers 4.x, vLLM and other loaders read, with
+`max_position_embeddings` as the method defines it (the trained context; the original for dynamic NTK),
+so plain `transformers.AutoModelForCausalLM.from_pretrained(DIR)` runs at the new context on either
+stack. Its `llqa_model.json` keeps the RoPE record (the original included), so extending the merged model
+further re-derives from the original. The directory is written under a temporary name and renamed, so a
+crash never leaves half a model.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 
 from llqa.errors import LlqaError
 from llqa.io import atomic_write_json
-from llqa.models import RUN_FILE, load_model
+from llqa.models import RUN_FILE, add_legacy_rope_keys, load_model
 
 
 def merge_run(
@@ -43,8 +46,10 @@ def merge_run(
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         model.save_pretrained(tmp)
+        add_legacy_rope_keys(tmp / "config.json")
         loaded.tokenizer.save_pretrained(tmp)
-        atomic_write_json(tmp / RUN_FILE, {**run, "merged_from": str(run_dir.resolve())})
+        record = {**run, "rope": loaded.rope.record(), "merged_from": str(run_dir.resolve())}
+        atomic_write_json(tmp / RUN_FILE, record)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

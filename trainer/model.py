@@ -46,7 +46,11 @@ def load_base(cfg: TrainConfig):
     dtype = training_dtype(cfg, device)
     torch.manual_seed(cfg.seed)  # random:<shape> bases and LoRA init derive from the seed
     loaded = load_model(
-        weights_spec(cfg), ctx=cfg.ctx, dtype="float32" if cfg.method == "full" else dtype, device=str(device)
+        weights_spec(cfg),
+        ctx=cfg.ctx,
+        dtype="float32" if cfg.method == "full" else dtype,
+        device=str(device),
+        rope=cfg.rope_options,
     )
     return loaded, device, getattr(torch, dtype)
 
