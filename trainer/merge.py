@@ -6,7 +6,9 @@ embeddings and norms (LoRA+) replace the originals (`merge_and_unload`); tied in
 embeddings stay tied. The saved `config.json` carries the linear RoPE scaling and
 `max_position_embeddings` = the trained context, so plain
 `transformers.AutoModelForCausalLM.from_pretrained(DIR)` runs at the new context. The directory is
-written under a temporary name and renamed, so a crash never leaves half a model.
+written under a temporary name (`.NAME.merging-PID`) and renamed, so a crash never leaves half a model;
+the next merge into the same place removes what a killed one left. `--out` may not be the run, lie inside
+it or contain it (replacing it would destroy the run).
 """
 
 from __future__ import annotations
@@ -17,8 +19,21 @@ import shutil
 from pathlib import Path
 
 from llqa.errors import LlqaError
-from llqa.io import atomic_write_json
+from llqa.io import atomic_write_json, remove_dead_leftovers, writable_dir
 from llqa.models import RUN_FILE, load_model
+
+
+def check_out(run_dir: Path, out: Path, overwrite: bool) -> None:
+    """Refuse an --out that would destroy the run or a folder the user did not offer, before anything loads."""
+    run, target = run_dir.resolve(), out.resolve()
+    if target == run or run in target.parents or target in run.parents:
+        where = "is" if target == run else "lies inside" if run in target.parents else "contains"
+        raise LlqaError(
+            f"--out {out} {where} the run {run_dir} being merged", "pass an --out outside the run directory"
+        )
+    writable_dir(out, "--out", create=False)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise LlqaError(f"--out {out} exists and is not empty", "pick another --out or pass --overwrite")
 
 
 def merge_run(
@@ -31,16 +46,15 @@ def merge_run(
             f"{run_dir} is not an llqa training run ({RUN_FILE} missing)",
             "pass the --out directory of a finished `llqa train` / `llqa sft`",
         )
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise LlqaError(f"--out {out} exists and is not empty", "pick another --out or pass --overwrite")
+    check_out(run_dir, out, overwrite)
     loaded = load_model(str(run_dir), dtype=dtype, device=device)
     model = loaded.model
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     run = json.loads((run_dir / RUN_FILE).read_text())
-    out.parent.mkdir(parents=True, exist_ok=True)
+    writable_dir(out.parent, "--out")
+    remove_dead_leftovers(out.parent, f".{out.name}.merging-")  # a killed merge's half model
     tmp = out.parent / f".{out.name}.merging-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
         model.save_pretrained(tmp)
         loaded.tokenizer.save_pretrained(tmp)
