@@ -159,15 +159,25 @@ def check_task(task: str) -> str:
     return check_choice("task", task, TASKS)
 
 
+def _read_lines(path: Path, option: str) -> list[str]:
+    """The lines of a UTF-8 text file; an unreadable or non-UTF-8 file is one line naming it and `option`."""
+    try:
+        return path.read_bytes().decode("utf-8-sig").splitlines()
+    except OSError as e:
+        raise LlqaError(f"cannot read {path}: {e.strerror}", f"check the {option} path") from None
+    except UnicodeDecodeError as e:
+        raise LlqaError(
+            f"{option} file {path} is not UTF-8 text ({e.reason} at byte {e.start})",
+            f"convert it first, e.g. `iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8{path.suffix}`",
+        ) from None
+
+
 def load_testcases(path: str | Path, task: str) -> list[dict]:
     """Test cases of one LongChat file; a malformed line or a missing field is a user error naming it."""
     check_task(task)
     path = Path(path)
     cases = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise LlqaError(f"cannot read {path}: {e}", "check the --testcases folder") from None
+    lines = _read_lines(path, "--testcases")
     for n, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -278,7 +288,7 @@ def read_conversations(path: str | Path) -> list[tuple[str, str]]:
     if not path.is_file():
         raise LlqaError(f"--conversations {path}: no such file", "pass a jsonl file of {topic, conversation}")
     out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for n, line in enumerate(_read_lines(path, "--conversations"), start=1):
         if not line.strip():
             continue
         try:
@@ -451,6 +461,16 @@ class LongEvalConfig:
             raise LlqaError(f"--limit must be positive, got {self.limit}", "e.g. --limit 10")
         if self.judge_cmd is not None and self.task != "topics":
             raise LlqaError("--judge-cmd applies to topics only", "lines are scored exactly, drop --judge-cmd")
+        if self.judge_cmd is not None:
+            try:  # run without a shell: the command line is split as a POSIX shell would split it
+                argv = shlex.split(self.judge_cmd)
+            except ValueError as e:
+                raise LlqaError(
+                    f"--judge-cmd {self.judge_cmd!r} cannot be split into a command ({e})",
+                    "close its quotes, e.g. --judge-cmd \"python judge.py --model 'gpt 4'\"",
+                ) from None
+            if not argv:
+                raise LlqaError("--judge-cmd is empty", 'pass a command, e.g. --judge-cmd "python judge.py"')
         check_choice("--chat-template", self.chat_template, CHAT_TEMPLATE_MODES)
         check_choice("--overlong", self.overlong, OVERLONG_POLICIES)
         if self.max_new_tokens is None:

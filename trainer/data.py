@@ -72,6 +72,8 @@ def read_records(path: Path) -> Iterator[dict[str, Any]]:
     if suffix == ".json":
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise _not_utf8(path, e) from None
         except json.JSONDecodeError as e:
             raise LlqaError(f"{path} is not valid JSON ({e})", "fix the file or convert it to jsonl") from None
         if not isinstance(data, list):
@@ -81,14 +83,26 @@ def read_records(path: Path) -> Iterator[dict[str, Any]]:
             )
         yield from data
         return
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as e:
-                raise LlqaError(f"{path}:{n} is not valid JSON ({e})", "fix or remove that line") from None
+    n = 0
+    try:
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise LlqaError(f"{path}:{n} is not valid JSON ({e})", "fix or remove that line") from None
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path, e, n + 1) from None
+
+
+def _not_utf8(path: Path, e: UnicodeDecodeError, line: int | None = None) -> LlqaError:
+    where = f"{path}:{line}" if line else str(path)
+    return LlqaError(
+        f"{where} is not UTF-8 text ({e.reason} at byte {e.start})",
+        f"convert the file to UTF-8 first, e.g. `iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8{path.suffix}`",
+    )
 
 
 def read_documents(paths: Iterable[str | os.PathLike], text_field: str = "text") -> Iterator[str]:
