@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llqa.errors import LlqaError
-from llqa.io import append_jsonl, atomic_write_json
+from llqa.io import OutLock, append_jsonl, atomic_write_json
 from llqa.models import RUN_FILE
 from trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from trainer.config import CONFIG_FILE, TrainConfig
@@ -69,7 +69,8 @@ def lr_factor(step: int, warmup: int) -> float:
 
 
 def _check_run_dir(cfg: TrainConfig) -> Path | None:
-    """The checkpoint to resume from, after refusing to mix two runs in one directory."""
+    """The checkpoint to resume from, after refusing to mix two runs in one directory and a --max-steps the
+    run has already passed."""
     run = cfg.run_dir
     saved = run / CONFIG_FILE
     if not cfg.resume:
@@ -88,7 +89,38 @@ def _check_run_dir(cfg: TrainConfig) -> Path | None:
             "--keep-checkpoints, --out, --offload-activations, --sdpa-backend, --compile and the number "
             "of GPUs may change)",
         )
-    return latest_checkpoint(run)
+    checkpoint = latest_checkpoint(run)
+    done = checkpoint_step(checkpoint) if checkpoint is not None else None
+    if done is not None and done > cfg.max_steps:
+        raise LlqaError(
+            f"--resume --max-steps {cfg.max_steps}: the run in {run} has already done {done} steps",
+            f"pass a --max-steps above {done} to train further (the run is left as it is)",
+        )
+    return checkpoint
+
+
+def checkpoint_step(checkpoint: Path) -> int | None:
+    """The step a checkpoint was written at, from its state.json (None when unreadable: loading it names the
+    damage)."""
+    try:
+        step = json.loads((checkpoint / "state.json").read_text(encoding="utf-8")).get("step")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return None
+    return step if isinstance(step, int) else None
+
+
+def _resume_note(cfg: TrainConfig, resume_from: Path | None) -> str | None:
+    """What --resume does, when it is not the plain case of continuing from a checkpoint."""
+    if not cfg.resume:
+        return None
+    if resume_from is None:
+        return f"--resume: {cfg.run_dir} has no checkpoint yet, so training starts from step 0"
+    if checkpoint_step(resume_from) == cfg.max_steps:
+        return (
+            f"--resume: the run already reached --max-steps {cfg.max_steps}; its final files are written again "
+            f"from {resume_from.name}"
+        )
+    return None
 
 
 def _compute_dtype(cfg: TrainConfig, device: torch.device) -> str:
@@ -372,11 +404,25 @@ def _write_run_files(
 
 
 def _base_spec(cfg: TrainConfig, loaded) -> str:
-    """The spec that reloads this run's base: local paths made absolute, random bases the copy in the run."""
-    if loaded.source.kind == "random" and cfg.lora:
-        return str((cfg.run_dir / "base").resolve())
-    path = Path(loaded.source.spec).expanduser()  # on resume, possibly the random base's copy (`weights_spec`)
+    """The spec that reloads this run's base: local paths made absolute, a random base the copy inside the run,
+    as a path relative to the run (`./base`), so a moved or copied run uses its own copy."""
+    if cfg.lora and (loaded.source.kind == "random" or cfg.model.startswith("random:")):
+        return "./base"
+    path = Path(loaded.source.spec).expanduser()
     return str(path.resolve()) if path.exists() else loaded.source.spec
+
+
+def adapter_base_name(cfg: TrainConfig) -> str:
+    """The adapter's `base_model_name_or_path`: what the base is on any machine — the alias (`smollm2-135m`),
+    the `random:<shape>` spec, the hub id — and only for a local model its absolute path (all there is)."""
+    from llqa.models import resolve
+
+    source = resolve(cfg.model)
+    if source.kind == "hf" and not Path(cfg.model).expanduser().exists():
+        return cfg.model  # an alias or a hub id, as given
+    if source.kind in ("hf", "gguf") and Path(cfg.model).expanduser().exists():
+        return str(Path(cfg.model).expanduser().resolve())
+    return cfg.model  # an alias resolved to a GGUF file or a cache, or random:<shape>
 
 
 def save_final(cfg: TrainConfig, model, loaded, step: int, state_dict: dict | None = None) -> None:
@@ -387,6 +433,8 @@ def save_final(cfg: TrainConfig, model, loaded, step: int, state_dict: dict | No
         from trainer.s2attn import disable_s2_attention
 
         disable_s2_attention(model.get_base_model() if hasattr(model, "get_base_model") else model)
+    for adapter in getattr(model, "peft_config", {}).values():  # else peft writes null or a cache path
+        adapter.base_model_name_or_path = adapter_base_name(cfg)
     model.save_pretrained(run, **({"state_dict": state_dict} if state_dict is not None else {}))
     loaded.tokenizer.save_pretrained(run)
     base = _base_spec(cfg, loaded)
@@ -424,11 +472,35 @@ def run_training(cfg: TrainConfig, console=None) -> TrainResult:
     dist = init_distributed(resolve_device(cfg.device))
     try:
         micro_batches_per_rank(cfg.batch_size, cfg.micro_batch_size, dist.world)
-        resume_from = _check_run_dir(cfg)
-        barrier(dist)  # every rank has checked the run directory before rank 0 writes into it
-        return _run(cfg, console, dist, resume_from)
+        with _run_dir_lock(cfg, dist):
+            resume_from = _check_run_dir(cfg)
+            note = _resume_note(cfg, resume_from)
+            if note and dist.main and console is not None:
+                console.print(f"[yellow]note:[/] {note}", highlight=False)
+            barrier(dist)  # every rank has checked the run directory before rank 0 writes into it
+            return _run(cfg, console, dist, resume_from)
     finally:
         shutdown(dist)
+
+
+@contextlib.contextmanager
+def _run_dir_lock(cfg: TrainConfig, dist):
+    """Rank 0, which writes the run directory, holds its lock for the whole run, from before it checks what the
+    directory holds; if it cannot, every rank stops (the others would wait for it forever)."""
+    from trainer.distributed import all_reduce
+
+    lock, refused = OutLock(cfg.run_dir), None
+    if dist.main:
+        try:
+            lock.acquire()
+        except LlqaError as e:
+            refused = e
+    if all_reduce(dist, [float(refused is not None)], op="max")[0]:
+        raise refused or LlqaError(f"rank 0 could not lock {cfg.run_dir}", "see rank 0's message")
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _build_model(cfg: TrainConfig, dist, engine: str):
