@@ -26,6 +26,7 @@ import io
 import json
 import math
 import os
+import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,14 @@ from typing import Any
 
 from llqa import __version__
 from llqa.errors import LlqaError
-from llqa.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_jsonl_tolerant
+from llqa.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    read_jsonl_tolerant,
+    remove_dead_leftovers,
+    writable_dir,
+)
 
 MISSING = "—"
 BEYOND = "†"  # marks a cell measured past the context the model ran at (extrapolation)
@@ -993,31 +1001,52 @@ class Report:
 def write_report(
     paths: Sequence[str | Path], out: str | Path, names: Sequence[str] = (), title: str = "llqa report"
 ) -> Report:
-    """Collect `paths`, group them into runs, write `report.md`, `report.json` and the PNGs into `out`."""
+    """Collect `paths`, group them into runs, write `report.md`, `report.json` and the PNGs into `out`.
+
+    Everything is rendered into a hidden folder in `out` first and then renamed into place, report.md last: a
+    killed run leaves the previous report whole (its leftover folder is removed by the next run), never a
+    markdown file that disagrees with its plots."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise LlqaError(f"--out {out} is a file", "pass a directory for the report")
+    writable_dir(out, "--out", create=False)
     inputs = collect(paths)
     previous = _previous_plots(out)
     runs = group_runs(inputs, parse_names(names))
+    writable_dir(out, "--out")
+    remove_dead_leftovers(out, ".report-")
+    stage = out / f".report-{os.getpid()}"
+    stage.mkdir(exist_ok=True)
+    try:
+        tables, plots = _render(stage, inputs, runs, title)
+        for name in [p.name for p in plots] + ["report.json", "report.md"]:  # renames only: the report lands whole
+            os.replace(stage / name, out / name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    plots = [out / p.name for p in plots]
+    for name in previous - {p.name for p in plots}:  # plots of an earlier report here that this one lacks
+        (out / name).unlink(missing_ok=True)
+    return Report(out, out / "report.md", tables, plots, runs, inputs.skipped)
+
+
+def _render(stage: Path, inputs: Inputs, runs: list[Run], title: str) -> tuple[list[Table], list[Path]]:
+    """Write the report's markdown, JSON and plots into `stage`; returns (tables, plots)."""
     sections: list[str] = []
     tables: list[Table] = [runs_table(runs)]
     plots: list[Path] = []
     sections.append(_section(tables[0]))
 
     for i, (t, lengths) in enumerate(perplexity_tables(runs), 1):
-        plots.append(plot_perplexity(out / f"perplexity_{i}.png", t, lengths))
+        plots.append(plot_perplexity(stage / f"perplexity_{i}.png", t, lengths))
         tables.append(t)
         sections.append(_section(t, images=[plots[-1].name]))
 
     for i, pairs in enumerate(_group(runs, ("passkey",), _passkey_setting).values(), 1):
         window, per_length = passkey_tables(pairs)
-        plots.append(plot_passkey_heatmaps(out / f"passkey_heatmaps_{i}.png", [(run.label, r) for run, r in pairs]))
+        plots.append(plot_passkey_heatmaps(stage / f"passkey_heatmaps_{i}.png", [(run.label, r) for run, r in pairs]))
         tables += [window, per_length]
         sections += [_section(window, images=[plots[-1].name]), _section(per_length, level=3)]
 
     for i, (t, ns, f1) in enumerate(retrieval_tables(runs), 1):
-        png = plot_accuracy(out / f"{t.kind}_accuracy_{i}.png", t, ns, t.title)
+        png = plot_accuracy(stage / f"{t.kind}_accuracy_{i}.png", t, ns, t.title)
         plots.append(png)
         tables.append(t)
         sections.append(_section(t, images=[png.name]))
@@ -1028,7 +1057,7 @@ def write_report(
     cost = training_table(runs)
     if cost is not None:
         trained = [run for run in runs if run.training is not None]
-        png = plot_losses(out / "loss.png", trained)
+        png = plot_losses(stage / "loss.png", trained)
         plots.append(png)
         tables.append(cost)
         sections.append(_section(cost, images=[png.name]))
@@ -1046,9 +1075,9 @@ def write_report(
         f"{len(inputs.results)} eval result(s) and {len(inputs.trainings)} training run(s). "
         f"A cell shown as {MISSING} has no result."
     )
-    md = atomic_write_text(out / "report.md", "\n\n".join([head, *sections]) + "\n")
+    atomic_write_text(stage / "report.md", "\n\n".join([head, *sections]) + "\n")
     atomic_write_json(
-        out / "report.json",
+        stage / "report.json",
         {
             "title": title,
             "written": stamp,
@@ -1058,9 +1087,7 @@ def write_report(
             "skipped": [{"path": str(s.path), "reason": s.reason} for s in inputs.skipped],
         },
     )
-    for name in previous - {p.name for p in plots}:  # plots of an earlier report here that this one lacks
-        (out / name).unlink(missing_ok=True)
-    return Report(out, md, tables, plots, runs, inputs.skipped)
+    return tables, plots
 
 
 def _previous_plots(out: Path) -> set[str]:

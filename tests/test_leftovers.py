@@ -189,3 +189,45 @@ def test_a_killed_merge_leaves_a_folder_the_next_merge_removes(run_copy, tmp_pat
     assert not out.exists() and mine.is_dir()
     merge_run(run_copy, out, dtype="float32")
     assert (out / "config.json").is_file() and not mine.exists() and not stale.exists()
+
+
+def _ppl_result(folder: Path, spec: str, ppl: float) -> Path:
+    folder.mkdir(parents=True)
+    doc = {
+        "task": "perplexity",
+        "model": {"spec": spec},
+        "config": {"data": "book.txt", "scoring": "sliding", "stride": 256, "documents": 1},
+        "data": {"source": "book.txt", "documents": ["book.txt"]},
+        "summary": {"64": {"ppl": ppl}, "128": {"ppl": ppl * 0.9}},
+    }
+    (folder / "result.json").write_text(json.dumps(doc))
+    return folder
+
+
+KILLED_REPORT = """
+import sys, time
+import llqa.report as r
+
+def stop(*a, **k):
+    time.sleep(600)  # killed here: the new plots are rendered, the markdown not yet
+r.atomic_write_text = stop
+r.write_report([sys.argv[1]], sys.argv[2])
+"""
+
+
+def test_a_killed_report_leaves_the_previous_one_whole_and_the_next_run_cleans_up(tmp_path):
+    from llqa.report import write_report
+
+    first = _ppl_result(tmp_path / "first" / "a", "random:tiny", 20.0)
+    second = _ppl_result(tmp_path / "second" / "b", "random:small-other", 30.0)
+    out = tmp_path / "report"
+    write_report([first], out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert any(n.endswith(".png") for n in before)
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_REPORT, str(second), str(out)], cwd=REPO)
+    stage = out / f".report-{proc.pid}"
+    _kill_when(proc, lambda: any(stage.glob("*.png")))
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p != stage} == before  # the old report, whole
+    rep = write_report([second], out)
+    assert not stage.exists() and "random:small-other" in rep.markdown.read_text()
+    assert {p.name for p in out.iterdir()} == {"report.md", "report.json", *(p.name for p in rep.plots)}
