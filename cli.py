@@ -66,6 +66,23 @@ OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (every sampled choice derives from it).")]
 
 
+def locks_out(command):
+    """Hold a lock on an eval's --out (`opts.out`) while the command runs: a second run into it is refused with the
+    holder's PID instead of computing every cell twice. Under torchrun each rank locks the folder it writes
+    (rank 0 --out, rank r --out/rank{r}). The lock also checks --out: a file or an unwritable place is one line."""
+
+    @functools.wraps(command)
+    def wrapper(*args, opts, **kwargs):
+        from llqa.io import OutLock
+        from llqa.ranks import dist_env
+
+        rank = dist_env()[0]
+        with OutLock(opts.out if rank == 0 else opts.out / f"rank{rank}"):
+            return command(*args, opts=opts, **kwargs)
+
+    return wrapper
+
+
 def _check_ctx(ctx: int | None) -> None:
     if ctx is not None and ctx <= 0:
         raise LlqaError(f"--ctx must be a positive number of tokens, got {ctx}", "e.g. --ctx 32768")
@@ -385,6 +402,7 @@ def _perplexity(documents_fn, opts: PerplexityOptions) -> None:
     "a folder of text files, or jsonl/parquet with a text field). " + PPL_SEMANTICS_HELP,
 )
 @shared_options(PerplexityOptions, defaults={"out": Path("runs/perplexity")})
+@locks_out
 def perplexity_cmd(
     opts: PerplexityOptions,
     data: Annotated[
@@ -416,6 +434,7 @@ def perplexity_cmd(
     "local copy with --data). " + PPL_SEMANTICS_HELP,
 )
 @shared_options(PerplexityOptions, defaults={"out": Path("runs/pg19")}, annotations={"max_docs": MaxBooksOpt})
+@locks_out
 def pg19_cmd(
     opts: PerplexityOptions,
     data: Annotated[
@@ -443,6 +462,7 @@ def pg19_cmd(
 )
 # The protocol fixes the documents and their length: per-document windows, cut at --min-tokens.
 @shared_options(PerplexityOptions, defaults={"out": Path("runs/proof-pile")}, omit=("concat", "max_docs", "max_tokens"))
+@locks_out
 def proof_pile_cmd(
     opts: PerplexityOptions,
     data: Annotated[
@@ -559,6 +579,7 @@ def _float_list(value: str | None, option: str, example: str) -> list[float] | N
     + _RETRIEVAL_ENGINE_HELP,
 )
 @shared_options(RetrievalOptions, defaults={"out": Path("runs/passkey")})
+@locks_out
 def passkey_cmd(
     opts: RetrievalOptions,
     model: ModelOpt = DEFAULT_MODEL,
@@ -729,6 +750,7 @@ LimitOpt = Annotated[int | None, typer.Option("--limit", help="Evaluate only the
     + _RETRIEVAL_ENGINE_HELP,
 )
 @shared_options(RetrievalOptions, defaults={"out": Path("runs/topics")})
+@locks_out
 def topics_cmd(
     opts: RetrievalOptions,
     model: ModelOpt = DEFAULT_MODEL,
@@ -782,6 +804,7 @@ def topics_cmd(
     + _RETRIEVAL_ENGINE_HELP,
 )
 @shared_options(RetrievalOptions, defaults={"out": Path("runs/lines")})
+@locks_out
 def lines_cmd(
     opts: RetrievalOptions,
     model: ModelOpt = DEFAULT_MODEL,
@@ -855,6 +878,10 @@ def build_cmd(
         bool,
         typer.Option("--allow-short", help="Write the set even when a quota cell cannot be filled (never padded)."),
     ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option("--overwrite", help="Replace the build in a non-empty --out (everything in that folder goes)."),
+    ] = False,
 ) -> None:
     """Build LongQA: human questions and answers over whole papers and novels, framed as LongQA frames them,
     into --out (train/test jsonl + parquet, manifest.json with checksums, a dataset card). Same inputs and
@@ -879,7 +906,14 @@ def build_cmd(
             return lambda n: bar.advance(task, n)
 
         result = build(
-            rec, out, source_dir=source_dir, seed=seed, tokenizer=tokenizer, allow_short=allow_short, progress=progress
+            rec,
+            out,
+            source_dir=source_dir,
+            seed=seed,
+            tokenizer=tokenizer,
+            allow_short=allow_short,
+            progress=progress,
+            overwrite=overwrite,
         )
     table = Table(title=f"LongQA {rec.name} -> {result.out}")
     for col in ("cell", "quota", "built", "candidates"):
@@ -926,10 +960,12 @@ def validate_cmd(
     characters and mojibake, manifest checksums. Exit 0 when clean, 1 with errors (warnings don't fail)."""
     from rich.markup import escape
 
-    from llqa.io import atomic_write_json
+    from llqa.io import atomic_write_json, writable_file
     from longqa.validate import validate
 
     _check_ctx(ctx)
+    if report is not None:
+        writable_file(report, "--report")  # before the work, not after it
     rep = validate(path, ctx=ctx, recount=recount, tokenizer=tokenizer, recipe=recipe)
     if report is not None:
         atomic_write_json(report, rep.to_dict())
@@ -1280,24 +1316,48 @@ def report_cmd(
 # ----------------------------------------------------------------------------- entry point
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Console-script entry: run the app, turning user errors into one line and exit code 2.
+# Typer raises click's exceptions (or, from typer 0.22, those of its vendored copy of click): found by name, so
+# either works. Usage errors are ClickExceptions; NoArgsIsHelpError is `llqa eval` with nothing after it.
+_CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
-    Typer/click handle usage errors themselves (standalone mode: message + exit 2)."""
+
+def _usage_line(e: Exception) -> str:
+    """A click usage error (unknown option, bad value, missing option) as one line with where to look."""
+    ctx = getattr(e, "ctx", None)
+    where = f" — see `{ctx.command_path} --help`" if ctx is not None else ""
+    return f"{e.format_message()}{where}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry: run the app; user errors (llqa's and click's usage errors) leave as one line and exit
+    code 2, Ctrl-C as one line and 130. LLQA_DEBUG=1 shows the traceback of llqa's errors."""
     try:
-        app(args=argv)
+        code = app(args=argv, prog_name="llqa", standalone_mode=False)
     except LlqaError as e:
         if os.environ.get("LLQA_DEBUG"):
             raise
         err_console.print(f"[bold red]{e.label}:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:  # Ctrl-C outside training (which stops cleanly, trainer.stop), or twice in it
+    except _CLICK_ERROR as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # `llqa`, `llqa eval`: the help is the answer
+            print(e.format_message())
+        else:
+            err_console.print(f"[bold red]error:[/] {_usage_line(e)}", highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except typer.Abort:  # end of input at a prompt
+        err_console.print("[bold red]aborted[/]", highlight=False)
+        sys.exit(1)
+    except KeyboardInterrupt:  # a second Ctrl-C while the first one's cleanup runs
+        code = 130
+    if code == 130:  # Ctrl-C: typer turns the KeyboardInterrupt into Exit(130), which arrives here as 130
         if os.environ.get("LLQA_DEBUG"):
-            raise
+            raise KeyboardInterrupt
         err_console.print(
-            "[bold red]interrupted[/] (results already written are kept; evals and training resume)", highlight=False
+            "[bold red]interrupted[/] (results already written are kept; rerun the same command to resume)",
+            highlight=False,
         )
-        sys.exit(130)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":
