@@ -1,7 +1,7 @@
-"""Per-GPU memory plan for `llqa train/sft --parallel fsdp` (issue 9), computed on a CPU: no GPU, nothing measured.
+"""Per-GPU memory plan for `llqa train/sft --parallel fsdp`, computed on a CPU: no GPU, nothing measured.
 
 For each SHAPE@CTX/WORLD the script builds the `random:<shape>` model on the meta device, prepares it exactly as
-the trainer does (`trainer.loop._prepare_model`: S2-Attn, gradient checkpointing, peft LoRA+ for
+the trainer does (`trainer.model.prepare_model`: S2-Attn, gradient checkpointing, peft LoRA+ for
 `--method longlora`; `trainer.loss.CausalLMLoss` as the root unit), and splits every parameter as FSDP2's
 `fully_shard` does: along dim 0, every rank's shard padded to ceil(dim0 / world) rows. It then applies the
 trainer's own sharding (`trainer.fsdp.shard`) in this one process over a fake process group of WORLD ranks
@@ -29,7 +29,8 @@ Bytes per rank (rank 0 holds the largest shards), for one sequence of CTX tokens
 `total` is their sum: a plan of `torch.cuda.max_memory_allocated`, without the allocator's fragmentation or
 NCCL's buffers.
 
-One command, seconds on a CPU (issue 9's shapes on 8 ranks; 7B at 32k on 2, measured on 2×H200; 13B at 64k on 2):
+One command, seconds on a CPU (13B at 64k and 70B at 32k on 8 ranks; 7B at 32k on 2, measured on 2×H200;
+13B at 64k on 2):
     python benchmarks/fsdp_plan.py --out benchmarks/results/fsdp-plan
 """
 
@@ -97,8 +98,8 @@ def build(shape: str, ctx: int, method: str = "longlora"):
 
     from llqa.models import apply_position_interpolation, load_config, resolve
     from trainer.config import TrainConfig
-    from trainer.loop import _prepare_model
     from trainer.loss import CausalLMLoss
+    from trainer.model import prepare_model
 
     cfg = TrainConfig(
         task="sft",
@@ -115,7 +116,7 @@ def build(shape: str, ctx: int, method: str = "longlora"):
     with init_empty_weights(include_buffers=False):
         meta = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
     meta.tie_weights()
-    model = _prepare_model(dataclasses.replace(cfg, compile="off"), meta, torch.bfloat16)
+    model = prepare_model(dataclasses.replace(cfg, compile="off"), meta, torch.bfloat16)
     return CausalLMLoss(model, cfg.loss_chunk), config
 
 

@@ -67,8 +67,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from llqa.io import atomic_write_json  # noqa: E402
 from trainer.compile import compile_layers, uncompile_layers  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
-from trainer.loop import _load, _optimizer, _prepare_model, train_step  # noqa: E402
+from trainer.loop import train_step  # noqa: E402
 from trainer.loss import CausalLMLoss  # noqa: E402
+from trainer.model import load_base, make_optimizer, prepare_model  # noqa: E402
 
 LEVERS = (
     "base",
@@ -160,7 +161,7 @@ def configure(model, lever: str, cfg: TrainConfig, compile_mode: str = "default"
         if p.startswith("sdpa-"):
             cfg_kw["sdpa_backend"] = p.removeprefix("sdpa-")
     base = model.get_base_model()
-    kwargs = {"use_reentrant": offload}  # as the trainer's _prepare_model: reentrant only to offload
+    kwargs = {"use_reentrant": offload}  # as the trainer's prepare_model: reentrant only to offload
     enable = getattr(base, "activation_checkpointing_enable", None)
     if "no-checkpointing" in parts:
         disable = getattr(base, "activation_checkpointing_disable", None) or base.gradient_checkpointing_disable
@@ -277,9 +278,9 @@ def main(argv=None) -> int:
             device=args.device,
         )
         t0 = time.perf_counter()
-        loaded, device, dtype = _load(cfg)
-        model = _prepare_model(cfg, loaded.model, dtype)
-        params, opt, sched = _optimizer(cfg, model)
+        loaded, device, dtype = load_base(cfg)
+        model = prepare_model(cfg, loaded.model, dtype)
+        params, opt, sched = make_optimizer(cfg, model)
         load_s = time.perf_counter() - t0
         meta = {
             "model": args.model,

@@ -17,8 +17,8 @@ It then reads the run's `log.jsonl` and writes `OUT/summary.json`:
 
 One command, 2×H200 (about 4 minutes): random:7b at 32768, global batch 4 (2 sequences per GPU):
     python benchmarks/train_fsdp.py --out benchmarks/results/train-fsdp-2xh200
-Issue 9's shapes on 8 GPUs, sft on a LongQA build (each its own command; the 70B run split in two launches, see
-train_fsdp.md, which also gives the offline `llqa build` of /tmp/longqa):
+The 8-GPU shapes (13B at 64k, 70B at 32k), sft on a LongQA build (each its own command; the 70B run split in
+two launches, see train_fsdp.md, which also gives the offline `llqa build` of /tmp/longqa):
     python benchmarks/train_fsdp.py --nproc 8 --runs 13b@65536 --task sft --data /tmp/longqa --out OUT13
     python benchmarks/train_fsdp.py --nproc 8 --runs 70b@32768 --task sft --data /tmp/longqa --steps 1 \
         --batch-size 8 --out OUT70 --phase train        (then the same command with --phase resume)
@@ -123,7 +123,7 @@ def summarise(
     task: str,
     attn: str,
 ) -> dict:
-    from trainer.loop import read_log
+    from trainer.runlog import read_log
 
     log = read_log(run)
     ckpts = sorted(p.name for p in (run / "checkpoints").glob("step-*"))

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Data-parallel training on several GPUs of one host (issue 7): `torchrun` starts one llqa process per GPU,
+# Data-parallel training on several GPUs of one host: `torchrun` starts one llqa process per GPU,
 # trainer.distributed wraps the step in DDP. Two launches: train 2 steps (checkpoint + final weights written by
 # rank 0), then `--resume` to step 4 (every rank loads that checkpoint). Prints tokens/s, peak memory per GPU and
 # whether the resume continued the run.
@@ -34,7 +34,7 @@ torchrun --standalone --nproc-per-node "$NPROC" -m cli "${common[@]}" --max-step
 python - "$OUT" "$NPROC" "$(( $(date +%s) - start ))" <<'PY'
 import json, sys
 from pathlib import Path
-from trainer.loop import read_log
+from trainer.runlog import read_log
 out, nproc, wall = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 log = read_log(out / "run")
 ckpts = sorted(p.name for p in (out / "run" / "checkpoints").glob("step-*"))

@@ -144,7 +144,8 @@ def train_step_grads(tmp_path, compile_backend: str | None = None, **config):
 
     from trainer.compile import compile_layers
     from trainer.config import TrainConfig
-    from trainer.loop import _optimizer, _prepare_model, train_step
+    from trainer.loop import train_step
+    from trainer.model import make_optimizer, prepare_model
 
     cfg = TrainConfig(
         task="train",
@@ -159,10 +160,10 @@ def train_step_grads(tmp_path, compile_backend: str | None = None, **config):
         **config,
     )
     torch.manual_seed(0)
-    model = _prepare_model(cfg, build_tiny_llama(512, seed=1), torch.float32)
+    model = prepare_model(cfg, build_tiny_llama(512, seed=1), torch.float32)
     if compile_backend is not None:
         assert compile_layers(model, "default", backend=compile_backend) == 2  # the tiny Llama's layers
-    params, opt, sched = _optimizer(cfg, model)
+    params, opt, sched = make_optimizer(cfg, model)
     names = {id(p): n for n, p in model.named_parameters()}
     grads: dict[str, torch.Tensor] = {}
     real_step = opt.step

@@ -1,6 +1,6 @@
-"""`--no-pi`: perplexity past the model's native context without Position Interpolation (issue 8's
-"base model without PI" rows), against the default, which interpolates to the longest length; and how
-`llqa report` groups the two."""
+"""`--no-pi`: perplexity past the model's native context without Position Interpolation (the
+"base model without PI" rows of benchmarks/smollm2-8k-to-32k), against the default, which interpolates to the
+longest length; and how `llqa report` groups the two."""
 
 from __future__ import annotations
 

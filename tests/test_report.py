@@ -14,7 +14,11 @@ import pytest
 
 import cli
 from llqa.errors import LlqaError
-from llqa.report import MISSING, fmt, model_identity, moved_training_run, parse_names, training_cost, write_report
+from report import write_report
+from report.inputs import MISSING
+from report.runs import model_identity, moved_training_run, parse_names
+from report.summary import training_cost
+from report.tables import fmt
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 WORDS = (
@@ -207,7 +211,7 @@ def test_training_cost_from_the_step_log(report, produced):
 
 
 def test_training_cost_keeps_the_last_record_of_a_resumed_step(tmp_path):
-    from llqa.report import read_training
+    from report.inputs import read_training
 
     (tmp_path / "train_config.json").write_text(json.dumps({"config": {"max_steps": 2}}))
     recs = [
@@ -421,7 +425,7 @@ def test_parse_names():
 
 
 def test_walk_skips_only_a_training_runs_own_folders(tmp_path):
-    from llqa.report import collect
+    from report.inputs import collect
 
     result = json.dumps({"task": "mystery", "summary": {}})
     for d in ("evals/base", "evals/data", "run/checkpoints/step-1", "run/base"):
@@ -489,7 +493,7 @@ def test_results_on_the_same_data_in_other_folders_share_a_table(tmp_path):
 def test_cells_past_the_runs_context_are_marked(tmp_path):
     """The base model run past its own context (no PI): its perplexity and passkey cells beyond ctx carry †,
     in the markdown and in report.json; cells within ctx, and missing cells, do not."""
-    from llqa.report import BEYOND
+    from report.inputs import BEYOND
 
     model = {"spec": "random:tiny", "target_ctx": 128, "native_ctx": 128, "rope_factor": 1.0}
     ppl = _ppl_doc("random:tiny", "/x/heldout", ["a.txt"], 10.0)

@@ -173,7 +173,7 @@ def test_sigterm_stops_after_the_step_with_a_checkpoint_there(capsys, tmp_path, 
     from pathlib import Path
 
     from trainer.checkpoint import latest_checkpoint
-    from trainer.loop import read_log
+    from trainer.runlog import read_log
 
     root = Path(__file__).resolve().parents[1]
     text, run = tmp_path / "text.txt", tmp_path / "run"

@@ -1,4 +1,4 @@
-"""`--compile` (issue 7): a training step with the decoder layers compiled equals the eager step (loss and the
+"""`--compile`: a training step with the decoder layers compiled equals the eager step (loss and the
 gradients the optimizer receives), with and without offloaded checkpoints and with S2-Attn; options checked."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Data-parallel training (issue 7): two gloo processes on CPU, as `torchrun --nproc-per-node 2` starts them.
+"""Data-parallel training: two gloo processes on CPU, as `torchrun --nproc-per-node 2` starts them.
 
 One spawn of 2 ranks trains a tiny LoRA+ model (tied embeddings) 2 steps, stops (as if killed), then
 resumes to step 4; rank 0 copies the stopped run first, and that copy resumes in ONE process. All three
@@ -14,7 +14,8 @@ import torch
 from tests.conftest import assert_tensor_dicts_close, free_ports, spawn_gloo_ranks
 from trainer.config import TrainConfig
 from trainer.distributed import micro_batches_per_rank, rank_slice
-from trainer.loop import read_log, run_training
+from trainer.loop import run_training
+from trainer.runlog import read_log
 
 CTX = 64
 

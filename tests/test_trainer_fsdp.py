@@ -1,4 +1,4 @@
-"""Sharded data parallelism (`--parallel fsdp`, FSDP2; issue 7): two gloo processes on CPU, as
+"""Sharded data parallelism (`--parallel fsdp`, FSDP2): two gloo processes on CPU, as
 `torchrun --nproc-per-node 2` starts them, against one process training the same global batch.
 
 One spawn of 2 ranks runs, on a tiny model with tied embeddings (the LoRA+ embedding copy is shared with
@@ -24,7 +24,8 @@ from llqa.errors import LlqaError
 from tests.conftest import assert_tensor_dicts_close, free_ports, spawn_gloo_ranks
 from trainer.config import TrainConfig
 from trainer.fsdp import base_name, is_sharded
-from trainer.loop import read_log, run_training
+from trainer.loop import run_training
+from trainer.runlog import read_log
 
 CTX = 64
 

@@ -1,9 +1,9 @@
-"""Issue 9's path at a tiny size, on CPU: `llqa build` (the real LongQA builder, L-Eval sci_fi from
-../shared/data) -> `llqa sft --model random:<shape> --method longlora --parallel fsdp` on that build under
-`torchrun --nproc-per-node 2` (gloo) for N steps -> a new launch with `--resume` to 2N steps -> the final
-adapter as `--model RUN` in `llqa eval perplexity`. Only the shape, the context and the device differ from
-issue 9's 8-GPU commands (benchmarks/train_fsdp.md): a random base drawn shard by shard and copied into
-RUN/base, reloaded by rank 0 and scattered on resume; the checkpoint gathered from, and re-sharded over, 2 ranks.
+"""The 8-GPU FSDP sft path (benchmarks/train_fsdp.md) at a tiny size, on CPU: `llqa build` (the real LongQA
+builder, L-Eval sci_fi from ../shared/data) -> `llqa sft --model random:<shape> --method longlora --parallel fsdp`
+on that build under `torchrun --nproc-per-node 2` (gloo) for N steps -> a new launch with `--resume` to 2N
+steps -> the final adapter as `--model RUN` in `llqa eval perplexity`. Only the shape, the context and the
+device differ from those 8-GPU commands: a random base drawn shard by shard and copied into RUN/base, reloaded
+by rank 0 and scattered on resume; the checkpoint gathered from, and re-sharded over, 2 ranks.
 The numerical equality of FSDP with one process is tested in tests/test_trainer_fsdp.py."""
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def _cli(args: list[str]) -> str:
 
 
 def _torchrun_sft(build: Path, run: Path, max_steps: int, *extra: str) -> None:
-    """One launch of the real CLI under torchrun, 2 ranks (gloo on CPU), as issue 9's command but tiny."""
+    """One launch of the real CLI under torchrun, 2 ranks (gloo on CPU), as the 8-GPU command but tiny."""
     cmd = [
         sys.executable,
         "-m",

@@ -1,4 +1,4 @@
-"""benchmarks/fsdp_plan.py: the per-GPU memory plan for FSDP (issue 9). Invariants of its arithmetic only — the
+"""benchmarks/fsdp_plan.py: the per-GPU memory plan for FSDP. Invariants of its arithmetic only — the
 plan's agreement with a measurement is reported in benchmarks/train_fsdp.md, never asserted here."""
 
 from __future__ import annotations

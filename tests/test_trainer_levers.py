@@ -1,4 +1,4 @@
-"""Speed/memory levers of issue 7 leave the training step's result unchanged: offloading the gradient
+"""The speed/memory levers leave the training step's result unchanged: offloading the gradient
 checkpoints to CPU memory (reentrant checkpointing + trainer.offload's hooks) and forcing an SDPA kernel."""
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ from llqa.models import RUN_FILE, load_model
 from tests.conftest import build_tiny_llama
 from trainer.checkpoint import checkpoint_dirs, latest_checkpoint
 from trainer.config import TrainConfig
-from trainer.loop import TrainingStopped, read_log, run_training
+from trainer.loop import TrainingStopped, run_training
+from trainer.runlog import read_log
 
 CTX = 64
 

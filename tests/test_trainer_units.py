@@ -304,18 +304,18 @@ def test_oom_message_names_what_to_lower():
 
 
 def test_lr_schedule_is_linear_warmup_then_constant():
-    from trainer.loop import lr_factor
+    from trainer.model import lr_factor
 
     assert [lr_factor(s, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
     assert lr_factor(0, 0) == 1.0
 
 
 def test_bf16_training_keeps_fp32_master_weights_and_bf16_activations():
-    from trainer.loop import _prepare_model
+    from trainer.model import prepare_model
 
     model = build_tiny_llama(VOCAB).to(torch.bfloat16)
     cfg = TrainConfig(task="train", out="o", data=["x"], ctx=64, method="lora+")
-    trained = _prepare_model(cfg, model)
+    trained = prepare_model(cfg, model)
     assert trained.training and not trained.get_base_model().config.use_cache
     emb = trained.get_input_embeddings()
     assert emb.modules_to_save["default"].weight.dtype == torch.float32

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from llqa.errors import LlqaError
+from trainer.dtensor import full_tensor, like_param, trainable_state
 
 if TYPE_CHECKING:
     import torch
@@ -99,8 +100,6 @@ def _safe_load(path: Path) -> Any:
 def full_training_state(model: torch.nn.Module, optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(trainable weights by name, optimizer state_dict) as full CPU tensors: the single-process format, whatever
     the engine. FSDP-sharded tensors are all-gathered, so under `--parallel fsdp` every rank must call this."""
-    from trainer.fsdp import full_tensor, trainable_state
-
     weights = trainable_state(model)
     opt = optimizer.state_dict()
     opt["state"] = {
@@ -201,8 +200,6 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) ->
     """Restore weights, optimizer, scheduler and RNG from `path`; returns its state.json. Every process reads the
     whole checkpoint; under FSDP each keeps its shard, so a checkpoint resumes on any number of ranks."""
     import torch
-
-    from trainer.fsdp import like_param
 
     state, weights, opt, rng = read_checkpoint(Path(path))
     params = dict(model.named_parameters())

@@ -1,4 +1,4 @@
-"""`--compile`: regional torch.compile of the decoder layers for training (issue 7).
+"""`--compile`: regional torch.compile of the decoder layers for training.
 
 Each decoder layer is compiled in place (`nn.Module.compile`: the layer object, its LoRA matrices and its
 gradient-checkpointing wrapper stay as they are, only its forward runs through inductor). The layers share one

@@ -100,7 +100,7 @@ class TrainConfig:
     device: str = "auto"
     gradient_checkpointing: bool = True
     loss_chunk: int = 4096  # tokens per chunk of the chunked cross-entropy
-    # issue 7, speed/memory levers that leave the result unchanged (see benchmarks/train_7b.md):
+    # speed/memory levers that leave the result unchanged (see benchmarks/train_7b.md):
     offload_activations: bool = False  # keep the checkpointed layer inputs in (pinned) CPU memory, not on the GPU
     offload_fraction: float = 1.0  # with offload_activations: the first this fraction of the layers offload (1 = all)
     sdpa_backend: str = "auto"  # torch SDPA kernel: auto (torch's choice), flash, cudnn, efficient, math
@@ -197,7 +197,7 @@ class TrainConfig:
 
     @property
     def grad_accum(self) -> int:
-        """Micro-batches per optimizer step on one device (single process; issue 7 divides by world size)."""
+        """Micro-batches per optimizer step on one device (single process; data parallelism divides by world size)."""
         return self.batch_size // self.micro_batch_size
 
     @property

@@ -35,6 +35,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from llqa.errors import LlqaError
+from llqa.models import (
+    LoadedModel,
+    apply_position_interpolation,
+    describe,
+    load_config,
+    load_model,
+    load_tokenizer,
+    resolve,
+    resolve_device,
+)
+from trainer.compile import decoder_layers, resolve_compile_mode
+from trainer.dtensor import full_tensor
+from trainer.lora import prepare_trainable
+from trainer.loss import CausalLMLoss
+from trainer.model import prepare_model, training_dtype, weights_spec
 
 if TYPE_CHECKING:
     import torch
@@ -45,8 +60,6 @@ if TYPE_CHECKING:
 
 def check_combination(cfg: TrainConfig, device: torch.device) -> None:
     """Refuse what FSDP does not support here, with the fix (one line)."""
-    from trainer.compile import resolve_compile_mode
-
     if cfg.compile not in ("off", "auto") and resolve_compile_mode(cfg.compile, device) != "off":
         raise LlqaError(
             f"--compile {cfg.compile} is not supported with --parallel fsdp",
@@ -73,8 +86,6 @@ def shard(step_module: torch.nn.Module, world: int, device: torch.device, comput
     """fully_shard each decoder layer, then the root (the model with its loss), over all ranks, in place."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
-
-    from trainer.compile import decoder_layers
 
     mesh = init_device_mesh(device.type, (world,))
     policy = mixed_precision(compute_dtype)
@@ -107,52 +118,10 @@ def fill_from_rank0(model: torch.nn.Module, source: torch.nn.Module | None, devi
                 param.copy_(t)
 
 
-def full_tensor(t: torch.Tensor) -> torch.Tensor:
-    """The whole tensor of an FSDP shard (an all-gather: every rank must call it, in the same order)."""
-    from torch.distributed.tensor import DTensor
-
-    return t.full_tensor() if isinstance(t, DTensor) else t
-
-
-def like_param(value: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
-    """A full tensor read from a checkpoint, laid out like `param`: this rank's shard if `param` is sharded
-    (every rank holds the full value, so each cuts its own shard: no communication)."""
-    from torch.distributed.tensor import DTensor, distribute_tensor
-
-    if isinstance(param, DTensor) and tuple(value.shape) == tuple(param.shape):
-        return distribute_tensor(value.to(param.device), param.device_mesh, param.placements, src_data_rank=None)
-    return value
-
-
-def trainable_state(model: torch.nn.Module, aliases: bool = False) -> dict[str, torch.Tensor]:
-    """Every trainable parameter as a full CPU tensor, by name (gathered from the shards: every rank calls
-    this; the others may drop the result). `aliases`: a parameter shared by two modules (a tied embedding)
-    under each of its names, as `state_dict()` lists it; else once, as `named_parameters()` does."""
-    gathered: dict[int, torch.Tensor] = {}
-    out = {}
-    for name, p in model.named_parameters(remove_duplicate=not aliases):
-        if p.requires_grad:
-            if id(p) not in gathered:
-                gathered[id(p)] = full_tensor(p.detach()).contiguous().cpu()
-            out[name] = gathered[id(p)]
-    return out
-
-
 def is_sharded(model: torch.nn.Module) -> bool:
     from torch.distributed.tensor import DTensor
 
     return any(isinstance(p, DTensor) for p in model.parameters())
-
-
-def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> float:
-    """Clip the global gradient norm; with sharded (DTensor) gradients the norm is all-reduced first."""
-    import torch
-
-    grads = [p.grad for p in params if p.grad is not None]
-    total = torch.nn.utils.get_total_norm(grads)
-    total = full_tensor(total)
-    torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
-    return float(total)
 
 
 def base_name(name: str) -> str | None:
@@ -196,7 +165,7 @@ def init_random(model: torch.nn.Module, std: float, generator: torch.Generator) 
 
 
 def save_base_copy(model: torch.nn.Module, config, tokenizer, base_dir, main: bool) -> None:
-    """The frozen base of a sharded peft model as a Hugging Face model directory (what `_save_random_base` writes
+    """The frozen base of a sharded peft model as a Hugging Face model directory (what `save_random_base` writes
     in one process): gathered parameter by parameter on rank 0's CPU, written in 5 GB safetensors shards."""
     from huggingface_hub import save_torch_state_dict
 
@@ -224,13 +193,10 @@ def _build_sharded(
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
-    from trainer.loop import _prepare_model
-    from trainer.loss import CausalLMLoss
-
     with init_empty_weights(include_buffers=False):  # parameters on meta; RoPE tables computed on the CPU
         meta = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
     meta.tie_weights()  # init_empty_weights gives every parameter a new meta tensor, untying a tied LM head
-    model = _prepare_model(dataclasses.replace(cfg, compile="off"), meta, compute_dtype)
+    model = prepare_model(dataclasses.replace(cfg, compile="off"), meta, compute_dtype)
     step_module = CausalLMLoss(model, cfg.loss_chunk)
     shard(step_module, dist.world, device, compute_dtype)
     buffers = {n: b.clone() for n, b in step_module.named_buffers()}
@@ -252,21 +218,8 @@ def load_sharded(cfg: TrainConfig, dist: DistInfo):
     `loaded.model` is None: the model is the returned sharded one."""
     import torch
 
-    from llqa.models import (
-        LoadedModel,
-        apply_position_interpolation,
-        describe,
-        load_config,
-        load_model,
-        load_tokenizer,
-        resolve,
-        resolve_device,
-    )
-    from trainer.loop import _compute_dtype, weights_spec
-    from trainer.lora import prepare_trainable
-
     device = resolve_device(cfg.device)
-    compute_dtype = getattr(torch, _compute_dtype(cfg, device))
+    compute_dtype = getattr(torch, training_dtype(cfg, device))
     check_combination(cfg, device)
     spec = weights_spec(cfg)
     base_dtype = "float32" if cfg.method == "full" else str(compute_dtype).removeprefix("torch.")

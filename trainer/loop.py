@@ -31,9 +31,30 @@ from typing import TYPE_CHECKING, Any
 
 from llqa.errors import LlqaError
 from llqa.io import OutLock, append_jsonl, atomic_write_json
-from llqa.models import RUN_FILE
+from llqa.models import RUN_FILE, resolve_device
+from trainer import data as D
 from trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from trainer.config import CONFIG_FILE, TrainConfig
+from trainer.data import collate, sample_index
+from trainer.distributed import (
+    DistInfo,
+    all_reduce,
+    barrier,
+    choose_engine,
+    init_distributed,
+    launched_world,
+    micro_batches_per_rank,
+    rank_slice,
+    shutdown,
+    wrap_for_training,
+)
+from trainer.dtensor import clip_grad_norm, trainable_state
+from trainer.fsdp import load_sharded
+from trainer.loss import CausalLMLoss
+from trainer.model import adapter_base_name, base_spec, load_base, make_optimizer, prepare_model, save_random_base
+from trainer.offload import checkpoint_offload
+from trainer.runlog import LOG_FILE
+from trainer.s2attn import disable_s2_attention
 from trainer.stop import StopRequest, TrainingInterrupted
 
 if TYPE_CHECKING:
@@ -61,11 +82,6 @@ class TrainResult:
 
 
 # --------------------------------------------------------------------------- setup
-
-
-def lr_factor(step: int, warmup: int) -> float:
-    """Linear warm-up then constant: step s (0-based) uses lr × min(1, (s+1)/warmup)."""
-    return 1.0 if warmup <= 0 else min(1.0, (step + 1) / warmup)
 
 
 def _check_run_dir(cfg: TrainConfig) -> Path | None:
@@ -123,56 +139,8 @@ def _resume_note(cfg: TrainConfig, resume_from: Path | None) -> str | None:
     return None
 
 
-def _compute_dtype(cfg: TrainConfig, device: torch.device) -> str:
-    from llqa.models import resolve_dtype
-
-    dtype = resolve_dtype(cfg.dtype, device)
-    name = str(dtype).removeprefix("torch.")
-    if name == "float16":
-        raise LlqaError(
-            "--dtype float16 is not supported for training (its range overflows without loss scaling)",
-            "use --dtype bfloat16 (GPU) or float32",
-        )
-    return name
-
-
-def _load(cfg: TrainConfig):
-    """(loaded model, device, compute dtype). LoRA methods keep the frozen base in the compute dtype (bf16 on
-    GPU, as in the paper); `full` loads it in fp32, since every weight becomes an fp32 master weight."""
-    import torch
-
-    from llqa.models import load_model, resolve, resolve_device
-
-    source = resolve(cfg.model)
-    if source.kind == "peft":
-        raise LlqaError(
-            f"--model {cfg.model} is a LoRA adapter",
-            "merge it first (`llqa merge RUN --out DIR`) and train on the merged model",
-        )
-    device = resolve_device(cfg.device)
-    dtype = _compute_dtype(cfg, device)
-    torch.manual_seed(cfg.seed)  # random:<shape> bases and LoRA init derive from the seed
-    loaded = load_model(
-        weights_spec(cfg), ctx=cfg.ctx, dtype="float32" if cfg.method == "full" else dtype, device=str(device)
-    )
-    return loaded, device, getattr(torch, dtype)
-
-
-def weights_spec(cfg: TrainConfig) -> str:
-    """What to load: `--model`, except that a resumed LoRA run on a random base reloads the copy of that base
-    kept in the run directory (whatever engine, device or number of processes created it)."""
-    from llqa.models import resolve
-
-    base = cfg.run_dir / "base"
-    if cfg.resume and cfg.lora and resolve(cfg.model).kind == "random" and (base / "config.json").is_file():
-        return str(base)
-    return cfg.model
-
-
 def build_data(cfg: TrainConfig, tokenizer):
     """The run's dataset (PackedData or SftData) and its statistics."""
-    from trainer import data as D
-
     if cfg.task == "train":
         needed = cfg.max_steps * cfg.batch_size
         meta = {
@@ -204,61 +172,6 @@ def build_data(cfg: TrainConfig, tokenizer):
     return sft, sft.stats
 
 
-def _prepare_model(cfg: TrainConfig, model, compute_dtype: torch.dtype | None = None):
-    """Train mode, no KV cache, S2-Attn if asked, gradient checkpointing, the method's trainable set.
-    `compute_dtype` (default: the model's dtype) is the autocast dtype the training step will use."""
-    import torch
-
-    from trainer.lora import prepare_trainable
-
-    model.config.use_cache = False
-    if cfg.attn == "s2":
-        from trainer.s2attn import enable_s2_attention
-
-        enable_s2_attention(model, group_ratio=cfg.group_ratio)
-    if cfg.gradient_checkpointing:
-        # Offloading needs the reentrant form: it saves each layer's input with save_for_backward, where the
-        # hooks of `trainer.offload` move it to CPU; the non-reentrant form keeps it on the GPU (its own hooks win).
-        kwargs = {"use_reentrant": cfg.offload_activations}
-        # transformers >= 5.2x renamed it activation_checkpointing_enable; older 5.x only has the old name
-        enable = getattr(model, "activation_checkpointing_enable", None)
-        if enable is not None:
-            enable(activation_checkpointing_kwargs=kwargs)
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-        if cfg.offload_activations:  # reentrant checkpoints only backpropagate into inputs that require grad
-            model.enable_input_require_grads()
-    compute_dtype = compute_dtype or model.dtype
-    model = prepare_trainable(model, cfg.method, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
-    if compute_dtype != torch.float32:
-        # Trainable embeddings are fp32 master weights, so their output would be fp32 and with it the whole
-        # residual stream and every checkpointed activation (2x the memory of a bf16 model: +2.3 GB for
-        # SmolLM2 at 64k). Cast it to the compute dtype, as a bf16 model's embedding output is.
-        model.get_input_embeddings().register_forward_hook(lambda _m, _i, out: out.to(compute_dtype))
-    model.train()
-    _compile(cfg, model)
-    return model
-
-
-def _compile(cfg: TrainConfig, model) -> None:
-    """`--compile`: the decoder layers compiled in place, after LoRA is applied (see `trainer.compile`)."""
-    from trainer.compile import compile_layers, resolve_compile_mode
-
-    mode = resolve_compile_mode(cfg.compile, next(model.parameters()).device)
-    if mode != "off":
-        compile_layers(model, mode)
-
-
-def _optimizer(cfg: TrainConfig, model):
-    import torch
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    fused = all(p.is_cuda for p in params) or None
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay, fused=fused)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.warmup_steps))
-    return params, opt, sched
-
-
 # --------------------------------------------------------------------------- one step
 
 
@@ -278,8 +191,6 @@ def offload_context(cfg: TrainConfig, device, model):
     `--offload-fraction` of them. A no-op without CUDA (the tensors stay where they are)."""
     if not cfg.offload_activations:
         return contextlib.nullcontext()
-    from trainer.offload import checkpoint_offload
-
     inner = getattr(model, "module", model)  # DDP
     config = getattr(getattr(inner, "model", inner), "config", None)
     return checkpoint_offload(device, config.num_hidden_layers, cfg.offload_fraction)
@@ -306,8 +217,6 @@ def oom_error(cfg: TrainConfig, device) -> LlqaError:
         hints.append("--micro-batch-size 1")
     if cfg.method == "full":
         hints.append("--method longlora")
-    from trainer.distributed import launched_world
-
     if launched_world()[1] > 1 and cfg.parallel != "fsdp":
         hints.append("--parallel fsdp (weights sharded over the GPUs)")
     hints.append(f"--loss-chunk below {cfg.loss_chunk}")
@@ -326,9 +235,6 @@ def train_step(
     processes train (`dist`, see `trainer.distributed`): the loss and its gradient are then the token-weighted
     mean over the global batch of all ranks, equal to one process training on the same global batch."""
     import torch
-
-    from trainer.distributed import DistInfo, all_reduce
-    from trainer.loss import CausalLMLoss
 
     dist = dist or DistInfo()
     if hasattr(model, "get_input_embeddings"):  # a bare causal LM (not already a loss module)
@@ -358,8 +264,6 @@ def train_step(
         raise _nan_error("loss", loss_sum, step, cfg)
     norm = None
     if cfg.max_grad_norm > 0:
-        from trainer.fsdp import clip_grad_norm
-
         norm = clip_grad_norm(params, cfg.max_grad_norm)
         if not math.isfinite(norm):
             raise _nan_error("gradient norm", norm, step, cfg)
@@ -403,41 +307,17 @@ def _write_run_files(
     )
 
 
-def _base_spec(cfg: TrainConfig, loaded) -> str:
-    """The spec that reloads this run's base: local paths made absolute, a random base the copy inside the run,
-    as a path relative to the run (`./base`), so a moved or copied run uses its own copy."""
-    if cfg.lora and (loaded.source.kind == "random" or cfg.model.startswith("random:")):
-        return "./base"
-    path = Path(loaded.source.spec).expanduser()
-    return str(path.resolve()) if path.exists() else loaded.source.spec
-
-
-def adapter_base_name(cfg: TrainConfig) -> str:
-    """The adapter's `base_model_name_or_path`: what the base is on any machine — the alias (`smollm2-135m`),
-    the `random:<shape>` spec, the hub id — and only for a local model its absolute path (all there is)."""
-    from llqa.models import resolve
-
-    source = resolve(cfg.model)
-    if source.kind == "hf" and not Path(cfg.model).expanduser().exists():
-        return cfg.model  # an alias or a hub id, as given
-    if source.kind in ("hf", "gguf") and Path(cfg.model).expanduser().exists():
-        return str(Path(cfg.model).expanduser().resolve())
-    return cfg.model  # an alias resolved to a GGUF file or a cache, or random:<shape>
-
-
 def save_final(cfg: TrainConfig, model, loaded, step: int, state_dict: dict | None = None) -> None:
     """Final weights + tokenizer + llqa_model.json into the run directory (loadable by `--model RUN_DIR`).
     `state_dict`: the trained weights as full tensors, when `model` holds only this rank's shards (FSDP)."""
     run = cfg.run_dir
     if cfg.attn == "s2":
-        from trainer.s2attn import disable_s2_attention
-
         disable_s2_attention(model.get_base_model() if hasattr(model, "get_base_model") else model)
     for adapter in getattr(model, "peft_config", {}).values():  # else peft writes null or a cache path
         adapter.base_model_name_or_path = adapter_base_name(cfg)
     model.save_pretrained(run, **({"state_dict": state_dict} if state_dict is not None else {}))
     loaded.tokenizer.save_pretrained(run)
-    base = _base_spec(cfg, loaded)
+    base = base_spec(cfg, loaded)
     atomic_write_json(
         run / RUN_FILE,
         {
@@ -452,23 +332,11 @@ def save_final(cfg: TrainConfig, model, loaded, step: int, state_dict: dict | No
     )
 
 
-def _save_random_base(cfg: TrainConfig, loaded) -> None:
-    """A random-weight base cannot be recreated later: keep a copy so the adapter reloads onto the same weights."""
-    if loaded.source.kind == "random" and cfg.lora:
-        base_dir = cfg.run_dir / "base"
-        if not (base_dir / "config.json").is_file():
-            loaded.model.save_pretrained(base_dir)
-            loaded.tokenizer.save_pretrained(base_dir)
-
-
 def run_training(cfg: TrainConfig, console=None) -> TrainResult:
     """Train (or resume) the run described by `cfg`; see the module doc for what lands in the run directory.
 
     Under `torchrun` / `accelerate launch` every process calls this: data-parallel training (DDP or FSDP, see
     `trainer.distributed`), rank 0 alone writes the run directory, logs and checkpoints."""
-    from llqa.models import resolve_device
-    from trainer.distributed import barrier, init_distributed, micro_batches_per_rank, shutdown
-
     dist = init_distributed(resolve_device(cfg.device))
     try:
         micro_batches_per_rank(cfg.batch_size, cfg.micro_batch_size, dist.world)
@@ -487,8 +355,6 @@ def run_training(cfg: TrainConfig, console=None) -> TrainResult:
 def _run_dir_lock(cfg: TrainConfig, dist):
     """Rank 0, which writes the run directory, holds its lock for the whole run, from before it checks what the
     directory holds; if it cannot, every rank stops (the others would wait for it forever)."""
-    from trainer.distributed import all_reduce
-
     lock, refused = OutLock(cfg.run_dir), None
     if dist.main:
         try:
@@ -511,21 +377,15 @@ def _build_model(cfg: TrainConfig, dist, engine: str):
     device, rank 0 keeps a copy of a random base (before LoRA layers go into it), the trainable set is
     prepared, and the step module is left to the caller (None)."""
     if engine == "fsdp":
-        from trainer.fsdp import load_sharded
-
         return load_sharded(cfg, dist)
-    loaded, device, compute_dtype = _load(cfg)
+    loaded, device, compute_dtype = load_base(cfg)
     if dist.main:
-        _save_random_base(cfg, loaded)
-    return loaded, device, compute_dtype, _prepare_model(cfg, loaded.model, compute_dtype), None
+        save_random_base(cfg, loaded)
+    return loaded, device, compute_dtype, prepare_model(cfg, loaded.model, compute_dtype), None
 
 
 def _run(cfg: TrainConfig, console, dist, resume_from: Path | None) -> TrainResult:
     import torch
-
-    from llqa.models import resolve_device
-    from trainer.distributed import all_reduce, barrier, choose_engine, wrap_for_training
-    from trainer.loss import CausalLMLoss
 
     if dist.main:
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
@@ -537,7 +397,7 @@ def _run(cfg: TrainConfig, console, dist, resume_from: Path | None) -> TrainResu
     barrier(dist)
     if not dist.main:
         dataset, data_stats = build_data(cfg, loaded.tokenizer)
-    params, optimizer, scheduler = _optimizer(cfg, model)
+    params, optimizer, scheduler = make_optimizer(cfg, model)
     trainable = {
         "parameters": sum(p.numel() for p in params),
         "tensors": len(params),
@@ -621,8 +481,6 @@ def _run(cfg: TrainConfig, console, dist, resume_from: Path | None) -> TrainResu
         raise oom_error(cfg, device) from None
     full_state = None
     if sharded:  # the adapter (or model) is written from full tensors gathered on every rank
-        from trainer.fsdp import trainable_state
-
         full_state = trainable_state(model, aliases=True)
     if dist.main:
         save_final(cfg, model, loaded, state["step"], full_state)
@@ -635,9 +493,6 @@ def _run(cfg: TrainConfig, console, dist, resume_from: Path | None) -> TrainResu
 
 def _next_batches(cfg: TrainConfig, dataset, consumed: int, pad_id: int, dist=None):
     """This rank's micro-batches of the global batch that starts at sample `consumed`."""
-    from trainer.data import collate, sample_index
-    from trainer.distributed import DistInfo, rank_slice
-
     dist = dist or DistInfo()
     n = len(dataset)
     items = [dataset.item(sample_index(consumed + i, n, cfg.seed, cfg.shuffle)) for i in range(cfg.batch_size)]
@@ -654,7 +509,7 @@ class StepLogger:
 
     def __init__(self, cfg: TrainConfig, console, start: int):
         self.cfg, self.console, self.start = cfg, console, start
-        self.path = cfg.run_dir / "log.jsonl"
+        self.path = cfg.run_dir / LOG_FILE
 
     def __enter__(self):
         from rich.console import Console
@@ -691,15 +546,3 @@ class StepLogger:
         self.progress.__exit__(*exc)
         self.writer.close()
         return False
-
-
-def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The per-step records of a run, the last record of each step winning (resumed runs re-log steps)."""
-    from llqa.io import read_jsonl_tolerant
-
-    by_step = {r["step"]: r for r in read_jsonl_tolerant(Path(run_dir) / "log.jsonl") if "step" in r}
-    return [by_step[s] for s in sorted(by_step)]
-
-
-def run_summary(run_dir: str | Path) -> dict[str, Any]:
-    return json.loads((Path(run_dir) / CONFIG_FILE).read_text())

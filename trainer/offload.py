@@ -1,4 +1,4 @@
-"""`--offload-activations`: gradient checkpoints kept in pinned CPU memory, copied on a side stream (issue 7).
+"""`--offload-activations`: gradient checkpoints kept in pinned CPU memory, copied on a side stream.
 
 With reentrant gradient checkpointing, the only tensor a decoder layer saves in the forward pass is its input
 (32 layers × N × 4096 × 2 B = 16 GiB for a 7B model at 64k tokens). `ActivationOffload` is a pair of

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 8's experiment: SmolLM2-135M-Instruct extended from 8k to 32k (PI ×4) by four methods, every step an
+# The experiment: SmolLM2-135M-Instruct extended from 8k to 32k (PI ×4) by four methods, every step an
 # llqa command. Usage:
 #
 #   bash benchmarks/smollm2-8k-to-32k/run.sh STAGE...

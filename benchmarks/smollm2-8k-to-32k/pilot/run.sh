@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Pilot of issue 8's pipeline on a GPU: train (longlora, PI x4) -> perplexity + passkey on the run dir -> report.
+# Pilot of the smollm2-8k-to-32k pipeline on a GPU: train (longlora, PI x4) -> perplexity + passkey on the run dir -> report.
 set -euo pipefail
 MODEL=${MODEL:-smollm2-135m}; CTX=${CTX:-32768}; LENGTHS=${LENGTHS:-2048,8192,32768}; PK=${PK:-8192,32768}
 STEPS=${STEPS:-12}; R=${R:-/tmp/pilot}; DEST=${DEST:-$OUT}

@@ -1,0 +1,144 @@
+"""What every command group shares: the consoles, option aliases, list parsers and `shared_options`.
+
+Typer reads options from signatures, so each alias is an `Annotated[type, typer.Option(...)]` declared once
+here and used by every command taking that option.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from dataclasses import MISSING, fields
+from pathlib import Path
+from typing import Annotated, get_type_hints
+
+import typer
+from rich.console import Console
+
+from llqa.errors import LlqaError
+from llqa.io import OutLock
+from llqa.ranks import dist_env
+
+console = Console()
+err_console = Console(stderr=True)
+
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Alias (smollm2-135m, 7b, 13b, 70b; see `llqa models`), random:<shape>, a hub id, "
+        "or a local model / adapter / llqa run directory.",
+    ),
+]
+CtxOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--ctx",
+        help="Target context in tokens. Above the model's native context, Position Interpolation "
+        "applies linear RoPE scaling by ctx/native, multiplied with any scaling the checkpoint carries.",
+    ),
+]
+DtypeOpt = Annotated[
+    str, typer.Option("--dtype", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16 or float16.")
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (every sampled choice derives from it).")]
+OverwriteOpt = Annotated[
+    bool, typer.Option("--overwrite", help="Discard finished cells in --out and start afresh (default: resume).")
+]
+ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")]
+
+
+def locks_out(command):
+    """Hold a lock on an eval's --out (`opts.out`) while the command runs: a second run into it is refused with the
+    holder's PID instead of computing every cell twice. Under torchrun each rank locks the folder it writes
+    (rank 0 --out, rank r --out/rank{r}). The lock also checks --out: a file or an unwritable place is one line."""
+
+    @functools.wraps(command)
+    def wrapper(*args, opts, **kwargs):
+        rank = dist_env()[0]
+        with OutLock(opts.out if rank == 0 else opts.out / f"rank{rank}"):
+            return command(*args, opts=opts, **kwargs)
+
+    return wrapper
+
+
+def check_ctx(ctx: int | None) -> None:
+    if ctx is not None and ctx <= 0:
+        raise LlqaError(f"--ctx must be a positive number of tokens, got {ctx}", "e.g. --ctx 32768")
+
+
+def shared_options(
+    options_class,
+    *,
+    own_after: str | None = None,
+    omit: tuple[str, ...] = (),
+    defaults: dict | None = None,
+    annotations: dict | None = None,
+):
+    """Add a frozen dataclass's fields (less `omit`) to a command's options and pass them as one `opts` object.
+
+    Typer reads a command's options from its signature, so the wrapper carries the combined one, in --help
+    order: the command's own parameters first, or right after the field `own_after`. For this command only,
+    `defaults` replaces a field's default and `annotations` its `Annotated[type, typer.Option(...)]` (e.g. its
+    help text). The fields' annotations are such `Annotated` types; a field without a default is a required option.
+    """
+    hints = get_type_hints(options_class, include_extras=True)
+    defaults, annotations = defaults or {}, annotations or {}
+    shared = []
+    for f in fields(options_class):
+        if f.name in omit:
+            continue
+        default = inspect.Parameter.empty if f.default is MISSING else f.default
+        shared.append(
+            inspect.Parameter(
+                f.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=defaults.get(f.name, default),
+                annotation=annotations.get(f.name, hints[f.name]),
+            )
+        )
+    split = 0 if own_after is None else 1 + [p.name for p in shared].index(own_after)
+
+    def decorate(command):
+        own = [
+            p.replace(kind=inspect.Parameter.KEYWORD_ONLY)  # keyword-only, as they may follow shared ones
+            for p in inspect.signature(command, eval_str=True).parameters.values()
+            if p.name != "opts"
+        ]
+        params = shared[:split] + own + shared[split:]
+
+        @functools.wraps(command)
+        def wrapper(**options):
+            opts = options_class(**{p.name: options.pop(p.name) for p in shared})
+            return command(opts=opts, **options)
+
+        wrapper.__signature__ = inspect.Signature(params, return_annotation=None)
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        return wrapper
+
+    return decorate
+
+
+def int_list(value: str | None, option: str, example: str) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        return [int(x) for x in value.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise LlqaError(
+            f"{option} {value} is not a comma-separated list of integers", f"e.g. {option} {example}"
+        ) from None
+
+
+def float_list(value: str | None, option: str, example: str) -> list[float] | None:
+    if value is None:
+        return None
+    try:
+        return [float(x) for x in value.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise LlqaError(
+            f"{option} {value} is not a comma-separated list of numbers", f"e.g. {option} {example}"
+        ) from None

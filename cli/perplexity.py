@@ -1,0 +1,311 @@
+"""`llqa eval perplexity | pg19 | proof-pile`: sliding-window perplexity on your text, PG19 and proof-pile."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from cli.options import (
+    CtxOpt,
+    DeviceOpt,
+    DtypeOpt,
+    ModelOpt,
+    OutOpt,
+    OverwriteOpt,
+    ProgressOpt,
+    SeedOpt,
+    check_ctx,
+    console,
+    int_list,
+    locks_out,
+    shared_options,
+)
+from llqa.errors import LlqaError
+from llqa.models import DEFAULT_MODEL
+
+app = typer.Typer(rich_markup_mode=None)
+
+
+PPL_SEMANTICS_HELP = (
+    "Scored tokens: windows of L tokens slide over each document (--concat: over all documents joined); "
+    "sliding (default, Press et al./PI) starts a window every --stride tokens and scores only tokens no "
+    "earlier window scored, so each token after the first is scored exactly once with >= L-S tokens of "
+    "context; all-tokens (LongLoRA eval.py) scores every token of every full window; disjoint "
+    "(lm-eval-harness) scores each token once with context restarting every L-1 tokens. "
+    "Reported per L: ppl = exp(total NLL / scored tokens) (headline), window_ppl = exp(mean of window mean "
+    "NLLs) (YaRN; LongLoRA with all-tokens), bits per byte over the UTF-8 bytes of the scored tokens. "
+    "--bos auto puts the tokenizer's BOS before each document when the tokenizer adds one by default; "
+    "never mid-document. One model at PI context --ctx (default: the longest L) scores every L; --no-pi "
+    "keeps the model's own RoPE, so L beyond its context measures extrapolation (result.json: pi false)."
+)
+LengthsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--lengths", "-L", help="Window lengths, comma-separated (e.g. 2048,4096,8192). Default: --ctx, else 4096."
+    ),
+]
+StrideOpt = Annotated[
+    int,
+    typer.Option(
+        "--stride",
+        "-S",
+        help="Tokens between window starts (sliding, all-tokens); must be < L for sliding. Ignored by disjoint.",
+    ),
+]
+ScoringOpt = Annotated[str, typer.Option("--scoring", help="sliding | all-tokens | disjoint (see above).")]
+BosOpt = Annotated[
+    str,
+    typer.Option(
+        "--bos",
+        help="auto | always | never: one BOS token before each "
+        "document (auto: when the tokenizer adds one by default).",
+    ),
+]
+ConcatOpt = Annotated[
+    bool,
+    typer.Option(
+        "--concat/--per-document",
+        help="Join all documents into one stream (LongLoRA) instead of keeping windows inside each document.",
+    ),
+]
+MaxTokensOpt = Annotated[
+    int | None, typer.Option("--max-tokens", help="Keep the first N tokens of each document (BOS included).")
+]
+BatchTokensOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--batch-tokens",
+        help="Tokens per forward pass (windows of equal length batched). Default: 65536 on GPU, 8192 on CPU.",
+    ),
+]
+TextFieldOpt = Annotated[str | None, typer.Option("--text-field", help="Text column of a jsonl/parquet file.")]
+MaxDocsOpt = Annotated[int | None, typer.Option("--max-docs", help="Score the first N documents.")]
+MaxBooksOpt = Annotated[int | None, typer.Option("--max-docs", help="Score the first N books.")]  # pg19
+SdpaOpt = Annotated[
+    str,
+    typer.Option(
+        "--sdpa-backend",
+        help="Preferred torch SDPA kernel: auto (torch's "
+        "choice), cudnn, flash, efficient or math; others remain fallbacks.",
+    ),
+]
+RevisionOpt = Annotated[str | None, typer.Option("--revision", help="Hub dataset revision (branch, tag or commit).")]
+PiOpt = Annotated[
+    bool,
+    typer.Option(
+        "--pi/--no-pi",
+        help="--pi (default): Position Interpolation to --ctx (or "
+        "the longest L). --no-pi: the model at its own RoPE and context; longer "
+        "windows are scored anyway (an extrapolation measurement).",
+    ),
+]
+CompileOpt = Annotated[
+    str,
+    typer.Option(
+        "--compile",
+        help="torch.compile the decoder layers: auto (default: "
+        "mode default on CUDA, off elsewhere), off, default, "
+        "max-autotune-no-cudagraphs or reduce-overhead (CUDA graphs). "
+        "Costs a one-time compilation per L (tens of seconds on GPU); worth it "
+        "for long runs. Same numbers up to kernel rounding.",
+    ),
+]
+
+
+@dataclass(frozen=True)
+class PerplexityOptions:
+    """The options the three perplexity commands share, declared once, in --help order.
+
+    `shared_options` turns the fields into command-line options; the command receives them as one
+    `opts` object. --max-docs is a field only because --help lists it among these options.
+    """
+
+    model: ModelOpt = DEFAULT_MODEL
+    lengths: LengthsOpt = None
+    ctx: CtxOpt = None
+    stride: StrideOpt = 256
+    scoring: ScoringOpt = "sliding"
+    bos: BosOpt = "auto"
+    concat: ConcatOpt = False
+    max_docs: MaxDocsOpt = None
+    max_tokens: MaxTokensOpt = None
+    batch_tokens: BatchTokensOpt = None
+    sdpa_backend: SdpaOpt = "auto"
+    pi: PiOpt = True
+    compile_mode: CompileOpt = "auto"
+    dtype: DtypeOpt = "auto"
+    device: DeviceOpt = "auto"
+    out: OutOpt = Path("runs/perplexity")
+    overwrite: OverwriteOpt = False
+    progress: ProgressOpt = True
+
+
+def _perplexity(documents_fn, opts: PerplexityOptions) -> None:
+    """Shared body of the three perplexity commands: config, model, documents, run, table."""
+    from evals.perplexity import COMPILE_MODES, PerplexityConfig, run
+    from llqa.models import load_model
+
+    check_ctx(opts.ctx)
+    if opts.batch_tokens is not None and opts.batch_tokens < 1:
+        raise LlqaError(f"--batch-tokens must be positive, got {opts.batch_tokens}", "e.g. --batch-tokens 65536")
+    if opts.compile_mode not in COMPILE_MODES:
+        raise LlqaError(f"--compile {opts.compile_mode} is unknown", f"use one of: {', '.join(COMPILE_MODES)}")
+    cfg = PerplexityConfig(
+        lengths=[opts.ctx or 4096] if opts.lengths is None else int_list(opts.lengths, "--lengths", "2048,4096,8192"),
+        stride=opts.stride,
+        scoring=opts.scoring,
+        bos=opts.bos,
+        concat=opts.concat,
+        max_tokens=opts.max_tokens,
+        ctx=opts.ctx,
+        pi=opts.pi,
+    )
+    documents, data_info = documents_fn(cfg)  # before the weights load: bad data fails at once
+    import torch
+
+    torch.manual_seed(0)  # random:<shape> weights are then the same on every rank and every resume
+    loaded = load_model(opts.model, ctx=cfg.model_ctx, dtype=opts.dtype, device=opts.device)
+    result = run(
+        loaded,
+        documents,
+        cfg,
+        opts.out,
+        data_info=data_info,
+        overwrite=opts.overwrite,
+        batch_tokens=opts.batch_tokens,
+        sdpa_backend=opts.sdpa_backend,
+        show_progress=opts.progress,
+        compile_mode=opts.compile_mode,
+    )
+    if result.result_path is None:  # a rank other than 0 under torchrun: rank 0 reports
+        return
+    at = f"ctx {cfg.model_ctx}" if opts.pi else f"its own RoPE (ctx {loaded.info.target_ctx}, no PI)"
+    table = Table(
+        title=f"perplexity ({cfg.scoring}, stride {cfg.stride}) — {loaded.info.spec} at {at}, "
+        f"{len(documents)} documents"
+    )
+    for col in ("L", "windows", "scored tokens", "ppl", "window ppl", "bits/byte"):
+        table.add_column(col, justify="right")
+
+    def fmt(v, spec):
+        return "—" if v is None else format(v, spec)
+
+    for r in result.rows:
+        table.add_row(
+            str(r["length"]),
+            f"{r['windows']:,}",
+            f"{r['scored_tokens']:,}",
+            fmt(r["ppl"], ".3f"),
+            fmt(r["window_ppl"], ".3f"),
+            fmt(r["bits_per_byte"], ".4f"),
+        )
+    console.print(table)
+    console.print(f"result: {result.result_path}")
+
+
+@app.command(
+    "perplexity",
+    short_help="Sliding-window perplexity on your own text (file, folder, jsonl, parquet).",
+    help="Sliding-window perplexity of a model on your own text (a .txt file, "
+    "a folder of text files, or jsonl/parquet with a text field). " + PPL_SEMANTICS_HELP,
+)
+@shared_options(PerplexityOptions, defaults={"out": Path("runs/perplexity")})
+@locks_out
+def perplexity_cmd(
+    opts: PerplexityOptions,
+    data: Annotated[
+        Path,
+        typer.Option(
+            "--data",
+            "-d",
+            help="A .txt file, a folder (files matching --glob), or a .jsonl/.jsonl.gz/.json/.parquet table.",
+        ),
+    ],
+    text_field: TextFieldOpt = None,
+    id_field: Annotated[
+        str | None, typer.Option("--id-field", help="Column naming each row (default: file:row).")
+    ] = None,
+    glob: Annotated[str, typer.Option("--glob", help="Files of a --data folder to read.")] = "*.txt",
+) -> None:
+    from evals.perplexity import local_documents
+
+    def documents(cfg):
+        return local_documents(data, text_field or "text", id_field, glob, opts.max_docs)
+
+    _perplexity(documents, opts)
+
+
+@app.command(
+    "pg19",
+    short_help="Sliding-window perplexity on PG19's test books.",
+    help="Perplexity on the PG19 test split (100 books; hub emozilla/pg19-test, or a "
+    "local copy with --data). " + PPL_SEMANTICS_HELP,
+)
+@shared_options(PerplexityOptions, defaults={"out": Path("runs/pg19")}, annotations={"max_docs": MaxBooksOpt})
+@locks_out
+def pg19_cmd(
+    opts: PerplexityOptions,
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", "-d", help="A local copy: jsonl/parquet rows with 'text', or a folder of .txt books."),
+    ] = None,
+    revision: RevisionOpt = None,
+    text_field: TextFieldOpt = None,
+) -> None:
+    from evals.perplexity import pg19_documents
+
+    def documents(cfg):
+        return pg19_documents(data, revision, opts.max_docs, text_field)
+
+    _perplexity(documents, opts)
+
+
+@app.command(
+    "proof-pile",
+    short_help="Sliding-window perplexity on proof-pile (PI protocol: 128 docs >= 32k tokens).",
+    help="Perplexity on proof-pile's test split with the Position Interpolation "
+    "protocol: a seeded sample of --num-docs documents with >= --min-tokens tokens, each cut to "
+    "its first --min-tokens tokens; seed and document ids are recorded. Hub "
+    "hoskinson-center/proof-pile, or a local jsonl/parquet copy with --data. " + PPL_SEMANTICS_HELP,
+)
+# The protocol fixes the documents and their length: per-document windows, cut at --min-tokens.
+@shared_options(PerplexityOptions, defaults={"out": Path("runs/proof-pile")}, omit=("concat", "max_docs", "max_tokens"))
+@locks_out
+def proof_pile_cmd(
+    opts: PerplexityOptions,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data", "-d", help="A local copy: jsonl/parquet rows with 'text' (and 'meta'), or a folder of them."
+        ),
+    ] = None,
+    revision: RevisionOpt = None,
+    text_field: TextFieldOpt = None,
+    num_docs: Annotated[int, typer.Option("--num-docs", "--max-docs", help="Documents to sample.")] = 128,
+    min_tokens: Annotated[
+        int,
+        typer.Option(
+            "--min-tokens", help="Only documents at least this long are sampled; each is cut to this many tokens."
+        ),
+    ] = 32768,
+    seed: SeedOpt = 0,
+) -> None:
+    from evals.perplexity import proof_pile_documents
+
+    if num_docs < 1 or min_tokens < 2:
+        raise LlqaError("--num-docs must be >= 1 and --min-tokens >= 2", "e.g. --num-docs 128 --min-tokens 32768")
+
+    def documents(cfg):
+        from evals.perplexity import uses_bos
+        from llqa.models import load_tokenizer, resolve
+
+        tokenizer = load_tokenizer(resolve(opts.model))  # the sample depends on token counts; no weights needed
+        return proof_pile_documents(
+            tokenizer, uses_bos(tokenizer, cfg.bos), data, revision, num_docs, min_tokens, seed, text_field
+        )
+
+    _perplexity(documents, replace(opts, max_tokens=min_tokens))
