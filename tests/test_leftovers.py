@@ -206,7 +206,7 @@ def _ppl_result(folder: Path, spec: str, ppl: float) -> Path:
 
 KILLED_REPORT = """
 import sys, time
-import llqa.report as r
+import report as r
 
 def stop(*a, **k):
     time.sleep(600)  # killed here: the new plots are rendered, the markdown not yet
@@ -216,7 +216,7 @@ r.write_report([sys.argv[1]], sys.argv[2])
 
 
 def test_a_killed_report_leaves_the_previous_one_whole_and_the_next_run_cleans_up(tmp_path):
-    from llqa.report import write_report
+    from report import write_report
 
     first = _ppl_result(tmp_path / "first" / "a", "random:tiny", 20.0)
     second = _ppl_result(tmp_path / "second" / "b", "random:small-other", 30.0)

@@ -147,3 +147,36 @@ def test_rng_state_holds_no_numpy_arrays():
         return not isinstance(x, np.ndarray)
 
     assert walk(rng_state())
+
+
+@pytest.mark.parametrize(
+    ("file", "damage"),
+    [
+        ("trainable.safetensors", _truncate),
+        ("optimizer.pt", lambda p: p.write_bytes(b"garbage, not a torch file")),
+        ("optimizer.pt", _truncate),
+        ("rng.pt", lambda p: torch.save({"python": _RunsCode()}, p)),
+        ("state.json", lambda p: p.write_text("{")),
+    ],
+)
+def test_the_quick_check_before_a_resume_finds_the_same_damage(tmp_path, file, damage):
+    from trainer.checkpoint import check_checkpoint
+
+    _saved_run(tmp_path)
+    ckpt = latest_checkpoint(tmp_path)
+    assert check_checkpoint(ckpt) == 2
+    damage(ckpt / file)
+    with pytest.raises(LlqaError, match="damaged") as e:
+        check_checkpoint(ckpt)
+    assert str(ckpt / file) in e.value.what and "step-000001" in e.value.fix
+
+
+def test_the_quick_check_accepts_an_older_numpy_rng_file(tmp_path):
+    from trainer.checkpoint import check_checkpoint
+
+    _saved_run(tmp_path)
+    ckpt = latest_checkpoint(tmp_path)
+    torch.save(
+        {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}, ckpt / "rng.pt"
+    )
+    assert check_checkpoint(ckpt) == 2

@@ -167,17 +167,51 @@ def _brief(e: BaseException) -> str:
     return text[0][:160] if text else type(e).__name__
 
 
-def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
-    """(state.json, trainable weights, optimizer + scheduler state, RNG state) of the checkpoint in `path`, every
-    file read and checked before anything is restored; a damaged file is a `damaged` error."""
-    from safetensors.torch import load_file
+_NUMPY_GLOBALS = {"numpy.ndarray", "numpy.dtype", "numpy.dtypes.UInt32DType"}
 
+
+def check_checkpoint(path: Path) -> int:
+    """A quick look at every file of a checkpoint before a resume loads the model: state.json parsed, the
+    safetensors header (it covers the whole file, so truncation shows), the `.pt` archives' structure and the
+    globals their pickles would need. Returns the step; damage is a `damaged` error, named before the slow part."""
+    import torch
+    from safetensors import safe_open
+
+    path = Path(path)
+    state = _read_state(path)
+    try:
+        with safe_open(str(path / "trainable.safetensors"), "pt"):
+            pass
+    except Exception as e:  # SafetensorError has no stable import path
+        raise damaged(path, "trainable.safetensors", _brief(e)) from None
+    for file in ("optimizer.pt", "rng.pt"):
+        try:
+            needed = set(torch.serialization.get_unsafe_globals_in_checkpoint(path / file))
+        except Exception as e:  # not a torch archive, truncated zip, missing file
+            raise damaged(path, file, _brief(e)) from None
+        unknown = {g for g in needed if g not in _NUMPY_GLOBALS and not g.startswith("numpy._core.multiarray")}
+        unknown -= {g for g in needed if g.startswith("numpy.core.multiarray")}
+        if unknown:
+            raise damaged(path, file, f"it would run code to load: {', '.join(sorted(unknown))[:120]}")
+    return state["step"]
+
+
+def _read_state(path: Path) -> dict[str, Any]:
     try:
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
         if not isinstance(state, dict) or not isinstance(state.get("step"), int) or "consumed" not in state:
             raise ValueError("no step and data position")
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise damaged(path, "state.json", _brief(e)) from None
+    return state
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+    """(state.json, trainable weights, optimizer + scheduler state, RNG state) of the checkpoint in `path`, every
+    file read and checked before anything is restored; a damaged file is a `damaged` error."""
+    from safetensors.torch import load_file
+
+    state = _read_state(path)
     loaded = {}
     for file, read in (("trainable.safetensors", lambda p: load_file(str(p))), ("optimizer.pt", _safe_load)):
         try:

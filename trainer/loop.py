@@ -33,7 +33,7 @@ from llqa.errors import LlqaError
 from llqa.io import OutLock, append_jsonl, atomic_write_json
 from llqa.models import RUN_FILE, resolve_device
 from trainer import data as D
-from trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from trainer.checkpoint import check_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
 from trainer.config import CONFIG_FILE, TrainConfig
 from trainer.data import collate, sample_index
 from trainer.distributed import (
@@ -106,7 +106,7 @@ def _check_run_dir(cfg: TrainConfig) -> Path | None:
             "of GPUs may change)",
         )
     checkpoint = latest_checkpoint(run)
-    done = checkpoint_step(checkpoint) if checkpoint is not None else None
+    done = check_checkpoint(checkpoint) if checkpoint is not None else None  # damage named before the model loads
     if done is not None and done > cfg.max_steps:
         raise LlqaError(
             f"--resume --max-steps {cfg.max_steps}: the run in {run} has already done {done} steps",
