@@ -60,10 +60,11 @@ def build_cmd(
     seed give byte-identical files; a failed or killed build leaves no half-written directory."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from longqa.build import build
+    from longqa.build import build, check_out
     from longqa.recipe import load_recipe
 
     rec = load_recipe(recipe)
+    check_out(out, overwrite)  # before the progress display starts
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),

@@ -25,6 +25,7 @@ from cli.options import (
     locks_out,
     shared_options,
 )
+from llqa.checks import check_range
 from llqa.errors import LlqaError
 from llqa.models import DEFAULT_MODEL
 
@@ -125,6 +126,7 @@ def passkey_cmd(
     from llqa.models import load_model
 
     check_ctx(ctx)
+    check_range("--batch-tokens", opts.batch_tokens, low=1, example="16384")
     cfg = PasskeyConfig(
         lengths=int_list(lengths, "--lengths", "1024,2048,4096"),
         depths=float_list(depths, "--depths", "0,0.5,1") or list(DEFAULT_DEPTHS),
@@ -174,10 +176,11 @@ def _longeval(
     limit,
     judge_cmd,
 ) -> None:
-    from evals.longchat import LongEvalConfig, prepare_testcases, run_longeval
+    from evals.longchat import LongEvalConfig, load_testcases, prepare_testcases, run_longeval
     from llqa.models import load_model, load_tokenizer, resolve
 
     check_ctx(ctx)
+    check_range("--batch-tokens", opts.batch_tokens, low=1, example="16384")
     cfg = LongEvalConfig(
         task=task,
         sizes=int_list(sizes, "--sizes", "1,5,10"),
@@ -198,8 +201,9 @@ def _longeval(
         for n, path in files.items():
             console.print(f"{n}: {path}")
         return
-    # bad or missing data fails before the weights load
-    prepare_testcases(cfg, opts.out, load_tokenizer(resolve(model)))
+    # bad or missing data fails before the weights load: every file is found and parsed
+    for path in prepare_testcases(cfg, opts.out, load_tokenizer(resolve(model))).values():
+        load_testcases(path, task)
     loaded = load_model(model, ctx=ctx, dtype=opts.dtype, device=opts.device)
     rows = run_longeval(loaded, cfg, opts.out, overwrite=opts.overwrite, progress=opts.progress, ctx=ctx)
     if rows is None:  # a torchrun rank other than 0: its cases are logged, rank 0 writes the result

@@ -424,7 +424,7 @@ def _replace_dir(tmp: Path, out: Path) -> None:
         tmp.rename(out)
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
+def check_out(out: Path, overwrite: bool) -> None:
     """A non-empty --out is replaced only with `overwrite`, and only when it is an llqa build (notes and reports
     the user put beside the items go with it, which is why it takes the flag); anything else is refused."""
     writable_dir(out, "--out", create=False)
@@ -452,7 +452,7 @@ def build(
     overwrite: bool = False,
 ) -> BuildResult:
     out = Path(out)
-    _check_out(out, overwrite)
+    check_out(out, overwrite)
     if seed is not None:
         recipe.seed = seed
     if tokenizer is not None:

@@ -342,6 +342,8 @@ def run_training(cfg: TrainConfig, console=None) -> TrainResult:
         micro_batches_per_rank(cfg.batch_size, cfg.micro_batch_size, dist.world)
         with _run_dir_lock(cfg, dist):
             resume_from = _check_run_dir(cfg)
+            if cfg.data:
+                D.check_local_data(cfg.task, cfg.data)
             note = _resume_note(cfg, resume_from)
             if note and dist.main and console is not None:
                 console.print(f"[yellow]note:[/] {note}", highlight=False)
