@@ -9,6 +9,7 @@ the traceback. Usage errors (an unknown option, a value of the wrong type) are o
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
@@ -43,6 +44,12 @@ for group in (perplexity, retrieval):
 _CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
+@functools.cache
+def _command():
+    """The click command typer builds from `app` (once per process: building it reads every signature)."""
+    return typer.main.get_command(app)
+
+
 def _usage_line(e: Exception) -> str:
     """A click usage error (unknown option, bad value, missing option) as one line with where to look."""
     ctx = getattr(e, "ctx", None)
@@ -54,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry: run the app; user errors (llqa's and click's usage errors) leave as one line and exit
     code 2, Ctrl-C as one line and 130. LLQA_DEBUG=1 shows the traceback of llqa's errors."""
     try:
-        code = app(args=argv, prog_name="llqa", standalone_mode=False)
+        code = _command().main(args=argv, prog_name="llqa", standalone_mode=False)
     except LlqaError as e:
         if os.environ.get("LLQA_DEBUG"):
             raise
