@@ -167,7 +167,9 @@ def _brief(e: BaseException) -> str:
     return text[0][:160] if text else type(e).__name__
 
 
+# What an older llqa's rng.pt (a NumPy state tuple) needs beyond plain data; NumPy 2 renamed numpy.core.
 _NUMPY_GLOBALS = {"numpy.ndarray", "numpy.dtype", "numpy.dtypes.UInt32DType"}
+_NUMPY_GLOBALS |= {f"numpy.{core}.multiarray._reconstruct" for core in ("core", "_core")}
 
 
 def check_checkpoint(path: Path) -> int:
@@ -189,8 +191,7 @@ def check_checkpoint(path: Path) -> int:
             needed = set(torch.serialization.get_unsafe_globals_in_checkpoint(path / file))
         except Exception as e:  # not a torch archive, truncated zip, missing file
             raise damaged(path, file, _brief(e)) from None
-        unknown = {g for g in needed if g not in _NUMPY_GLOBALS and not g.startswith("numpy._core.multiarray")}
-        unknown -= {g for g in needed if g.startswith("numpy.core.multiarray")}
+        unknown = needed - _NUMPY_GLOBALS
         if unknown:
             raise damaged(path, file, f"it would run code to load: {', '.join(sorted(unknown))[:120]}")
     return state["step"]
