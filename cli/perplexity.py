@@ -24,6 +24,7 @@ from cli.options import (
     locks_out,
     shared_options,
 )
+from llqa.engine import EngineOptions
 from llqa.errors import LlqaError
 from llqa.models import DEFAULT_MODEL
 
@@ -146,14 +147,11 @@ class PerplexityOptions:
 
 def _perplexity(documents_fn, opts: PerplexityOptions) -> None:
     """Shared body of the three perplexity commands: config, model, documents, run, table."""
-    from evals.perplexity import COMPILE_MODES, PerplexityConfig, run
+    from evals.perplexity import PerplexityConfig, run
     from llqa.models import load_model
 
     check_ctx(opts.ctx)
-    if opts.batch_tokens is not None and opts.batch_tokens < 1:
-        raise LlqaError(f"--batch-tokens must be positive, got {opts.batch_tokens}", "e.g. --batch-tokens 65536")
-    if opts.compile_mode not in COMPILE_MODES:
-        raise LlqaError(f"--compile {opts.compile_mode} is unknown", f"use one of: {', '.join(COMPILE_MODES)}")
+    engine = EngineOptions(opts.batch_tokens, opts.sdpa_backend, opts.compile_mode)  # checked before any loading
     cfg = PerplexityConfig(
         lengths=[opts.ctx or 4096] if opts.lengths is None else int_list(opts.lengths, "--lengths", "2048,4096,8192"),
         stride=opts.stride,
@@ -176,10 +174,10 @@ def _perplexity(documents_fn, opts: PerplexityOptions) -> None:
         opts.out,
         data_info=data_info,
         overwrite=opts.overwrite,
-        batch_tokens=opts.batch_tokens,
-        sdpa_backend=opts.sdpa_backend,
+        batch_tokens=engine.batch_tokens,
+        sdpa_backend=engine.sdpa_backend,
+        compile_mode=engine.compile_mode,
         show_progress=opts.progress,
-        compile_mode=opts.compile_mode,
     )
     if result.result_path is None:  # a rank other than 0 under torchrun: rank 0 reports
         return

@@ -33,6 +33,7 @@ import numpy as np
 from evals.texts import Document
 from evals.windows import SCORING, Window, windows
 from llqa.compile import compile_modules, uncompile_modules
+from llqa.engine import EngineOptions, check_compile_mode, check_sdpa_backend
 from llqa.errors import LlqaError
 from llqa.ranks import RankedStore
 
@@ -259,8 +260,11 @@ class WindowScorer:
         `mode` is inductor's (default, max-autotune-no-cudagraphs, reduce-overhead = CUDA graphs)."""
         import torch
 
-        if mode not in COMPILE_MODES or mode == "off":
-            raise LlqaError(f"--compile {mode} is unknown", f"use one of: {', '.join(COMPILE_MODES)}")
+        check_compile_mode(mode)
+        if mode in ("off", "auto"):
+            raise LlqaError(
+                f"WindowScorer.compile needs a resolved mode, got {mode!r}", "call resolve_compile_mode first"
+            )
         layers = getattr(self.body, "layers", None)
         if not isinstance(layers, torch.nn.ModuleList) or not len(layers):
             raise LlqaError("--compile: this model's decoder has no list of layers to compile", "run without --compile")
@@ -374,19 +378,6 @@ def to_device(t: torch.Tensor, device) -> torch.Tensor:
     return t.pin_memory().to(device, non_blocking=True)
 
 
-SDPA_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math")
-COMPILE_MODES = ("auto", "off", "default", "max-autotune-no-cudagraphs", "reduce-overhead")
-
-
-def resolve_compile_mode(mode: str, device) -> str:
-    """`auto` compiles (mode "default") on CUDA, where fusing the elementwise ops is worth the one-time
-    compilation (H100: 2.2x the naive loop at 8k instead of 1.5x; benchmarks/perplexity.md), and
-    stays eager elsewhere (inductor on CPU compiles slowly for little gain)."""
-    if mode != "auto":
-        return mode
-    return "default" if getattr(device, "type", str(device)) == "cuda" else "off"
-
-
 DENSE_KV_ATTENTION = "llqa_sdpa_dense_kv"
 
 
@@ -441,7 +432,7 @@ def sdpa_preference(backend: str):
         "math": SDPBackend.MATH,
     }
     if backend not in names:
-        raise LlqaError(f"--sdpa-backend {backend} is unknown", f"use one of: {', '.join(SDPA_BACKENDS)}")
+        check_sdpa_backend(backend)
     order = [names[backend]] + [b for k, b in names.items() if k != backend]
     try:
         return sdpa_kernel(order, set_priority=True)
@@ -513,15 +504,17 @@ def run(
 ) -> RunOutput:
     """Score `documents` at every length of `cfg` and write result files into `out_dir`.
 
-    `compile_mode` other than "off" compiles the decoder layers (`WindowScorer.compile`) for the full
-    batches of each length (`batch_tokens // L` windows of L tokens); other batches (the last of a chunk,
-    windows of documents shorter than L) run eagerly, so at most len(lengths) shapes are ever compiled.
-    The model's layers are left uncompiled on return.
+    `batch_tokens`, `sdpa_backend`, `compile_mode`: the engine options (`llqa.engine.EngineOptions`, checked
+    before anything is loaded or written). A compile mode other than "off" compiles the decoder layers
+    (`WindowScorer.compile`) for the full batches of each length (`batch_tokens // L` windows of L tokens);
+    other batches (the last of a chunk, windows of documents shorter than L) run eagerly, so at most
+    len(lengths) shapes are ever compiled. The model's layers are left uncompiled on return.
 
     Under torchrun/accelerate (RANK/WORLD_SIZE set) every rank scores its share of the cells and appends
     them to its own log `out_dir/rank{r}/cells.jsonl`; rank 0 then waits until every expected cell is in
     some rank's log (polling the files: no process group is needed; `llqa.ranks`) and writes the final result.
     """
+    engine = EngineOptions(batch_tokens, sdpa_backend, compile_mode)
     if not documents:
         raise LlqaError("no documents to score", "pass --data with text in it")
     ids = [d.id for d in documents]
@@ -549,7 +542,7 @@ def run(
     doc_ids = ["concat"] if cfg.concat else ids
     cells = [Cell(d, length) for length in cfg.lengths for d in range(len(doc_ids))]
     my_cells = [c for c in store.share(cells) if c.key(doc_ids[c.doc]) not in store.done]
-    batch_tokens = batch_tokens or default_batch_tokens(loaded.model, max(cfg.lengths))
+    batch_tokens = engine.batch_tokens or default_batch_tokens(loaded.model, max(cfg.lengths))
 
     streams: dict[int, Stream] = {}
 
@@ -561,11 +554,8 @@ def run(
                 streams[d] = tokenize(tokenizer, documents[d], bos, cfg.max_tokens)
         return streams[d]
 
-    if sdpa_backend not in SDPA_BACKENDS:
-        raise LlqaError(f"--sdpa-backend {sdpa_backend} is unknown", f"use one of: {', '.join(SDPA_BACKENDS)}")
-    if compile_mode not in COMPILE_MODES:
-        raise LlqaError(f"--compile {compile_mode} is unknown", f"use one of: {', '.join(COMPILE_MODES)}")
-    compile_mode = resolve_compile_mode(compile_mode, next(loaded.model.parameters()).device)
+    sdpa_backend = engine.sdpa_backend
+    compile_mode = engine.compile_for(next(loaded.model.parameters()).device)
     scorer = WindowScorer(loaded.model, sdpa_backend=sdpa_backend)
     counts = {"compiled_batches": 0, "eager_batches": 0}
     started = time.time()

@@ -248,12 +248,12 @@ def _cases() -> list[Case]:
         (["--lengths", "0"], "window length 0 is too short"),
         (["--scoring", "everything"], "--scoring"),
         (["--bos", "sometimes"], "--bos"),
-        (["--compile", "turbo"], "--compile turbo is unknown"),
+        (["--compile", "turbo"], "--compile turbo is not a compile mode"),
     ]:
         add(Case(f"perplexity{args[0]}={args[1]}", [*PPL, *OUT, *args], needle))
     add(Case("proof-pile-num-docs-0", [*PROOF, *OUT, "--num-docs", "0"], "--num-docs must be >= 1"))
     add(Case("proof-pile-min-tokens-1", [*PROOF, *OUT, "--min-tokens", "1"], "--min-tokens >= 2"))
-    add(Case("pg19-compile-bogus", [*PG19, *OUT, "--compile", "turbo"], "--compile turbo is unknown"))
+    add(Case("pg19-compile-bogus", [*PG19, *OUT, "--compile", "turbo"], "--compile turbo is not a compile mode"))
     for args, needle in [
         (["--trials", "0"], "--trials"),
         (["--threshold", "2"], "--threshold must lie in [0, 1]"),

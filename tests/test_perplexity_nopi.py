@@ -108,7 +108,9 @@ def test_config_model_ctx():
 def test_report_puts_no_pi_with_the_native_model_and_pi_apart(capsys, results, tmp_path):
     """`llqa report` groups by model and RoPE factor: the no-PI result shares the base model's row (factor
     1, as a run inside the native context would), the PI result gets its own '(PI ×1.5)' row."""
-    from llqa.report import collect, group_runs, perplexity_tables
+    from report.inputs import collect
+    from report.runs import group_runs
+    from report.tasks import perplexity_tables
 
     tiny_llama_dir, book, root = results
     for name, extra in (("nopi", ("--no-pi",)), ("pi", ())):
@@ -147,4 +149,4 @@ def test_cli_compile_flag_reaches_the_engine_and_bad_modes_fail_early(capsys, ti
         "--device",
         "cpu",
     )
-    assert "--compile fast is unknown" in line  # before the model is looked up
+    assert "--compile fast is not a compile mode" in line  # before the model is looked up

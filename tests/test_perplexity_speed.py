@@ -78,7 +78,7 @@ def test_inductor_compiled_equals_eager(tiny, tmp_path):
 
 
 def test_compile_mode_errors(tiny, tmp_path):
-    with pytest.raises(LlqaError, match="--compile fast is unknown"):
+    with pytest.raises(LlqaError, match="--compile fast is not a compile mode"):
         scored(tiny, tmp_path, "bad", compile_mode="fast")
 
     class NoLayers(torch.nn.Module):

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from llqa.engine import resolve_compile_mode
 from llqa.errors import LlqaError
 from tests.conftest import llqa_in_process, tiny_train_args, train_step_grads
-from trainer.compile import compile_layers, decoder_layers, resolve_compile_mode, uncompile_layers
+from trainer.compile import compile_layers, decoder_layers, uncompile_layers
 from trainer.config import TrainConfig
 
 
@@ -57,16 +58,16 @@ def test_compile_option_runs_inductor_with_offload(tmp_path):
 
 def test_compile_modes_are_checked_and_resolved():
     with pytest.raises(LlqaError, match="--compile fast is not a compile mode"):
-        TrainConfig(task="train", out="o", data=["x"], compile="fast")
+        TrainConfig(task="train", out="o", data=["x"], ctx=8192, compile="fast")
     with pytest.raises(LlqaError, match="--compile reduce-overhead is not a compile mode"):
-        TrainConfig(task="train", out="o", data=["x"], compile="reduce-overhead")
-    assert TrainConfig(task="train", out="o", data=["x"]).compile == "off"
+        TrainConfig(task="train", out="o", data=["x"], ctx=8192, compile="reduce-overhead")
+    assert TrainConfig(task="train", out="o", data=["x"], ctx=8192).compile == "off"
     assert resolve_compile_mode("auto", torch.device("cpu")) == "off"
     assert resolve_compile_mode("auto", torch.device("cuda")) == "default"
     assert resolve_compile_mode("max-autotune-no-cudagraphs", torch.device("cpu")) == "max-autotune-no-cudagraphs"
     # compiling changes speed, not the result: a run may resume with another --compile
-    a = TrainConfig(task="train", out="o", data=["x"])
-    assert a.differences(TrainConfig(task="train", out="o", data=["x"], compile="default")) == []
+    a = TrainConfig(task="train", out="o", data=["x"], ctx=8192)
+    assert a.differences(TrainConfig(task="train", out="o", data=["x"], ctx=8192, compile="default")) == []
 
 
 def test_compile_needs_decoder_layers():

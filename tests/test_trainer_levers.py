@@ -34,8 +34,8 @@ def test_forced_sdpa_kernel_gives_the_same_step(tmp_path):
 
 def test_lever_options_are_checked():
     with pytest.raises(LlqaError, match="--sdpa-backend fast is not an SDPA backend"):
-        TrainConfig(task="train", out="o", data=["x"], sdpa_backend="fast")
+        TrainConfig(task="train", out="o", data=["x"], ctx=8192, sdpa_backend="fast")
     with pytest.raises(LlqaError, match="gradient checkpointing is off"):
-        TrainConfig(task="train", out="o", data=["x"], offload_activations=True, gradient_checkpointing=False)
-    a = TrainConfig(task="train", out="o", data=["x"])
-    assert a.differences(TrainConfig(task="train", out="o2", data=["x"], offload_activations=True)) == []
+        TrainConfig(task="train", out="o", data=["x"], ctx=8192, offload_activations=True, gradient_checkpointing=False)
+    a = TrainConfig(task="train", out="o", data=["x"], ctx=8192)
+    assert a.differences(TrainConfig(task="train", out="o2", data=["x"], ctx=8192, offload_activations=True)) == []

@@ -19,7 +19,7 @@ from trainer.lora import norm_module_names, prepare_trainable, trainable_names
 
 
 def test_config_defaults_are_the_papers(tmp_path):
-    cfg = TrainConfig(task="train", out=str(tmp_path), data=["x"])
+    cfg = TrainConfig(task="train", out=str(tmp_path), data=["x"], ctx=8192)
     assert (cfg.lr, cfg.beta1, cfg.beta2, cfg.weight_decay, cfg.warmup_steps, cfg.max_steps) == (
         2e-5,
         0.9,
@@ -38,7 +38,7 @@ def test_config_defaults_are_the_papers(tmp_path):
         0.0,
     )
     assert cfg.gradient_checkpointing and cfg.dtype == "auto"
-    assert TrainConfig(task="sft", out="o", data=["x"], method="lora+").attn == "full"
+    assert TrainConfig(task="sft", out="o", data=["x"], ctx=8192, method="lora+").attn == "full"
 
 
 @pytest.mark.parametrize(
@@ -66,7 +66,7 @@ def test_config_defaults_are_the_papers(tmp_path):
 )
 def test_config_rejects_bad_input(kwargs, message):
     with pytest.raises(LlqaError, match=message):
-        TrainConfig(**{"task": "train", "out": "o", "data": ["x"], **kwargs})
+        TrainConfig(**{"task": "train", "out": "o", "data": ["x"], "ctx": 8192, **kwargs})
 
 
 def test_config_s2_ctx_rule_and_full_attention_exemption():
@@ -75,10 +75,10 @@ def test_config_s2_ctx_rule_and_full_attention_exemption():
 
 
 def test_resume_differences_ignore_only_harmless_fields():
-    a = TrainConfig(task="train", out="o", data=["x"])
-    b = TrainConfig(task="train", out="o", data=["x"], max_steps=5, save_every=1, resume=True)
+    a = TrainConfig(task="train", out="o", data=["x"], ctx=8192)
+    b = TrainConfig(task="train", out="o", data=["x"], ctx=8192, max_steps=5, save_every=1, resume=True)
     assert a.differences(b) == []
-    assert a.differences(TrainConfig(task="train", out="o", data=["x"], lr=1e-4)) == ["lr"]
+    assert a.differences(TrainConfig(task="train", out="o", data=["x"], ctx=8192, lr=1e-4)) == ["lr"]
 
 
 # --------------------------------------------------------------------------- train data

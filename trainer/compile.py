@@ -18,28 +18,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from llqa.compile import compile_modules, uncompile_modules
+from llqa.engine import check_compile_mode
 from llqa.errors import LlqaError
 
 if TYPE_CHECKING:
     import torch
-
-COMPILE_MODES = ("off", "auto", "default", "max-autotune-no-cudagraphs")
-# CUDA graphs (`reduce-overhead`) are left out: they keep every activation of the graph alive in a static
-# pool, which defeats checkpointing and offloading, and a training step's few big kernels gain nothing.
-
-
-def check_compile_mode(mode: str) -> None:
-    if mode not in COMPILE_MODES:
-        raise LlqaError(f"--compile {mode} is not a compile mode", f"use one of: {', '.join(COMPILE_MODES)}")
-
-
-def resolve_compile_mode(mode: str, device: torch.device) -> str:
-    """`auto`: inductor's default mode on CUDA (where it was measured faster), off elsewhere (on CPU the
-    compile time outweighs the gain for the short runs made there)."""
-    check_compile_mode(mode)
-    if mode == "auto":
-        return "default" if device.type == "cuda" else "off"
-    return mode
 
 
 def decoder_layers(model) -> torch.nn.ModuleList:
@@ -63,7 +46,7 @@ def compile_layers(model, mode: str = "default", backend: str = "inductor", dyna
     `dynamic`: torch.compile's; None (training) compiles the first shape statically and turns dynamic when a
     second length arrives (sft), False keeps one static graph per length (the benchmark's fixed lengths)."""
 
-    check_compile_mode(mode)
+    check_compile_mode(mode, training=True)
     if mode in ("off", "auto"):
         raise LlqaError(f"compile_layers needs a resolved mode, got {mode!r}", "call resolve_compile_mode first")
     layers = decoder_layers(model)

@@ -10,18 +10,19 @@ The resolved config is written into the run directory as `train_config.json`.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from llqa.checks import check_range
+from llqa.engine import EngineOptions
 from llqa.errors import LlqaError
+from llqa.models import DEFAULT_MODEL
 
 TASKS = ("train", "sft")
 METHODS = ("longlora", "lora+", "lora", "full")
 ATTNS = ("full", "s2")
 TEMPLATES = ("auto", "chat", "inst")
-SDPA_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
 PARALLEL = ("auto", "ddp", "fsdp")
 CONFIG_FILE = "train_config.json"
 # Fields that may change between an interrupted run and its `--resume` without changing its result
@@ -69,56 +70,131 @@ NUMBER_RANGES = (
 )
 
 
+TRAIN_PANEL = "Training (defaults: LongLoRA paper)"
+
+
+def option(default: Any = MISSING, help: str = "", *, panel: str | None = None, factory=None, kw_only: bool = False):
+    """A TrainConfig field with its default and its help written once: the CLI builds `--option` from it
+    (`cli.train`), so the library default, the CLI default and the help text cannot drift apart. `panel` groups
+    the option in `--help`; a field without a default is a required option."""
+    metadata = {"help": help, "panel": panel}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    if default is MISSING:
+        return field(kw_only=kw_only, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass
 class TrainConfig:
-    task: str  # "train": continued pre-training on packed text; "sft": instruction -> answer pairs
-    out: str  # run directory: adapter/model, checkpoints, logs, config
-    model: str = "smollm2-135m"  # any `--model` spec the loader accepts
-    ctx: int = 8192  # training context in tokens; Position Interpolation above the model's native context
-    data: list[str] = field(default_factory=list)  # local files/folders (train) or jsonl/json/LongQA dir (sft)
-    dataset: str | None = None  # hub dataset id (train and sft), instead of --data
-    dataset_config: str | None = None  # hub dataset configuration name
-    split: str = "train"  # hub dataset split
-    text_field: str = "text"  # column holding the document text in jsonl/parquet/hub data (train)
-    template: str = "auto"  # sft prompt: auto (chat template if the tokenizer has one), chat, inst
-    method: str = "longlora"  # longlora (S2-Attn + LoRA+), lora+, lora, full
-    attn: str | None = None  # full or s2; None = s2 for longlora, full otherwise
-    group_ratio: float = 0.25  # S2-Attn group size as a fraction of ctx
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    lr: float = 2e-5
-    beta1: float = 0.9
-    beta2: float = 0.95
-    weight_decay: float = 0.0
-    warmup_steps: int = 20  # linear warm-up: step s (0-based) uses lr × min(1, (s+1)/warmup_steps)
-    max_steps: int = 1000  # optimizer steps
-    batch_size: int = 64  # global batch: sequences per optimizer step
-    micro_batch_size: int = 1  # sequences per forward pass on one device
-    max_grad_norm: float = 1.0  # gradient clipping (0 = off)
-    dtype: str = "auto"  # compute dtype: auto = bf16 on GPU, fp32 on CPU; trainable weights stay fp32
-    device: str = "auto"
-    gradient_checkpointing: bool = True
-    loss_chunk: int = 4096  # tokens per chunk of the chunked cross-entropy
+    task: str = option(help="train: continued pre-training on packed text; sft: instruction -> answer pairs.")
+    out: str = option(help="Run directory: final adapter/model, checkpoints, train_config.json, log.jsonl, tb/.")
+    model: str = option(DEFAULT_MODEL)  # any --model spec the loader accepts; help: the shared --model alias
+    # Required, as on the command line: a run's context is its most important choice, never a silent default.
+    ctx: int = option(
+        help="Training context in tokens (required). Above the model's native context, Position Interpolation "
+        "scales RoPE linearly by ctx/native. With S2-Attn it must be a multiple of 8 (ratio 1/4).",
+        kw_only=True,
+    )
+    data: list[str] = option(
+        help="Text files (one document each), folders (walked for .txt/.md/.tex/.jsonl/.json/.parquet), "
+        "jsonl/json/parquet files (one document per record, --text-field). Repeatable.",
+        factory=list,
+    )
+    dataset: str | None = option(None, "Hub dataset id instead of --data.")
+    dataset_config: str | None = option(None, "Hub dataset configuration.")
+    split: str = option("train", "Hub dataset split.")
+    text_field: str = option("text", "Record field holding the text.")
+    template: str = option(
+        "auto",
+        "auto: the model's chat template when it has one, else inst; chat; inst: LongLoRA's "
+        "[INST]{instruction}[/INST].",
+    )
+    method: str = option(
+        "longlora",
+        "longlora: S2-Attn + LoRA+; lora+: LoRA on q,k,v,o + trained embeddings and norms; lora: LoRA only; full: "
+        "every weight.",
+    )
+    attn: str | None = option(
+        None,
+        "Training attention: s2 (Shifted Sparse Attention) or full. Default: s2 for longlora, full otherwise. Eval "
+        "and generation always use full attention.",
+    )
+    group_ratio: float = option(0.25, "S2-Attn group size as a fraction of the sequence length.")
+    lora_r: int = option(8, "LoRA rank.", panel=TRAIN_PANEL)
+    lora_alpha: int = option(16, "LoRA alpha.", panel=TRAIN_PANEL)
+    lora_dropout: float = option(0.0, "LoRA dropout.", panel=TRAIN_PANEL)
+    lr: float = option(2e-5, "AdamW learning rate.", panel=TRAIN_PANEL)
+    beta1: float = option(0.9, "AdamW beta1.", panel=TRAIN_PANEL)
+    beta2: float = option(0.95, "AdamW beta2.", panel=TRAIN_PANEL)
+    weight_decay: float = option(0.0, "AdamW weight decay.", panel=TRAIN_PANEL)
+    # step s (0-based) uses lr × min(1, (s+1)/warmup_steps)
+    warmup_steps: int = option(20, "Linear warm-up steps, then a constant rate.", panel=TRAIN_PANEL)
+    max_steps: int = option(1000, "Optimizer steps.", panel=TRAIN_PANEL)
+    batch_size: int = option(
+        64, "Global batch in sequences per optimizer step (= micro-batch × gradient accumulation).", panel=TRAIN_PANEL
+    )
+    micro_batch_size: int = option(1, "Sequences per forward pass.", panel=TRAIN_PANEL)
+    max_grad_norm: float = option(1.0, "Gradient clipping norm (0: off).", panel=TRAIN_PANEL)
+    # the compute dtype; trainable weights stay fp32. Help: the shared --dtype / --device aliases.
+    dtype: str = option("auto")
+    device: str = option("auto")
+    gradient_checkpointing: bool = option(
+        True, "Recompute layer activations in backward (saves memory).", panel=TRAIN_PANEL
+    )
+    loss_chunk: int = option(
+        4096,
+        "Tokens per chunk of the chunked cross-entropy (no full [tokens × vocab] logits are ever built).",
+        panel=TRAIN_PANEL,
+    )
     # speed/memory levers that leave the result unchanged (see benchmarks/train_7b.md):
-    offload_activations: bool = False  # keep the checkpointed layer inputs in (pinned) CPU memory, not on the GPU
-    offload_fraction: float = 1.0  # with offload_activations: the first this fraction of the layers offload (1 = all)
-    sdpa_backend: str = "auto"  # torch SDPA kernel: auto (torch's choice), flash, cudnn, efficient, math
-    # regional torch.compile of the decoder layers (trainer.compile): off, auto (default mode on CUDA, off on
-    # CPU), default, max-autotune-no-cudagraphs. Off by default: compilation takes a minute or more per run
-    # and shape, and SFT's varying lengths recompile; opt in for long runs at a fixed --ctx.
-    compile: str = "off"
-    # the engine when several processes train (torchrun / accelerate launch; trainer.distributed): ddp (a full
-    # model per GPU), fsdp (FSDP2: every weight sharded over the GPUs), auto (ddp unless the model would take
-    # over half of one GPU's memory). Ignored in one process.
-    parallel: str = "auto"
-    save_every: int = 100  # checkpoint every N optimizer steps (and at the end)
-    keep_checkpoints: int = 2  # newest checkpoints kept on disk
-    log_every: int = 1  # console/TensorBoard logging period in steps
-    seed: int = 42
-    shuffle: bool = True  # shuffle sequences (each epoch its own seeded order)
-    resume: bool = False  # continue from the newest checkpoint in `out`
-    stop_after: int | None = None  # stop (as if killed) after this many steps: for tests and time slicing
+    offload_activations: bool = option(
+        False,
+        "Keep the gradient checkpoints (each layer's input) in pinned CPU memory instead of GPU memory (copied on "
+        "a side CUDA stream, prefetched back in backward); same result.",
+        panel=TRAIN_PANEL,
+    )
+    offload_fraction: float = option(
+        1.0,
+        "With --offload-activations: offload the checkpoints of only the first this fraction of the decoder layers "
+        "(1 = all; e.g. 0.75 keeps the last quarter on the GPU: less CPU traffic, more GPU memory); same result.",
+        panel=TRAIN_PANEL,
+    )
+    sdpa_backend: str = option(
+        "auto", "torch SDPA kernel: auto, flash, cudnn, efficient, math; same result up to rounding.", panel=TRAIN_PANEL
+    )
+    # Off by default: compilation takes a minute or more per run and shape, and SFT's varying lengths recompile.
+    compile: str = option(
+        "off",
+        "torch.compile each decoder layer (regional; compiled once, about a minute, then faster steps): off, auto "
+        "(default mode on CUDA, off on CPU), default, max-autotune-no-cudagraphs; same result up to rounding. Works "
+        "with --offload-activations and S2-Attn. Best at a fixed --ctx (sft's varying lengths recompile).",
+        panel=TRAIN_PANEL,
+    )
+    parallel: str = option(
+        "auto",
+        "Engine under torchrun / accelerate launch (ignored in one process): ddp (a whole model per GPU), fsdp "
+        "(FSDP2: base and trained weights sharded over the GPUs, for models one GPU cannot hold, e.g. 70B), auto "
+        "(ddp unless the model's weights — for --method full also gradients and AdamW state — exceed half a GPU's "
+        "memory). Same result; checkpoints resume under either engine and any GPU count.",
+        panel=TRAIN_PANEL,
+    )
+    save_every: int = option(
+        100,
+        "Checkpoint every N steps, at the end, and when stopped by Ctrl-C or SIGTERM (after the step in flight).",
+        panel=TRAIN_PANEL,
+    )
+    keep_checkpoints: int = option(2, "Newest checkpoints kept.", panel=TRAIN_PANEL)
+    log_every: int = option(1, "TensorBoard logging period in steps.", panel=TRAIN_PANEL)
+    seed: int = option(42)  # help: the shared --seed alias
+    shuffle: bool = option(True, "Shuffle sequences (seeded, per epoch).", panel=TRAIN_PANEL)
+    resume: bool = option(
+        False,
+        "Continue the run in --out from its newest checkpoint (same options; ends with the same weights as an "
+        "uninterrupted run).",
+    )
+    # for tests and time slicing
+    stop_after: int | None = option(None, "Stop after this many steps, as if interrupted.")
 
     def __post_init__(self) -> None:
         self.out = str(self.out)
@@ -138,7 +214,7 @@ class TrainConfig:
         if self.data and self.dataset:
             raise LlqaError("both --data and --dataset given", "pass one of them")
         for name, low, low_open, high, high_open in NUMBER_RANGES:
-            example = getattr(TrainConfig, name, None)
+            example = {"ctx": 32768}.get(name, getattr(TrainConfig, name, None))  # ctx has no default
             check_range(
                 f"--{name.replace('_', '-')}",
                 getattr(self, name),
@@ -153,13 +229,7 @@ class TrainConfig:
                 f"--batch-size {self.batch_size} is not a multiple of --micro-batch-size {self.micro_batch_size}",
                 "the global batch is micro-batch × gradient accumulation",
             )
-        if self.sdpa_backend not in SDPA_BACKENDS:
-            raise LlqaError(
-                f"--sdpa-backend {self.sdpa_backend} is not an SDPA backend", f"use one of: {', '.join(SDPA_BACKENDS)}"
-            )
-        from trainer.compile import check_compile_mode
-
-        check_compile_mode(self.compile)
+        EngineOptions(sdpa_backend=self.sdpa_backend, compile_mode=self.compile, training=True)  # checks both
         if self.parallel not in PARALLEL:
             raise LlqaError(f"--parallel {self.parallel} is not an engine", f"use one of: {', '.join(PARALLEL)}")
         if self.offload_activations and not self.gradient_checkpointing:

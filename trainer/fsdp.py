@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from llqa.engine import resolve_compile_mode
 from llqa.errors import LlqaError
 from llqa.models import (
     LoadedModel,
@@ -45,7 +46,7 @@ from llqa.models import (
     resolve,
     resolve_device,
 )
-from trainer.compile import decoder_layers, resolve_compile_mode
+from trainer.compile import decoder_layers
 from trainer.dtensor import full_tensor
 from trainer.lora import prepare_trainable
 from trainer.loss import CausalLMLoss

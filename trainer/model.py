@@ -9,9 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from llqa.engine import resolve_compile_mode
 from llqa.errors import LlqaError
 from llqa.models import load_model, resolve, resolve_device, resolve_dtype
-from trainer.compile import compile_layers, resolve_compile_mode
+from trainer.compile import compile_layers
 from trainer.config import TrainConfig
 from trainer.lora import prepare_trainable
 
