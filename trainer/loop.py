@@ -313,9 +313,11 @@ def save_final(cfg: TrainConfig, model, loaded, step: int, state_dict: dict | No
     run = cfg.run_dir
     if cfg.attn == "s2":
         disable_s2_attention(model.get_base_model() if hasattr(model, "get_base_model") else model)
-    for adapter in getattr(model, "peft_config", {}).values():  # else peft writes null or a cache path
-        adapter.base_model_name_or_path = adapter_base_name(cfg)
     model.save_pretrained(run, **({"state_dict": state_dict} if state_dict is not None else {}))
+    adapter_config = run / "adapter_config.json"
+    if adapter_config.is_file():  # peft writes null or a cache path; set afterwards, so peft probes no hub for it
+        saved = json.loads(adapter_config.read_text(encoding="utf-8"))
+        atomic_write_json(adapter_config, {**saved, "base_model_name_or_path": adapter_base_name(cfg)})
     loaded.tokenizer.save_pretrained(run)
     base = base_spec(cfg, loaded)
     atomic_write_json(
