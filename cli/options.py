@@ -17,6 +17,7 @@ from rich.console import Console
 
 from llqa.errors import LlqaError
 from llqa.io import OutLock
+from llqa.models import MAX_CTX
 from llqa.ranks import dist_env
 
 console = Console()
@@ -66,8 +67,12 @@ def locks_out(command):
 
 
 def check_ctx(ctx: int | None) -> None:
-    if ctx is not None and ctx <= 0:
-        raise LlqaError(f"--ctx must be a positive number of tokens, got {ctx}", "e.g. --ctx 32768")
+    """Every command's --ctx passes here (the option is parsed by Typer as an int)."""
+    if ctx is not None and not 1 <= ctx <= MAX_CTX:
+        raise LlqaError(
+            f"--ctx must be between 1 and {MAX_CTX:,} tokens, got {ctx:,}",
+            "e.g. --ctx 32768 (longer positions are not exact in the fp32 RoPE tables)",
+        )
 
 
 def shared_options(

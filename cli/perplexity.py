@@ -20,6 +20,7 @@ from cli.options import (
     SeedOpt,
     check_ctx,
     console,
+    err_console,
     int_list,
     locks_out,
     shared_options,
@@ -35,13 +36,19 @@ PPL_SEMANTICS_HELP = (
     "Scored tokens: windows of L tokens slide over each document (--concat: over all documents joined); "
     "sliding (default, Press et al./PI) starts a window every --stride tokens and scores only tokens no "
     "earlier window scored, so each token after the first is scored exactly once with >= L-S tokens of "
-    "context; all-tokens (LongLoRA eval.py) scores every token of every full window; disjoint "
-    "(lm-eval-harness) scores each token once with context restarting every L-1 tokens. "
-    "Reported per L: ppl = exp(total NLL / scored tokens) (headline), window_ppl = exp(mean of window mean "
-    "NLLs) (YaRN; LongLoRA with all-tokens), bits per byte over the UTF-8 bytes of the scored tokens. "
+    "context; all-tokens is exactly LongLoRA eval.py's window list (starts range(0, n-L, S) less the last, "
+    "each window scoring all its tokens after the first); disjoint is exactly lm-evaluation-harness "
+    "loglikelihood_rolling at max_length L-1 (each token once, context restarting every L-1 tokens, the last "
+    "window filled back to L tokens; with a BOS the first token is scored as the harness scores it after its "
+    "prefix token). Reported per L: ppl = exp(total NLL / scored tokens) (headline), window_ppl = exp(mean "
+    "of window mean NLLs) (YaRN; LongLoRA eval.py's val_perplexity with all-tokens at its --batch_size 1), "
+    "bits per byte over the UTF-8 bytes of the scored tokens. An L that no document fills with one window of "
+    "exactly L tokens is not measured: a warning, and its row says reached false with no numbers. "
     "--bos auto puts the tokenizer's BOS before each document when the tokenizer adds one by default; "
     "never mid-document. One model at PI context --ctx (default: the longest L) scores every L; --no-pi "
-    "keeps the model's own RoPE, so L beyond its context measures extrapolation (result.json: pi false)."
+    "keeps the model's own RoPE, so L beyond its context measures extrapolation (result.json: pi false). "
+    "Text files are read as UTF-8 with universal newlines (CRLF and CR as LF); each document's sha256 is "
+    "recorded, and resuming into --out after the text changed is refused."
 )
 LengthsOpt = Annotated[
     str | None,
@@ -57,7 +64,14 @@ StrideOpt = Annotated[
         help="Tokens between window starts (sliding, all-tokens); must be < L for sliding. Ignored by disjoint.",
     ),
 ]
-ScoringOpt = Annotated[str, typer.Option("--scoring", help="sliding | all-tokens | disjoint (see above).")]
+ScoringOpt = Annotated[
+    str,
+    typer.Option(
+        "--scoring",
+        help="sliding | all-tokens (LongLoRA eval.py's windows) | disjoint (lm-evaluation-harness "
+        "loglikelihood_rolling's windows); see above.",
+    ),
+]
 BosOpt = Annotated[
     str,
     typer.Option(
@@ -84,8 +98,8 @@ BatchTokensOpt = Annotated[
     ),
 ]
 TextFieldOpt = Annotated[str | None, typer.Option("--text-field", help="Text column of a jsonl/parquet file.")]
-MaxDocsOpt = Annotated[int | None, typer.Option("--max-docs", help="Score the first N documents.")]
-MaxBooksOpt = Annotated[int | None, typer.Option("--max-docs", help="Score the first N books.")]  # pg19
+MaxDocsOpt = Annotated[int | None, typer.Option("--max-docs", help="Score the first N (>= 1) documents.")]
+MaxBooksOpt = Annotated[int | None, typer.Option("--max-docs", help="Score the first N (>= 1) books.")]  # pg19
 SdpaOpt = Annotated[
     str,
     typer.Option(
@@ -147,7 +161,7 @@ class PerplexityOptions:
 
 def _perplexity(documents_fn, opts: PerplexityOptions) -> None:
     """Shared body of the three perplexity commands: config, model, documents, run, table."""
-    from evals.perplexity import PerplexityConfig, run
+    from evals.perplexity import PerplexityConfig, check_unchanged, run
     from llqa.models import load_model
 
     check_ctx(opts.ctx)
@@ -163,6 +177,8 @@ def _perplexity(documents_fn, opts: PerplexityOptions) -> None:
         pi=opts.pi,
     )
     documents, data_info = documents_fn(cfg)  # before the weights load: bad data fails at once
+    if not opts.overwrite:
+        check_unchanged(opts.out, documents, cfg)  # and so does a resume on changed text
     import torch
 
     torch.manual_seed(0)  # random:<shape> weights are then the same on every rank and every resume
@@ -186,22 +202,28 @@ def _perplexity(documents_fn, opts: PerplexityOptions) -> None:
         title=f"perplexity ({cfg.scoring}, stride {cfg.stride}) — {loaded.info.spec} at {at}, "
         f"{len(documents)} documents"
     )
-    for col in ("L", "windows", "scored tokens", "ppl", "window ppl", "bits/byte"):
+    for col in ("L", "full docs", "windows", "scored tokens", "ppl", "window ppl", "bits/byte"):
         table.add_column(col, justify="right")
 
     def fmt(v, spec):
         return "—" if v is None else format(v, spec)
 
     for r in result.rows:
+        numbers = (
+            [fmt(r["ppl"], ".3f"), fmt(r["window_ppl"], ".3f"), fmt(r["bits_per_byte"], ".4f")]
+            if r["reached"]
+            else ["not reached", "—", "—"]
+        )
         table.add_row(
             str(r["length"]),
+            f"{r['full_documents']}/{r['documents']}",
             f"{r['windows']:,}",
             f"{r['scored_tokens']:,}",
-            fmt(r["ppl"], ".3f"),
-            fmt(r["window_ppl"], ".3f"),
-            fmt(r["bits_per_byte"], ".4f"),
+            *numbers,
         )
     console.print(table)
+    for line in result.warnings:
+        err_console.print(f"warning: {line}", highlight=False, markup=False, soft_wrap=True)
     console.print(f"result: {result.result_path}")
 
 

@@ -45,7 +45,7 @@ from evals.generation import (
     use_chat_template,
 )
 from llqa.errors import LlqaError
-from llqa.io import atomic_write_text
+from llqa.io import atomic_write_text, read_text_lines
 from llqa.ranks import RankedStore
 
 if TYPE_CHECKING:
@@ -159,26 +159,12 @@ def check_task(task: str) -> str:
     return check_choice("task", task, TASKS)
 
 
-def _read_lines(path: Path, option: str) -> list[str]:
-    """The lines of a UTF-8 text file; an unreadable or non-UTF-8 file is one line naming it and `option`."""
-    try:
-        return path.read_bytes().decode("utf-8-sig").splitlines()
-    except OSError as e:
-        raise LlqaError(f"cannot read {path}: {e.strerror}", f"check the {option} path") from None
-    except UnicodeDecodeError as e:
-        raise LlqaError(
-            f"{option} file {path} is not UTF-8 text ({e.reason} at byte {e.start})",
-            f"convert it first, e.g. `iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8{path.suffix}`",
-        ) from None
-
-
 def load_testcases(path: str | Path, task: str) -> list[dict]:
     """Test cases of one LongChat file; a malformed line or a missing field is a user error naming it."""
     check_task(task)
     path = Path(path)
     cases = []
-    lines = _read_lines(path, "--testcases")
-    for n, line in enumerate(lines, start=1):
+    for n, line in enumerate(read_text_lines(path), start=1):
         if not line.strip():
             continue
         try:
@@ -288,7 +274,7 @@ def read_conversations(path: str | Path) -> list[tuple[str, str]]:
     if not path.is_file():
         raise LlqaError(f"--conversations {path}: no such file", "pass a jsonl file of {topic, conversation}")
     out = []
-    for n, line in enumerate(_read_lines(path, "--conversations"), start=1):
+    for n, line in enumerate(read_text_lines(path), start=1):
         if not line.strip():
             continue
         try:

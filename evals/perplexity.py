@@ -11,6 +11,12 @@ What is scored (also written into every result file as `semantics`):
   window-weighted perplexity exp(mean over windows of each window's mean NLL) is what YaRN's script and,
   with `all-tokens`, LongLoRA's eval.py report; bits per byte = sum NLL / ln 2 / UTF-8 bytes of the
   scored tokens' text (from the tokenizer's character offsets; a scored occurrence counts its bytes each time).
+- A length is measured (`reached`) only when at least one document has a window of exactly L tokens
+  (`evals.windows.fills`); otherwise it gets no cells and its row says `reached: false` with no numbers, and
+  a warning. In a reached length, documents too short for a full window still count (sliding, disjoint: one
+  shorter window; all-tokens: none, as LongLoRA); `full_documents` says how many filled one.
+- Every document's text is fingerprinted (sha256 of the text as tokenized, in each cell and in result.json):
+  resuming into an --out whose cells were scored on other text is refused like a changed configuration.
 - One model is loaded at Position Interpolation context `ctx` (default: the longest length) and every
   length is scored with that same RoPE scaling. With `pi=False` (`--no-pi`) the model keeps its own RoPE
   (its native context, or the context an llqa run was trained at) and windows may be longer than that
@@ -21,6 +27,7 @@ What is scored (also written into every result file as `semantics`):
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -31,11 +38,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from evals.texts import Document
-from evals.windows import SCORING, Window, windows
+from evals.windows import SCORING, Window, fills, windows
 from llqa.compile import compile_modules, uncompile_modules
 from llqa.engine import EngineOptions, check_compile_mode, check_sdpa_backend
 from llqa.errors import LlqaError
-from llqa.ranks import RankedStore
+from llqa.io import TEXT_READING
+from llqa.models import MAX_CTX
+from llqa.ranks import RankedStore, all_cells
+from llqa.results import changed_run_error
 
 if TYPE_CHECKING:
     import torch
@@ -51,13 +61,19 @@ SEMANTICS = (
     "scored as -log p(x_t | x_s..x_{t-1}) (fp32 log-softmax). scoring=sliding (Press et al./PI): windows "
     "start every `stride` tokens and score only tokens no earlier window scored, so every token after the "
     "stream's first is scored exactly once, with >= length-stride tokens of context outside the first "
-    "window. scoring=all-tokens (LongLoRA eval.py): full windows every `stride` tokens each score all their "
-    "tokens after the first. scoring=disjoint (lm-eval-harness): windows overlap by one token, every token "
-    "scored once, context restarts each window. ppl = exp(sum NLL / scored tokens) (token-weighted, the "
-    "headline); window_ppl = exp(mean over windows of the window's mean NLL) (YaRN; LongLoRA with "
-    "all-tokens); bpb = sum NLL / ln2 / UTF-8 bytes of the scored tokens' text. All lengths share one "
-    "model with Position Interpolation at ctx; with pi=false (--no-pi) the model keeps its own RoPE scaling "
-    "and lengths beyond its context measure extrapolation."
+    "window. scoring=all-tokens: exactly LongLoRA eval.py's windows (starts range(0, n-L, stride) less the "
+    "last; each window scores all its tokens after the first; a stream of at most L+stride tokens gets none). "
+    "scoring=disjoint: exactly lm-evaluation-harness loglikelihood_rolling at max_length L-1 (every token "
+    "scored once, context restarting every L-1 tokens, the last window filled back to L tokens), the stream's "
+    "first token standing for the harness's prefix token: equal to the harness with a BOS (the harness "
+    "tokenizing without special tokens); without a BOS the harness also scores the first token. "
+    "ppl = exp(sum NLL / scored tokens) (token-weighted, the headline); window_ppl = exp(mean over windows of "
+    "the window's mean NLL) (YaRN; with all-tokens LongLoRA eval.py's val_perplexity at --batch_size 1, "
+    "which it prints as 2.71828**loss); bpb = sum NLL / ln2 / UTF-8 bytes of the scored tokens' text. A length "
+    "no document fills with one window of exactly L tokens is not measured (reached=false, no numbers). All "
+    "lengths share one model with Position Interpolation at ctx; with pi=false (--no-pi) the model keeps its "
+    "own RoPE scaling and lengths beyond its context measure extrapolation. Text files are read as UTF-8 with "
+    "universal newlines (CRLF and CR as LF); each document's text sha256 is recorded per cell."
 )
 
 
@@ -86,6 +102,11 @@ class PerplexityConfig:
         for length in self.lengths:
             if length < 2:
                 raise LlqaError(f"window length {length} is too short", "use at least 2 tokens per window")
+            if length > MAX_CTX:
+                raise LlqaError(
+                    f"window length {length:,} is longer than the {MAX_CTX:,} tokens any context can hold",
+                    "use --lengths of at most 16777216 (longer positions are not exact in the fp32 RoPE tables)",
+                )
             if self.scoring == "sliding" and length <= self.stride:
                 raise LlqaError(
                     f"window length {length} is not longer than the stride {self.stride}: tokens "
@@ -459,6 +480,48 @@ class RunOutput:
     result_path: Path | None  # None on ranks other than 0
     rows: list[dict[str, Any]]
     summary: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)  # lengths not measured, or measured on few documents
+
+
+def text_fingerprint(text: str) -> str:
+    """sha256 of a document's text exactly as it is tokenized (after universal newlines)."""
+    return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def combined_fingerprint(ids: Sequence[str], fingerprints: Sequence[str]) -> str:
+    """One fingerprint of documents in order (the --concat stream, the whole data set)."""
+    h = hashlib.sha256()
+    for doc_id, fp in zip(ids, fingerprints, strict=True):
+        h.update(f"{doc_id}\0{fp}\n".encode("utf-8", "surrogatepass"))
+    return "sha256:" + h.hexdigest()
+
+
+def check_fingerprints(out_dir: Path, done: Iterable[dict], expected: dict[str, str]) -> None:
+    """Refuse to reuse finished cells (their records) scored on another text than now (stream id -> text
+    fingerprint): resuming would mix numbers of two data sets. Cells logged before llqa fingerprinted texts
+    cannot be checked, so they are refused too."""
+    mine = [rec for rec in done if rec.get("doc") in expected]
+    if any("text_sha256" not in rec for rec in mine):
+        why = "its cells were scored by an older llqa that did not record the documents' text"
+        raise changed_run_error(out_dir, TASK, why)
+    stale = sorted({rec["doc"] for rec in mine if rec["text_sha256"] != expected[rec["doc"]]})
+    if stale:
+        names = ", ".join("the joined documents" if d == "concat" else d for d in stale[:3])
+        more = f" and {len(stale) - 3} more" if len(stale) > 3 else ""
+        raise changed_run_error(out_dir, TASK, f"the text of {names}{more} is not the text its cells were scored on")
+
+
+def stream_fingerprints(documents: Sequence[Document], concat: bool) -> dict[str, str]:
+    """Stream id -> fingerprint of its text: each document's, or the one joined stream's (`--concat`)."""
+    text_sha = [text_fingerprint(d.text) for d in documents]
+    if concat:
+        return {"concat": combined_fingerprint([d.id for d in documents], text_sha)}
+    return {d.id: fp for d, fp in zip(documents, text_sha, strict=True)}
+
+
+def check_unchanged(out_dir: str | Path, documents: Sequence[Document], cfg: PerplexityConfig) -> None:
+    """`run`'s refusal of changed text, before any weights load: against every log in `out_dir`."""
+    check_fingerprints(Path(out_dir), all_cells(out_dir).values(), stream_fingerprints(documents, cfg.concat))
 
 
 def _progress(enabled: bool):
@@ -539,9 +602,11 @@ def run(
 
     tokenizer = loaded.tokenizer
     bos = uses_bos(tokenizer, cfg.bos)
-    doc_ids = ["concat"] if cfg.concat else ids
-    cells = [Cell(d, length) for length in cfg.lengths for d in range(len(doc_ids))]
-    my_cells = [c for c in store.share(cells) if c.key(doc_ids[c.doc]) not in store.done]
+    fingerprints = stream_fingerprints(documents, cfg.concat)
+    check_fingerprints(out_dir, store.done.values(), fingerprints)
+    doc_ids = list(fingerprints)
+    doc_sha = list(fingerprints.values())
+    cells_of_run = [Cell(d, length) for length in cfg.lengths for d in range(len(doc_ids))]
     batch_tokens = engine.batch_tokens or default_batch_tokens(loaded.model, max(cfg.lengths))
 
     streams: dict[int, Stream] = {}
@@ -564,11 +629,21 @@ def run(
         if compile_mode != "off":
             scorer.compile(compile_mode, compile_backend, shapes=len(cfg.lengths))
         progress = stack.enter_context(_progress(show_progress))
-        task = progress.add_task("tokenizing", total=len(my_cells))
-        planned = []
-        for c in my_cells:
-            planned.append((c, cfg.windows(len(stream(c.doc).ids), c.length)))
+        # the lengths some document fills (one window of exactly L tokens): every rank counts every
+        # document (token counts of finished cells come from the logs), so all ranks skip the same lengths
+        logged = {rec["doc"]: rec["doc_tokens"] for rec in store.done.values() if "doc_tokens" in rec}
+        task = progress.add_task("tokenizing", total=len(doc_ids))
+        n_tokens = []
+        for d in range(len(doc_ids)):
+            n_tokens.append(logged.get(doc_ids[d]) or len(stream(d).ids))
             progress.advance(task)
+        coverage = {L: sum(fills(n, L, cfg.stride, cfg.scoring) for n in n_tokens) for L in cfg.lengths}
+        cells = [c for c in cells_of_run if coverage[c.length]]  # a length no document fills is not scored
+        planned = [
+            (c, cfg.windows(len(stream(c.doc).ids), c.length))
+            for c in store.share(cells)
+            if c.key(doc_ids[c.doc]) not in store.done
+        ]
         progress.reset(
             task,
             total=sum(w.length for _, ws in planned for w in ws),
@@ -578,19 +653,31 @@ def run(
             stats = _score_chunk(scorer, chunk, stream, batch_tokens, progress, task, on_batch, counts)
             for (cell, ws), st in zip(chunk, stats, strict=True):
                 s = stream(cell.doc)
-                rec = {"doc": s.id, "length": cell.length, "doc_tokens": len(s.ids), "windows": len(ws), **st}
+                rec = {
+                    "doc": s.id,
+                    "length": cell.length,
+                    "doc_tokens": len(s.ids),
+                    "text_sha256": doc_sha[cell.doc],
+                    "windows": len(ws),
+                    **st,
+                }
                 store.add(cell.key(s.id), rec)
     elapsed = time.time() - started
     if not store.is_main:
         return RunOutput(None, [], {})
     keys = [c.key(doc_ids[c.doc]) for c in cells]
     merged = store.merge(keys, poll_s)
-    rows, summary = summarize(cfg, [merged[k] for k in keys])
+    rows, summary = summarize(cfg, [merged[k] for k in keys], coverage, len(doc_ids))
+    warnings = coverage_warnings(cfg, rows, max(n_tokens))
+    text_sha = stream_fingerprints(documents, concat=False)
     data = {
         **(data_info or {}),
         "bos": bos,
         "bos_token": tokenizer.bos_token if bos else None,
         "documents": doc_ids if not cfg.concat else ids,
+        "text_sha256": text_sha,
+        "fingerprint": combined_fingerprint(ids, list(text_sha.values())),
+        "longest_document_tokens": max(n_tokens),
         "world_size": world,
     }
     forward = sum(w.length for _, ws in planned for w in ws)
@@ -605,9 +692,14 @@ def run(
         "tokens_per_s": round(forward / elapsed, 1) if elapsed > 0 else None,
     }
     result = store.main.finalize(
-        semantics=SEMANTICS, summary=summary, rows=rows, model=info.to_dict(), data=data, extra={"this_session": speed}
+        semantics=SEMANTICS,
+        summary=summary,
+        rows=rows,
+        model=info.to_dict(),
+        data=data,
+        extra={"warnings": warnings, "this_session": speed},
     )
-    return RunOutput(result, rows, summary)
+    return RunOutput(result, rows, summary, warnings)
 
 
 def default_batch_tokens(model, longest: int) -> int:
@@ -665,37 +757,61 @@ def _score_chunk(
 # --------------------------------------------------------------------------- aggregation (pure)
 
 
-def summarize(cfg: PerplexityConfig, cells: Sequence[dict]) -> tuple[list[dict], dict]:
-    """Per-length rows: token-weighted ppl (headline), window-weighted ppl, bits per byte, counts."""
+def summarize(
+    cfg: PerplexityConfig, cells: Sequence[dict], coverage: dict[int, int] | None = None, documents: int | None = None
+) -> tuple[list[dict], dict]:
+    """Per-length rows: token-weighted ppl (headline), window-weighted ppl, bits per byte, counts.
+
+    `coverage` maps each length to the number of documents that fill it (`evals.windows.fills`: one window
+    of exactly L tokens); a length no document fills is `reached: false` with no numbers (nothing was
+    measured at that length). Documents that do not fill a reached length are still scored there (sliding,
+    disjoint: one shorter window) and counted in `documents` but not in `full_documents`."""
     rows = []
     for length in cfg.lengths:
         mine = [c for c in cells if c["length"] == length]
+        full = coverage[length] if coverage is not None else len(mine)
         tokens = sum(c["scored_tokens"] for c in mine)
         n_windows = sum(c["windows"] for c in mine)
         nll = sum(c["nll_sum"] for c in mine)
         nbytes = sum(c["scored_bytes"] for c in mine)
+        reached = full > 0 and tokens > 0
         rows.append(
             {
                 "length": length,
                 "scoring": cfg.scoring,
                 "stride": cfg.stride if cfg.scoring != "disjoint" else length - 1,
-                "documents": len(mine),
+                "reached": reached,
+                "documents": documents if documents is not None else len(mine),
+                "full_documents": full,
                 "windows": n_windows,
                 "scored_tokens": tokens,
                 "scored_bytes": nbytes,
-                "nll_per_token": nll / tokens if tokens else None,
-                "ppl": math.exp(nll / tokens) if tokens else None,
-                "window_ppl": math.exp(sum(c["window_mean_nll_sum"] for c in mine) / n_windows) if n_windows else None,
-                "bits_per_byte": nll / LN2 / nbytes if nbytes else None,
+                "nll_per_token": nll / tokens if reached else None,
+                "ppl": math.exp(nll / tokens) if reached else None,
+                "window_ppl": math.exp(sum(c["window_mean_nll_sum"] for c in mine) / n_windows) if reached else None,
+                "bits_per_byte": nll / LN2 / nbytes if reached and nbytes else None,
             }
         )
-    summary = {
-        str(r["length"]): {
-            k: r[k] for k in ("ppl", "window_ppl", "bits_per_byte", "scored_tokens", "windows", "documents")
-        }
-        for r in rows
-    }
+    keep = ("ppl", "window_ppl", "bits_per_byte", "scored_tokens", "windows", "documents", "full_documents", "reached")
+    summary = {str(r["length"]): {k: r[k] for k in keep} for r in rows}
     return rows, summary
+
+
+def coverage_warnings(cfg: PerplexityConfig, rows: Sequence[dict], longest: int) -> list[str]:
+    """One line per length that no document fills (not measured) or that only some documents fill."""
+    need = "more than L + stride tokens" if cfg.scoring == "all-tokens" else "at least L tokens"
+    out = []
+    for r in rows:
+        length, full, docs = r["length"], r["full_documents"], r["documents"]
+        if not r["reached"]:
+            out.append(
+                f"L={length}: not measured — no document has a full window of {length:,} tokens "
+                f"({cfg.scoring} needs {need}; the longest has {longest:,})"
+            )
+        elif full < docs:
+            fate = "get no window" if cfg.scoring == "all-tokens" else "are scored with their whole text as context"
+            out.append(f"L={length}: {docs - full} of {docs} documents are shorter than one full window; they {fate}")
+    return out
 
 
 # --------------------------------------------------------------------------- data sources
@@ -711,10 +827,17 @@ def local_documents(
     """`--data PATH`: the first `max_docs` documents of a text file, folder or jsonl/parquet table."""
     from evals.texts import load_texts
 
+    check_max_docs(max_docs)
     docs = load_texts(path, text_field=text_field, id_field=id_field, pattern=pattern)
     total = len(docs)
     docs = docs[:max_docs] if max_docs else docs
-    return docs, {"source": str(Path(path).expanduser().resolve()), "documents_available": total}
+    info = {"source": str(Path(path).expanduser().resolve()), "documents_available": total}
+    return docs, {**info, "text_files": TEXT_READING}
+
+
+def check_max_docs(max_docs: int | None) -> None:
+    if max_docs is not None and max_docs < 1:
+        raise LlqaError(f"--max-docs must be at least 1, got {max_docs}", "leave it out to score every document")
 
 
 def pg19_documents(
@@ -726,6 +849,7 @@ def pg19_documents(
     """PG19's test split (100 books) from the hub, or a local copy in its schema (`--data`)."""
     from evals.texts import PG19, hub_documents, load_hub_dataset
 
+    check_max_docs(max_docs)
     if data is not None:
         docs, info = local_documents(
             data, text_field or PG19.text_field, pattern="*.txt,*.jsonl,*.jsonl.gz,*.parquet", max_docs=max_docs

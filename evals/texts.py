@@ -2,13 +2,14 @@
 
 Every loader returns `Document`s (id, text, meta) and fails with one `LlqaError` line on bad input:
 an empty file, text that is not UTF-8, a missing text field, a hub dataset that cannot be reached.
+Files are read by `llqa.io.read_text` / `read_text_lines`: UTF-8, universal newlines (CRLF and CR read as
+LF), so line ends never change a document's tokens; text fields of table rows are taken as stored.
 Used by the perplexity eval (documents to score) and the retrieval evals (haystack text).
 """
 
 from __future__ import annotations
 
 import contextlib
-import gzip
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any
 
 from llqa.errors import LlqaError
 from llqa.hub import OFFLINE_FIX, hub_reachable
+from llqa.io import read_text, read_text_lines
 
 TABLE_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
 DEFAULT_GLOB = "*.txt"
@@ -33,22 +35,6 @@ def is_table(path: Path) -> bool:
     return path.name.lower().endswith(TABLE_SUFFIXES)
 
 
-def read_text_file(path: str | Path) -> str:
-    """The whole file as UTF-8 text (a UTF-8 BOM is dropped); non-UTF-8 bytes are a user error."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise LlqaError(f"cannot read {path}: {e.strerror or e}", "check the path and its permissions") from None
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise LlqaError(
-            f"{path} is not UTF-8 text (byte {e.start}: {raw[e.start : e.start + 1]!r})",
-            f"convert it first, e.g. `iconv -f latin1 -t utf-8 {path} > {path.stem}.utf8.txt`",
-        ) from None
-
-
 def load_texts(
     path: str | Path, text_field: str = "text", id_field: str | None = None, pattern: str = DEFAULT_GLOB
 ) -> list[Document]:
@@ -62,7 +48,7 @@ def load_texts(
         return _load_folder(path, pattern, text_field, id_field)
     if is_table(path):
         return list(_table_documents(path, text_field, id_field))
-    text = read_text_file(path)
+    text = read_text(path)
     if not text.strip():
         raise LlqaError(f"{path} is empty", "pass a file with text in it")
     return [Document(path.name, text, {"path": str(path)})]
@@ -81,23 +67,12 @@ def _load_folder(path: Path, pattern: str, text_field: str, id_field: str | None
                 d.id = d.id if id_field else f"{name}:{d.id.rsplit(':', 1)[1]}"
                 docs.append(d)
             continue
-        text = read_text_file(f)
+        text = read_text(f)
         if text.strip():  # an empty file in a folder is skipped; a folder of only empty files is an error
             docs.append(Document(name, text, {"path": str(f)}))
     if not docs:
         raise LlqaError(f"every file matching '{pattern}' in {path} is empty", "pass a folder with text in it")
     return docs
-
-
-def _open_table_lines(path: Path) -> Iterator[str]:
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            yield from f
-    except UnicodeDecodeError:
-        raise LlqaError(f"{path} is not UTF-8 text", "re-save it as UTF-8 JSON lines") from None
-    except OSError as e:
-        raise LlqaError(f"cannot read {path}: {e}", "check the file") from None
 
 
 def _table_rows(path: Path) -> Iterator[dict[str, Any]]:
@@ -110,12 +85,15 @@ def _table_rows(path: Path) -> Iterator[dict[str, Any]]:
             raise LlqaError(f"{path} is not a readable parquet file ({e})", "check the file") from None
         yield from table.to_pylist()
         return
-    lines = _open_table_lines(path)
+    lines = read_text_lines(path)
     first = next(lines, None)
     if first is None:
         raise LlqaError(f"{path} is empty", "pass a file with rows in it")
     if first.lstrip().startswith("[") and path.name.lower().endswith((".json", ".json.gz")):
-        rows = json.loads(first + "".join(lines))  # a JSON array instead of JSON lines
+        try:
+            rows = json.loads("\n".join([first, *lines]))  # a JSON array instead of JSON lines
+        except json.JSONDecodeError as e:
+            raise LlqaError(f"{path} is not JSON (line {e.lineno}: {e.msg})", "fix the file") from None
         yield from (r for r in rows if isinstance(r, dict))
         return
     for n, line in enumerate([first], start=1):

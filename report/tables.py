@@ -42,7 +42,7 @@ def beyond_ctx(
         for i, ctx in enumerate(ctxs)
         if ctx
         for j, n in enumerate(lengths)
-        if n > ctx and rows[i][first + j] is not None
+        if n > ctx and isinstance(rows[i][first + j], int | float)
     }
 
 

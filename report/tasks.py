@@ -9,7 +9,7 @@ from typing import Any
 from evals.passkey import summarize  # the scoring rule lives with the eval
 from llqa.ranks import all_cells
 from report.fields import by_length, ppl_cells, ppl_setting, ppl_title, retrieval_cells, retrieval_setting
-from report.inputs import BEYOND_NOTE, RETRIEVAL_TASKS, EvalResult
+from report.inputs import BEYOND_NOTE, NOT_REACHED, NOT_REACHED_NOTE, RETRIEVAL_TASKS, EvalResult
 from report.runs import Run
 from report.tables import Table, beyond_ctx, group, length_label
 
@@ -20,13 +20,14 @@ def perplexity_tables(runs: Sequence[Run]) -> list[tuple[Table, list[int]]]:
     newest winning."""
     tables = []
     for pairs in group(runs, ("perplexity",), ppl_setting).values():
-        by_run: dict[str, dict[int, float | None]] = {}
+        by_run: dict[str, dict[int, float | str | None]] = {}
         for run, r in sorted(pairs, key=lambda p: str(p[1].doc.get("finished_at", ""))):
             by_run.setdefault(run.label, {}).update(ppl_cells(r))
         order = [run for run in runs if run.label in by_run]
         lengths = sorted({n for cells in by_run.values() for n in cells})
         rows = [[run.label, run.ctx, *[by_run[run.label].get(n) for n in lengths]] for run in order]
         marks = beyond_ctx(rows, [run.ctx for run in order], lengths, first=2)
+        unreached = any(v == NOT_REACHED for row in rows for v in row[2:])
         table = Table(
             ppl_title(pairs[0][1]),
             ["run", "ctx"] + [length_label(n) for n in lengths],
@@ -36,7 +37,9 @@ def perplexity_tables(runs: Sequence[Run]) -> list[tuple[Table, list[int]]]:
             beyond_ctx=marks,
             note="Token-weighted perplexity exp(total NLL / scored tokens) per evaluation length (the "
             "`ppl` of each result; see its `semantics`). ctx: the context the model ran at (Position "
-            "Interpolation above its native context)." + (BEYOND_NOTE if marks else ""),
+            "Interpolation above its native context)."
+            + (BEYOND_NOTE if marks else "")
+            + (NOT_REACHED_NOTE if unreached else ""),
         )
         tables.append((table, lengths))
     return tables

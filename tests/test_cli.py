@@ -89,8 +89,9 @@ def test_offline_uncached_hub_model_is_one_line(tmp_path):
     [
         (["--model", "gpt-17"], "unknown model 'gpt-17'"),
         (["--model", "./no/such/dir"], "no such file or directory"),
-        (["--ctx", "0"], "--ctx must be a positive"),
-        (["--ctx", "-4096"], "--ctx must be a positive"),
+        (["--ctx", "0"], "--ctx must be between 1 and 16,777,216 tokens, got 0"),
+        (["--ctx", "-4096"], "--ctx must be between 1 and 16,777,216 tokens, got -4,096"),
+        (["--ctx", "1" + "0" * 23], "--ctx must be between 1 and 16,777,216 tokens"),
         (["--model", "random:huge"], "unknown random shape"),
     ],
 )

@@ -17,6 +17,7 @@ from evals.perplexity import (
     plan_batches,
     run,
     sample_long_documents,
+    text_fingerprint,
     tokenize,
 )
 from evals.texts import Document
@@ -75,8 +76,9 @@ def test_equals_brute_force(tiny, tmp_path, scoring, bos):
         assert row["window_ppl"] == pytest.approx(math.exp(sum(means) / len(means)), rel=1e-5)
 
 
-def test_all_tokens_equals_longlora_mean(tiny, tmp_path):
-    """LongLoRA eval.py: HF's mean loss of each full window (labels = inputs), averaged over windows."""
+def test_all_tokens_equals_longlora_eval_py(tiny, tmp_path):
+    """LongLoRA eval.py (`get_as_batch` + `evaluate`, transcribed at --batch_size 1): HF's mean loss of each
+    window x (labels = x) over starts range(0, n - L, S) less the last, averaged over windows."""
     length, stride = 32, 8
     out = run(
         tiny,
@@ -85,17 +87,48 @@ def test_all_tokens_equals_longlora_mean(tiny, tmp_path):
         tmp_path,
         show_progress=False,
     )
-    ids = tokenize(tiny.tokenizer, DOCS[0], bos=False).ids
+    data = tokenize(tiny.tokenizer, DOCS[0], bos=False).ids
+    all_ix = list(range(0, len(data) - length, stride))
+    all_ix.pop()
     losses = []
     with torch.no_grad():
-        for s in range(0, len(ids) - length + 1, stride):
-            x = torch.tensor(ids[s : s + length][None])
-            losses.append(tiny.model(x, labels=x).loss.item())
+        for i in all_ix:
+            x = torch.from_numpy(data[i : i + length].astype(np.int64))[None]
+            losses.append(tiny.model(input_ids=x, labels=x.contiguous()).loss.item())
     row = out.rows[0]
     assert row["windows"] == len(losses) > 3
     assert row["window_ppl"] == pytest.approx(math.exp(sum(losses) / len(losses)), rel=1e-5)
     assert row["ppl"] == pytest.approx(row["window_ppl"], rel=1e-5)  # equal-size windows: both means agree
     assert row["scored_tokens"] == len(losses) * (length - 1)
+
+
+def test_disjoint_equals_harness_loglikelihood_rolling(tiny, tmp_path):
+    """lm-evaluation-harness HFLM.loglikelihood_rolling, transcribed: the token list without special tokens,
+    the BOS as prefix token, windows from get_rolling_token_windows + make_disjoint_window at max_length
+    L - 1, each scored on the last len(continuation) logits of its input. The sum is llqa's NLL sum with
+    --bos always at L, and every token of the document is scored, the first one too."""
+    from test_windows import harness_windows
+
+    length = 24
+    out = run(
+        tiny,
+        DOCS[:1],
+        PerplexityConfig(lengths=[length], scoring="disjoint", bos="always"),
+        tmp_path,
+        show_progress=False,
+    )
+    token_list = tiny.tokenizer(DOCS[0].text, add_special_tokens=False)["input_ids"]
+    stream = [tiny.tokenizer.bos_token_id, *token_list]  # stream[p] for the harness's positions
+    total = 0.0
+    with torch.no_grad():
+        for w in harness_windows(len(stream), length - 1):
+            inp = torch.tensor([stream[w.start : w.end - 1]])
+            logp = tiny.model(inp).logits[0].double().log_softmax(-1)
+            cont = range(w.first_scored, w.end)
+            total -= sum(logp[t - w.start - 1, stream[t]].item() for t in cont)
+    row = out.rows[0]
+    assert row["scored_tokens"] == len(token_list) and row["windows"] > 2
+    assert row["nll_per_token"] * row["scored_tokens"] == pytest.approx(total, rel=1e-5)
 
 
 def test_batching_and_concat(tiny, tmp_path):
@@ -212,6 +245,7 @@ def test_plan_batches_groups_equal_lengths_within_budget():
         ({"lengths": [512], "scoring": "rolling"}, "--scoring rolling"),
         ({"lengths": [512], "bos": "sometimes"}, "--bos sometimes"),
         ({"lengths": [512], "ctx": 256}, "--ctx 256 is shorter"),
+        ({"lengths": [2048, 100_000_000]}, "window length 100,000,000 is longer than the 16,777,216 tokens"),
     ],
 )
 def test_config_errors(kwargs, needle):
@@ -275,3 +309,109 @@ def test_dense_kv_attention_for_cudnn_equals_sdpa_and_is_used():
     assert len(calls) == model.config.num_hidden_layers
     assert model.config._attn_implementation == "sdpa"  # restored after the forward
     assert torch.allclose(got, plain.score(x, [1, 5, 39]), rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- never silently wrong
+
+
+def test_changed_text_is_refused_and_overwrite_scores_it_afresh(tiny, tmp_path):
+    cfg = PerplexityConfig(lengths=[24], stride=6)
+    first = run(tiny, DOCS, cfg, tmp_path / "out", show_progress=False)
+    cells = [json.loads(x) for x in (tmp_path / "out" / "cells.jsonl").read_text().splitlines()]
+    assert {c["text_sha256"] for c in cells} == {text_fingerprint(d.text) for d in DOCS}
+    result = json.loads(first.result_path.read_text())
+    assert result["data"]["text_sha256"]["a"] == text_fingerprint(TEXT_A)
+    shorter = [Document("a", TEXT_A[:150]), *DOCS[1:]]
+    with pytest.raises(LlqaError, match="different configuration: the text of a is not the text"):
+        run(tiny, shorter, cfg, tmp_path / "out", show_progress=False)
+    redone = run(tiny, shorter, cfg, tmp_path / "out", overwrite=True, show_progress=False)
+    fresh = run(tiny, shorter, cfg, tmp_path / "fresh", show_progress=False)
+    assert redone.rows[0]["ppl"] == pytest.approx(fresh.rows[0]["ppl"], rel=1e-9) != first.rows[0]["ppl"]
+    concat = PerplexityConfig(lengths=[24], stride=6, concat=True)  # the joined stream is fingerprinted too
+    run(tiny, DOCS, concat, tmp_path / "cat", show_progress=False)
+    with pytest.raises(LlqaError, match="the text of the joined documents is not"):
+        run(tiny, shorter, concat, tmp_path / "cat", show_progress=False)
+    log = tmp_path / "cat" / "cells.jsonl"  # a log from before texts were fingerprinted: cannot be checked
+    log.write_text(
+        "".join(
+            json.dumps({k: v for k, v in json.loads(x).items() if k != "text_sha256"}) + "\n"
+            for x in log.read_text().splitlines()
+        )
+    )
+    with pytest.raises(LlqaError, match="scored by an older llqa that did not record the documents' text"):
+        run(tiny, DOCS, concat, tmp_path / "cat", show_progress=False)
+
+
+def test_a_length_no_document_fills_is_not_measured(tiny, tmp_path):
+    """A 5-token document at L=8192, and L=65,536 next to a measured length: rows that say so, with no
+    number; the measured length keeps exactly its number."""
+    five = Document("five", "one two three four five")
+    assert len(tokenize(tiny.tokenizer, five, bos=False).ids) == 5
+    out = run(tiny, [five], PerplexityConfig(lengths=[8192], stride=256), tmp_path / "five", show_progress=False)
+    (row,) = out.rows
+    assert row["reached"] is False and row["full_documents"] == 0 and row["documents"] == 1
+    assert row["ppl"] is row["window_ppl"] is row["bits_per_byte"] is None and row["windows"] == 0
+    assert out.warnings == [
+        "L=8192: not measured — no document has a full window of 8,192 tokens (sliding needs at least L tokens; "
+        "the longest has 5)"
+    ]
+
+    huge = run(tiny, DOCS, PerplexityConfig(lengths=[32, 65536], stride=8), tmp_path / "huge", show_progress=False)
+    alone = run(tiny, DOCS, PerplexityConfig(lengths=[32], stride=8), tmp_path / "alone", show_progress=False)
+    assert huge.rows[0]["ppl"] == pytest.approx(alone.rows[0]["ppl"], rel=1e-9) and huge.rows[0]["reached"]
+    result = json.loads(huge.result_path.read_text())
+    assert result["summary"]["65536"] == {
+        "ppl": None,
+        "window_ppl": None,
+        "bits_per_byte": None,
+        "scored_tokens": 0,
+        "windows": 0,
+        "documents": 3,
+        "full_documents": 0,
+        "reached": False,
+    }
+    assert result["warnings"][0].startswith("L=65536: not measured") and result["cells"] == 3
+    csv_rows = (tmp_path / "huge" / "result.csv").read_text().splitlines()
+    assert "reached" in csv_rows[0] and ",False," in csv_rows[2]
+
+
+def test_a_length_some_documents_fill_counts_them(tiny, tmp_path):
+    """Documents of 89, 65 and 80 tokens at L=72: two fill a window. sliding scores the short one with its
+    whole text as context, all-tokens (LongLoRA) gives it no window; both say how many filled one."""
+    n = [len(tokenize(tiny.tokenizer, d, bos=False).ids) for d in DOCS]
+    assert n == [89, 65, 80]
+    fates = {"sliding": "are scored with their whole text as context", "all-tokens": "get no window"}
+    for scoring, stride, full in (("sliding", 4, 2), ("all-tokens", 4, 2)):
+        out = run(tiny, DOCS, PerplexityConfig([72], stride, scoring), tmp_path / scoring, show_progress=False)
+        row = out.rows[0]
+        assert row["reached"] and row["documents"] == 3 and row["full_documents"] == full
+        assert row["windows"] == sum(len(windows(k, 72, stride, scoring)) for k in n)
+        assert out.warnings == [f"L=72: 1 of 3 documents are shorter than one full window; they {fates[scoring]}"]
+
+
+def test_line_ends_do_not_change_the_numbers(tiny, tmp_path):
+    """The same text with LF, CRLF and CR line ends (and a UTF-8 BOM): the same documents, token ids and
+    perplexity; the result records how text files were read."""
+    lines = [TEXT_A[:120], "", TEXT_B[:140], "  indented line", TEXT_A[120:]]
+    results = {}
+    for name, end in (("lf", "\n"), ("crlf", "\r\n"), ("cr", "\r")):
+        path = tmp_path / f"{name}.txt"
+        path.write_bytes(("\ufeff" if name == "crlf" else "").encode() + end.join(lines).encode() + end.encode())
+        docs, info = local_documents(path)
+        assert docs[0].text == "\n".join(lines) + "\n"
+        ids = tokenize(tiny.tokenizer, docs[0], bos=False).ids
+        out = run(
+            tiny, docs, PerplexityConfig(lengths=[32], stride=8), tmp_path / name, data_info=info, show_progress=False
+        )
+        results[name] = (ids.tolist(), out.rows[0]["ppl"], json.loads(out.result_path.read_text())["data"])
+    assert results["lf"][:2] == results["crlf"][:2] == results["cr"][:2]
+    assert "universal newlines" in results["cr"][2]["text_files"]
+    shas = [list(r[2]["text_sha256"].values()) for r in results.values()]
+    assert shas[0] == shas[1] == shas[2]
+
+
+def test_max_docs_must_be_positive(tmp_path):
+    (tmp_path / "a.txt").write_text(TEXT_A)
+    assert len(local_documents(tmp_path, max_docs=1)[0]) == 1
+    with pytest.raises(LlqaError, match="--max-docs must be at least 1, got 0"):
+        local_documents(tmp_path, max_docs=0)

@@ -7,8 +7,9 @@ import json
 
 import pytest
 
-from evals.texts import load_texts, read_text_file
+from evals.texts import load_texts
 from llqa.errors import LlqaError
+from llqa.io import read_text, read_text_lines
 
 
 def test_text_file_folder_and_tables(tmp_path):
@@ -72,4 +73,30 @@ def test_bad_tables_and_folders(tmp_path):
     with pytest.raises(LlqaError, match="is empty"):
         load_texts(empty)
     with pytest.raises(LlqaError, match="cannot read"):
-        read_text_file(empty)
+        read_text(empty)
+
+
+@pytest.mark.parametrize("end", [b"\n", b"\r\n", b"\r"])
+def test_every_line_end_reads_as_lf(tmp_path, end):
+    """Universal newlines in the one reader: a text file, and the lines of a JSON lines table (gzipped too)."""
+    text = "Chapter 1\n\nIt was a dark night;\n  she said: “n’est-ce pas?”\n"
+    p = tmp_path / "t.txt"
+    p.write_bytes(text.replace("\n", end.decode()).encode())
+    assert read_text(p) == text == load_texts(p)[0].text
+    assert list(read_text_lines(p)) == text.split("\n")[:-1]
+    rows = [json.dumps({"text": "a\r\nb"}), json.dumps({"text": "c"})]  # an escaped CR is data, kept
+    with gzip.open(tmp_path / "t.jsonl.gz", "wb") as f:
+        f.write(end.join(r.encode() for r in rows) + end)
+    assert [d.text for d in load_texts(tmp_path / "t.jsonl.gz")] == ["a\r\nb", "c"]
+
+
+def test_non_utf8_is_refused_with_its_byte_offset(tmp_path):
+    p = tmp_path / "bin.txt"
+    p.write_bytes(b"line one\r\nline two \xff\xfe")
+    with pytest.raises(LlqaError, match=r"bin.txt is not UTF-8 text \(byte 19: b'\\xff'\)"):
+        read_text(p)
+    with pytest.raises(LlqaError, match=r"not UTF-8 text \(line 2, byte 19: b'\\xff'\)"):
+        list(read_text_lines(p))
+    p.write_bytes(b"\xef\xbb\xbf{}\n\x80")  # offsets count the BOM: they are offsets into the file
+    with pytest.raises(LlqaError, match=r"line 2, byte 6"):
+        list(read_text_lines(p))

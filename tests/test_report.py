@@ -314,6 +314,34 @@ def test_passkey_near_misses_of_an_older_result_come_from_its_cells(tmp_path):
     assert window["accuracy"] == 0.25 and window["within 1 edit"] == 0.75
 
 
+def test_perplexity_lengths_no_document_filled_are_marked_not_plotted(produced, tmp_path):
+    """A length marked reached: false shows as 'not reached', never as a number, and stays off the plot; a
+    result written before llqa marked it is recounted from its cells.jsonl (no cell with >= L tokens)."""
+    doc = _json(produced / "evals" / "base-pi-ppl" / "result.json")
+    new, old = tmp_path / "in" / "new", tmp_path / "in" / "old"
+    for folder, spec in ((new, "random:tiny"), (old, "random:smollm2-135m")):
+        folder.mkdir(parents=True)
+        summary = {k: dict(v) for k, v in doc["summary"].items()}
+        summary["512"] = {**summary["512"], "ppl": 123.0}  # as an older llqa wrote it
+        if folder == new:
+            summary["512"] = {**summary["512"], "ppl": None, "reached": False}
+        else:
+            for v in summary.values():
+                v.pop("reached", None)
+        cells = [{"key": f"d|{n}", "doc": "d", "length": n, "doc_tokens": 300} for n in (64, 128, 512)]
+        (folder / "cells.jsonl").write_text("".join(json.dumps(c) + "\n" for c in cells))
+        (folder / "result.json").write_text(
+            json.dumps({**doc, "model": {**doc["model"], "spec": spec}, "summary": summary})
+        )
+    rep = write_report([new, old], tmp_path / "rep")
+    table = _table(rep, "perplexity")
+    for label in ("random:tiny (PI ×2)", "random:smollm2-135m (PI ×2)"):
+        row = _row(table, label)
+        assert row["512"] == "not reached" and row["64"] == doc["summary"]["64"]["ppl"]
+    assert "not reached: no document had a full window" in table["note"]
+    assert "| not reached |" in rep.markdown.read_text()
+
+
 def test_several_passkey_runs_and_a_long_loss_curve_plot(produced, tmp_path):
     import shutil
 

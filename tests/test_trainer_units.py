@@ -124,6 +124,30 @@ def test_read_documents_formats_and_errors(tmp_path):
         list(D.read_documents([tmp_path / "empty"]))
 
 
+def test_line_ends_pack_the_same_tokens_and_binary_files_are_refused(tmp_path, smollm2_tokenizer, shared_data):
+    """`--data` text is read as the evals read it: CRLF, CR and LF copies of a novel pack into the same token
+    ids; a binary or non-UTF-8 file is refused with its byte offset (it used to train on U+FFFD)."""
+    text = (shared_data / "gutenberg_novels" / "pg11.txt").read_text()[:3000]
+    packed = []
+    for name, end in (("lf", "\n"), ("crlf", "\r\n"), ("cr", "\r")):
+        path = tmp_path / f"{name}.txt"
+        path.write_bytes(text.replace("\n", end).encode())
+        (doc,) = D.read_documents([path])
+        assert doc == text
+        data, _ = D.build_packed([doc], smollm2_tokenizer, 64, needed=4, out_dir=tmp_path / name, meta={})
+        packed.append(data.tokens.copy())
+    np.testing.assert_array_equal(packed[0], packed[1])
+    np.testing.assert_array_equal(packed[0], packed[2])
+    blob = tmp_path / "weights.bin"
+    blob.write_bytes(b"PK\x03\x04" + bytes(range(256)))
+    with pytest.raises(LlqaError, match=r"weights.bin is not UTF-8 text \(byte 132: b'\\x80'\)"):
+        list(D.read_documents([blob]))
+    latin = tmp_path / "items.jsonl"
+    latin.write_bytes(b'{"text": "ok"}\r\n{"text": "caf\xe9"}\r\n')
+    with pytest.raises(LlqaError, match=r"items.jsonl is not UTF-8 text \(line 2, byte 29: b'\\xe9'"):
+        list(D.read_documents([latin]))
+
+
 def test_hub_dataset_offline_is_one_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # offline and not cached
     with pytest.raises(LlqaError, match="not in the local cache and the hub cannot be reached"):

@@ -6,7 +6,8 @@ order and cut into sequences of exactly ctx tokens; the tail shorter than ctx is
 is a label (the loss crosses document boundaries, as in the paper). Packing stops once the run has
 the sequences it needs (max_steps × batch); fewer are repeated in epochs. The packed token ids are
 stored in the run directory (`data/packed.bin`, uint32) so a resumed run reads exactly the same
-sequences without tokenizing again.
+sequences without tokenizing again. Files are read by `llqa.io` as every command reads text: UTF-8 with
+universal newlines (CRLF and CR as LF); a file that is not UTF-8 is refused, naming the byte offset.
 
 Supervised fine-tuning (`sft`): items with `instruction` and `output` (LongAlpaca / LongQA; a
 non-empty `input` field is appended to the instruction after a blank line, as in Alpaca). The prompt
@@ -32,6 +33,7 @@ import numpy as np
 
 from llqa.errors import LlqaError
 from llqa.hub import OFFLINE_FIX, hub_reachable
+from llqa.io import TEXT_READING, atomic_write_json, read_text, read_text_lines
 
 TEXT_SUFFIXES = {".txt", ".md", ".tex", ".text", ".rst"}
 JSON_SUFFIXES = {".jsonl", ".json"}
@@ -81,9 +83,7 @@ def read_records(path: Path) -> Iterator[dict[str, Any]]:
         return
     if suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except UnicodeDecodeError as e:
-            raise _not_utf8(path, e) from None
+            data = json.loads(read_text(path))
         except json.JSONDecodeError as e:
             raise LlqaError(f"{path} is not valid JSON ({e})", "fix the file or convert it to jsonl") from None
         if not isinstance(data, list):
@@ -93,30 +93,18 @@ def read_records(path: Path) -> Iterator[dict[str, Any]]:
             )
         yield from data
         return
-    n = 0
-    try:
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise LlqaError(f"{path}:{n} is not valid JSON ({e})", "fix or remove that line") from None
-    except UnicodeDecodeError as e:
-        raise _not_utf8(path, e, n + 1) from None
-
-
-def _not_utf8(path: Path, e: UnicodeDecodeError, line: int | None = None) -> LlqaError:
-    where = f"{path}:{line}" if line else str(path)
-    return LlqaError(
-        f"{where} is not UTF-8 text ({e.reason} at byte {e.start})",
-        f"convert the file to UTF-8 first, e.g. `iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8{path.suffix}`",
-    )
+    for n, line in enumerate(read_text_lines(path), 1):
+        if not line.strip():
+            continue
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError as e:
+            raise LlqaError(f"{path}:{n} is not valid JSON ({e})", "fix or remove that line") from None
 
 
 def read_documents(paths: Iterable[str | os.PathLike], text_field: str = "text") -> Iterator[str]:
-    """Document texts of local files: a text file is one document; jsonl/json/parquet give one per record."""
+    """Document texts of local files: a text file is one document (`llqa.io.read_text`: UTF-8 with universal
+    newlines, non-UTF-8 refused as the evals refuse it); jsonl/json/parquet give one per record."""
     for path in data_files(paths):
         if path.suffix.lower() in JSON_SUFFIXES | TABLE_SUFFIXES:
             for n, rec in enumerate(read_records(path), 1):
@@ -127,7 +115,7 @@ def read_documents(paths: Iterable[str | os.PathLike], text_field: str = "text")
                 if rec[text_field]:
                     yield str(rec[text_field])
         else:
-            yield path.read_text(encoding="utf-8", errors="replace")
+            yield read_text(path)
 
 
 def hub_records(dataset: str, config: str | None, split: str, streaming: bool) -> Iterable[dict[str, Any]]:
@@ -252,9 +240,7 @@ def build_packed(
             "add data or lower --ctx",
         )
     os.replace(tmp, path)
-    info = {"source": meta, "sequences": n, "tokens": n * ctx, "needed": needed}
-    from llqa.io import atomic_write_json
-
+    info = {"source": meta, "sequences": n, "tokens": n * ctx, "needed": needed, "text_files": TEXT_READING}
     atomic_write_json(meta_path, info)
     return PackedData(path, ctx), info
 

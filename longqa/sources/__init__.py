@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import sys
 from collections.abc import Iterable, Iterator
@@ -18,6 +19,7 @@ from typing import Any
 
 from llqa.errors import LlqaError
 from llqa.hub import OFFLINE_FIX, hub_reachable
+from llqa.io import read_text, read_text_lines
 from longqa.schema import SourceData
 
 SOURCE_NAMES = ("narrativeqa", "qasper", "arxiv", "leval", "longalpaca")
@@ -93,13 +95,12 @@ def iter_records(path: Path) -> Iterator[dict[str, Any]]:
         return
     if suffix == ".csv":
         csv.field_size_limit(sys.maxsize)
-        with open(path, encoding="utf-8", newline="") as f:
-            yield from csv.DictReader(f)
+        yield from csv.DictReader(io.StringIO(read_text(path)))  # quoted line ends inside fields read as LF too
         return
     if suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            data = json.loads(read_text(path))
+        except json.JSONDecodeError as e:
             raise LlqaError(f"{path}: not valid JSON ({e})", "re-download the local copy") from None
         if isinstance(data, dict):
             for key in ("data", "train", "rows"):
@@ -112,17 +113,16 @@ def iter_records(path: Path) -> Iterator[dict[str, Any]]:
             raise LlqaError(f"{path}: expected a list of records", "re-download the local copy")
         yield from (r for r in data if isinstance(r, dict))
         return
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise LlqaError(f"{path}:{i}: not valid JSON ({e.msg})", "re-download the local copy") from None
-            if not isinstance(rec, dict):
-                raise LlqaError(f"{path}:{i}: expected a JSON object", "re-download the local copy")
-            yield rec
+    for i, line in enumerate(read_text_lines(path), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise LlqaError(f"{path}:{i}: not valid JSON ({e.msg})", "re-download the local copy") from None
+        if not isinstance(rec, dict):
+            raise LlqaError(f"{path}:{i}: expected a JSON object", "re-download the local copy")
+        yield rec
 
 
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")

@@ -26,6 +26,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from llqa.io import read_text
 from longqa.schema import QA, Document, SourceData, clean_text
 from longqa.sources import data_files, digest_files, hub_revision, hub_rows, iter_records, local_origin
 
@@ -167,7 +168,7 @@ def _load_repo_layout(directory: Path, splits: list[str], max_chars: int | None)
             continue
         read.append(path)
         m = meta[doc_id]
-        raw = path.read_text(encoding="utf-8", errors="replace")
+        raw = read_text(path)  # UTF-8 with universal newlines, as every reader; other bytes are refused
         _add(
             data,
             doc_id,
