@@ -233,8 +233,8 @@ def _cases() -> list[Case]:
     ]:
         add(Case(f"sft{option}={value}", [*SFT, "--data", "{world}/book.txt", *OUT, option, value], needle))
     for args, needle in [
-        (["--ctx", "0"], "--ctx must be a positive"),
-        (["--ctx", "-4096"], "--ctx must be a positive"),
+        (["--ctx", "0"], "--ctx must be between 1 and"),
+        (["--ctx", "-4096"], "--ctx must be between 1 and"),
     ]:
         for name in ("info", "train", "perplexity", "passkey", "topics", "lines"):
             base = {"info": ["info", "--model", "{world}/tiny"], "train": TRAIN, "perplexity": PPL}.get(name)
@@ -412,7 +412,7 @@ def _cases() -> list[Case]:
     add(Case("build-recipe-missing", [*BUILD, *OUT, "--recipe", "no-such-recipe"], "no-such-recipe"))
     add(Case("build-recipe-broken", [*BUILD, *OUT, "--recipe", "{world}/broken.toml"], "broken.toml"))
     add(Case("validate-missing", ["validate", "{world}/nope"], "nope"))
-    add(Case("validate-ctx-0", [*VALIDATE, "--ctx", "0"], "--ctx must be a positive"))
+    add(Case("validate-ctx-0", [*VALIDATE, "--ctx", "0"], "--ctx must be between 1 and"))
 
     # report
     add(Case("report-missing-path", ["report", "{world}/nope", *OUT], "nope"))
