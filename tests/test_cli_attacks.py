@@ -251,6 +251,9 @@ def _cases() -> list[Case]:
         (["--compile", "turbo"], "--compile turbo is not a compile mode"),
     ]:
         add(Case(f"perplexity{args[0]}={args[1]}", [*PPL, *OUT, *args], needle))
+    add(Case("perplexity-max-docs-0", [*PPL, *OUT, "--max-docs", "0"], "--max-docs must be at least 1"))
+    add(Case("pg19-max-docs-0", [*PG19, *OUT, "--max-docs", "0"], "--max-docs must be at least 1"))
+    add(Case("info-ctx-huge", ["info", "--model", "{world}/tiny", "--ctx", "100000000000"], "--ctx must be between 1"))
     add(Case("proof-pile-num-docs-0", [*PROOF, *OUT, "--num-docs", "0"], "--num-docs must be >= 1"))
     add(Case("proof-pile-min-tokens-1", [*PROOF, *OUT, "--min-tokens", "1"], "--min-tokens >= 2"))
     add(Case("pg19-compile-bogus", [*PG19, *OUT, "--compile", "turbo"], "--compile turbo is not a compile mode"))
