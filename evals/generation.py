@@ -133,9 +133,15 @@ def fit_to_context(ids: Sequence[int], ctx: int, policy: str) -> tuple[list[int]
 # --------------------------------------------------------------------------- batching
 
 
-def plan_batches(lengths: Sequence[int], batch_tokens: int, max_batch: int | None = None) -> list[list[int]]:
+def plan_batches(
+    lengths: Sequence[int],
+    batch_tokens: int,
+    max_batch: int | None = None,
+    max_rows: Callable[[int], int] | None = None,
+) -> list[list[int]]:
     """Indices of `lengths` grouped into batches, longest first, so that (batch size x longest prompt in
-    the batch) <= batch_tokens; a prompt longer than the budget gets a batch of its own.
+    the batch) <= batch_tokens, batch size <= max_batch and <= max_rows(longest prompt) (the memory
+    rule); a prompt longer than the budget gets a batch of its own.
 
     Every index appears exactly once; sorting by length keeps padding small."""
     if batch_tokens <= 0:
@@ -145,7 +151,8 @@ def plan_batches(lengths: Sequence[int], batch_tokens: int, max_batch: int | Non
     current: list[int] = []
     for i in order:
         longest = lengths[current[0]] if current else lengths[i]
-        full = max_batch is not None and len(current) >= max_batch
+        cap = min(max_batch or len(lengths), max_rows(longest) if max_rows else len(lengths))
+        full = len(current) >= cap
         if current and (full or (len(current) + 1) * longest > batch_tokens):
             batches.append(current)
             current = []
@@ -159,6 +166,100 @@ def default_batch_tokens(device) -> int:
     """Tokens per batch (batch size x longest prompt): large on a GPU, small on CPU where batching
     gains little and memory is shared with everything else."""
     return 262_144 if getattr(device, "type", str(device)) == "cuda" else 16_384
+
+
+# --------------------------------------------------------------------------- memory
+
+
+GIB = 1024**3
+HEADROOM = 0.9  # share of the free memory a batch may plan to use (allocator fragmentation, kernels' workspaces)
+DEFAULT_PREFILL_CHUNK = 4096  # prompt tokens per row per prefill forward: bounds the activations of long prompts
+MIN_PREFILL_CHUNK = 256
+
+
+@dataclass(frozen=True)
+class PromptCost:
+    """What one row of a generation batch costs in memory, from the model's config (no measurement).
+
+    - `kv_bytes_per_token`: the KV cache, layers x 2 (K and V) x kv_heads x head_dim x dtype bytes
+      (Llama-2-7B in bf16: 32 x 2 x 32 x 128 x 2 = 512 KiB, so a 32k prompt holds 16 GiB);
+    - `activation_bytes_per_token`: the largest transient of one decoder layer per prefill token (one
+      layer runs at a time): residual, norm, attention output and o_proj (4 x hidden), q/k/v
+      ((heads + 2 kv_heads) x head_dim) and the MLP's gate, up and their product (3 x intermediate);
+    - `per_cached_token_transient`: bytes per cached token that a layer copies while it runs: its own K
+      and V grown by one step (the cache concatenates), and with grouped-query attention the K and V
+      repeated to every query head (SDPA without native GQA support);
+    - `logits_bytes`: the fp32 logits of the last position (all generate() keeps), per row."""
+
+    kv_bytes_per_token: int
+    activation_bytes_per_token: int
+    per_cached_token_transient: int
+    logits_bytes: int
+
+    def row_bytes(self, tokens: int, chunk: int) -> int:
+        """Peak bytes of one row: its KV cache for `tokens`, one prefill chunk's activations, one layer's
+        cache copies and the logits."""
+        return (
+            self.kv_bytes_per_token * tokens
+            + self.activation_bytes_per_token * min(chunk, tokens)
+            + self.per_cached_token_transient * tokens
+            + self.logits_bytes
+        )
+
+
+def prompt_cost(config, dtype_bytes: int) -> PromptCost:
+    """The `PromptCost` of a transformers model config (Llama-style field names) at `dtype_bytes`."""
+    layers = config.num_hidden_layers
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    hidden = config.hidden_size
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    intermediate = getattr(config, "intermediate_size", None) or 4 * hidden
+    kv_per_layer = 2 * kv_heads * head_dim * dtype_bytes
+    repeated = 2 * heads * head_dim * dtype_bytes if kv_heads < heads else 0
+    return PromptCost(
+        kv_bytes_per_token=layers * kv_per_layer,
+        activation_bytes_per_token=(4 * hidden + (heads + 2 * kv_heads) * head_dim + 3 * intermediate) * dtype_bytes,
+        per_cached_token_transient=kv_per_layer + repeated,
+        logits_bytes=4 * config.vocab_size,
+    )
+
+
+def rows_that_fit(cost: PromptCost, tokens: int, free_bytes: int, chunk: int = DEFAULT_PREFILL_CHUNK) -> int:
+    """How many rows of `tokens` tokens (prompt + new tokens) fit in HEADROOM x `free_bytes`; at least 1
+    (a row that does not fit is tried alone, and an out-of-memory error is then reported, not planned away)."""
+    return max(1, int(HEADROOM * free_bytes) // cost.row_bytes(tokens, chunk))
+
+
+def free_memory(device) -> int:
+    """Bytes a new batch may use on `device`: CUDA's free memory plus what torch holds cached but unused;
+    on CPU the system's available memory."""
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    import os
+
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def _is_oom(error: BaseException) -> bool:
+    import torch
+
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+    )
+
+
+def _release(device) -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if getattr(device, "type", str(device)) == "cuda":
+        torch.cuda.empty_cache()
 
 
 # --------------------------------------------------------------------------- generation
@@ -203,6 +304,61 @@ def _row_tokens(row: list[int], eos: Sequence[int], pad: int) -> list[int]:
     return row
 
 
+def _prefill(model, ids, mask, chunk: int):
+    """The KV cache of every position but the last, filled `chunk` positions at a time (positions from the
+    attention mask, as generate() computes them): the activations of a long prompt stay those of one chunk.
+    generate() then runs the last position from this cache."""
+    import torch
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    positions = mask.long().cumsum(-1) - 1
+    positions.masked_fill_(mask == 0, 1)
+    width = ids.shape[1]
+    for start in range(0, width - 1, chunk):
+        end = min(start + chunk, width - 1)
+        model(
+            input_ids=ids[:, start:end],
+            attention_mask=mask[:, :end],
+            position_ids=positions[:, start:end],
+            cache_position=torch.arange(start, end, device=ids.device),
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+    return cache
+
+
+def _generate_batch(model, tokenizer, prompts, batch, config, stop_when, eos, pad, chunk) -> list[Generation]:
+    import torch
+    from transformers import StoppingCriteriaList
+
+    device = next(model.parameters()).device
+    width = max(len(prompts[i]) for i in batch)
+    ids = torch.full((len(batch), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, i in enumerate(batch):
+        p = prompts[i]
+        ids[row, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+        mask[row, width - len(p) :] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    criteria = StoppingCriteriaList([_stop_criteria(tokenizer, width, stop_when)] if stop_when else [])
+    with torch.inference_mode():
+        cache = _prefill(model, ids, mask, chunk) if width > chunk else None
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            generation_config=config,
+            stopping_criteria=criteria,
+            **({"past_key_values": cache} if cache is not None else {}),
+        )
+    rows = (_row_tokens(r, eos, pad) for r in out[:, width:].tolist())
+    return [
+        Generation(i, tokenizer.decode(tokens, skip_special_tokens=True), len(tokens))
+        for i, tokens in zip(batch, rows, strict=True)
+    ]
+
+
 def generate_greedy(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -213,13 +369,21 @@ def generate_greedy(
     max_batch: int | None = None,
     progress: bool = True,
     desc: str = "generating",
+    prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+    free_bytes: int | None = None,
 ) -> Iterator[list[Generation]]:
     """Greedy continuations of `prompts` (token id lists), yielded batch by batch so callers can save
     each finished batch (resume). Rows are left-padded; a row stops at EOS, at `max_new_tokens`, or
-    once `stop_when(new_text)` is true."""
-    import torch
+    once `stop_when(new_text)` is true.
+
+    Batches hold at most `batch_tokens` (rows x longest prompt) and at most the rows that fit in memory
+    (`rows_that_fit`: the model's KV cache per token, prefill activations, `free_bytes`, by default the
+    device's free memory now). Prompts longer than `prefill_chunk` are prefilled in chunks of that many
+    tokens. An out-of-memory error splits the batch in two and retries; a single prompt that does not
+    fit is retried with half the prefill chunk, down to MIN_PREFILL_CHUNK, then reported as one
+    LlqaError (the batches already yielded are kept by the caller)."""
     from tqdm.auto import tqdm
-    from transformers import GenerationConfig, StoppingCriteriaList
+    from transformers import GenerationConfig
 
     if max_new_tokens <= 0:
         raise LlqaError(f"--max-new-tokens must be positive, got {max_new_tokens}", "e.g. --max-new-tokens 16")
@@ -229,29 +393,39 @@ def generate_greedy(
     config = GenerationConfig(
         do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos or None, use_cache=True
     )
-    batches = plan_batches([len(p) for p in prompts], batch_tokens, max_batch)
+    cost = prompt_cost(model.config, next(model.parameters()).element_size())
+    free = free_memory(device) if free_bytes is None else free_bytes
+    chunk = prefill_chunk
+
+    def max_rows(longest: int) -> int:
+        return rows_that_fit(cost, longest + max_new_tokens, free, chunk)
+
+    queue = plan_batches([len(p) for p in prompts], batch_tokens, max_batch, max_rows)
     bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not progress, dynamic_ncols=True)
     try:
-        for batch in batches:
-            width = max(len(prompts[i]) for i in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):
-                p = prompts[i]
-                ids[row, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-                mask[row, width - len(p) :] = 1
-            criteria = StoppingCriteriaList([_stop_criteria(tokenizer, width, stop_when)] if stop_when else [])
-            with torch.inference_mode():
-                out = model.generate(
-                    input_ids=ids.to(device),
-                    attention_mask=mask.to(device),
-                    generation_config=config,
-                    stopping_criteria=criteria,
-                )
-            results = [
-                Generation(i, tokenizer.decode(tokens, skip_special_tokens=True), len(tokens))
-                for i, tokens in zip(batch, (_row_tokens(r, eos, pad) for r in out[:, width:].tolist()), strict=True)
-            ]
+        while queue:
+            batch = queue.pop(0)
+            try:
+                results = _generate_batch(model, tokenizer, prompts, batch, config, stop_when, eos, pad, chunk)
+            except Exception as e:
+                if not _is_oom(e):
+                    raise
+                del e  # its traceback holds the batch's tensors
+                _release(device)
+                if len(batch) > 1:
+                    half = len(batch) // 2
+                    queue[:0] = [batch[:half], batch[half:]]
+                elif chunk > MIN_PREFILL_CHUNK and len(prompts[batch[0]]) > MIN_PREFILL_CHUNK:
+                    chunk = max(MIN_PREFILL_CHUNK, min(chunk, len(prompts[batch[0]])) // 2)
+                    queue.insert(0, batch)
+                else:
+                    raise LlqaError(
+                        f"out of memory generating from one {len(prompts[batch[0]])}-token prompt, even alone "
+                        f"and prefilled {MIN_PREFILL_CHUNK} tokens at a time",
+                        "use shorter --lengths / a smaller --ctx, a smaller --dtype or a larger GPU; finished "
+                        "cells are kept and a rerun resumes",
+                    ) from None
+                continue
             bar.update(len(batch))
             yield results
     finally:

@@ -29,24 +29,15 @@ import urllib.error
 import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from evals.generation import (
-    CHAT_TEMPLATE_MODES,
-    OVERLONG_POLICIES,
-    check_choice,
-    fit_to_context,
-    generate_greedy,
-    last_integer,
-    prompt_frame,
-    use_chat_template,
-)
+from evals.generation import CHAT_TEMPLATE_MODES, OVERLONG_POLICIES, check_choice, last_integer
+from evals.harness import Case, GenerationOptions, TaskContext, run_task
 from llqa.errors import LlqaError
 from llqa.io import atomic_write_text, read_text_lines
-from llqa.ranks import RankedStore
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -464,6 +455,12 @@ class LongEvalConfig:
         if self.max_new_tokens <= 0:
             raise LlqaError(f"--max-new-tokens must be positive, got {self.max_new_tokens}", "e.g. 50")
 
+    @property
+    def generation_counts_tokens(self) -> bool:
+        """Generated lines cases record their prompt's token count (LongChat's `token_size`): they need the
+        tokenizer; topics cases do not."""
+        return self.task == "lines"
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -540,28 +537,110 @@ def summarize(records: Sequence[dict], task: str) -> list[dict]:
             row["mean_f1"] = (sum(r["f1"] for r in done) / len(done)) if done else None
             judged = [r for r in done if r.get("judge") is not None]
             row["judge_accuracy"] = (sum(r["judge"] for r in judged) / len(judged)) if judged else None
+            row["judge_errors"] = sum(bool(r.get("judge_error")) for r in done)
         rows.append(row)
     return rows
 
 
-def _score(task: str, case: dict, output: str, judge_cmd: str | None) -> dict[str, Any]:
-    if task == "lines":
-        correct, predicted = line_verdict(output, case["expected_number"])
-        return {"expected": case["expected_number"], "predicted": predicted, "correct": correct}
-    gold = case["topics"][0]
-    rec = {"gold": gold, "correct": topic_match(output, gold), "f1": round(token_f1(output, gold), 4)}
-    if judge_cmd:
-        rec["judge"] = run_judge(
-            judge_cmd,
-            {
+def _plot(out_dir: Path, task: str, rows: Sequence[dict], title: str) -> list[str]:
+    from evals.plots import accuracy_vs_length
+
+    done_rows = [r for r in rows if r["accuracy"] is not None]
+    xs = [r["mean_prompt_tokens"] for r in done_rows]
+    series = {f"{task} accuracy": (xs, [r["accuracy"] for r in done_rows])}
+    if task == "topics":
+        series["topics mean F1"] = (xs, [r["mean_f1"] for r in done_rows])
+    accuracy_vs_length(
+        out_dir / f"{task}_accuracy.png",
+        series,
+        title,
+        xlabel="mean prompt length (tokens)",
+        ylabel="accuracy / mean F1" if task == "topics" else "accuracy",
+        annotations={f"{task} accuracy": [f"{r['n']} {task}" for r in done_rows]},
+    )
+    return [f"{task}_accuracy.png"]
+
+
+@dataclass
+class LongEvalTask:
+    """LongChat topic or line retrieval as a harness task (`evals.harness.Task`); `cfg.task` says which."""
+
+    cfg: LongEvalConfig
+    files: dict[int, Path] = field(default_factory=dict)  # resolved by build_cases
+    stop_when = None  # LongChat generates its full budget
+
+    @property
+    def name(self) -> str:
+        return self.cfg.task
+
+    @property
+    def default_max_new_tokens(self) -> int:
+        return DEFAULT_MAX_NEW_TOKENS[self.cfg.task]
+
+    def options(self) -> GenerationOptions:
+        c = self.cfg
+        return GenerationOptions(c.chat_template, c.overlong, c.max_new_tokens, c.batch_tokens)
+
+    def semantics(self, ctx: TaskContext) -> str:
+        return SEMANTICS[self.cfg.task]
+
+    def config(self) -> dict[str, Any]:
+        resolved = {k: v for k, v in self.cfg.to_dict().items() if k != "batch_tokens"}
+        return {**resolved, "files": {str(n): str(p) for n, p in self.files.items()}}
+
+    def build_cases(self, ctx: TaskContext) -> list[Case]:
+        self.files = prepare_testcases(self.cfg, ctx.out_dir, ctx.tokenizer)
+        cases = []
+        for n, path in self.files.items():
+            for case in load_testcases(path, self.cfg.task)[: self.cfg.limit]:
+                reference = case["topics"][0] if self.cfg.task == "topics" else case["expected_number"]
+                cases.append(
+                    Case(
+                        f"n={n}|test_id={case['test_id']}",
+                        text=case["prompt"],
+                        reference=reference,
+                        meta={"n": n, "test_id": case["test_id"]},
+                    )
+                )
+        return cases
+
+    def score(self, case: Case, answer: str) -> dict[str, Any]:
+        if self.cfg.task == "lines":
+            correct, predicted = line_verdict(answer, case.reference)
+            return {"expected": case.reference, "predicted": predicted, "correct": correct}
+        gold = case.reference
+        rec = {"gold": gold, "correct": topic_match(answer, gold), "f1": round(token_f1(answer, gold), 4)}
+        if self.cfg.judge_cmd:
+            payload = {
                 "task": "topics",
-                "test_id": case.get("test_id"),
+                "test_id": case.meta["test_id"],
                 "question": "What is the first topic we discussed?",
                 "gold": gold,
-                "answer": output,
-            },
+                "answer": answer,
+            }
+            # a failing judge never costs the generation: the cell is kept with the failure recorded
+            try:
+                rec["judge"] = run_judge(self.cfg.judge_cmd, payload)
+            except LlqaError as e:
+                rec["judge"], rec["judge_error"] = None, str(e)
+        return rec
+
+    def summarise(self, records: Sequence[dict]) -> dict[str, Any]:
+        return {"by_n": summarize(records, self.cfg.task)}
+
+    def rows(self, summary: dict) -> list[dict[str, Any]]:
+        return summary["by_n"]
+
+    def data(self) -> dict[str, Any]:
+        return {"files": {str(n): str(p) for n, p in self.files.items()}}
+
+    def plots(self, out_dir: Path, summary: dict, ctx: TaskContext) -> list[str]:
+        task = self.cfg.task
+        title = (
+            f"LongChat {task}: {ctx.model_info.spec} @ ctx {ctx.ctx}, "
+            f"{'chat template' if ctx.template else 'no template'}"
         )
-    return rec
+        return _plot(out_dir, task, summary["by_n"], title)
 
 
 def run_longeval(
@@ -573,77 +652,11 @@ def run_longeval(
     ctx: int | None = None,
     poll_s: float = 2.0,
 ) -> list[dict] | None:
-    """Run (or resume) topics or lines; writes cells.jsonl, result.json/csv and an accuracy plot in out_dir.
-    `ctx`: prompts above it are over-long (--overlong); None: the model's context.
-
-    Under torchrun (RANK/WORLD_SIZE set) each rank runs every world-size-th test case into
-    out_dir/rank{r}/cells.jsonl and returns None, except rank 0, which waits for all cases (polling the
-    logs every `poll_s` seconds), then writes the results and returns the rows (`llqa.ranks`)."""
-    from evals.generation import default_batch_tokens
-
-    tok, model, info = loaded.tokenizer, loaded.model, loaded.info
-    ctx = ctx or info.target_ctx
-    files = prepare_testcases(cfg, out_dir, tok)
-    template = use_chat_template(tok, cfg.chat_template)
-    frame = prompt_frame(tok, template)
-    batch_tokens = cfg.batch_tokens or default_batch_tokens(next(model.parameters()).device)
-    run_config = {
-        **{k: v for k, v in cfg.to_dict().items() if k != "batch_tokens"},
-        "model": info.spec,
-        "ctx": ctx,
-        "chat_template_applied": template,
-        "files": {str(n): str(p) for n, p in files.items()},
-    }
-    store = RankedStore(out_dir, cfg.task, run_config, overwrite=overwrite)
-
-    grid = [(n, case) for n, path in files.items() for case in load_testcases(path, cfg.task)[: cfg.limit]]
-    keys = [f"n={n}|test_id={case['test_id']}" for n, case in grid]
-    pending: list[tuple[str, dict, dict, list[int]]] = []
-    for key, (n, case) in store.share(list(zip(keys, grid, strict=True))):
-        if key in store.done:
-            continue
-        full = frame.encode(tok, case["prompt"])
-        meta = {"n": n, "test_id": case["test_id"], "prompt_tokens": len(full)}
-        ids, truncated = fit_to_context(full, ctx, cfg.overlong)
-        if ids is None:
-            store.add(key, {**meta, "skipped": True})
-            continue
-        pending.append((key, {**meta, "truncated": truncated}, case, ids))
-
-    for batch in generate_greedy(
-        model, tok, [p[3] for p in pending], cfg.max_new_tokens, batch_tokens, progress=progress, desc=cfg.task
-    ):
-        for g in batch:
-            key, meta, case, _ = pending[g.index]
-            verdict = _score(cfg.task, case, g.text, cfg.judge_cmd)
-            store.add(key, {**meta, "output": g.text, "skipped": False, **verdict})
-
-    if not store.is_main:
-        return None
-    merged = store.merge(keys, poll_s)
-    rows = summarize([merged[k] for k in keys], cfg.task)
-    out = Path(out_dir)
-    from evals.plots import accuracy_vs_length
-
-    done_rows = [r for r in rows if r["accuracy"] is not None]
-    xs = [r["mean_prompt_tokens"] for r in done_rows]
-    series = {f"{cfg.task} accuracy": (xs, [r["accuracy"] for r in done_rows])}
-    if cfg.task == "topics":
-        series["topics mean F1"] = (xs, [r["mean_f1"] for r in done_rows])
-    accuracy_vs_length(
-        out / f"{cfg.task}_accuracy.png",
-        series,
-        f"LongChat {cfg.task}: {info.spec} @ ctx {ctx}, {'chat template' if template else 'no template'}",
-        xlabel="mean prompt length (tokens)",
-        ylabel="accuracy / mean F1" if cfg.task == "topics" else "accuracy",
-        annotations={f"{cfg.task} accuracy": [f"{r['n']} {cfg.task}" for r in done_rows]},
+    """Run (or resume) topics or lines through `evals.harness.run_task`; writes cells.jsonl,
+    result.json/csv and an accuracy plot in out_dir and returns the rows per N (None on torchrun ranks
+    other than 0). `ctx`: prompts above it are over-long (--overlong); None: the model's context."""
+    task = LongEvalTask(cfg)
+    result = run_task(
+        loaded, task, task.options(), out_dir, overwrite=overwrite, progress=progress, ctx=ctx, poll_s=poll_s
     )
-    store.main.finalize(
-        semantics=SEMANTICS[cfg.task],
-        summary={"by_n": rows},
-        rows=rows,
-        model=info.to_dict(),
-        data={"files": {str(n): str(p) for n, p in files.items()}},
-        extra={"plots": [f"{cfg.task}_accuracy.png"], "batch_tokens": batch_tokens},
-    )
-    return rows
+    return None if result is None else result.rows

@@ -36,14 +36,10 @@ from evals.generation import (
     check_choice,
     encode_text,
     first_integer,
-    fit_to_context,
-    generate_greedy,
     integer_complete,
-    prompt_frame,
-    use_chat_template,
 )
+from evals.harness import Case, GenerationOptions, TaskContext, run_task
 from llqa.errors import LlqaError
-from llqa.ranks import RankedStore
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -54,6 +50,8 @@ TASK = (
     "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
     "I will quiz you about the important information there."
 )
+# LongLoRA's passkey_retrivial.py says "memorize them" (Landmark Attention's wording) where PI says "it"
+TASK_LONGLORA = TASK.replace("Find it and memorize it.", "Find it and memorize them.")
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 KEY_LINE = "The pass key is {key}. Remember it. {key} is the pass key."
 QUESTION = "What is the pass key? The pass key is"
@@ -65,6 +63,23 @@ DEFAULT_TRIALS = 10
 DEFAULT_THRESHOLD = 0.2
 DEFAULT_MAX_NEW_TOKENS = 12  # "The pass key is 12345." is ~10 tokens; rows stop once an integer is complete
 KEY_RANGE = (10_000, 99_999)
+KEY_RANGE_LONGLORA = (1, 49_999)  # numpy's random.randint(1, 50000) excludes 50,000
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """The wording and keys of one published passkey protocol (prompts stay exact-length token grids)."""
+
+    task: str
+    key_range: tuple[int, int]
+
+
+PROTOCOLS = {
+    # Position Interpolation's wording, 5-digit keys (every key has the same number of tokens)
+    "llqa": Protocol(TASK, KEY_RANGE),
+    # LongLoRA's passkey_retrivial.py: "memorize them", keys 1-49,999
+    "longlora": Protocol(TASK_LONGLORA, KEY_RANGE_LONGLORA),
+}
 
 SEMANTICS = (
     "Passkey retrieval (PI / LongLoRA protocol). Each trial is one prompt of exactly `length` tokens "
@@ -78,6 +93,10 @@ SEMANTICS = (
     "near_misses) / evaluated trials."
 )
 
+SEMANTICS_LONGLORA_KEY = (
+    "a random key in 1-49,999 (LongLoRA's passkey_retrivial.py: its task line says 'memorize them'; llqa keeps "
+    "exact token lengths and fixed depths where LongLoRA cuts the filler in characters at a random depth)"
+)
 SEMANTICS_TRUNCATED = " Under --overlong middle, prompts above the context lost their middle (the key may be lost)."
 
 
@@ -96,10 +115,10 @@ def effective_context_window(accuracy_by_length: dict[int, float], threshold: fl
     return k
 
 
-def trial_key(seed: int, length: int, depth: float, trial: int) -> int:
+def trial_key(seed: int, length: int, depth: float, trial: int, key_range: tuple[int, int] = KEY_RANGE) -> int:
     """The key of one trial, derived from the cell itself (not from its position in the grid), so a
     resumed or extended grid reproduces every key. str seeds hash with sha512: stable across runs."""
-    return random.Random(f"passkey:{seed}:{length}:{depth!r}:{trial}").randint(*KEY_RANGE)
+    return random.Random(f"passkey:{seed}:{length}:{depth!r}:{trial}").randint(*key_range)
 
 
 @dataclass
@@ -111,13 +130,16 @@ class PasskeyConfig:
     trials: int = DEFAULT_TRIALS
     seed: int = 0
     haystack: str = "filler"  # "filler" (the repeated PI sentences), or a folder of .txt files / a text file
-    chat_template: str = "auto"
+    # a completion prompt ("... The pass key is"): under a chat template SmolLM2 answers in prose instead
+    chat_template: str = "none"
     overlong: str = "skip"
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     batch_tokens: int | None = None  # None: by device (see generation.default_batch_tokens)
     threshold: float = DEFAULT_THRESHOLD
+    protocol: str = "llqa"  # "llqa" (PI's wording, keys 10,000-99,999) or "longlora" (see PROTOCOLS)
 
     def __post_init__(self):
+        check_choice("--protocol", self.protocol, tuple(PROTOCOLS))
         if self.lengths is not None:
             if not self.lengths or any(n <= 0 for n in self.lengths):
                 raise LlqaError(
@@ -196,17 +218,25 @@ class PasskeyPrompt:
 class PasskeyBuilder:
     """Builds prompts of an exact token length from token pieces (see the module doc)."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, frame: PromptFrame, filler_ids: Sequence[int]):
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        frame: PromptFrame,
+        filler_ids: Sequence[int],
+        protocol: Protocol = PROTOCOLS["llqa"],
+    ):
         self.tokenizer = tokenizer
-        self.head = [*frame.head, *encode_text(tokenizer, TASK + "\n")]
+        self.protocol = protocol
+        self.head = [*frame.head, *encode_text(tokenizer, protocol.task + "\n")]
         self.tail = [*encode_text(tokenizer, "\n" + QUESTION), *frame.tail]
         self.filler = list(filler_ids)
 
     def key_ids(self, key: int) -> list[int]:
         return encode_text(self.tokenizer, "\n" + KEY_LINE.format(key=key) + "\n")
 
-    def min_length(self, key: int = KEY_RANGE[1]) -> int:
-        return len(self.head) + len(self.key_ids(key)) + len(self.tail)
+    def min_length(self) -> int:
+        """The shortest prompt that fits every key of the protocol (its longest key has the most digits)."""
+        return len(self.head) + max(len(self.key_ids(k)) for k in self.protocol.key_range) + len(self.tail)
 
     def build(self, length: int, depth: float, key: int) -> PasskeyPrompt:
         key_ids = self.key_ids(key)
@@ -307,6 +337,114 @@ def summarize(records: Iterable[dict], threshold: float) -> dict[str, Any]:
     }
 
 
+def csv_rows(summary: dict) -> list[dict[str, Any]]:
+    """result.csv: one row per length (over all depths: `depth` empty, so the column stays numeric when
+    loaded), then one per (length, depth)."""
+    per_length = ("trials", "correct", "accuracy", "near_misses", "accuracy_one_edit", "skipped")
+    return [{"length": r["length"], "depth": "", **{k: r[k] for k in per_length}} for r in summary["by_length"]] + [
+        {
+            "length": r["length"],
+            "depth": r["depth"],
+            "trials": r["trials"],
+            "correct": r["correct"],
+            "accuracy": r["accuracy"],
+            "near_misses": "",
+            "accuracy_one_edit": "",
+            "skipped": "",
+        }
+        for r in summary["by_length_depth"]
+    ]
+
+
+# --------------------------------------------------------------------------- the task
+
+
+@dataclass
+class PasskeyTask:
+    """Passkey retrieval as a harness task (`evals.harness.Task`)."""
+
+    cfg: PasskeyConfig
+    name: str = "passkey"
+    default_max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    lengths: list[int] = field(default_factory=list)  # resolved by build_cases
+
+    stop_when = staticmethod(integer_complete)  # the first integer is final once a non-digit follows
+
+    def options(self) -> GenerationOptions:
+        c = self.cfg
+        return GenerationOptions(c.chat_template, c.overlong, c.max_new_tokens, c.batch_tokens)
+
+    def semantics(self, ctx: TaskContext) -> str:
+        text = SEMANTICS
+        if self.cfg.protocol == "longlora":
+            text = text.replace("a random 5-digit key", SEMANTICS_LONGLORA_KEY)
+        return text + (SEMANTICS_TRUNCATED if ctx.options.overlong == "middle" else "")
+
+    def config(self) -> dict[str, Any]:
+        resolved = {k: v for k, v in self.cfg.to_dict().items() if k != "batch_tokens"}
+        return {**resolved, "lengths": self.lengths, "length_tolerance_tokens": LENGTH_TOLERANCE}
+
+    def build_cases(self, ctx: TaskContext) -> list[Case]:
+        tok, cfg = ctx.tokenizer, self.cfg
+        lengths = cfg.lengths or default_lengths(ctx.ctx)
+        protocol = PROTOCOLS[cfg.protocol]
+        probe = PasskeyBuilder(tok, ctx.frame, [], protocol)
+        if cfg.lengths is None:  # the uniform grid may start below the fixed part of the prompt at tiny ctx
+            lengths = [n for n in lengths if n >= probe.min_length()]
+        too_short = [n for n in lengths if n < probe.min_length()]
+        if too_short or not lengths:
+            raise LlqaError(
+                f"passkey lengths {too_short or lengths} are shorter than the prompt without filler "
+                f"({probe.min_length()} tokens)",
+                f"use lengths of at least {probe.min_length()} tokens",
+            )
+        self.lengths = lengths
+        builder = PasskeyBuilder(tok, ctx.frame, haystack_stream(tok, cfg.haystack, max(lengths)), protocol)
+        cases = []
+        for length in lengths:
+            for depth in cfg.depths:
+                for trial in range(cfg.trials):
+                    key = trial_key(cfg.seed, length, depth, trial, protocol.key_range)
+                    p = builder.build(length, depth, key)
+                    meta = {
+                        "length": length,
+                        "depth": depth,
+                        "trial": trial,
+                        "key_value": p.key,
+                        "tokens": len(p.ids),
+                        "key_start": p.key_start,
+                    }
+                    cases.append(Case(cell_key(length, depth, trial), ids=p.ids, reference=p.key, meta=meta))
+        return cases
+
+    def score(self, case: Case, answer: str) -> dict[str, Any]:
+        predicted = first_integer(answer)
+        return {"predicted": predicted, "correct": predicted == case.reference}
+
+    def summarise(self, records: Sequence[dict]) -> dict[str, Any]:
+        return summarize(records, self.cfg.threshold)
+
+    def rows(self, summary: dict) -> list[dict[str, Any]]:
+        return csv_rows(summary)
+
+    def data(self) -> dict[str, Any]:
+        return {
+            "haystack": self.cfg.haystack,
+            "task": PROTOCOLS[self.cfg.protocol].task,
+            "filler": FILLER,
+            "key_line": KEY_LINE,
+            "question": QUESTION,
+        }
+
+    def plots(self, out_dir: Path, summary: dict, ctx: TaskContext) -> list[str]:
+        info = ctx.model_info
+        title = (
+            f"passkey: {info.spec} @ ctx {ctx.ctx} (rope x{info.rope_factor:g}), "
+            f"{'chat template' if ctx.template else 'no template'}, {self.cfg.trials} trials/cell"
+        )
+        return _plots(out_dir, summary, self.lengths, self.cfg.depths, title)
+
+
 def _plots(out: Path, summary: dict, lengths: list[int], depths: list[float], title: str) -> list[str]:
     from evals.plots import accuracy_heatmap, accuracy_vs_length
 
@@ -338,121 +476,12 @@ def run_passkey(
     ctx: int | None = None,
     poll_s: float = 2.0,
 ) -> dict[str, Any] | None:
-    """Run (or resume) the passkey grid; writes cells.jsonl, result.json/csv and the two PNGs in out_dir.
-
-    `ctx`: the context of the eval (--ctx; default lengths reach it, longer prompts are over-long);
-    None: the model's (its PI target context, else its native one).
-
-    Under torchrun (RANK/WORLD_SIZE set) each rank runs every world-size-th trial of the grid into
-    out_dir/rank{r}/cells.jsonl and returns None, except rank 0, which waits for all trials (polling the
-    logs every `poll_s` seconds), then writes the results and returns the summary (`llqa.ranks`)."""
-    from evals.generation import default_batch_tokens
-
-    tok, model, info = loaded.tokenizer, loaded.model, loaded.info
-    ctx = ctx or info.target_ctx
-    template = use_chat_template(tok, cfg.chat_template)
-    frame = prompt_frame(tok, template)
-    lengths = cfg.lengths or default_lengths(ctx)
-    probe = PasskeyBuilder(tok, frame, [])
-    if cfg.lengths is None:  # the uniform grid may start below the fixed part of the prompt at tiny ctx
-        lengths = [n for n in lengths if n >= probe.min_length()]
-    too_short = [n for n in lengths if n < probe.min_length()]
-    if too_short or not lengths:
-        raise LlqaError(
-            f"passkey lengths {too_short or lengths} are shorter than the prompt without filler "
-            f"({probe.min_length()} tokens)",
-            f"use lengths of at least {probe.min_length()} tokens",
-        )
-    batch_tokens = cfg.batch_tokens or default_batch_tokens(next(model.parameters()).device)
-    builder = PasskeyBuilder(tok, frame, haystack_stream(tok, cfg.haystack, max(lengths)))
-    resolved = {**cfg.to_dict(), "lengths": lengths, "batch_tokens": batch_tokens}
-    run_config = {
-        **{k: v for k, v in resolved.items() if k != "batch_tokens"},
-        "model": info.spec,
-        "ctx": ctx,
-        "chat_template_applied": template,
-        "length_tolerance_tokens": LENGTH_TOLERANCE,
-    }
-    store = RankedStore(out_dir, "passkey", run_config, overwrite=overwrite)
-
-    grid = [(length, depth, trial) for length in lengths for depth in cfg.depths for trial in range(cfg.trials)]
-    pending: list[tuple[str, dict, list[int]]] = []
-    for length, depth, trial in store.share(grid):
-        key = cell_key(length, depth, trial)
-        if key in store.done:
-            continue
-        p = builder.build(length, depth, trial_key(cfg.seed, length, depth, trial))
-        meta = {
-            "length": length,
-            "depth": depth,
-            "trial": trial,
-            "key_value": p.key,
-            "tokens": len(p.ids),
-            "key_start": p.key_start,
-        }
-        ids, truncated = fit_to_context(p.ids, ctx, cfg.overlong)
-        if ids is None:
-            store.add(key, {**meta, "skipped": True})
-            continue
-        pending.append((key, {**meta, "truncated": truncated}, ids))
-
-    for batch in generate_greedy(
-        model,
-        tok,
-        [ids for _, _, ids in pending],
-        cfg.max_new_tokens,
-        batch_tokens,
-        stop_when=integer_complete,
-        progress=progress,
-        desc="passkey",
-    ):
-        for g in batch:
-            key, meta, _ = pending[g.index]
-            predicted = first_integer(g.text)
-            store.add(
-                key,
-                {
-                    **meta,
-                    "output": g.text,
-                    "predicted": predicted,
-                    "correct": predicted == meta["key_value"],
-                    "skipped": False,
-                },
-            )
-
-    if not store.is_main:
-        return None
-    keys = [cell_key(*c) for c in grid]
-    merged = store.merge(keys, poll_s)
-    records = [merged[k] for k in keys]
-    summary = summarize(records, cfg.threshold)
-    out = Path(out_dir)
-    title = (
-        f"passkey: {info.spec} @ ctx {ctx} (rope x{info.rope_factor:g}), "
-        f"{'chat template' if template else 'no template'}, {cfg.trials} trials/cell"
+    """Run (or resume) the passkey grid through `evals.harness.run_task`; writes cells.jsonl,
+    result.json/csv and the two PNGs in out_dir and returns the summary (None on torchrun ranks other
+    than 0). `ctx`: the context of the eval (--ctx; default lengths reach it, longer prompts are
+    over-long); None: the model's (its PI target context, else its native one)."""
+    task = PasskeyTask(cfg)
+    result = run_task(
+        loaded, task, task.options(), out_dir, overwrite=overwrite, progress=progress, ctx=ctx, poll_s=poll_s
     )
-    pngs = _plots(out, summary, lengths, cfg.depths, title)
-    per_length = ("trials", "correct", "accuracy", "near_misses", "accuracy_one_edit", "skipped")
-    rows = [{"length": r["length"], "depth": "all", **{k: r[k] for k in per_length}} for r in summary["by_length"]] + [
-        {
-            "length": r["length"],
-            "depth": r["depth"],
-            "trials": r["trials"],
-            "correct": r["correct"],
-            "accuracy": r["accuracy"],
-            "near_misses": "",
-            "accuracy_one_edit": "",
-            "skipped": "",
-        }
-        for r in summary["by_length_depth"]
-    ]
-    semantics = SEMANTICS + (SEMANTICS_TRUNCATED if cfg.overlong == "middle" else "")
-    store.main.finalize(
-        semantics=semantics,
-        summary=summary,
-        rows=rows,
-        model=info.to_dict(),
-        data={"haystack": cfg.haystack, "task": TASK, "filler": FILLER, "key_line": KEY_LINE, "question": QUESTION},
-        extra={"plots": pngs, "batch_tokens": batch_tokens},
-    )
-    return summary
+    return None if result is None else result.summary

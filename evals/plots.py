@@ -83,3 +83,33 @@ def accuracy_vs_length(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+def score_grid(
+    path: str | Path,
+    rows: Sequence[str],
+    lengths: Sequence[int],
+    scores: Sequence[Sequence[float | None]],
+    title: str,
+    vmax: float = 100.0,
+    label: str = "score",
+) -> Path:
+    """Named rows (e.g. tasks) x length (columns) heatmap with each cell's value written in it; scores[r][l]
+    in [0, vmax] or None (not run, grey)."""
+    plt = _pyplot()
+    import numpy as np
+
+    grid = np.array([[math.nan if s is None else s for s in row] for row in scores], dtype=float)
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(lengths) + 3), max(3.0, 0.38 * len(rows) + 1.5)))
+    cmap = plt.get_cmap("RdYlGn").with_extremes(bad="lightgrey")
+    im = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap, vmin=0.0, vmax=vmax, interpolation="nearest")
+    for r, row in enumerate(scores):
+        for c, s in enumerate(row):
+            if s is not None:
+                ax.text(c, r, f"{s:.1f}", ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(lengths)), [_length_label(n) for n in lengths], fontsize=8)
+    ax.set_yticks(range(len(rows)), list(rows), fontsize=8)
+    ax.set_xlabel("sequence length (tokens)")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, label=label)
+    return _save(fig, path)

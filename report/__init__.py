@@ -37,7 +37,15 @@ from report.plots import plot_accuracy, plot_losses, plot_passkey_heatmaps, plot
 from report.runs import Run, group_runs, parse_names
 from report.summary import other_table, runs_table, training_table
 from report.tables import Table, group
-from report.tasks import passkey_tables, perplexity_tables, retrieval_tables
+from report.tasks import (
+    longqa_setting,
+    longqa_table,
+    passkey_tables,
+    perplexity_tables,
+    ruler_setting,
+    ruler_tables,
+    series_tables,
+)
 
 
 @dataclass
@@ -97,14 +105,23 @@ def _render(stage: Path, inputs: Inputs, runs: list[Run], title: str) -> tuple[l
         tables += [window, per_length]
         sections += [section(window, images=[plots[-1].name]), section(per_length, level=3)]
 
-    for i, (t, ns, f1) in enumerate(retrieval_tables(runs), 1):
-        png = plot_accuracy(stage / f"{t.kind}_accuracy_{i}.png", t, ns, t.title)
+    for pairs in group(runs, ("ruler",), ruler_setting).values():
+        averages, per_task = ruler_tables(pairs)
+        tables += [averages, per_task]
+        sections += [section(averages), section(per_task, level=3)]
+
+    for pairs in group(runs, ("longqa",), longqa_setting).values():
+        tables.append(longqa_table(pairs))
+        sections.append(section(tables[-1]))
+
+    for i, (t, xs, more) in enumerate(series_tables(runs), 1):
+        png = plot_accuracy(stage / f"{t.kind}_accuracy_{i}.png", t, xs, t.title)
         plots.append(png)
         tables.append(t)
         sections.append(section(t, images=[png.name]))
-        if f1 is not None:
-            tables.append(f1)
-            sections.append(section(f1, level=3))
+        for extra in more:
+            tables.append(extra)
+            sections.append(section(extra, level=3))
 
     cost = training_table(runs)
     if cost is not None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+from evals.tasks import TASKS
 from llqa.ranks import all_cells
-from report.inputs import NOT_REACHED, RETRIEVAL_TASKS, EvalResult
+from report.inputs import NOT_REACHED, EvalResult
 
 
 def ppl_setting(r: EvalResult) -> tuple:
@@ -81,26 +83,14 @@ def _number(x: Any) -> float | None:
     raise TypeError(f"{x!r} is not a number")
 
 
-def retrieval_cells(r: EvalResult) -> dict[int, dict[str, Any]]:
-    """Rows per N (conversations / lines) of a topics or lines result (`summary.by_n` of evals.longchat)."""
-    return {int(x["n"]): {**x, "accuracy": _number(x.get("accuracy"))} for x in r.summary.get("by_n") or []}
-
-
-def retrieval_setting(r: EvalResult) -> tuple:
-    """Results scored on the same test cases: the same files per N (by folder and file name, not absolute path,
-    as for perplexity) or the same seeded generation, limit, template."""
-    c = r.config
-    generated = (c.get("seed"), c.get("cases")) if c.get("generate") else None
-    files = c.get("files") if isinstance(c.get("files"), dict) else {}
-    names = tuple(sorted((str(n), Path(str(f)).name) for n, f in files.items()))
-    return (
-        r.task,
-        Path(str(c.get("testcases"))).name,
-        names,
-        generated,
-        c.get("limit"),
-        c.get("chat_template_applied"),
-    )
+def series_setting(r: EvalResult) -> tuple:
+    """Results of a registered task that share a table: its ReportSpec's setting, else the task with its
+    config less what differs between runs of one setting (model, ctx, fingerprint of the inputs as run)."""
+    spec = TASKS[r.task].report
+    if spec.setting is not None:
+        return spec.setting(r.doc)
+    volatile = {"model", "ctx", "inputs_fingerprint", "chat_template"}
+    return (r.task, json.dumps({k: v for k, v in r.config.items() if k not in volatile}, sort_keys=True, default=str))
 
 
 def malformed(r: EvalResult) -> str | None:
@@ -111,8 +101,8 @@ def malformed(r: EvalResult) -> str | None:
             ppl_cells(r), ppl_title(r), hash(ppl_setting(r))
         elif r.task == "passkey":
             by_length(r), heatmap_cells(r), hash(passkey_setting(r))
-        elif r.task in RETRIEVAL_TASKS:
-            retrieval_cells(r), hash(retrieval_setting(r))
+        elif r.task in TASKS:
+            TASKS[r.task].report.series(r.doc), hash(series_setting(r))
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         return f"{type(e).__name__}: {e}"
     return None

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from evals.tasks import TASKS
 from llqa.errors import LlqaError
 from trainer.config import CONFIG_FILE as TRAIN_FILE
 from trainer.runlog import read_log
@@ -26,8 +27,7 @@ NOT_REACHED_NOTE = (
 )
 RESULT_FILE = "result.json"
 RUN_INTERNALS = {"checkpoints", "data", "tb", "base"}  # folders of a training run dir that hold no results
-RETRIEVAL_TASKS = ("topics", "lines")
-KNOWN_TASKS = ("perplexity", "passkey", *RETRIEVAL_TASKS)
+KNOWN_TASKS = ("perplexity", *TASKS)  # every generation task in the registry (evals.tasks) is tabulated
 LOSS_TAIL = 10  # "final loss" = mean loss of the last LOSS_TAIL logged steps
 
 

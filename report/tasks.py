@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from evals.passkey import summarize  # the scoring rule lives with the eval
+from evals.tasks import TASKS
 from llqa.ranks import all_cells
-from report.fields import by_length, ppl_cells, ppl_setting, ppl_title, retrieval_cells, retrieval_setting
-from report.inputs import BEYOND_NOTE, NOT_REACHED, NOT_REACHED_NOTE, RETRIEVAL_TASKS, EvalResult
+from report.fields import by_length, ppl_cells, ppl_setting, ppl_title, series_setting
+from report.inputs import BEYOND_NOTE, NOT_REACHED, NOT_REACHED_NOTE, EvalResult
 from report.runs import Run
 from report.tables import Table, beyond_ctx, group, length_label
 
@@ -107,58 +107,149 @@ def passkey_tables(pairs: Sequence[tuple[Run, EvalResult]]) -> tuple[Table, Tabl
     return window, per_length
 
 
-def _per_n_rows(
-    cells: Sequence[tuple[Run, EvalResult, dict[int, dict[str, Any]]]], ns: Sequence[int], key: str
-) -> list[list[Any]]:
-    """One row per result: label, ctx, then `key` of each N (None where the result has no such N)."""
-    return [
-        [run.label, r.config.get("ctx", run.ctx), *[c[n].get(key) if n in c else None for n in ns]]
-        for run, r, c in cells
-    ]
+OWN_TABLES = ("passkey", "ruler", "longqa")  # registered tasks with tables of their own, not from their ReportSpec
 
 
-def retrieval_tables(runs: Sequence[Run]) -> list[tuple[Table, list[int], Table | None]]:
-    """Topic and line retrieval (LongChat): accuracy per N, one table per task and set of test cases; with the
-    Ns of its columns and, for topics, the mean token F1 per N (None when no result has it)."""
-    tables = []
-    groups = group(runs, RETRIEVAL_TASKS, retrieval_setting)
-    for (task, *_), pairs in sorted(groups.items(), key=lambda kv: RETRIEVAL_TASKS.index(kv[0][0])):
-        cells = [(run, r, retrieval_cells(r)) for run, r in pairs]
-        ns = sorted({n for *_, c in cells for n in c})
-        tokens = {n: next((c[n].get("mean_prompt_tokens") for *_, c in cells if n in c), None) for n in ns}
-        cols = [f"{n} ({tokens[n]:,.0f} tok)" if isinstance(tokens[n], int | float) else str(n) for n in ns]
-        rows = _per_n_rows(cells, ns, "accuracy")
-        semantics = str(pairs[0][1].doc.get("semantics", ""))
-        conf = pairs[0][1].config
-        cases = (
-            f"generated, seed {conf.get('seed')}"
-            if conf.get("generate")
-            else Path(str(conf["testcases"])).name
-            if conf.get("testcases")
-            else "LongChat's published"
-        )
-        cases += f", first {conf['limit']} per N" if conf.get("limit") else ""
-        what = "Topic" if task == "topics" else "Line"
-        per = "number of topics" if task == "topics" else "number of lines"
-        table = Table(
-            f"{what} retrieval (LongChat, {cases} test cases): accuracy per {per}",
-            ["run", "ctx", *cols],
-            rows,
-            kind=task,
-            formats={"ctx": "int", **{col: "pct" for col in cols}},
-            note=semantics,
-        )
-        f1_rows = _per_n_rows(cells, ns, "mean_f1")
-        f1 = None
-        if any(v is not None for row in f1_rows for v in row[2:]):
-            f1 = Table(
-                f"{what} retrieval: mean token F1 per {per}",
-                ["run", "ctx", *cols],
-                f1_rows,
-                kind=f"{task}_f1",
-                formats={"ctx": "int"},
-                note="SQuAD token F1 between the normalised answer and the gold topic, averaged over the "
-                "evaluated cases of each N: partial credit where the exact-match accuracy gives none.",
+def series_tasks() -> list[str]:
+    """The registered generation tasks (evals.tasks.TASKS) tabulated from their ReportSpec, in registry order."""
+    return [name for name in TASKS if name not in OWN_TABLES]
+
+
+def series_tables(runs: Sequence[Run]) -> list[tuple[Table, list[int], list[Table]]]:
+    """Every registered task's results from its ReportSpec: per group of results with one setting, the main
+    table (the first series, a row per run, a column per x) with its x values, and a table for each further
+    series that has a value."""
+    tasks = series_tasks()
+    out = []
+    groups = group(runs, tasks, series_setting)
+    for _, pairs in sorted(groups.items(), key=lambda kv: tasks.index(kv[1][0][1].task)):
+        task = pairs[0][1].task
+        spec = TASKS[task].report
+        series = [(run, r, spec.series(r.doc)) for run, r in pairs]
+        keys = list(series[0][2])
+        xs = sorted({x for *_, s in series for values in s.values() for x in values})
+        label = spec.column_label or (lambda doc, x: str(x))
+        cols = [label(pairs[0][1].doc, x) for x in xs]
+        caption = f" ({spec.caption(pairs[0][1].doc)})" if spec.caption else ""
+        tables = []
+        heads = [spec.headline(r.doc) if spec.headline else None for _, r, _ in series]
+        head_col = next((h[0] for h in heads if h), None)  # e.g. ("effective length", 8192): a column after ctx
+        for i, key in enumerate(keys):
+            extra = [head_col] if head_col and i == 0 else []
+            rows = [
+                [run.label, r.config.get("ctx", run.ctx), *([h[1] if h else None] if extra else [])]
+                + [s.get(key, {}).get(x) for x in xs]
+                for (run, r, s), h in zip(series, heads, strict=True)
+            ]
+            if i and not any(v is not None for row in rows for v in row[2:]):
+                continue
+            name = spec.metric_names.get(key, key)
+            note = spec.notes.get(key) or (str(pairs[0][1].doc.get("semantics", "")) if i == 0 else "")
+            tables.append(
+                Table(
+                    f"{spec.heading}{caption if i == 0 else ''}: {name} per {spec.x_label}",
+                    ["run", "ctx", *extra, *cols],
+                    rows,
+                    kind=task if i == 0 else f"{task}_{key}",
+                    formats={"ctx": "int", **({col: "pct" for col in cols} if i == 0 else {})},
+                    note=note,
+                )
             )
-        tables.append((table, ns, f1))
-    return tables
+        out.append((tables[0], xs, tables[1:]))
+    return out
+
+
+# --------------------------------------------------------------------------- RULER, LongQA held-out
+
+
+def ruler_setting(r: EvalResult) -> tuple:
+    """RULER results that asked the same samples: tasks, samples, seed, template, essays, threshold."""
+    c = r.config
+    haystack = Path(str(c["haystack"])).name if c.get("haystack") else None
+    return (tuple(c.get("tasks") or ()), c.get("samples"), c.get("seed"), c.get("chat_template_applied"), haystack,
+            c.get("threshold"))  # fmt: skip
+
+
+def ruler_tables(pairs: Sequence[tuple[Run, EvalResult]]) -> tuple[Table, Table]:
+    """For RULER results of one setting: the average and effective length per run, and the score of every
+    task at every length (a block of rows per run)."""
+    c = pairs[0][1].config
+    lengths = sorted({int(x["length"]) for _, r in pairs for x in r.summary.get("by_length") or []})
+    cols = [length_label(n) for n in lengths]
+    avg_rows, task_rows = [], []
+    for run, r in pairs:
+        avg = {int(x["length"]): x.get("average") for x in r.summary.get("by_length") or []}
+        ctx = r.config.get("ctx", run.ctx)
+        avg_rows.append([run.label, ctx, r.summary.get("effective_length"), *[avg.get(n) for n in lengths]])
+        score = {(x["task"], int(x["length"])): x.get("score") for x in r.summary.get("by_task_length") or []}
+        for task in r.summary.get("tasks") or []:
+            task_rows.append([run.label, task, *[score.get((task, n)) for n in lengths]])
+        task_rows.append([run.label, "average", *[avg.get(n) for n in lengths]])
+    threshold = c.get("threshold", 85.6)
+    what = f"{len(c.get('tasks') or [])} tasks, {c.get('samples')} samples per task and length, seed {c.get('seed')}"
+    summary = Table(
+        f"RULER ({what}): average score and effective length",
+        ["run", "ctx", "effective length", *cols],
+        avg_rows,
+        kind="ruler",
+        formats={"ctx": "int", "effective length": "int"},
+        beyond_ctx=beyond_ctx(avg_rows, [row[1] for row in avg_rows], lengths, first=3),
+        note=f"Average over the tasks of RULER's score (string_match_all, x 100) per sequence length (prompt + "
+        f"tokens to generate); effective length: the longest tested length such that the average at every "
+        f"tested length up to it exceeds {threshold:g} (RULER's threshold: Llama-2-7B's average at 4k). "
+        "— where some task has no evaluated sample at that length.",
+    )
+    per_task = Table(
+        "RULER: score per task and sequence length",
+        ["run", "task", *cols],
+        task_rows,
+        kind="ruler_tasks",
+        note=str(pairs[0][1].doc.get("semantics", "")),
+    )
+    return summary, per_task
+
+
+def longqa_setting(r: EvalResult) -> tuple:
+    """LongQA results that answered the same items: the split file's name, split, limit, token budget."""
+    c = r.config
+    data = r.doc.get("data") if isinstance(r.doc.get("data"), dict) else {}
+    return (Path(str(data.get("file") or c.get("build"))).name, c.get("split"), c.get("limit"), c.get("max_new_tokens"))
+
+
+def longqa_table(pairs: Sequence[tuple[Run, EvalResult]]) -> Table:
+    """For LongQA results on one split: a row per run with F1, ROUGE-L, judge accuracy and F1 per category and
+    per doc_type."""
+    cats = sorted({x["name"] for _, r in pairs for x in r.summary.get("by_category") or []})
+    types = sorted({x["name"] for _, r in pairs for x in r.summary.get("by_doc_type") or []})
+    rows = []
+    for run, r in pairs:
+        s = r.summary
+        o = s.get("overall") or {}
+        f1 = {("category", x["name"]): x.get("f1") for x in s.get("by_category") or []}
+        f1 |= {("doc_type", x["name"]): x.get("f1") for x in s.get("by_doc_type") or []}
+        rows.append(
+            [run.label, r.config.get("ctx", run.ctx), r.config.get("template"), o.get("evaluated"), o.get("middle_cut"),
+             o.get("f1"), o.get("rouge_l"), o.get("judge_accuracy"),
+             *[f1.get(("category", k)) for k in cats], *[f1.get(("doc_type", k)) for k in types]]
+        )  # fmt: skip
+    c = pairs[0][1].config
+    split = f"{c.get('split', 'test')} split" + (f", first {c['limit']} items" if c.get("limit") else "")
+    return Table(
+        f"LongQA held-out questions ({longqa_setting(pairs[0][1])[0]}, {split})",
+        [
+            "run",
+            "ctx",
+            "template",
+            "items",
+            "middle cut",
+            "F1",
+            "ROUGE-L",
+            "judge",
+            *[f"F1 {k}" for k in cats],
+            *[f"F1 {k}" for k in types],
+        ],  # fmt: skip
+        rows,
+        kind="longqa",
+        formats={"ctx": "int", "items": "int", "middle cut": "int"},
+        note=str(pairs[0][1].doc.get("semantics", "")),
+    )

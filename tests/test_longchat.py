@@ -295,6 +295,27 @@ def test_judge_hook(tmp_path):
         parse_verdict("maybe")
 
 
+def test_a_failing_judge_keeps_the_generations(tiny_llama_dir, longeval, tmp_path):
+    from evals.longchat import run_longeval
+    from llqa.models import load_model
+
+    loaded = load_model(str(tiny_llama_dir), dtype="float32", device="cpu")
+    broken = f"{sys.executable} -c 'import sys; sys.exit(3)'"
+    cfg = LongEvalConfig(
+        task="topics",
+        testcases=str(longeval),
+        sizes=[1],
+        limit=2,
+        max_new_tokens=2,
+        overlong="middle",
+        judge_cmd=broken,
+    )
+    [row] = run_longeval(loaded, cfg, tmp_path, progress=False)
+    assert row["evaluated"] == 2 and row["judge_errors"] == 2 and row["judge_accuracy"] is None
+    cells = [json.loads(line) for line in (tmp_path / "cells.jsonl").read_text().splitlines()]
+    assert all(c["output"] is not None and c["judge"] is None and "exited with 3" in c["judge_error"] for c in cells)
+
+
 def test_summary_per_n():
     recs = [
         {"n": 5, "prompt_tokens": 100, "correct": True, "f1": 1.0},

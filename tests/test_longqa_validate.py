@@ -82,7 +82,9 @@ def corrupt(d: Path, kind: str, k: int, rnd: random.Random) -> str:
     k = k % n
     if kind == "utf8":
         lines = _lines(train)
-        lines[k] = b'{"id": "\xff\xfe' + bytes(rnd.randrange(256) for _ in range(20)).replace(b"\n", b"") + b"\n"
+        # invalid UTF-8 and nothing else: no line end inside (a CR is reported as a json problem first)
+        noise = bytes(rnd.randrange(256) for _ in range(20)).replace(b"\n", b"").replace(b"\r", b"")
+        lines[k] = b'{"id": "\xff\xfe' + noise + b"\n"
         train.write_bytes(b"".join(lines))
         return "utf8"
     if kind == "truncated":

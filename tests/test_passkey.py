@@ -252,13 +252,13 @@ def test_run_writes_results_and_resumes(tiny_loaded, tmp_path, monkeypatch):
     assert all(c["correct"] == (c["predicted"] == c["key_value"]) for c in cells if not c["skipped"])
 
     # resume: every cell is done, so nothing is generated again and the summary is the same
-    import evals.passkey as pk
+    import evals.harness as harness
 
     def no_generation(model, tok, prompts, *a, **k):
         assert not prompts, "a finished cell was generated again"
         return iter(())
 
-    monkeypatch.setattr(pk, "generate_greedy", no_generation)
+    monkeypatch.setattr(harness, "generate_greedy", no_generation)
     assert run_passkey(tiny_loaded, cfg, tmp_path, progress=False) == summary
     # a different configuration in the same folder is refused
     with pytest.raises(LlqaError, match="different configuration"):
@@ -342,3 +342,99 @@ def test_smollm2_passkey_1k_to_4k(smollm2, tmp_path):
     summary, by_len = _smollm2_passkey(smollm2, tmp_path, [1024, 2048, 4096], [0.0, 0.5], 2)  # measured: 12/12
     assert summary["accuracy"] >= 0.8 and min(by_len.values()) >= 0.5
     assert summary["effective_context_window"] == 4096
+
+
+# --------------------------------------------------------------------------- protocols
+
+
+def longlora_prompt(n_prefix_chars: int, n_suffix_chars: int, pass_key: int) -> str:
+    """LongLoRA's passkey_retrivial.py `generate_prompt_landmark`, its strings verbatim, with the random
+    prefix length and key given instead of drawn (dvlab-research/LongLoRA)."""
+    task_description = (
+        "There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
+        "I will quiz you about the important information there."
+    )
+    garbage = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+    garbage_inf = " ".join([garbage] * 5000)
+    information_line = f"The pass key is {pass_key}. Remember it. {pass_key} is the pass key."
+    final_question = "What is the pass key? The pass key is"
+    lines = [
+        task_description,
+        garbage_inf[:n_prefix_chars],
+        information_line,
+        garbage_inf[:n_suffix_chars],
+        final_question,
+    ]
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("depth", [0.0, 1.0])
+def test_longlora_protocol_reproduces_longlora_prompt_text(smollm2_tokenizer, depth):
+    from evals.passkey import PROTOCOLS
+
+    tok = smollm2_tokenizer
+    builder = PasskeyBuilder(tok, prompt_frame(tok, False), haystack_stream(tok, "filler", 600), PROTOCOLS["longlora"])
+    p = builder.build(600, depth, 4321)
+    filler = tok.decode(builder.filler[: p.filler_total])
+    before, after = (0, len(filler)) if depth == 0.0 else (len(filler), 0)
+    assert tok.decode(p.ids) == longlora_prompt(before, after, 4321)
+    assert len(p.ids) == 600
+
+
+def test_protocol_keys_and_wording():
+    from evals.passkey import PROTOCOLS
+
+    keys = {trial_key(0, 1024, 0.5, t, PROTOCOLS["longlora"].key_range) for t in range(200)}
+    assert min(keys) >= 1 and max(keys) <= 49_999 and any(k < 10_000 for k in keys)
+    assert "memorize it." in PROTOCOLS["llqa"].task and "memorize them." in PROTOCOLS["longlora"].task
+    with pytest.raises(LlqaError, match="--protocol"):
+        PasskeyConfig(protocol="landmark")
+
+
+def test_longlora_run_records_its_protocol_and_csv_depth_stays_numeric(tiny_loaded, tmp_path):
+    import csv
+
+    cfg = PasskeyConfig(lengths=[120], depths=[0.0, 1.0], trials=2, chat_template="none", max_new_tokens=2)
+    cfg.protocol = "longlora"
+    run_passkey(tiny_loaded, cfg, tmp_path, progress=False)
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["config"]["protocol"] == "longlora" and "memorize them" in result["data"]["task"]
+    assert "1-49,999" in result["semantics"]
+    cells = [json.loads(line) for line in (tmp_path / "cells.jsonl").read_text().splitlines()]
+    assert all(c["tokens"] == 120 and 1 <= c["key_value"] <= 49_999 for c in cells)
+    rows = list(csv.DictReader((tmp_path / "result.csv").open()))
+    assert [r["depth"] for r in rows] == ["", "0.0", "1.0"]  # the per-length row: empty, not "all"
+
+
+def test_changed_haystack_is_refused_like_a_changed_configuration(tiny_loaded, tmp_path):
+    hay = tmp_path / "hay.txt"
+    hay.write_text("Zebras graze quietly near the river bank every morning. " * 20)
+    cfg = PasskeyConfig(
+        lengths=[120], depths=[0.5], trials=1, chat_template="none", max_new_tokens=2, haystack=str(hay)
+    )
+    run_passkey(tiny_loaded, cfg, tmp_path / "out", progress=False)
+    fp = json.loads((tmp_path / "out" / "result.json").read_text())["inputs_fingerprint"]
+    [cell] = [json.loads(line) for line in (tmp_path / "out" / "cells.jsonl").read_text().splitlines()]
+    assert len(fp) == 16 and len(cell["fingerprint"]) == 16
+    run_passkey(tiny_loaded, cfg, tmp_path / "out", progress=False)  # same inputs: resumes
+    hay.write_text("Otters float on their backs holding hands while they sleep. " * 20)
+    with pytest.raises(LlqaError, match="different configuration"):
+        run_passkey(tiny_loaded, cfg, tmp_path / "out", progress=False)
+
+
+def test_cli_zero_new_tokens_all_skipped_and_protocol(tiny_llama_dir, tmp_path, capsys):
+    from conftest import llqa_call
+
+    base = ["eval", "passkey", "--model", str(tiny_llama_dir), "--depths", "0.5", "--trials", "1", "--no-progress"]
+    code, out, err = llqa_call(capsys, *base, "--lengths", "120", "--max-new-tokens", "0", "--out", str(tmp_path / "a"))
+    assert code == 2 and "--max-new-tokens must be positive, got 0" in err and "Traceback" not in err + out
+    # every length above the context: no window to report, said in words (never "None tokens")
+    code, out, err = llqa_call(capsys, *base, "--lengths", "300", "--out", str(tmp_path / "b"))
+    assert code == 0 and "no length was evaluated" in out and "None" not in out
+    args = ("--lengths", "120", "--max-new-tokens", "2", "--protocol", "longlora", "--out", str(tmp_path / "c"))
+    code, out, err = llqa_call(capsys, *base, *args)
+    assert code == 0 and "effective context window" in out
+    config = json.loads((tmp_path / "c" / "result.json").read_text())["config"]
+    assert config["protocol"] == "longlora"
+    # passkey is a completion prompt: no chat template unless asked for (the tokenizer has one)
+    assert config["chat_template"] == "none" and config["chat_template_applied"] is False

@@ -3,6 +3,8 @@ parsing, chat-template framing, and batched KV-cache greedy decoding against a p
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -170,3 +172,124 @@ def test_max_new_tokens_must_be_positive(tiny):
     model, tok = tiny
     with pytest.raises(LlqaError):
         next(generate_greedy(model, tok, [[1, 2]], 0, 100, progress=False))
+
+
+# --------------------------------------------------------------------------- memory: sizing, chunks, OOM
+
+
+def _llama2_7b_config():
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=32000,
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+    )
+
+
+def test_kv_cache_of_a_32k_llama2_7b_prompt_is_16_gib_in_bf16():
+    from evals.generation import GIB, prompt_cost
+
+    cost = prompt_cost(_llama2_7b_config(), dtype_bytes=2)
+    assert cost.kv_bytes_per_token == 32 * 2 * 32 * 128 * 2 == 512 * 1024
+    assert cost.kv_bytes_per_token * 32768 == 16 * GIB
+    assert cost.per_cached_token_transient == 2 * 32 * 128 * 2  # one layer's K and V; no GQA repeat
+
+
+def test_rows_that_fit_the_7b_on_an_h200():
+    """Llama-2-7B in bf16 on a 141 GiB H200 (13 GiB of weights): the old 262,144-token budget put 8 prompts
+    of 32k in a batch, 128 GiB of KV cache alone; the memory rule plans fewer rows, and fewer again at 64k."""
+    from evals.generation import GIB, plan_batches, prompt_cost, rows_that_fit
+
+    cost = prompt_cost(_llama2_7b_config(), dtype_bytes=2)
+    free = 141 * GIB - 13 * GIB
+    at_32k, at_64k = rows_that_fit(cost, 32768 + 12, free), rows_that_fit(cost, 65536 + 12, free)
+    assert 8 * 32768 <= 262_144 and 8 * cost.kv_bytes_per_token * 32768 >= 128 * GIB
+    assert 4 <= at_32k <= 7 and 2 <= at_64k <= 3 and at_64k < at_32k
+    assert at_32k * cost.row_bytes(32780, 4096) <= 0.9 * free  # what is planned fits
+    batches = plan_batches([32768] * 8, 262_144, max_rows=lambda n: rows_that_fit(cost, n + 12, free))
+    assert [len(b) for b in batches] == [at_32k, 8 - at_32k]
+    assert rows_that_fit(cost, 10**7, free) == 1  # never zero: a prompt too long is tried alone, then reported
+
+
+def test_gqa_costs_less_cache_but_counts_the_repeated_kv():
+    from transformers import LlamaConfig
+
+    from evals.generation import prompt_cost
+
+    cfg = LlamaConfig(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+    )
+    cost = prompt_cost(cfg, dtype_bytes=2)
+    assert cost.kv_bytes_per_token == 32 * 2 * 8 * 128 * 2
+    assert cost.per_cached_token_transient == 2 * 8 * 128 * 2 + 2 * 32 * 128 * 2
+
+
+def _collect(model, tok, prompts, steps, **kw):
+    out = {}
+    for batch in generate_greedy(model, _IdTokenizer(tok), prompts, steps, batch_tokens=10_000, progress=False, **kw):
+        for r in batch:
+            out[r.index] = r.text
+    return out
+
+
+def test_chunked_prefill_equals_one_pass(tiny):
+    import torch
+
+    model, tok = tiny
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(10, 40000, (n,), generator=g).tolist() for n in (70, 33, 70, 9)]
+    model.generation_config.eos_token_id = None
+    whole = _collect(model, tok, prompts, 5)
+    assert _collect(model, tok, prompts, 5, prefill_chunk=16) == whole  # 5 chunks for the 70-token rows
+    for i, p in enumerate(prompts):
+        assert whole[i] == " ".join(map(str, _reference_greedy(model, p, 5)))
+
+
+def test_out_of_memory_splits_the_batch_and_keeps_every_result(tiny, monkeypatch):
+    import torch
+
+    model, tok = tiny
+    model.generation_config.eos_token_id = None
+    prompts = [[100 + i, 200, 300] for i in range(5)]
+    want = _collect(model, tok, prompts, 3)
+    real, sizes = model.generate, []
+
+    def oom_above_one_row(*a, **k):
+        sizes.append(k["input_ids"].shape[0])
+        if k["input_ids"].shape[0] > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 16.00 GiB")
+        return real(*a, **k)
+
+    monkeypatch.setattr(model, "generate", oom_above_one_row)
+    assert _collect(model, tok, prompts, 3) == want
+    assert sizes[0] == 5 and sizes.count(1) == 5  # 5 -> 2 + 3 -> ... -> single rows
+
+    def always_oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory.")
+
+    monkeypatch.setattr(model, "generate", always_oom)
+    with pytest.raises(LlqaError, match="out of memory generating from one 3-token prompt"):
+        _collect(model, tok, prompts[:1], 3)
+
+
+@pytest.mark.slow
+def test_generation_prefill_benchmark_smoke(tmp_path):
+    """benchmarks/generation_prefill.py at tiny CPU sizes (chunked prefill at 128 tokens): the code the GPU
+    run uses, end to end."""
+    from conftest import load_benchmark
+
+    result = load_benchmark("generation_prefill").main(["--smoke", "--out", str(tmp_path)])
+    assert [r["length"] for r in result["prefill"]] == [256, 512] and result["prefill_chunk"] == 128
+    assert all(r["harness_tokens_per_s"] > 0 and r["generate_b1_tokens_per_s"] > 0 for r in result["prefill"])
+    assert sum(result["prefill"][0]["harness_batches"]) == 6
+    assert result["passkey"][0]["trials"] == 6
+    assert json.loads((tmp_path / "benchmark.json").read_text())["prefill"] == result["prefill"]

@@ -87,7 +87,7 @@ def test_passkey_two_ranks_merge_to_the_single_process_result(tiny_loaded, tmp_p
 
 def test_passkey_resumes_under_another_rank_count(tiny_loaded, tmp_path, monkeypatch):
     """Rank 1 of 3 finishes its share, then the run is resumed in one process: only the rest is generated."""
-    import evals.passkey as pk
+    import evals.harness as harness
 
     cfg = PasskeyConfig(lengths=[120, 200], depths=[0.0, 0.5, 1.0], trials=1, chat_template="none", max_new_tokens=4)
     single = run_passkey(tiny_loaded, cfg, tmp_path / "single", progress=False)
@@ -95,13 +95,13 @@ def test_passkey_resumes_under_another_rank_count(tiny_loaded, tmp_path, monkeyp
     assert run_passkey(tiny_loaded, cfg, tmp_path / "dp", progress=False) is None
     _as_rank(monkeypatch, 0, 1)
     generated = []
-    real = pk.generate_greedy
+    real = harness.generate_greedy
 
     def counting(model, tok, prompts, *a, **k):
         generated.extend(prompts)
         return real(model, tok, prompts, *a, **k)
 
-    monkeypatch.setattr(pk, "generate_greedy", counting)
+    monkeypatch.setattr(harness, "generate_greedy", counting)
     assert run_passkey(tiny_loaded, cfg, tmp_path / "dp", progress=False) == single
     assert len(generated) == 6 - 2  # rank 1 of 3 had trials 1 and 4 of the 6
 

@@ -18,11 +18,11 @@ from llqa.checks import check_range
 from llqa.engine import EngineOptions
 from llqa.errors import LlqaError
 from llqa.models import DEFAULT_MODEL
+from llqa.prompts import TEMPLATES
 
 TASKS = ("train", "sft")
 METHODS = ("longlora", "lora+", "lora", "full")
 ATTNS = ("full", "s2")
-TEMPLATES = ("auto", "chat", "inst")
 PARALLEL = ("auto", "ddp", "fsdp")
 CONFIG_FILE = "train_config.json"
 # Fields that may change between an interrupted run and its `--resume` without changing its result

@@ -16,7 +16,8 @@ is the instruction in the model's chat template (one user turn + generation prom
 or EOS (inst). Labels are -100 on the prompt: the loss is on answer tokens only.
 Items longer than ctx: the middle of the instruction is cut (its first and last halves are kept,
 so a question at either end survives) until prompt + answer fit; an item whose answer plus the
-template alone do not fit is skipped. Both are counted and reported.
+template alone do not fit is skipped. Both are counted and reported. The prompt formatting and the
+cut are `llqa.prompts` (shared with `llqa eval longqa`, which asks the same prompts).
 """
 
 from __future__ import annotations
@@ -34,12 +35,12 @@ import numpy as np
 from llqa.errors import LlqaError
 from llqa.hub import OFFLINE_FIX, hub_reachable
 from llqa.io import TEXT_READING, atomic_write_json, read_text, read_text_lines
+from llqa.prompts import IGNORE_INDEX, PromptTemplate, sft_instruction
 
 TEXT_SUFFIXES = {".txt", ".md", ".tex", ".text", ".rst"}
 JSON_SUFFIXES = {".jsonl", ".json"}
 TABLE_SUFFIXES = {".parquet"}
 DATA_SUFFIXES = TEXT_SUFFIXES | JSON_SUFFIXES | TABLE_SUFFIXES
-IGNORE_INDEX = -100
 
 # --------------------------------------------------------------------------- reading
 
@@ -272,73 +273,6 @@ def read_sft_items(paths: Iterable[str | os.PathLike]) -> Iterator[tuple[str, in
                 raise LlqaError(f"--data {f}: sft data must be .json or .jsonl", "convert it to jsonl")
             for n, rec in enumerate(read_records(f), 1):
                 yield str(f), n, rec
-
-
-def sft_instruction(rec: Any, where: str) -> tuple[str, str]:
-    """(instruction, output) of one record, with a clear error for missing or empty fields."""
-    if not isinstance(rec, dict):
-        raise LlqaError(f"{where}: a record must be a JSON object", 'use {"instruction": ..., "output": ...}')
-    missing = [k for k in ("instruction", "output") if not isinstance(rec.get(k), str) or not rec[k].strip()]
-    if missing:
-        raise LlqaError(
-            f"{where}: missing or empty field(s) {', '.join(missing)}",
-            "every sft item needs non-empty 'instruction' and 'output' strings",
-        )
-    instruction = rec["instruction"]
-    if isinstance(rec.get("input"), str) and rec["input"].strip():
-        instruction = f"{instruction}\n\n{rec['input']}"
-    return instruction, rec["output"]
-
-
-class PromptTemplate:
-    """Token pieces around an instruction: prefix + instruction + suffix = prompt; answer + end = target."""
-
-    def __init__(self, tokenizer, template: str):
-        has_chat = bool(getattr(tokenizer, "chat_template", None))
-        if template == "chat" and not has_chat:
-            raise LlqaError("--template chat: the tokenizer has no chat template", "use --template inst or auto")
-        self.kind = "chat" if template == "chat" or (template == "auto" and has_chat) else "inst"
-        self.tokenizer = tokenizer
-        marker = "\u2063INSTRUCTION\u2063"  # invisible separators: never produced by real text
-        if self.kind == "chat":
-            prompt = tokenizer.apply_chat_template(
-                [{"role": "user", "content": marker}], tokenize=False, add_generation_prompt=True
-            )
-            full = tokenizer.apply_chat_template(
-                [{"role": "user", "content": marker}, {"role": "assistant", "content": "\u2063ANSWER\u2063"}],
-                tokenize=False,
-            )
-            if not full.startswith(prompt) or "\u2063ANSWER\u2063" not in full:
-                raise LlqaError(
-                    "the chat template does not render a prompt that the answer continues", "use --template inst"
-                )
-            prefix, suffix = prompt.split(marker)
-            end = full[len(prompt) :].split("\u2063ANSWER\u2063", 1)[1]
-            self.prefix = tokenizer(prefix, add_special_tokens=False)["input_ids"]
-            self.end = tokenizer(end.rstrip("\n"), add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id]
-        else:
-            suffix = "[/INST]"
-            self.prefix = tokenizer("[INST]", add_special_tokens=True)["input_ids"]
-            self.end = [tokenizer.eos_token_id]
-        self.suffix = tokenizer(suffix, add_special_tokens=False)["input_ids"]
-
-    def encode(self, instruction: str, output: str, ctx: int) -> tuple[np.ndarray, np.ndarray, str] | None:
-        """(input_ids, labels, 'ok'|'truncated') or None when the answer alone does not fit in ctx."""
-        tok = self.tokenizer
-        instr = tok(instruction, add_special_tokens=False)["input_ids"]
-        answer = tok(output, add_special_tokens=False)["input_ids"] + self.end
-        room = ctx - len(self.prefix) - len(self.suffix) - len(answer)
-        if room < 1:
-            return None
-        status = "ok"
-        if len(instr) > room:
-            instr = instr[: room - room // 2] + instr[len(instr) - room // 2 :] if room // 2 else instr[:room]
-            status = "truncated"
-        prompt = self.prefix + instr + self.suffix
-        ids = np.asarray(prompt + answer, dtype=np.int64)
-        labels = ids.copy()
-        labels[: len(prompt)] = IGNORE_INDEX
-        return ids, labels, status
 
 
 @dataclass

@@ -330,6 +330,8 @@ def save_final(cfg: TrainConfig, model, loaded, step: int, state_dict: dict | No
             "group_ratio": cfg.group_ratio,
             "steps": step,
             "task": cfg.task,
+            # the prompt format sft trained on: `llqa eval longqa --model RUN` asks its questions the same way
+            **({"template": cfg.template} if cfg.task == "sft" else {}),
         },
     )
 
