@@ -50,16 +50,21 @@ def build_cmd(
         bool,
         typer.Option("--allow-short", help="Write the set even when a quota cell cannot be filled (never padded)."),
     ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option("--overwrite", help="Replace the build in a non-empty --out (everything in that folder goes)."),
+    ] = False,
 ) -> None:
     """Build LongQA: human questions and answers over whole papers and novels, framed as LongQA frames them,
     into --out (train/test jsonl + parquet, manifest.json with checksums, a dataset card). Same inputs and
     seed give byte-identical files; a failed or killed build leaves no half-written directory."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from longqa.build import build
+    from longqa.build import build, check_out
     from longqa.recipe import load_recipe
 
     rec = load_recipe(recipe)
+    check_out(out, overwrite)  # before the progress display starts
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -74,7 +79,14 @@ def build_cmd(
             return lambda n: bar.advance(task, n)
 
         result = build(
-            rec, out, source_dir=source_dir, seed=seed, tokenizer=tokenizer, allow_short=allow_short, progress=progress
+            rec,
+            out,
+            source_dir=source_dir,
+            seed=seed,
+            tokenizer=tokenizer,
+            allow_short=allow_short,
+            progress=progress,
+            overwrite=overwrite,
         )
     table = Table(title=f"LongQA {rec.name} -> {result.out}")
     for col in ("cell", "quota", "built", "candidates"):
@@ -121,10 +133,12 @@ def validate_cmd(
     characters and mojibake, manifest checksums. Exit 0 when clean, 1 with errors (warnings don't fail)."""
     from rich.markup import escape
 
-    from llqa.io import atomic_write_json
+    from llqa.io import atomic_write_json, writable_file
     from longqa.validate import validate
 
     check_ctx(ctx)
+    if report is not None:
+        writable_file(report, "--report")  # before the work, not after it
     rep = validate(path, ctx=ctx, recount=recount, tokenizer=tokenizer, recipe=recipe)
     if report is not None:
         atomic_write_json(report, rep.to_dict())

@@ -16,7 +16,9 @@ import typer
 from rich.console import Console
 
 from llqa.errors import LlqaError
+from llqa.io import OutLock
 from llqa.models import MAX_CTX
+from llqa.ranks import dist_env
 
 console = Console()
 err_console = Console(stderr=True)
@@ -87,6 +89,20 @@ def rope_options(opts):
     from llqa.models import RopeOptions
 
     return RopeOptions(opts.rope, opts.rope_theta, opts.rope_original_ctx)
+
+
+def locks_out(command):
+    """Hold a lock on an eval's --out (`opts.out`) while the command runs: a second run into it is refused with the
+    holder's PID instead of computing every cell twice. Under torchrun each rank locks the folder it writes
+    (rank 0 --out, rank r --out/rank{r}). The lock also checks --out: a file or an unwritable place is one line."""
+
+    @functools.wraps(command)
+    def wrapper(*args, opts, **kwargs):
+        rank = dist_env()[0]
+        with OutLock(opts.out if rank == 0 else opts.out / f"rank{rank}"):
+            return command(*args, opts=opts, **kwargs)
+
+    return wrapper
 
 
 def check_ctx(ctx: int | None) -> None:

@@ -25,6 +25,7 @@ from cli.options import (
     console,
     err_console,
     int_list,
+    locks_out,
     rope_options,
     shared_options,
 )
@@ -245,6 +246,7 @@ def _perplexity(documents_fn, opts: PerplexityOptions) -> None:
     "a folder of text files, or jsonl/parquet with a text field). " + PPL_SEMANTICS_HELP,
 )
 @shared_options(PerplexityOptions, defaults={"out": Path("runs/perplexity")})
+@locks_out
 def perplexity_cmd(
     opts: PerplexityOptions,
     data: Annotated[
@@ -276,6 +278,7 @@ def perplexity_cmd(
     "local copy with --data). " + PPL_SEMANTICS_HELP,
 )
 @shared_options(PerplexityOptions, defaults={"out": Path("runs/pg19")}, annotations={"max_docs": MaxBooksOpt})
+@locks_out
 def pg19_cmd(
     opts: PerplexityOptions,
     data: Annotated[
@@ -303,6 +306,7 @@ def pg19_cmd(
 )
 # The protocol fixes the documents and their length: per-document windows, cut at --min-tokens.
 @shared_options(PerplexityOptions, defaults={"out": Path("runs/proof-pile")}, omit=("concat", "max_docs", "max_tokens"))
+@locks_out
 def proof_pile_cmd(
     opts: PerplexityOptions,
     data: Annotated[

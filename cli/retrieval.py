@@ -25,9 +25,11 @@ from cli.options import (
     console,
     float_list,
     int_list,
+    locks_out,
     rope_options,
     shared_options,
 )
+from llqa.checks import check_range
 from llqa.errors import LlqaError
 from llqa.models import DEFAULT_MODEL
 
@@ -117,6 +119,7 @@ class RetrievalOptions:
         ]
     },
 )
+@locks_out
 def passkey_cmd(
     opts: RetrievalOptions,
     model: ModelOpt = DEFAULT_MODEL,
@@ -163,6 +166,7 @@ def passkey_cmd(
     from llqa.models import load_model
 
     check_ctx(ctx)
+    check_range("--batch-tokens", opts.batch_tokens, low=1, example="16384")
     cfg = PasskeyConfig(
         lengths=int_list(lengths, "--lengths", "1024,2048,4096"),
         depths=float_list(depths, "--depths", "0,0.5,1") or list(DEFAULT_DEPTHS),
@@ -221,10 +225,11 @@ def _longeval(
     limit,
     judge_cmd,
 ) -> None:
-    from evals.longchat import LongEvalConfig, prepare_testcases, run_longeval
+    from evals.longchat import LongEvalConfig, load_testcases, prepare_testcases, run_longeval
     from llqa.models import load_model, load_tokenizer, resolve
 
     check_ctx(ctx)
+    check_range("--batch-tokens", opts.batch_tokens, low=1, example="16384")
     cfg = LongEvalConfig(
         task=task,
         sizes=int_list(sizes, "--sizes", "1,5,10"),
@@ -246,8 +251,9 @@ def _longeval(
         for n, path in files.items():
             console.print(f"{n}: {path}")
         return
-    # bad or missing data fails before the weights load
-    prepare_testcases(cfg, opts.out, load_tokenizer(resolve(model)))
+    # bad or missing data fails before the weights load: every file is found and parsed
+    for path in prepare_testcases(cfg, opts.out, load_tokenizer(resolve(model))).values():
+        load_testcases(path, task)
     loaded = load_model(model, ctx=ctx, dtype=opts.dtype, device=opts.device, rope=rope_options(opts))
     rows = run_longeval(loaded, cfg, opts.out, overwrite=opts.overwrite, progress=opts.progress, ctx=ctx)
     if rows is not None:  # None: a torchrun rank other than 0 (its cases are logged, rank 0 writes the result)
@@ -291,6 +297,7 @@ LimitOpt = Annotated[int | None, typer.Option("--limit", help="Evaluate only the
     + _RETRIEVAL_ENGINE_HELP,
 )
 @shared_options(RetrievalOptions, defaults={"out": Path("runs/topics")})
+@locks_out
 def topics_cmd(
     opts: RetrievalOptions,
     model: ModelOpt = DEFAULT_MODEL,
@@ -344,6 +351,7 @@ def topics_cmd(
     + _RETRIEVAL_ENGINE_HELP,
 )
 @shared_options(RetrievalOptions, defaults={"out": Path("runs/lines")})
+@locks_out
 def lines_cmd(
     opts: RetrievalOptions,
     model: ModelOpt = DEFAULT_MODEL,
@@ -398,6 +406,7 @@ def lines_cmd(
 @shared_options(
     RetrievalOptions, omit=("max_new_tokens",), defaults={"out": Path("runs/ruler"), "chat_template": "none"}
 )
+@locks_out
 def ruler_cmd(
     opts: RetrievalOptions,
     model: ModelOpt = DEFAULT_MODEL,
@@ -509,6 +518,7 @@ def ruler_cmd(
         ]
     },
 )
+@locks_out
 def longqa_cmd(
     opts: RetrievalOptions,
     build: Annotated[Path, typer.Argument(help="A LongQA build directory (`llqa build --out DIR`) or a jsonl file.")],

@@ -438,6 +438,16 @@ class LongEvalConfig:
             raise LlqaError(f"--limit must be positive, got {self.limit}", "e.g. --limit 10")
         if self.judge_cmd is not None and self.task != "topics":
             raise LlqaError("--judge-cmd applies to topics only", "lines are scored exactly, drop --judge-cmd")
+        if self.judge_cmd is not None:
+            try:  # run without a shell: the command line is split as a POSIX shell would split it
+                argv = shlex.split(self.judge_cmd)
+            except ValueError as e:
+                raise LlqaError(
+                    f"--judge-cmd {self.judge_cmd!r} cannot be split into a command ({e})",
+                    "close its quotes, e.g. --judge-cmd \"python judge.py --model 'gpt 4'\"",
+                ) from None
+            if not argv:
+                raise LlqaError("--judge-cmd is empty", 'pass a command, e.g. --judge-cmd "python judge.py"')
         check_choice("--chat-template", self.chat_template, CHAT_TEMPLATE_MODES)
         check_choice("--overlong", self.overlong, OVERLONG_POLICIES)
         if self.max_new_tokens is None:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from llqa import rope as R
 from llqa.errors import LlqaError
 from llqa.hub import OFFLINE_FIX, hub_reachable
+from llqa.io import plain_permissions, writable_dir
 
 if TYPE_CHECKING:  # heavy imports stay out of `llqa --help`
     import torch
@@ -218,6 +219,7 @@ def smollm2_gguf_path() -> Path | None:
         path = Path(override).expanduser()
         if not path.is_file():
             raise LlqaError(f"LLQA_SMOLLM2_GGUF={override}: no such file", "fix the path or unset the variable")
+        check_gguf(path, f"LLQA_SMOLLM2_GGUF={override}", "point it at SmolLM2-135M-Instruct.Q4_1.gguf or unset it")
         return path
     try:
         dist = importlib.metadata.distribution(SMOLLM2_DIST)
@@ -229,6 +231,17 @@ def smollm2_gguf_path() -> Path | None:
             if p.is_file():
                 return p
     return None
+
+
+def check_gguf(path: Path, what: str, fix: str) -> None:
+    """Refuse a file that does not start with GGUF's magic bytes, before transformers tries to parse it."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise LlqaError(f"{what}: cannot read {path} ({e.strerror})", fix) from None
+    if magic != b"GGUF":
+        raise LlqaError(f"{what}: {path} is not a GGUF file (it does not start with 'GGUF')", fix)
 
 
 def _hub_cached(repo_id: str) -> bool:
@@ -256,10 +269,15 @@ def _local_source(spec: str, path: Path) -> ModelSource:
                 f"--model {spec}: a file must be a .gguf model",
                 "pass a model directory, a .gguf file, a hub id or an alias (`llqa models`)",
             )
+        check_gguf(path, f"--model {spec}", "pass a real .gguf model file (or a model directory, hub id or alias)")
         return ModelSource(spec, "gguf", str(path.parent), f"GGUF file {path}", gguf_file=path.name)
     run = _read_run_file(path)
     if (path / "adapter_config.json").is_file():
-        base_spec = run.get("base_model") or _adapter_base(path)
+        adapter_base = _adapter_base(path, required=not run.get("base_model"))
+        _check_weights(path, "adapter_model.safetensors")
+        base_spec = run.get("base_model") or adapter_base
+        if base_spec.startswith(("./", "../")):  # a base kept inside the run (a random one): moves with the run
+            base_spec = str(path / base_spec)
         base = resolve(base_spec)
         return ModelSource(
             spec,
@@ -271,6 +289,9 @@ def _local_source(spec: str, path: Path) -> ModelSource:
             record=run,
         )
     if (path / "config.json").is_file():
+        _check_json(path / "config.json", path)
+        for weights in sorted(path.glob("*.safetensors")):
+            _check_weights(path, weights.name)
         return ModelSource(spec, "hf", str(path), f"local model {path}", trained_ctx=run.get("ctx"), record=run)
     ggufs = sorted(path.glob("*.gguf"))
     if ggufs:
@@ -281,28 +302,61 @@ def _local_source(spec: str, path: Path) -> ModelSource:
     )
 
 
+def _damaged_fix(model_dir: Path) -> str:
+    """What to do about a damaged file of a model folder: a training run rewrites its final files from its
+    newest checkpoint on --resume; anything else needs a good copy."""
+    checkpoints = sorted((model_dir / "checkpoints").glob("step-*"))
+    if checkpoints:
+        return (
+            f"rerun the training command with --resume: it writes the final files again from "
+            f"{checkpoints[-1].relative_to(model_dir)}"
+        )
+    return "restore the file from a good copy of the model"
+
+
+def _check_json(file: Path, model_dir: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise LlqaError(f"{file} is damaged ({why})", _damaged_fix(model_dir)) from None
+    return data
+
+
+def _check_weights(model_dir: Path, name: str) -> None:
+    """Read a safetensors file's header: it covers the whole file, so a truncated copy is caught here, in
+    milliseconds, and not as a traceback from deep inside the loader."""
+    file = model_dir / name
+    if not file.is_file():
+        return
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), "numpy"):  # the header only; "numpy" keeps torch unimported
+            pass
+    except Exception as e:  # SafetensorError has no stable import path across versions
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise LlqaError(f"{file} is damaged ({why})", _damaged_fix(model_dir)) from None
+
+
 def _read_run_file(path: Path) -> dict[str, Any]:
     f = path / RUN_FILE
     if not f.is_file():
         return {}
-    try:
-        return json.loads(f.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise LlqaError(f"{f} is unreadable ({e})", "restore it from the run or delete it") from None
+    return _check_json(f, path)
 
 
-def _adapter_base(path: Path) -> str:
-    try:
-        cfg = json.loads((path / "adapter_config.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise LlqaError(f"{path}/adapter_config.json is unreadable ({e})", "re-save the adapter") from None
+def _adapter_base(path: Path, required: bool = True) -> str:
+    cfg = _check_json(path / "adapter_config.json", path)
     base = cfg.get("base_model_name_or_path")
-    if not base:
+    if not base and required:
         raise LlqaError(
             f"{path}/adapter_config.json names no base model",
             "set base_model_name_or_path in it to a hub id, alias or local path",
         )
-    return base
+    return base or ""
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -383,6 +437,12 @@ def gguf_to_hf_dir(directory: str, gguf_file: str) -> Path:
     target = cache_dir() / "gguf" / _sha256(src)[:32]
     if (target / "config.json").is_file():
         return target
+    try:  # before the dequantization (tens of seconds), not after it
+        writable_dir(target.parent, "the GGUF cache")
+    except LlqaError as e:
+        raise LlqaError(
+            e.what, "set LLQA_CACHE to a folder you can write, or unset it (default ~/.cache/llqa)"
+        ) from None
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -393,7 +453,7 @@ def gguf_to_hf_dir(directory: str, gguf_file: str) -> Path:
     from safetensors.torch import save_model
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    tmp = plain_permissions(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
         # save_pretrained refuses GGUF-quantized models; the dequantized tensors are plain fp32.
         save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import shutil
 import tempfile
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from llqa.errors import LlqaError
+from llqa.io import plain_permissions, remove_dead_leftovers, writable_dir
 from longqa import dedup, framing
 from longqa.categories import categorize
 from longqa.recipe import Recipe
@@ -423,9 +425,18 @@ def _replace_dir(tmp: Path, out: Path) -> None:
         tmp.rename(out)
 
 
-def _check_out(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "manifest.json").is_file())):
+def check_out(out: Path, overwrite: bool) -> None:
+    """A non-empty --out is replaced only with `overwrite`, and only when it is an llqa build (notes and reports
+    the user put beside the items go with it, which is why it takes the flag); anything else is refused."""
+    writable_dir(out, "--out", create=False)
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not (out / "manifest.json").is_file():
         raise LlqaError(f"--out {out} exists and is not an llqa build", "choose a new or empty directory")
+    if not overwrite:
+        raise LlqaError(
+            f"--out {out} already holds a build", "pass --overwrite to replace it (everything in it), or another --out"
+        )
 
 
 # --------------------------------------------------------------------------- entry point
@@ -439,9 +450,10 @@ def build(
     tokenizer: str | None = None,
     allow_short: bool = False,
     progress: Progress = _no_progress,
+    overwrite: bool = False,
 ) -> BuildResult:
     out = Path(out)
-    _check_out(out)
+    check_out(out, overwrite)
     if seed is not None:
         recipe.seed = seed
     if tokenizer is not None:
@@ -480,10 +492,10 @@ def build(
     by_split = {s: [it for it in items if it["split"] == s] for s in ("train", "test")}
     manifest = _manifest(recipe, loaded, counter, items, cells, stats, allow_short, shortfalls)
     manifest["counts"]["document_clusters"] = len({c.cluster for c in chosen})  # near-duplicates joined
-    out.parent.mkdir(parents=True, exist_ok=True)  # the temporary directory must be on out's filesystem
-    for stale in sorted(out.parent.glob(f".{out.name}.tmp-*")):  # left by a killed build
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    writable_dir(out.parent, "--out")  # the temporary directory must be on out's filesystem
+    for leftover in (f".{out.name}.tmp-", f".{out.name}.old-.{out.name}.tmp-"):  # of a killed build, by its PID
+        remove_dead_leftovers(out.parent, leftover)
+    tmp = plain_permissions(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     try:
         for s, rows in by_split.items():
             (tmp / f"{s}.jsonl").write_bytes(jsonl_bytes(rows))

@@ -23,15 +23,16 @@ GPU memory. A cell no result provides is shown as "—".
 from __future__ import annotations
 
 import datetime as _dt
+import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from llqa import __version__
-from llqa.errors import LlqaError
-from llqa.io import atomic_write_json, atomic_write_text
+from llqa.io import atomic_write_json, atomic_write_text, remove_dead_leftovers, writable_dir
 from report.fields import passkey_setting
-from report.inputs import MISSING, Skipped, collect, read_json
+from report.inputs import MISSING, Inputs, Skipped, collect, read_json
 from report.markdown import section
 from report.plots import plot_accuracy, plot_losses, plot_passkey_heatmaps, plot_perplexity
 from report.runs import Run, group_runs, parse_names
@@ -61,26 +62,47 @@ class Report:
 def write_report(
     paths: Sequence[str | Path], out: str | Path, names: Sequence[str] = (), title: str = "llqa report"
 ) -> Report:
-    """Collect `paths`, group them into runs, write `report.md`, `report.json` and the PNGs into `out`."""
+    """Collect `paths`, group them into runs, write `report.md`, `report.json` and the PNGs into `out`.
+
+    Everything is rendered into a hidden folder in `out` first and then renamed into place, report.md last: a
+    killed run leaves the previous report whole (its leftover folder is removed by the next run), never a
+    markdown file that disagrees with its plots."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise LlqaError(f"--out {out} is a file", "pass a directory for the report")
+    writable_dir(out, "--out", create=False)
     inputs = collect(paths)
     previous = _previous_plots(out)
     runs = group_runs(inputs, parse_names(names))
+    writable_dir(out, "--out")
+    remove_dead_leftovers(out, ".report-")
+    stage = out / f".report-{os.getpid()}"
+    stage.mkdir(exist_ok=True)
+    try:
+        tables, plots = _render(stage, inputs, runs, title)
+        for name in [p.name for p in plots] + ["report.json", "report.md"]:  # renames only: the report lands whole
+            os.replace(stage / name, out / name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    plots = [out / p.name for p in plots]
+    for name in previous - {p.name for p in plots}:  # plots of an earlier report here that this one lacks
+        (out / name).unlink(missing_ok=True)
+    return Report(out, out / "report.md", tables, plots, runs, inputs.skipped)
+
+
+def _render(stage: Path, inputs: Inputs, runs: list[Run], title: str) -> tuple[list[Table], list[Path]]:
+    """Write the report's markdown, JSON and plots into `stage`; returns (tables, plots)."""
     sections: list[str] = []
     tables: list[Table] = [runs_table(runs)]
     plots: list[Path] = []
     sections.append(section(tables[0]))
 
     for i, (t, lengths) in enumerate(perplexity_tables(runs), 1):
-        plots.append(plot_perplexity(out / f"perplexity_{i}.png", t, lengths))
+        plots.append(plot_perplexity(stage / f"perplexity_{i}.png", t, lengths))
         tables.append(t)
         sections.append(section(t, images=[plots[-1].name]))
 
     for i, pairs in enumerate(group(runs, ("passkey",), passkey_setting).values(), 1):
         window, per_length = passkey_tables(pairs)
-        plots.append(plot_passkey_heatmaps(out / f"passkey_heatmaps_{i}.png", [(run.label, r) for run, r in pairs]))
+        plots.append(plot_passkey_heatmaps(stage / f"passkey_heatmaps_{i}.png", [(run.label, r) for run, r in pairs]))
         tables += [window, per_length]
         sections += [section(window, images=[plots[-1].name]), section(per_length, level=3)]
 
@@ -94,7 +116,7 @@ def write_report(
         sections.append(section(tables[-1]))
 
     for i, (t, xs, more) in enumerate(series_tables(runs), 1):
-        png = plot_accuracy(out / f"{t.kind}_accuracy_{i}.png", t, xs, t.title)
+        png = plot_accuracy(stage / f"{t.kind}_accuracy_{i}.png", t, xs, t.title)
         plots.append(png)
         tables.append(t)
         sections.append(section(t, images=[png.name]))
@@ -105,7 +127,7 @@ def write_report(
     cost = training_table(runs)
     if cost is not None:
         trained = [run for run in runs if run.training is not None]
-        png = plot_losses(out / "loss.png", trained)
+        png = plot_losses(stage / "loss.png", trained)
         plots.append(png)
         tables.append(cost)
         sections.append(section(cost, images=[png.name]))
@@ -123,9 +145,9 @@ def write_report(
         f"{len(inputs.results)} eval result(s) and {len(inputs.trainings)} training run(s). "
         f"A cell shown as {MISSING} has no result."
     )
-    md = atomic_write_text(out / "report.md", "\n\n".join([head, *sections]) + "\n")
+    atomic_write_text(stage / "report.md", "\n\n".join([head, *sections]) + "\n")
     atomic_write_json(
-        out / "report.json",
+        stage / "report.json",
         {
             "title": title,
             "written": stamp,
@@ -135,9 +157,7 @@ def write_report(
             "skipped": [{"path": str(s.path), "reason": s.reason} for s in inputs.skipped],
         },
     )
-    for name in previous - {p.name for p in plots}:  # plots of an earlier report here that this one lacks
-        (out / name).unlink(missing_ok=True)
-    return Report(out, md, tables, plots, runs, inputs.skipped)
+    return tables, plots
 
 
 def _previous_plots(out: Path) -> set[str]:

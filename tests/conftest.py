@@ -244,3 +244,30 @@ def load_benchmark(name: str):
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tied_tiny_and_essay, tmp_path_factory) -> Path:
+    """A finished two-step `lora+` training run of a tiny tied Llama at ctx 64 (checkpoints at steps 1 and 2):
+    for merge, `--model RUN` and `--resume` tests. Treat it as read-only; copy it to change it."""
+    from trainer.config import TrainConfig
+    from trainer.loop import run_training
+
+    model, essay = tied_tiny_and_essay
+    run = tmp_path_factory.mktemp("tiny-run") / "run"
+    cfg = TrainConfig(
+        task="train",
+        out=str(run),
+        model=str(model),
+        ctx=64,
+        data=[str(essay)],
+        method="lora+",
+        max_steps=2,
+        batch_size=1,
+        warmup_steps=1,
+        save_every=1,
+        device="cpu",
+        dtype="float32",
+    )
+    assert run_training(cfg).finished
+    return run

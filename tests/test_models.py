@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -226,3 +228,37 @@ def test_build_tiny_llama_is_deterministic():
     a, b = build_tiny_llama(100, seed=3), build_tiny_llama(100, seed=3)
     for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters(), strict=True):
         assert torch.equal(p, q), n
+
+
+# ----------------------------------------------------------------------------- bad files, checked before work
+
+
+def test_a_gguf_that_is_not_gguf_is_one_line(tmp_path, monkeypatch):
+    bad = tmp_path / "bad.gguf"
+    bad.write_text("not a model")
+    with pytest.raises(LlqaError, match="is not a GGUF file"):
+        resolve(str(bad))
+    monkeypatch.setenv("LLQA_SMOLLM2_GGUF", str(bad))
+    with pytest.raises(LlqaError, match="LLQA_SMOLLM2_GGUF=.*is not a GGUF file"):
+        resolve("smollm2-135m")
+
+
+@pytest.mark.parametrize("where", ["file", "/proc/llqa-cache"])
+def test_an_unusable_llqa_cache_fails_before_dequantizing(tmp_path, monkeypatch, where):
+    """A GGUF file the cache has never seen, so it would be converted (tens of seconds for a real one)."""
+    from llqa.models import files_location
+
+    gguf = tmp_path / "new.gguf"
+    gguf.write_bytes(b"GGUF" + os.urandom(64))  # the magic bytes pass; any conversion would be a bug here
+    cache = tmp_path / "cache-file" if where == "file" else Path(where)
+    if where == "file":
+        cache.write_text("x")
+    monkeypatch.setenv("LLQA_CACHE", str(cache))
+
+    def never(*a, **k):
+        raise AssertionError("dequantization started before the cache was checked")
+
+    monkeypatch.setattr("transformers.AutoModelForCausalLM.from_pretrained", never)
+    with pytest.raises(LlqaError, match="GGUF cache") as e:
+        files_location(resolve(str(gguf)))
+    assert "LLQA_CACHE" in e.value.fix

@@ -90,7 +90,7 @@ def _spawn(tmp_path, model, data) -> list[dict]:
 
 def _checkpoint(run, step: int = 4) -> tuple[dict, dict]:
     ckpt = run / "checkpoints" / f"step-{step:06d}"
-    opt = torch.load(ckpt / "optimizer.pt", weights_only=False)["optimizer"]["state"]
+    opt = torch.load(ckpt / "optimizer.pt", weights_only=True)["optimizer"]["state"]
     moments = {f"{i}.{k}": v for i, s in opt.items() for k, v in s.items() if k != "step"}
     return load_file(str(ckpt / "trainable.safetensors")), moments
 

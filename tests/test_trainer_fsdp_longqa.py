@@ -105,7 +105,7 @@ def _raw_log(run: Path) -> list[dict]:
 
 
 def _adam_steps(ckpt: Path) -> set[int]:
-    state = torch.load(ckpt / "optimizer.pt", weights_only=False)["optimizer"]["state"]
+    state = torch.load(ckpt / "optimizer.pt", weights_only=True)["optimizer"]["state"]
     return {int(s["step"]) for s in state.values()}
 
 

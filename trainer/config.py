@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from llqa import rope as R
+from llqa.checks import check_range
 from llqa.engine import EngineOptions
 from llqa.errors import LlqaError
 from llqa.models import DEFAULT_MODEL, RopeOptions
@@ -42,6 +43,31 @@ RESUMABLE_CHANGES = frozenset(
         "resume",
         "stop_after",
     }
+)
+
+# Every numeric field's range: (field, low, low open, high, high open); None = unbounded. Checked on creation,
+# with the field's default as the example in the message.
+NUMBER_RANGES = (
+    ("ctx", 0, True, None, False),
+    ("group_ratio", 0, True, 1, False),
+    ("lora_r", 0, True, None, False),
+    ("lora_alpha", 0, True, None, False),
+    ("lora_dropout", 0, False, 1, True),
+    ("lr", 0, False, None, False),
+    ("beta1", 0, False, 1, True),
+    ("beta2", 0, False, 1, True),
+    ("weight_decay", 0, False, None, False),
+    ("warmup_steps", 0, False, None, False),
+    ("max_steps", 0, True, None, False),
+    ("batch_size", 0, True, None, False),
+    ("micro_batch_size", 0, True, None, False),
+    ("max_grad_norm", 0, False, None, False),
+    ("loss_chunk", 0, True, None, False),
+    ("offload_fraction", 0, False, 1, False),
+    ("save_every", 0, True, None, False),
+    ("keep_checkpoints", 0, True, None, False),
+    ("log_every", 0, True, None, False),
+    ("stop_after", 0, False, None, False),
 )
 
 
@@ -193,21 +219,17 @@ class TrainConfig:
             raise LlqaError(f"llqa {self.task} needs data", "pass --data PATH (or --dataset HUB_ID)")
         if self.data and self.dataset:
             raise LlqaError("both --data and --dataset given", "pass one of them")
-        self._check_positive(
-            "ctx",
-            "lora_r",
-            "lora_alpha",
-            "max_steps",
-            "batch_size",
-            "micro_batch_size",
-            "loss_chunk",
-            "save_every",
-            "keep_checkpoints",
-            "log_every",
-        )
-        self._check_nonnegative("lr", "weight_decay", "warmup_steps", "max_grad_norm", "lora_dropout")
-        if not 0 <= self.beta1 < 1 or not 0 <= self.beta2 < 1:
-            raise LlqaError(f"betas must lie in [0, 1), got ({self.beta1}, {self.beta2})", "e.g. 0.9 and 0.95")
+        for name, low, low_open, high, high_open in NUMBER_RANGES:
+            example = {"ctx": 32768}.get(name, getattr(TrainConfig, name, None))  # ctx has no default
+            check_range(
+                f"--{name.replace('_', '-')}",
+                getattr(self, name),
+                low=low,
+                low_open=low_open,
+                high=high,
+                high_open=high_open,
+                example=None if example is None else f"{example:g}",
+            )
         if self.batch_size % self.micro_batch_size:
             raise LlqaError(
                 f"--batch-size {self.batch_size} is not a multiple of --micro-batch-size {self.micro_batch_size}",
@@ -216,11 +238,6 @@ class TrainConfig:
         EngineOptions(sdpa_backend=self.sdpa_backend, compile_mode=self.compile, training=True)  # checks both
         if self.parallel not in PARALLEL:
             raise LlqaError(f"--parallel {self.parallel} is not an engine", f"use one of: {', '.join(PARALLEL)}")
-        if not 0 <= self.offload_fraction <= 1:
-            raise LlqaError(
-                f"--offload-fraction {self.offload_fraction} is not in [0, 1]",
-                "pass the fraction of layers whose checkpoints go to CPU memory, e.g. 1 or 0.5",
-            )
         if self.offload_activations and not self.gradient_checkpointing:
             raise LlqaError(
                 "--offload-activations moves the gradient checkpoints to CPU memory, but gradient checkpointing is off",
@@ -235,16 +252,6 @@ class TrainConfig:
     @property
     def rope_options(self) -> RopeOptions:
         return RopeOptions(self.rope, self.rope_theta, self.rope_original_ctx)
-
-    def _check_positive(self, *names: str) -> None:
-        for n in names:
-            if getattr(self, n) <= 0:
-                raise LlqaError(f"--{n.replace('_', '-')} must be positive, got {getattr(self, n)}")
-
-    def _check_nonnegative(self, *names: str) -> None:
-        for n in names:
-            if getattr(self, n) < 0:
-                raise LlqaError(f"--{n.replace('_', '-')} must not be negative, got {getattr(self, n)}")
 
     def _check_s2(self) -> None:
         """S2-Attn cuts a sequence into groups of N × group_ratio tokens and shifts half the heads by half a

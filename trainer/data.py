@@ -64,6 +64,16 @@ def data_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
     return out
 
 
+def check_local_data(task: str, paths: Iterable[str | os.PathLike]) -> None:
+    """Read what `--data` names before any model loads, so a missing file, invalid JSON or a file that is not
+    UTF-8 stops the run at once: sft items are parsed whole (cheap beside a model load), train files found."""
+    if task == "sft":
+        for _ in read_sft_items(paths):
+            pass
+    else:
+        data_files(paths)
+
+
 def read_records(path: Path) -> Iterator[dict[str, Any]]:
     """Records of a .jsonl (one object a line), .json (a list of objects) or .parquet file."""
     suffix = path.suffix.lower()

@@ -22,6 +22,7 @@ Run directory (`--out`):
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import signal
 import time
@@ -30,10 +31,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llqa.errors import LlqaError
-from llqa.io import append_jsonl, atomic_write_json
+from llqa.io import OutLock, append_jsonl, atomic_write_json
 from llqa.models import RUN_FILE, add_legacy_rope_keys, resolve_device
 from trainer import data as D
-from trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from trainer.checkpoint import check_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
 from trainer.config import CONFIG_FILE, TrainConfig
 from trainer.data import collate, sample_index
 from trainer.distributed import (
@@ -51,7 +52,7 @@ from trainer.distributed import (
 from trainer.dtensor import clip_grad_norm, trainable_state
 from trainer.fsdp import load_sharded
 from trainer.loss import CausalLMLoss
-from trainer.model import base_spec, load_base, make_optimizer, prepare_model, save_random_base
+from trainer.model import adapter_base_name, base_spec, load_base, make_optimizer, prepare_model, save_random_base
 from trainer.offload import checkpoint_offload
 from trainer.runlog import LOG_FILE
 from trainer.s2attn import disable_s2_attention
@@ -85,7 +86,8 @@ class TrainResult:
 
 
 def _check_run_dir(cfg: TrainConfig) -> Path | None:
-    """The checkpoint to resume from, after refusing to mix two runs in one directory."""
+    """The checkpoint to resume from, after refusing to mix two runs in one directory and a --max-steps the
+    run has already passed."""
     run = cfg.run_dir
     saved = run / CONFIG_FILE
     if not cfg.resume:
@@ -104,7 +106,38 @@ def _check_run_dir(cfg: TrainConfig) -> Path | None:
             "--keep-checkpoints, --out, --offload-activations, --sdpa-backend, --compile and the number "
             "of GPUs may change)",
         )
-    return latest_checkpoint(run)
+    checkpoint = latest_checkpoint(run)
+    done = check_checkpoint(checkpoint) if checkpoint is not None else None  # damage named before the model loads
+    if done is not None and done > cfg.max_steps:
+        raise LlqaError(
+            f"--resume --max-steps {cfg.max_steps}: the run in {run} has already done {done} steps",
+            f"pass a --max-steps above {done} to train further (the run is left as it is)",
+        )
+    return checkpoint
+
+
+def checkpoint_step(checkpoint: Path) -> int | None:
+    """The step a checkpoint was written at, from its state.json (None when unreadable: loading it names the
+    damage)."""
+    try:
+        step = json.loads((checkpoint / "state.json").read_text(encoding="utf-8")).get("step")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return None
+    return step if isinstance(step, int) else None
+
+
+def _resume_note(cfg: TrainConfig, resume_from: Path | None) -> str | None:
+    """What --resume does, when it is not the plain case of continuing from a checkpoint."""
+    if not cfg.resume:
+        return None
+    if resume_from is None:
+        return f"--resume: {cfg.run_dir} has no checkpoint yet, so training starts from step 0"
+    if checkpoint_step(resume_from) == cfg.max_steps:
+        return (
+            f"--resume: the run already reached --max-steps {cfg.max_steps}; its final files are written again "
+            f"from {resume_from.name}"
+        )
+    return None
 
 
 def build_data(cfg: TrainConfig, tokenizer):
@@ -284,6 +317,10 @@ def save_final(cfg: TrainConfig, model, loaded, step: int, state_dict: dict | No
     model.save_pretrained(run, **({"state_dict": state_dict} if state_dict is not None else {}))
     if not cfg.lora:
         add_legacy_rope_keys(run / "config.json")
+    adapter_config = run / "adapter_config.json"
+    if adapter_config.is_file():  # peft writes null or a cache path; set afterwards, so peft probes no hub for it
+        saved = json.loads(adapter_config.read_text(encoding="utf-8"))
+        atomic_write_json(adapter_config, {**saved, "base_model_name_or_path": adapter_base_name(cfg)})
     loaded.tokenizer.save_pretrained(run)
     base = base_spec(cfg, loaded)
     atomic_write_json(
@@ -311,11 +348,35 @@ def run_training(cfg: TrainConfig, console=None) -> TrainResult:
     dist = init_distributed(resolve_device(cfg.device))
     try:
         micro_batches_per_rank(cfg.batch_size, cfg.micro_batch_size, dist.world)
-        resume_from = _check_run_dir(cfg)
-        barrier(dist)  # every rank has checked the run directory before rank 0 writes into it
-        return _run(cfg, console, dist, resume_from)
+        with _run_dir_lock(cfg, dist):
+            resume_from = _check_run_dir(cfg)
+            if cfg.data:
+                D.check_local_data(cfg.task, cfg.data)
+            note = _resume_note(cfg, resume_from)
+            if note and dist.main and console is not None:
+                console.print(f"[yellow]note:[/] {note}", highlight=False)
+            barrier(dist)  # every rank has checked the run directory before rank 0 writes into it
+            return _run(cfg, console, dist, resume_from)
     finally:
         shutdown(dist)
+
+
+@contextlib.contextmanager
+def _run_dir_lock(cfg: TrainConfig, dist):
+    """Rank 0, which writes the run directory, holds its lock for the whole run, from before it checks what the
+    directory holds; if it cannot, every rank stops (the others would wait for it forever)."""
+    lock, refused = OutLock(cfg.run_dir), None
+    if dist.main:
+        try:
+            lock.acquire()
+        except LlqaError as e:
+            refused = e
+    if all_reduce(dist, [float(refused is not None)], op="max")[0]:
+        raise refused or LlqaError(f"rank 0 could not lock {cfg.run_dir}", "see rank 0's message")
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _build_model(cfg: TrainConfig, dist, engine: str):

@@ -8,8 +8,10 @@ and the legacy `rope_scaling` + `rope_theta` that transformers 4.x, vLLM and oth
 `max_position_embeddings` as the method defines it (the trained context; the original for dynamic NTK),
 so plain `transformers.AutoModelForCausalLM.from_pretrained(DIR)` runs at the new context on either
 stack. Its `llqa_model.json` keeps the RoPE record (the original included), so extending the merged model
-further re-derives from the original. The directory is written under a temporary name and renamed, so a
-crash never leaves half a model.
+further re-derives from the original. The directory is written under a temporary name
+(`.NAME.merging-PID`) and renamed, so a crash never leaves half a model; the next merge into the same place
+removes what a killed one left. `--out` may not be the run, lie inside it or contain it (replacing it would
+destroy the run).
 """
 
 from __future__ import annotations
@@ -20,8 +22,21 @@ import shutil
 from pathlib import Path
 
 from llqa.errors import LlqaError
-from llqa.io import atomic_write_json
+from llqa.io import atomic_write_json, remove_dead_leftovers, writable_dir
 from llqa.models import RUN_FILE, add_legacy_rope_keys, load_model
+
+
+def check_out(run_dir: Path, out: Path, overwrite: bool) -> None:
+    """Refuse an --out that would destroy the run or a folder the user did not offer, before anything loads."""
+    run, target = run_dir.resolve(), out.resolve()
+    if target == run or run in target.parents or target in run.parents:
+        where = "is" if target == run else "lies inside" if run in target.parents else "contains"
+        raise LlqaError(
+            f"--out {out} {where} the run {run_dir} being merged", "pass an --out outside the run directory"
+        )
+    writable_dir(out, "--out", create=False)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise LlqaError(f"--out {out} exists and is not empty", "pick another --out or pass --overwrite")
 
 
 def merge_run(
@@ -34,16 +49,15 @@ def merge_run(
             f"{run_dir} is not an llqa training run ({RUN_FILE} missing)",
             "pass the --out directory of a finished `llqa train` / `llqa sft`",
         )
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise LlqaError(f"--out {out} exists and is not empty", "pick another --out or pass --overwrite")
+    check_out(run_dir, out, overwrite)
     loaded = load_model(str(run_dir), dtype=dtype, device=device)
     model = loaded.model
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     run = json.loads((run_dir / RUN_FILE).read_text())
-    out.parent.mkdir(parents=True, exist_ok=True)
+    writable_dir(out.parent, "--out")
+    remove_dead_leftovers(out.parent, f".{out.name}.merging-")  # a killed merge's half model
     tmp = out.parent / f".{out.name}.merging-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
         model.save_pretrained(tmp)
         add_legacy_rope_keys(tmp / "config.json")

@@ -121,11 +121,21 @@ def lr_factor(step: int, warmup: int) -> float:
 
 
 def base_spec(cfg: TrainConfig, loaded) -> str:
-    """The spec that reloads this run's base: local paths made absolute, random bases the copy in the run."""
-    if loaded.source.kind == "random" and cfg.lora:
-        return str((cfg.run_dir / "base").resolve())
-    path = Path(loaded.source.spec).expanduser()  # on resume, possibly the random base's copy (`weights_spec`)
+    """The spec that reloads this run's base: local paths made absolute, a random base the copy inside the run,
+    as a path relative to the run (`./base`), so a moved or copied run uses its own copy."""
+    if cfg.lora and (loaded.source.kind == "random" or cfg.model.startswith("random:")):
+        return "./base"
+    path = Path(loaded.source.spec).expanduser()
     return str(path.resolve()) if path.exists() else loaded.source.spec
+
+
+def adapter_base_name(cfg: TrainConfig) -> str:
+    """The adapter's `base_model_name_or_path`: what the base is on any machine — the alias (`smollm2-135m`),
+    the `random:<shape>` spec, the hub id — and only for a local model its absolute path (all there is)."""
+    path = Path(cfg.model).expanduser()
+    if not cfg.model.startswith("random:") and path.exists():
+        return str(path.resolve())
+    return cfg.model  # an alias (whatever file or cache it resolves to here), random:<shape> or a hub id
 
 
 def save_random_base(cfg: TrainConfig, loaded) -> None:
