@@ -467,7 +467,7 @@ def ruler_cmd(
     options = GenerationOptions(
         chat_template=opts.chat_template, overlong=opts.overlong, batch_tokens=opts.batch_tokens
     )
-    loaded = load_model(model, ctx=ctx, dtype=opts.dtype, device=opts.device)
+    loaded = load_model(model, ctx=ctx, dtype=opts.dtype, device=opts.device, rope=rope_options(opts))
     result = run_task(
         loaded, RulerTask(cfg), options, opts.out, overwrite=opts.overwrite, progress=opts.progress, ctx=ctx
     )
@@ -543,7 +543,7 @@ def longqa_cmd(
     read_split(cfg.build, cfg.split)  # a bad build fails before the weights load
     # the prompts are whole (sft's middle cut fits them), so no prompt is ever over-long
     options = GenerationOptions(chat_template="none", batch_tokens=opts.batch_tokens)
-    loaded = load_model(model, ctx=ctx, dtype=opts.dtype, device=opts.device)
+    loaded = load_model(model, ctx=ctx, dtype=opts.dtype, device=opts.device, rope=rope_options(opts))
     result = run_task(
         loaded, LongQATask(cfg), options, opts.out, overwrite=opts.overwrite, progress=opts.progress, ctx=ctx
     )
