@@ -125,7 +125,7 @@ def validate_cmd(
     recipe: Annotated[
         str | None, typer.Option("--recipe", help="Recipe whose framing to check when there is no manifest.")
     ] = None,
-    show: Annotated[int, typer.Option("--show", help="Problems listed on screen.")] = 20,
+    show: Annotated[int, typer.Option("--show", min=0, help="Problems listed on screen (0: none).")] = 20,
 ) -> None:
     """Check a LongQA build: schema and types, categories, empty fields, token counts (recounted; --ctx
     bound), duplicate and near-duplicate questions and documents, answers given away by the question,

@@ -416,6 +416,16 @@ def _cases() -> list[Case]:
     add(Case("build-recipe-broken", [*BUILD, *OUT, "--recipe", "{world}/broken.toml"], "broken.toml"))
     add(Case("validate-missing", ["validate", "{world}/nope"], "nope"))
     add(Case("validate-ctx-0", [*VALIDATE, "--ctx", "0"], "--ctx must be between 1 and"))
+    add(Case("validate-show-negative", [*VALIDATE, "--show", "-1"], "--show"))
+    add(Case("passkey-zero-new-tokens", [*PASSKEY, *OUT, "--max-new-tokens", "0"], "--max-new-tokens"))
+    ruler = ["eval", "ruler", "--model", "{world}/tiny", "--device", "cpu", *OUT]
+    add(Case("ruler-lengths-not-numbers", [*ruler, "--lengths", "4k"], "--lengths 4k"))
+    add(Case("ruler-haystack-missing", [*ruler, "--lengths", "4096", "--haystack", "{world}/nope"], "--haystack"))
+    add(Case("ruler-threshold-out-of-range", [*ruler, "--lengths", "4096", "--threshold", "150"], "--threshold"))
+    add(Case("ruler-unknown-task", [*ruler, "--lengths", "4096", "--tasks", "nosuch"], "--tasks"))
+    longqa = ["eval", "longqa", "--model", "{world}/tiny", "--device", "cpu", *OUT]
+    add(Case("longqa-build-missing", [*longqa, "{world}/nope"], "no such LongQA build"))
+    add(Case("longqa-not-a-build", [*longqa, "{world}/empty"], "holds no test.jsonl"))
 
     # report
     add(Case("report-missing-path", ["report", "{world}/nope", *OUT], "nope"))
@@ -439,7 +449,7 @@ def test_there_are_enough_cases_and_every_command_is_attacked():
     assert len({c.id for c in CASES}) == len(CASES)
     commands = {c.args[0] if c.args[0] != "eval" else c.args[1] for c in CASES}
     assert commands >= {"models", "info", "validate", "train", "sft", "merge", "report", "build"}
-    assert commands >= {"perplexity", "pg19", "proof-pile", "passkey", "topics", "lines"}
+    assert commands >= {"perplexity", "pg19", "proof-pile", "passkey", "topics", "lines", "ruler", "longqa"}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
