@@ -369,6 +369,14 @@ def write_parquet(path: Path, items: list[dict[str, Any]]) -> None:
     pq.write_table(table, path, compression="zstd")
 
 
+def _card_splits(counts: dict[str, Any]) -> str:
+    """The card's data_files: only splits that hold items. `datasets` refuses a listed split whose file has
+    no rows ("Instruction 'test' corresponds to no data"), so an empty test split (test_fraction = 0, or
+    one document) is left out of the card; its empty file stays, listed in the manifest like the others."""
+    splits = [s for s in ("train", "test") if counts["by_split"].get(s, 0) > 0] or ["train"]
+    return "\n".join(f"  - split: {s}\n    path: {s}.jsonl" for s in splits)
+
+
 def dataset_card(manifest: dict[str, Any]) -> str:
     counts = manifest["counts"]
     rows = "\n".join(f"| {cell} | {v['quota']} | {v['built']} |" for cell, v in manifest["cells"].items())
@@ -385,10 +393,7 @@ language:
 configs:
 - config_name: default
   data_files:
-  - split: train
-    path: train.jsonl
-  - split: test
-    path: test.jsonl
+{_card_splits(counts)}
 ---
 
 # LongQA — {manifest["recipe"]["name"]}

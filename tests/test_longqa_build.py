@@ -360,3 +360,29 @@ def test_a_document_bridging_two_partly_filled_clusters_never_overfills_one():
     room = selector(1, 2)  # 3 items: one cluster of exactly max_per_doc
     root = room.cluster(docs["c"])
     assert root == room.cluster(docs["a"]) == room.cluster(docs["b"]) and room.taken[root] == 3
+
+
+def test_build_dir_gets_the_umask_mode_and_loads_without_a_test_split(recipe_path, shared_data, tmp_path):
+    """The build directory and its files get the mode the user's umask gives (not mkdtemp's 0700), and
+    with test_fraction = 0 `datasets.load_dataset(dir)` still loads (the card lists only non-empty splits)."""
+    import os
+    import stat
+
+    import datasets
+
+    no_test = tmp_path / "no-test.toml"
+    no_test.write_text(recipe_path.read_text().replace("test_fraction = 0.25", "test_fraction = 0"))
+    out = tmp_path / "built"
+    old = os.umask(0o027)
+    try:
+        code, output = _run(["build", "--recipe", str(no_test), "--source-dir", str(shared_data), "--out", str(out)])
+    finally:
+        os.umask(old)
+    assert code == 0, output
+    assert stat.S_IMODE(out.stat().st_mode) == 0o750
+    assert {stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == {0o640}
+    assert (out / "test.jsonl").read_bytes() == b""
+    ds = datasets.load_dataset(str(out), cache_dir=str(tmp_path / "cache"))
+    assert set(ds) == {"train"} and ds["train"].num_rows == 64
+    code, output = _run(["validate", str(out), "--no-recount"])
+    assert code == 0, output
