@@ -825,12 +825,23 @@ def local_documents(
     id_field: str | None = None,
     pattern: str = "*.txt",
     max_docs: int | None = None,
+    spec=None,
 ) -> tuple[list[Document], dict]:
-    """`--data PATH`: the first `max_docs` documents of a text file, folder or jsonl/parquet table."""
-    from evals.texts import load_texts
+    """`--data PATH`: the first `max_docs` documents of a text file, folder or jsonl/parquet table. With
+    `spec`, a folder holding that hub dataset's download gives its split's files only."""
+    from evals.texts import layout_files, load_texts
 
     check_max_docs(max_docs)
-    docs = load_texts(path, text_field=text_field, id_field=id_field, pattern=pattern)
+    files = layout_files(spec, Path(path).expanduser()) if spec is not None and Path(path).is_dir() else None
+    if files is not None:
+        folder = Path(path).expanduser()
+        docs = []
+        for f in files:
+            for d in load_texts(f, text_field=text_field, id_field=id_field):
+                d.id = d.id if id_field else f"{f.relative_to(folder).as_posix()}:{d.id.rsplit(':', 1)[1]}"
+                docs.append(d)
+    else:
+        docs = load_texts(path, text_field=text_field, id_field=id_field, pattern=pattern)
     total = len(docs)
     docs = docs[:max_docs] if max_docs else docs
     info = {"source": str(Path(path).expanduser().resolve()), "documents_available": total}
@@ -854,7 +865,11 @@ def pg19_documents(
     check_max_docs(max_docs)
     if data is not None:
         docs, info = local_documents(
-            data, text_field or PG19.text_field, pattern="*.txt,*.jsonl,*.jsonl.gz,*.parquet", max_docs=max_docs
+            data,
+            text_field or PG19.text_field,
+            pattern="*.txt,*.jsonl,*.jsonl.gz,*.parquet",
+            max_docs=max_docs,
+            spec=PG19,
         )
         return docs, {**info, "dataset": "pg19 (local copy)"}
     ds, info = load_hub_dataset(PG19, revision)
@@ -920,7 +935,7 @@ def proof_pile_documents(
 
     if data is not None:
         rows, info = local_documents(
-            data, text_field or PROOF_PILE.text_field, pattern="*.jsonl,*.jsonl.gz,*.json,*.parquet"
+            data, text_field or PROOF_PILE.text_field, pattern="*.jsonl,*.jsonl.gz,*.json,*.parquet", spec=PROOF_PILE
         )
         info["dataset"] = "proof-pile (local copy)"
         picked, sample = sample_long_documents(len(rows), rows.__getitem__, n_tokens, count, min_tokens, seed)

@@ -9,13 +9,13 @@ Used by the perplexity eval (documents to score) and the retrieval evals (haysta
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from llqa.datafiles import PARQUET_EXPORT, Layout, Listing, find_hub, local_listing
 from llqa.errors import LlqaError
 from llqa.hub import OFFLINE_FIX, hub_reachable
 from llqa.io import read_text, read_text_lines
@@ -161,6 +161,9 @@ class HubDataset:
     text_field: str
     id_field: str | None
     about: str
+    # the file layouts that hold the split, in order of preference (llqa/datafiles.py): only these files are
+    # downloaded, never the other splits
+    layouts: tuple[Layout, ...] = ()
 
 
 PG19 = HubDataset(
@@ -169,6 +172,10 @@ PG19 = HubDataset(
     "text",
     "short_book_title",
     "PG19 test split (100 books), parquet copy of deepmind/pg19",
+    (
+        Layout("Parquet", {"test": ("data/test-*.parquet",)}),
+        Layout("Parquet export", {"test": ("default/test/*.parquet",)}, revision=PARQUET_EXPORT),
+    ),
 )
 PROOF_PILE = HubDataset(
     "hoskinson-center/proof-pile",
@@ -176,59 +183,85 @@ PROOF_PILE = HubDataset(
     "text",
     None,
     "proof-pile test split (arXiv math, formal math libraries, textbooks, ...)",
+    # `main` holds a loading script (refused by datasets >= 4); the export's default config has train
+    # (~270k rows, GBs) / validation / test: only test's files are read
+    (Layout("Parquet export", {"test": ("default/test/*.parquet",)}, revision=PARQUET_EXPORT),),
 )
 
 
-@contextlib.contextmanager
-def _hub_offline(offline: bool):
-    """Without a network, make `datasets` read its cache only: it fails at once instead of retrying ~25 s."""
-    if not offline:
-        yield
-        return
-    import datasets
-    import huggingface_hub.constants as hf_constants
+def _hub_files(spec: HubDataset, layouts: list[Layout]) -> tuple[Listing, list[str]]:
+    """The split's files as local paths: listed on the hub and downloaded (only those files) into the HF cache,
+    or, with no network, found in that cache."""
+    from huggingface_hub import hf_hub_download, snapshot_download
 
-    saved = datasets.config.HF_HUB_OFFLINE, hf_constants.HF_HUB_OFFLINE
-    datasets.config.HF_HUB_OFFLINE = hf_constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        datasets.config.HF_HUB_OFFLINE, hf_constants.HF_HUB_OFFLINE = saved
+    if hub_reachable():
+        _, listing, found = find_hub(spec.repo, layouts, spec.repo)
+        paths = [
+            hf_hub_download(spec.repo, rel, repo_type="dataset", revision=listing.commit) for rel in found[spec.split]
+        ]
+        folder = Path(paths[0]).parents[len(Path(found[spec.split][0]).parts) - 1]  # .../snapshots/<commit>
+        return Listing(listing.files, folder=folder, repo=spec.repo, commit=listing.commit, ref=listing.ref), found[
+            spec.split
+        ]
+    for layout in layouts:
+        try:
+            folder = Path(
+                snapshot_download(
+                    spec.repo,
+                    repo_type="dataset",
+                    revision=layout.revision,
+                    allow_patterns=list(layout.parts[spec.split]),
+                    local_files_only=True,
+                )
+            )
+        except Exception:  # not in the cache (huggingface_hub raises several types): try the next layout
+            continue
+        listing = local_listing(folder)
+        found = listing.match(layout)
+        if found is not None:
+            return Listing(
+                listing.files, folder=folder, repo=spec.repo, commit=folder.name, ref=layout.revision
+            ), found[spec.split]
+    raise LlqaError("the hub cannot be reached and it is not in the local cache")
+
+
+def layout_files(spec: HubDataset, folder: Path) -> list[Path] | None:
+    """The split's files when `folder` is a download of the dataset (`huggingface-cli download REPO
+    [--revision refs/convert/parquet] --local-dir folder`): the other splits' files are not read."""
+    listing = local_listing(folder)
+    for layout in spec.layouts:
+        found = listing.match(layout)
+        if found is not None:
+            return [folder / rel for rel in found[spec.split]]
+    return None
 
 
 def load_hub_dataset(spec: HubDataset, revision: str | None = None, flag: str = "--data"):
-    """The hub split as a `datasets.Dataset` (from the local cache when the hub is unreachable).
+    """The hub split as a `datasets.Dataset` (random access: the proof-pile protocol samples rows), read with
+    `datasets.load_dataset("parquet", data_files=...)` from the split's files only (downloaded once into the HF
+    cache; from that cache when the hub is unreachable). `revision` replaces each layout's own revision.
 
-    Returns (dataset, info) where info records repo, split, revision and the cache fingerprint."""
+    Returns (dataset, info) where info records repo, split, the revision and commit read and the files."""
     import datasets
 
-    offline = not hub_reachable()
-    # script-based repos (proof-pile) no longer load with `datasets` >= 4; the hub's parquet conversion does
-    revisions = [revision] if revision else [None, "refs/convert/parquet"]
-    ds = error = None
-    for rev in revisions:
-        try:
-            with _hub_offline(offline):
-                ds = datasets.load_dataset(spec.repo, split=spec.split, revision=rev)
-            revision = rev
-            break
-        except Exception as e:  # datasets raises ConnectionError, FileNotFoundError, DatasetNotFoundError, ...
-            error = e
-    if ds is None:
-        first = (str(error).splitlines() or [type(error).__name__])[0]
-        where = "the hub cannot be reached and it is not in the local cache" if offline else first
-        raise LlqaError(
-            f"dataset '{spec.repo}' ({spec.split} split) could not be loaded: {where}",
-            f"{OFFLINE_FIX}: {flag} PATH (a jsonl/parquet file or folder in the same schema, "
-            f"text in '{spec.text_field}')",
-        )
+    layouts = [replace(lay, revision=revision) if revision else lay for lay in spec.layouts]
+    fix = f"{OFFLINE_FIX}: {flag} PATH (a jsonl/parquet file or folder in the same schema, text in '{spec.text_field}')"
+    try:
+        listing, files = _hub_files(spec, layouts)
+        ds = datasets.load_dataset("parquet", data_files=[listing.location(f) for f in files], split="train")
+    except LlqaError as e:
+        raise LlqaError(f"dataset '{spec.repo}' ({spec.split} split) could not be loaded: {e.what}", fix) from None
+    except Exception as e:  # downloads and parquet reads raise many types
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise LlqaError(f"dataset '{spec.repo}' ({spec.split} split) could not be loaded: {first}", fix) from None
     info = {
         "repo": spec.repo,
         "split": spec.split,
-        "revision": revision or "main",
+        "revision": listing.revision_read,
+        "files": files,
         "fingerprint": getattr(ds, "_fingerprint", None),
         "rows": len(ds),
-        "offline_cache": offline,
+        "offline_cache": not hub_reachable(),
     }
     return ds, info
 

@@ -9,7 +9,7 @@ import pytest
 from llqa.errors import LlqaError
 from longqa.recipe import load_recipe
 from longqa.schema import fix_mojibake
-from longqa.sources import arxiv, check_available, leval, load_source, longalpaca, narrativeqa, qasper
+from longqa.sources import arxiv, check_available, load_source, longalpaca, narrativeqa, qasper
 
 STORY = (
     "*** START OF THIS PROJECT ***\nLicence header.\nCHAPTER I\nBuck did not read the newspapers. "
@@ -248,10 +248,10 @@ def test_leval_tasks_and_doc_types(tmp_path):
     assert qa.question.startswith("Brandon") and qa.answer == "True"
     novel = next(d for d in data.documents.values() if d.doc_type == "novel")
     assert novel.title == "THE QUANTUM JUMP"
-    with pytest.raises(LlqaError, match="no local L-Eval task 'quality'"):
-        load_source("leval", {"tasks": ["quality"]}, tmp_path)
+    with pytest.raises(LlqaError, match=r"leval layout \(one <task>.jsonl per task, but nothing for quality\)"):
+        load_source("leval", {"tasks": ["sci_fi", "quality"]}, tmp_path)
     with pytest.raises(LlqaError, match="no document type"):
-        leval.load_local(tmp_path / "leval", {"tasks": ["gsm100"]})
+        load_source("leval", {"tasks": ["gsm100"]}, tmp_path)
 
 
 def test_longalpaca_takes_framed_items_apart(tmp_path):
@@ -300,41 +300,3 @@ def test_narrativeqa_story_text_strips_html():
     raw = "<html><body><pre>INT. HOUSE - NIGHT<br>Mark &amp; Nora talk.</pre></body></html>"
     assert narrativeqa.story_text(raw) == "INT. HOUSE - NIGHT\nMark & Nora talk."
     assert qasper.pick_answer([{"unanswerable": True}], "x") is None
-
-
-def test_hub_path_reads_rows_through_datasets(monkeypatch):
-    """The hub loaders with `datasets.load_dataset` faked: the same row schemas as the local copies,
-    the parquet-conversion fallback for script datasets, and the revision recorded."""
-    import types
-
-    import datasets
-    import huggingface_hub
-
-    calls = []
-    rows = {
-        "allenai/qasper": [_qasper_row()],
-        "ccdv/arxiv-summarization": [{"article": "the body of the paper .", "abstract": "short ."}],
-        "L4NLP/LEval": [
-            {"input": "Introduction\nWe use relu.", "instructions": ["What activation?"], "outputs": ["relu"]}
-        ],
-    }
-
-    def fake_load(hub_id, config=None, split=None, streaming=False, revision=None):
-        calls.append((hub_id, config, split, streaming, revision))
-        if hub_id == "allenai/qasper" and revision is None:
-            raise RuntimeError("Dataset scripts are no longer supported")
-        return rows[hub_id]
-
-    monkeypatch.setattr(datasets, "load_dataset", fake_load)
-    monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", lambda self, repo: types.SimpleNamespace(sha="abc123"))
-    data = qasper.load_hub({"splits": ["test"]})
-    assert data.revision == "abc123" and len(data.qas) == 3
-    assert calls[-1] == ("allenai/qasper", None, "test", False, "refs/convert/parquet")
-    data = arxiv.load_hub({"splits": ["train"]})
-    assert calls[-1][:4] == ("ccdv/arxiv-summarization", "section", "train", True) and len(data.qas) == 1
-    data = leval.load_hub({"tasks": ["scientific_qa"]})
-    assert calls[-1][:3] == ("L4NLP/LEval", "scientific_qa", "test") and data.qas[0].answer == "relu"
-    rows["Yukang/LongAlpaca-12k"] = []
-    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("down")))
-    with pytest.raises(LlqaError, match="could not load Yukang/LongAlpaca-12k"):
-        longalpaca.load_hub({"framing": load_recipe("longqa-3k").framing})

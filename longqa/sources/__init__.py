@@ -1,28 +1,33 @@
 """Source modules: each turns one public dataset into `Document`s and `QA`s (schema.py).
 
-Every module exposes `NAME`, `HUB_ID`, `load_hub(options) -> SourceData` and
-`load_local(directory, options) -> SourceData`; its docstring documents the local layout it reads.
-`load_source` picks the local copy under `--source-dir/<name>/` when there is one, else the hub when it
-is reachable, and otherwise fails with one line naming the dataset and the flag.
+Every module exposes `NAME`, `HUB_ID`, `layouts(options) -> [Layout]` (the file layouts it reads, in order of
+preference: what the hub holds today, then what local copies may hold; see llqa/datafiles.py) and
+`read(src: Located, options) -> SourceData`. `load_source` finds the files — under `--source-dir/<name>/`
+when that folder exists, else on the hub — matches the first layout they follow, and hands them to `read`:
+the hub and a local copy differ only in where the files come from. A folder that matches no layout, a hub
+that cannot be reached, a repo that holds none of the layouts: one line naming the expected files.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import sys
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llqa.datafiles import Layout, Listing, find_hub, find_local, read_rows, revision
 from llqa.errors import LlqaError
 from llqa.hub import OFFLINE_FIX, hub_reachable
 from llqa.io import read_text, read_text_lines
 from longqa.schema import SourceData
 
 SOURCE_NAMES = ("narrativeqa", "qasper", "arxiv", "leval", "longalpaca")
+# split name -> the names its files may carry (QASPER's original release says "dev")
+SPLIT_ALIASES = {"validation": ("validation", "valid", "dev", "val")}
 
 
 def module(name: str):
@@ -52,13 +57,74 @@ def check_available(names: Iterable[str], source_dir: Path | None) -> None:
         )
 
 
-def load_source(name: str, options: dict[str, Any], source_dir: Path | None) -> SourceData:
+@dataclass
+class Located:
+    """A source's files, found: the layout they follow, where they are, and part -> files."""
+
+    name: str
+    layout: Layout
+    listing: Listing
+    files: dict[str, list[str]]
+    origin: str
+
+    def rows(self, part: str) -> Iterator[dict[str, Any]]:
+        """The rows of one part's files, read by `datasets` (parquet / json builders)."""
+        return read_rows(self.listing, self.files[part])
+
+    def path(self, rel: str) -> Path:
+        """A local file of a local-only layout (read by the source itself)."""
+        assert self.listing.folder is not None, "local-only layouts are never matched on the hub"
+        return self.listing.folder / rel
+
+    def source_data(self, read: Iterable[str] | None = None) -> SourceData:
+        """An empty SourceData whose revision pins the files read (by default every matched file); parts of a
+        partial layout that have no files are noted."""
+        read = [f for fs in self.files.values() for f in fs] if read is None else list(read)
+        data = SourceData(self.name, self.origin, revision(self.listing, read))
+        missing = [p for p, fs in self.files.items() if not fs]
+        if missing:
+            data.notes.append(f"no files for {', '.join(missing)} in the local copy: not read")
+        return data
+
+
+def locate(name: str, options: dict[str, Any], source_dir: Path | None) -> Located:
     mod = module(name)
+    layouts = mod.layouts(options)
     local = local_dir(name, source_dir)
     if local is not None:
-        return mod.load_local(local, options)
-    check_available([name], source_dir)
-    return mod.load_hub(options)
+        layout, listing, files = find_local(local, layouts, name, mod.HUB_ID)
+        origin = f"{local_origin(local)} ({layout.name})"
+    else:
+        check_available([name], source_dir)
+        layout, listing, files = find_hub(mod.HUB_ID, layouts, name)
+        origin = f"{mod.HUB_ID} ({layout.name})"
+    return Located(name, layout, listing, files, origin)
+
+
+def load_source(name: str, options: dict[str, Any], source_dir: Path | None) -> SourceData:
+    return module(name).read(locate(name, options, source_dir), options)
+
+
+def split_patterns(split: str, suffixes: Iterable[str] = ("jsonl", "json", "parquet")) -> tuple[str, ...]:
+    """Files of one split in the generic hub schema: named by it (`test.jsonl`, `test-00000-of-00001.parquet`)
+    or in a folder named by it (`test/0000.parquet`), at any depth."""
+    names = SPLIT_ALIASES.get(split, (split,))
+    return tuple(
+        p
+        for n in names
+        for suffix in suffixes
+        for p in (f"**/{n}.{suffix}", f"**/{n}-*.{suffix}", f"**/{n}/*.{suffix}")
+    )
+
+
+def by_split_layout(splits: Iterable[str], name: str = "files named by split (hub schema)") -> Layout:
+    """The generic local layout: each split's files named by it, rows in the dataset's hub schema. A copy may
+    hold only some of the splits; the missing ones are noted in the manifest."""
+    splits = list(splits)
+    summary = (
+        f"<split>.jsonl|json|parquet, <split>-*.parquet or <split>/*.parquet at any depth, for {', '.join(splits)}"
+    )
+    return Layout(name, {s: split_patterns(s) for s in splits}, hub=False, partial=True, summary=summary)
 
 
 # --------------------------------------------------------------------------- local files
@@ -68,17 +134,6 @@ def local_origin(directory: Path) -> str:
     """How a local copy is named in the manifest: by its folder name only, so that the same files give
     the same bytes wherever they lie (their content is pinned by the sha256 revision)."""
     return f"local copy: <source-dir>/{Path(directory).name}"
-
-
-def digest_files(paths: Iterable[Path], root: Path) -> str:
-    """sha256 over the relative names and bytes of the local files a source read: its 'revision'."""
-    h = hashlib.sha256()
-    for p in sorted(set(paths)):
-        h.update(str(p.relative_to(root)).encode() + b"\0")
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-    return "sha256:" + h.hexdigest()
 
 
 def iter_records(path: Path) -> Iterator[dict[str, Any]]:
@@ -123,54 +178,3 @@ def iter_records(path: Path) -> Iterator[dict[str, Any]]:
         if not isinstance(rec, dict):
             raise LlqaError(f"{path}:{i}: expected a JSON object", "re-download the local copy")
         yield rec
-
-
-DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
-
-
-def data_files(directory: Path, splits: Iterable[str] | None = None) -> list[Path]:
-    """Data files under `directory` (recursively), sorted; with `splits`, only files whose name starts
-    with a split name (`train.jsonl`, `test-00000-of-00001.parquet`, ...) or lies in a split folder."""
-    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in DATA_SUFFIXES)
-    if splits is None:
-        return files
-    splits = tuple(splits)
-    aliases = {"validation": ("validation", "valid", "dev", "val")}
-    names = tuple(a for s in splits for a in aliases.get(s, (s,)))
-    return [
-        p
-        for p in files
-        if p.name.lower().startswith(names)
-        or any(part.lower() in names for part in p.relative_to(directory).parts[:-1])
-    ]
-
-
-# --------------------------------------------------------------------------- hub
-
-
-def hub_revision(hub_id: str) -> str:
-    try:
-        from huggingface_hub import HfApi
-
-        return HfApi().dataset_info(hub_id).sha or "unknown"
-    except Exception:  # the revision is metadata: a failed lookup must not fail the build
-        return "unknown"
-
-
-def hub_rows(hub_id: str, split: str, config: str | None = None, streaming: bool = False):
-    """Rows of one split from the hub through `datasets`, failing with one line when it cannot.
-    Datasets published with a loading script (no longer run by `datasets` >= 4) are read from the hub's
-    Parquet conversion (revision refs/convert/parquet) instead."""
-    import datasets
-
-    first: Exception | None = None
-    for revision in (None, "refs/convert/parquet"):
-        try:
-            return datasets.load_dataset(hub_id, config, split=split, streaming=streaming, revision=revision)
-        except Exception as e:  # datasets raises many types (connection, script, missing config, ...)
-            first = first or e
-    msg = str(first).splitlines()[0] if str(first) else type(first).__name__
-    raise LlqaError(
-        f"could not load {hub_id} ({config or 'default'}, {split}) from the hub: {msg}",
-        f"{OFFLINE_FIX} via --source-dir",
-    )

@@ -5,18 +5,22 @@ abstract is removed from the document given to the model wherever it occurs verb
 The hub config is `section` (sections separated by newlines; recipe option `config`).
 Papers carry no id or title in this dataset: the id is a hash of the text, the title its first line.
 
-Local copy (`DIR/arxiv/`): `*.jsonl` / `*.parquet` files named by split (`train*`, `validation*`,
-`test*`), one paper per row with `article` and `abstract` strings (the hub schema).
+Layouts (`layouts`), rows `{article, abstract}` (strings), on the hub and in a local copy `DIR/arxiv/`:
+1. `main` since its conversion to Parquet: one folder per config, `<config>/<split>-*.parquet`
+   (configs `section` and `document`);
+2. the hub's Parquet export: `<config>/<split>/*.parquet` (revision `refs/convert/parquet`);
+3. (local only) `*.jsonl` / `*.parquet` files named by split.
+Rows are streamed and reading stops after `max_docs` papers, so only the first files are fetched.
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
+from llqa.datafiles import PARQUET_EXPORT, Layout
 from longqa.schema import QA, Document, SourceData, clean_text, content_id
-from longqa.sources import data_files, digest_files, hub_revision, hub_rows, iter_records, local_origin
+from longqa.sources import Located, by_split_layout
 
 NAME = "arxiv"
 HUB_ID = "ccdv/arxiv-summarization"
@@ -58,17 +62,17 @@ def from_rows(rows, data: SourceData, max_docs: int | None = None, max_chars: in
     return data
 
 
-def load_hub(options: dict[str, Any]) -> SourceData:
-    data = SourceData(NAME, HUB_ID, hub_revision(HUB_ID))
+def layouts(options: dict[str, Any]) -> list[Layout]:
+    config, splits = options.get("config", "section"), list(options.get("splits", ["train"]))
+    return [
+        Layout(f"Parquet, config {config}", {s: (f"{config}/{s}-*.parquet",) for s in splits}),
+        Layout(f"Parquet export, config {config}", {s: (f"{config}/{s}/*.parquet",) for s in splits}, PARQUET_EXPORT),
+        by_split_layout(splits),
+    ]
+
+
+def read(src: Located, options: dict[str, Any]) -> SourceData:
+    data = src.source_data()
     for split in options.get("splits", ["train"]):
-        rows = hub_rows(HUB_ID, split, config=options.get("config", "section"), streaming=True)
-        from_rows(rows, data, options.get("max_docs"), options.get("max_chars"))
+        from_rows(src.rows(split), data, options.get("max_docs"), options.get("max_chars"))
     return data
-
-
-def load_local(directory: Path, options: dict[str, Any]) -> SourceData:
-    files = data_files(directory, options.get("splits", ["train"]))
-    data = SourceData(NAME, local_origin(directory), digest_files(files, directory))
-    return from_rows(
-        (r for f in files for r in iter_records(f)), data, options.get("max_docs"), options.get("max_chars")
-    )

@@ -8,20 +8,24 @@ the story's world), `narrative_qa`. Items: every (instruction, output) pair, the
 numbering dropped; sci_fi's outputs "True [fact: False]" keep the in-story answer ("True").
 Ids hash the document text; titles are the first line of the text.
 
-Local copy (`DIR/leval/`): `<task>.jsonl` files anywhere below (the L-Eval repository's
-`LEval-data/{Open-ended-tasks,Closed-ended-tasks}/<task>.jsonl`), or `<task>/test*.jsonl|parquet`
-(a hub export); each row `{input, instructions[], outputs[], source, evaluation}`.
+Layouts (`layouts`), on the hub and in a local copy `DIR/leval/`; rows `{input, instructions[], outputs[],
+source, evaluation}` in both:
+1. the hub's Parquet export (revision `refs/convert/parquet`: `main` holds only the loading script `LEval.py`,
+   which `datasets` >= 4 refuses): one folder per task, `<task>/test/0000.parquet`. It has no per-task
+   configs (only `default`, which merges every task), so tasks are picked by their files, never by config;
+2. `<task>.jsonl` at any depth: `main`'s `LEval/{Exam,Generation}/` folders or the L-Eval GitHub repository's
+   `LEval-data/{Open-ended-tasks,Closed-ended-tasks}/` (`../shared/data/leval` is this layout).
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
+from llqa.datafiles import PARQUET_EXPORT, Layout
 from llqa.errors import LlqaError
 from longqa.schema import QA, Document, SourceData, clean_text, content_id, is_multiple_choice
-from longqa.sources import digest_files, hub_revision, hub_rows, iter_records, local_origin
+from longqa.sources import Located
 from longqa.sources.arxiv import first_line_title
 
 NAME = "leval"
@@ -81,31 +85,16 @@ def _tasks(options: dict[str, Any]) -> list[tuple[str, str]]:
     return [(t, types[t]) for t in tasks]
 
 
-def load_hub(options: dict[str, Any]) -> SourceData:
-    data = SourceData(NAME, HUB_ID, hub_revision(HUB_ID))
+def layouts(options: dict[str, Any]) -> list[Layout]:
+    tasks = [t for t, _ in _tasks(options)]
+    return [
+        Layout("Parquet export", {t: (f"{t}/test/*.parquet",) for t in tasks}, revision=PARQUET_EXPORT),
+        Layout("one <task>.jsonl per task", {t: (f"**/{t}.jsonl",) for t in tasks}),
+    ]
+
+
+def read(src: Located, options: dict[str, Any]) -> SourceData:
+    data = src.source_data()
     for task, doc_type in _tasks(options):
-        from_rows(hub_rows(HUB_ID, "test", config=task), task, doc_type, data, options.get("max_chars"))
-    return data
-
-
-def task_files(directory: Path, task: str) -> list[Path]:
-    files = sorted(directory.rglob(f"{task}.jsonl"))
-    if (directory / task).is_dir():
-        files += sorted(p for p in (directory / task).rglob("*") if p.suffix in (".jsonl", ".parquet"))
-    return files
-
-
-def load_local(directory: Path, options: dict[str, Any]) -> SourceData:
-    read: list[Path] = []
-    data = SourceData(NAME, local_origin(directory), "")
-    for task, doc_type in _tasks(options):
-        files = task_files(directory, task)
-        if not files:
-            raise LlqaError(
-                f"no local L-Eval task {task!r} under {directory}",
-                f"add {task}.jsonl there, or remove it from the recipe's leval tasks",
-            )
-        read += files
-        from_rows((r for f in files for r in iter_records(f)), task, doc_type, data, options.get("max_chars"))
-    data.revision = digest_files(read, directory)
+        from_rows(src.rows(task), task, doc_type, data, options.get("max_chars"))
     return data

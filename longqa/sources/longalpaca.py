@@ -6,18 +6,19 @@ framings (the same strings LongQA used), which gives back the document, the book
 question; they are re-framed, categorised and length-filtered like every other source. Other rows
 (short Alpaca instructions) are skipped and counted in the manifest notes. Ids hash the document text.
 
-Local copy (`DIR/longalpaca/`): `LongAlpaca-12k.json` (a JSON list, as published) or `*.jsonl` /
-`*.parquet` files, rows `{instruction, output, file}`.
+Layouts (`layouts`), rows `{instruction, output, file}`: `LongAlpaca-12k.json` (one 498 MB JSON list, as
+`main` publishes it), on the hub or in a local copy `DIR/longalpaca/`; or (local only) `*.jsonl` / `*.parquet`
+files.
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
+from llqa.datafiles import Layout
 from longqa.schema import QA, Document, SourceData, clean_text, content_id
-from longqa.sources import DATA_SUFFIXES, digest_files, hub_revision, hub_rows, iter_records, local_origin
+from longqa.sources import Located
 from longqa.sources.arxiv import first_line_title
 
 NAME = "longalpaca"
@@ -69,12 +70,12 @@ def from_rows(rows, framing: dict[str, str], data: SourceData, max_chars: int | 
     return data
 
 
-def load_hub(options: dict[str, Any]) -> SourceData:
-    data = SourceData(NAME, HUB_ID, hub_revision(HUB_ID))
-    return from_rows(hub_rows(HUB_ID, "train"), options["framing"], data, options.get("max_chars"))
+def layouts(options: dict[str, Any]) -> list[Layout]:
+    return [
+        Layout("LongAlpaca-12k.json", {"train": ("**/LongAlpaca-12k.json",)}),
+        Layout("JSON lines or Parquet files", {"train": ("**/*.jsonl", "**/*.parquet")}, hub=False),
+    ]
 
 
-def load_local(directory: Path, options: dict[str, Any]) -> SourceData:
-    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in DATA_SUFFIXES)
-    data = SourceData(NAME, local_origin(directory), digest_files(files, directory))
-    return from_rows((r for f in files for r in iter_records(f)), options["framing"], data, options.get("max_chars"))
+def read(src: Located, options: dict[str, Any]) -> SourceData:
+    return from_rows(src.rows("train"), options["framing"], src.source_data(), options.get("max_chars"))

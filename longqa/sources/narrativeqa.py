@@ -6,16 +6,19 @@ plus one `summary` item per document: "Summarize the story." answered by the hum
 Books and scripts are both `novel` documents. The story text is cut to the span between the dataset's
 `start` and `end` markers when both occur (dropping licence headers), HTML is reduced to text.
 
-Local copy (`--source-dir DIR` with `DIR/narrativeqa/`), either layout:
-1. Hub schema: `*.jsonl` / `*.parquet` files named by split (`train*`, `validation*`, `test*`), one QA
-   per row: `document.{id,kind,start,end,text,summary.{text,title}}`, `question.text`, `answers[].text`.
-2. The NarrativeQA repository layout: `documents.csv` (document_id, set, kind, wiki_title,
+Layouts (`layouts`), on the hub and in a local copy `DIR/narrativeqa/`:
+1. `main` since its conversion to Parquet: `data/{train,validation,test}-*-of-*.parquet` (train in 24
+   files), one QA per row: `document.{id,kind,start,end,text,summary.{text,title}}`, `question.text`,
+   `answers[].text`. Every row repeats its whole book or script, so reading a split is a large download
+   (several GB for train): rows are streamed and each document is kept once;
+2. (local only) the NarrativeQA repository layout: `documents.csv` (document_id, set, kind, wiki_title,
    story_start, story_end, ...); questions in `qaps.csv` (document_id, set, question, answer1, answer2)
    and/or `*qaps*.jsonl` ({document_id, question, answers: [..]}); summaries in
    `third_party/wikipedia/summaries.csv` (document_id, summary) and/or `*summaries*.jsonl`
    ({document_id, summary, local_story_file}); story texts at `local_story_file` (relative to the
    folder), or `stories/`, `tmp/` as `<document_id>.content` / `<document_id>.txt`.
-   Documents without a local story text are skipped (and counted in the manifest notes).
+   Documents without a local story text are skipped (and counted in the manifest notes);
+3. (local only) the hub's rows in `*.jsonl` / `*.parquet` files named by split.
 """
 
 from __future__ import annotations
@@ -26,9 +29,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from llqa.datafiles import Layout
 from llqa.io import read_text
 from longqa.schema import QA, Document, SourceData, clean_text
-from longqa.sources import data_files, digest_files, hub_revision, hub_rows, iter_records, local_origin
+from longqa.sources import Located, by_split_layout, iter_records
+
+REPOSITORY = "NarrativeQA repository"
 
 NAME = "narrativeqa"
 HUB_ID = "deepmind/narrativeqa"
@@ -81,6 +87,13 @@ def _add(
 # --------------------------------------------------------------------------- hub schema
 
 
+def _answer_texts(answers: Any) -> list[str]:
+    """`answers` as a list of {text, tokens} (the hub's Parquet) or as {text: [...], tokens: [...]}."""
+    if isinstance(answers, dict):
+        return [t or "" for t in answers.get("text") or []]
+    return [(a or {}).get("text") or "" for a in answers or []]
+
+
 def from_hub_rows(rows, data: SourceData, max_chars: int | None = None) -> SourceData:
     """Group hub rows (one QA each, the document repeated) by document."""
     docs: dict[str, dict[str, Any]] = {}
@@ -95,37 +108,40 @@ def from_hub_rows(rows, data: SourceData, max_chars: int | None = None) -> Sourc
                 text=story_text(doc.get("text") or "", doc.get("start"), doc.get("end")),
                 summary=summary.get("text"),
             )
-        questions[doc_id].append(
-            ((row.get("question") or {}).get("text") or "", [a.get("text") or "" for a in row.get("answers") or []])
-        )
+        questions[doc_id].append(((row.get("question") or {}).get("text") or "", _answer_texts(row.get("answers"))))
     for doc_id in sorted(docs):
         d = docs[doc_id]
         _add(data, doc_id, d["title"], d["text"], d["summary"], questions[doc_id], max_chars)
     return data
 
 
-def load_hub(options: dict[str, Any]) -> SourceData:
-    data = SourceData(NAME, HUB_ID, hub_revision(HUB_ID))
-    for split in options.get("splits", ["train", "validation", "test"]):
-        # streamed: each row repeats its whole document, so the full download is large
-        from_hub_rows(hub_rows(HUB_ID, split, streaming=True), data, options.get("max_chars"))
+def _splits(options: dict[str, Any]) -> list[str]:
+    return list(options.get("splits", ["train", "validation", "test"]))
+
+
+def layouts(options: dict[str, Any]) -> list[Layout]:
+    splits = _splits(options)
+    return [
+        Layout("Parquet", {s: (f"data/{s}-*.parquet",) for s in splits}),
+        Layout(REPOSITORY, {"documents": ("documents.csv",)}, hub=False),
+        by_split_layout(splits),
+    ]
+
+
+def read(src: Located, options: dict[str, Any]) -> SourceData:
+    if src.layout.name == REPOSITORY:
+        return _load_repo_layout(src, _splits(options), options.get("max_chars"))
+    data = src.source_data()
+    for split in _splits(options):
+        from_hub_rows(src.rows(split), data, options.get("max_chars"))
     return data
 
 
-# --------------------------------------------------------------------------- local copies
+# --------------------------------------------------------------------------- the repository layout
 
 
-def load_local(directory: Path, options: dict[str, Any]) -> SourceData:
-    splits = options.get("splits", ["train", "validation", "test"])
-    if (directory / "documents.csv").is_file():
-        return _load_repo_layout(directory, splits, options.get("max_chars"))
-    files = data_files(directory, splits)
-    data = SourceData(NAME, local_origin(directory), digest_files(files, directory))
-    rows = (r for f in files for r in iter_records(f))
-    return from_hub_rows(rows, data, options.get("max_chars"))
-
-
-def _load_repo_layout(directory: Path, splits: list[str], max_chars: int | None) -> SourceData:
+def _load_repo_layout(src: Located, splits: list[str], max_chars: int | None) -> SourceData:
+    directory = src.path("")
     read: list[Path] = [directory / "documents.csv"]
     meta = {
         r["document_id"]: r
@@ -159,7 +175,7 @@ def _load_repo_layout(directory: Path, splits: list[str], max_chars: int | None)
                 for ext in (".content", ".txt"):
                     if (directory / sub / f"{doc_id}{ext}").is_file():
                         story_files[doc_id] = directory / sub / f"{doc_id}{ext}"
-    data = SourceData(NAME, local_origin(directory), "")
+    data = SourceData(NAME, src.origin, "")
     missing = 0
     for doc_id in sorted(meta):
         path = story_files.get(doc_id)
@@ -180,5 +196,5 @@ def _load_repo_layout(directory: Path, splits: list[str], max_chars: int | None)
         )
     if missing:
         data.notes.append(f"{missing} documents of {len(meta)} have no local story text; skipped")
-    data.revision = digest_files(read, directory)
+    data.revision = src.source_data([p.relative_to(directory).as_posix() for p in read]).revision
     return data

@@ -6,21 +6,25 @@ when there is one (`abstractive`), else the extractive spans joined by "; " (`ex
 every span occurs in the document text; else `abstractive`), else Yes/No (`yes_no`). Document text:
 title, abstract and every section with its paragraphs. `paper` documents.
 
-Local copy (`DIR/qasper/`), either form:
-1. Hub schema: `*.jsonl` / `*.parquet` named by split, one paper per row: `id`, `title`, `abstract`,
+Layouts (`layouts`), on the hub and in a local copy `DIR/qasper/`:
+1. the hub's Parquet export (revision `refs/convert/parquet`; `main` holds only the loading script):
+   `qasper/{train,validation,test}/*.parquet`, one paper per row: `id`, `title`, `abstract`,
    `full_text.{section_name[], paragraphs[][]}`, `qas.{question[], question_id[], answers[].{answer[]}}`
-   where each answer has `unanswerable`, `extractive_spans`, `yes_no`, `free_form_answer`.
-2. The original release: `qasper-{train,dev,test}-v0.3.json`, a {paper_id: paper} object whose
+   where each answer has `unanswerable`, `extractive_spans`, `yes_no`, `free_form_answer`;
+2. (local only) the same rows in `*.jsonl` / `*.parquet` files named by split;
+3. (local only) the original release: `qasper-{train,dev,test}-v0.3.json`, a {paper_id: paper} object whose
    `full_text` is a list of {section_name, paragraphs} and `qas` a list of {question, answers[{answer}]}.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
+from llqa.datafiles import PARQUET_EXPORT, Layout
 from longqa.schema import QA, Document, SourceData, clean_text, norm_space
-from longqa.sources import data_files, digest_files, hub_revision, hub_rows, iter_records, local_origin
+from longqa.sources import Located, by_split_layout, iter_records
+
+ORIGINAL = "original release"
 
 NAME = "qasper"
 HUB_ID = "allenai/qasper"
@@ -93,21 +97,26 @@ def from_rows(rows, data: SourceData, max_chars: int | None = None) -> SourceDat
     return data
 
 
-def load_hub(options: dict[str, Any]) -> SourceData:
-    data = SourceData(NAME, HUB_ID, hub_revision(HUB_ID))
-    for split in options.get("splits", ["train", "validation", "test"]):
-        from_rows(hub_rows(HUB_ID, split), data, options.get("max_chars"))
-    return data
+def _splits(options: dict[str, Any]) -> list[str]:
+    return list(options.get("splits", ["train", "validation", "test"]))
 
 
-def load_local(directory: Path, options: dict[str, Any]) -> SourceData:
-    splits = list(options.get("splits", ["train", "validation", "test"]))
-    files = data_files(directory, splits)
-    # the original release names splits inside the file name: qasper-train-v0.3.json
-    files += [
-        p
-        for p in sorted(directory.glob("qasper-*.json"))
-        if p not in files and any(s in p.name for s in splits + (["dev"] if "validation" in splits else []))
+def layouts(options: dict[str, Any]) -> list[Layout]:
+    splits = _splits(options)
+    original = {"train": "train", "validation": "dev", "test": "test"}
+    return [
+        Layout("Parquet export", {s: (f"qasper/{s}/*.parquet",) for s in splits}, revision=PARQUET_EXPORT),
+        by_split_layout(splits),
+        Layout(ORIGINAL, {s: (f"**/qasper-{original.get(s, s)}-v0.3.json",) for s in splits}, hub=False, partial=True),
     ]
-    data = SourceData(NAME, local_origin(directory), digest_files(files, directory))
-    return from_rows((r for f in files for r in iter_records(f)), data, options.get("max_chars"))
+
+
+def read(src: Located, options: dict[str, Any]) -> SourceData:
+    data = src.source_data()
+    for split in _splits(options):
+        if src.layout.name == ORIGINAL:  # {paper_id: paper} objects, which `datasets` does not read as rows
+            rows = (r for f in src.files[split] for r in iter_records(src.path(f)))
+        else:
+            rows = src.rows(split)
+        from_rows(rows, data, options.get("max_chars"))
+    return data
