@@ -1,7 +1,7 @@
 """`llqa build`: turn a recipe and its sources into a LongQA dataset directory.
 
-Steps: load each source (local copy or hub) -> categorise every human QA pair -> drop unusable pairs
-(answer given away by the question, duplicate questions on a document) -> count tokens (each document
+Steps: load each source (local copy or hub) -> drop unusable pairs (hygiene.py: misaligned documents, questions
+asked twice; answer given away by the question) -> categorise every human QA pair -> count tokens (each document
 once, see tokens.py) -> keep items whose n_tokens lies in the recipe's bounds -> join near-duplicate
 documents into clusters -> split clusters (not items) into train/test by a seeded hash -> fill each
 (doc_type, category) quota by a seeded round-robin over sources, at most `max_per_doc` items per
@@ -27,7 +27,7 @@ from typing import Any
 
 from llqa.errors import LlqaError
 from llqa.io import plain_permissions, remove_dead_leftovers, writable_dir
-from longqa import dedup, framing
+from longqa import dedup, framing, hygiene
 from longqa.categories import categorize
 from longqa.recipe import Recipe
 from longqa.schema import (
@@ -100,38 +100,54 @@ def _no_progress(name: str, total: int | None) -> Callable[[int], None]:
 
 
 def candidates(sources: list[SourceData], recipe: Recipe, stats: Counter) -> list[Candidate]:
-    """Every usable QA pair as a framed candidate, in a stable order."""
+    """Every usable QA pair as a framed candidate, in a stable order. Each document's pairs are first checked in
+    the source's own order (hygiene.py): a document whose answers are misaligned with its questions loses
+    them all; a question asked twice keeps its first answer."""
     docs: dict[str, Document] = {}
     for s in sources:
+        stats.update(s.dropped)
         for doc_id in sorted(s.documents):
             if doc_id in docs:
                 stats["doc_id_collision"] += 1
                 continue
             docs[doc_id] = s.documents[doc_id]
     wanted = {(d, c) for d, c, _ in recipe.cells()}
-    seen: set[tuple[str, str]] = set()
     out = []
     for s in sources:
-        for qa in sorted(s.qas, key=lambda q: (q.doc_id, q.question, q.answer)):
+        for qa in sorted(usable_pairs(s.qas, stats), key=lambda q: (q.doc_id, q.question, q.answer)):
             doc = docs.get(qa.doc_id)
             if doc is None or doc.source != s.name:
                 stats["no_document"] += 1
                 continue
-            key = (qa.doc_id, norm_words(qa.question))
-            if key in seen:
-                stats["duplicate_question"] += 1
-                continue
-            seen.add(key)
             if answer_in_question(qa.question, qa.answer):
                 stats["answer_in_question"] += 1
+                continue
+            template = recipe.framing[doc.doc_type]
+            if not doc.title and "{title}" in template:
+                stats["no_title"] += 1
                 continue
             category = categorize(qa.question, doc.doc_type, qa.category)
             if (doc.doc_type, category) not in wanted:
                 # writing tasks are a stated drop, not a quota shortfall (see longqa/categories.py)
                 stats["generation_task" if category == "generation" else "no_quota_for_cell"] += 1
                 continue
-            template = recipe.framing[doc.doc_type]
             out.append(Candidate(qa, doc, category, template, framing.rest(template, doc.title, qa.question)))
+    return out
+
+
+def usable_pairs(qas: list[QA], stats: Counter) -> list[QA]:
+    """The pairs that survive the per-document checks of hygiene.py, in source order."""
+    by_doc: dict[str, list[QA]] = defaultdict(list)
+    for qa in qas:
+        by_doc[qa.doc_id].append(qa)
+    out = []
+    for pairs in by_doc.values():
+        if hygiene.misaligned([q.question for q in pairs], [q.answer for q in pairs]):
+            stats["misaligned_document"] += len(pairs)
+            continue
+        kept, dropped = hygiene.first_answers([(q.question, q.answer) for q in pairs], norm_words)
+        stats.update(dropped)
+        out += [pairs[i] for i in kept]
     return out
 
 
@@ -323,7 +339,7 @@ def make_item(c: Candidate, split: str) -> dict[str, Any]:
         "doc_type": c.doc.doc_type,
         "source": c.qa.source,
         "doc_id": c.doc.doc_id,
-        "title": c.doc.title,
+        "title": c.doc.title or hygiene.UNTITLED,
         "question": c.qa.question,
         "answer_type": c.qa.answer_type,
         "n_tokens": c.n_tokens,

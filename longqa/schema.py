@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass, field
 
 CATEGORIES = ("summary", "relation", "character", "detail", "generation")
@@ -38,7 +39,7 @@ ITEM_FIELDS: dict[str, type] = {
 @dataclass(frozen=True)
 class Document:
     doc_id: str  # stable id from the source (or a content hash where the source has none)
-    title: str
+    title: str  # "" when the source has none (items then say hygiene.UNTITLED)
     text: str
     doc_type: str  # "paper" or "novel"
     source: str
@@ -63,7 +64,8 @@ class SourceData:
     revision: str  # hub commit sha, or "sha256:<digest of the local files read>"
     documents: dict[str, Document] = field(default_factory=dict)
     qas: list[QA] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)  # what was skipped and why, for the manifest
+    notes: list[str] = field(default_factory=list)  # what was skipped or repaired and why, for the manifest
+    dropped: Counter = field(default_factory=Counter)  # reason -> QA pairs dropped by the source's rules
 
 
 def content_id(*parts: str, n: int = 16) -> str:

@@ -88,6 +88,12 @@ def test_small_real_build_fills_the_recipe_and_validates(built, tmp_path):
     assert all(manifest["recipe"]["min_tokens"] <= it["n_tokens"] <= manifest["recipe"]["max_tokens"] for it in items)
     assert set(manifest["files"]) == {"train.jsonl", "test.jsonl", "train.parquet", "test.parquet", "README.md"}
     assert manifest["sources"]["narrativeqa"]["revision"].startswith("sha256:")
+    # bad source items (longqa/hygiene.py) are dropped and counted by reason, never framed
+    assert manifest["dropped"]["misaligned_document"] == 8 and manifest["dropped"]["not_a_story"] == 41
+    assert manifest["dropped"]["repeated_question"] >= 9
+    assert not any(it["doc_id"] == "leval-scientific_qa-153504cbc00a95a2" for it in items)
+    assert all("<!--" not in it["instruction"] and "Introduction" not in it["title"] for it in items)
+    assert {it["title"] for it in items if it["doc_type"] == "paper"} == {"(untitled)"}
     report = tmp_path / "report.json"
     code, output = _run(["validate", str(built), "--report", str(report)])
     assert code == 0, output

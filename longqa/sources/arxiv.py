@@ -3,7 +3,8 @@
 Items: one `summary` item per paper, "Summarize the paper." answered by the authors' abstract. The
 abstract is removed from the document given to the model wherever it occurs verbatim (up to whitespace).
 The hub config is `section` (sections separated by newlines; recipe option `config`).
-Papers carry no id or title in this dataset: the id is a hash of the text, the title its first line.
+Papers carry no id or title in this dataset (the article starts with its body text): the id is a hash of the
+text and the paper has no title (items say `(untitled)`; the paper framing does not show titles).
 
 Layouts (`layouts`), rows `{article, abstract}` (strings), on the hub and in a local copy `DIR/arxiv/`:
 1. `main` since its conversion to Parquet: one folder per config, `<config>/<split>-*.parquet`
@@ -25,12 +26,6 @@ from longqa.sources import Located, by_split_layout
 NAME = "arxiv"
 HUB_ID = "ccdv/arxiv-summarization"
 SUMMARY_QUESTION = "Summarize the paper."
-
-
-def first_line_title(text: str, limit: int = 100) -> str:
-    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
-    line = " ".join(line.split())
-    return line if len(line) <= limit else line[:limit].rsplit(" ", 1)[0] + " ..."
 
 
 def remove_abstract(article: str, abstract: str) -> str:
@@ -57,7 +52,7 @@ def from_rows(rows, data: SourceData, max_docs: int | None = None, max_chars: in
             data.notes.append("a paper above the recipe's character bound skipped untokenized")
             continue
         doc_id = "arxiv-" + content_id(article)
-        data.documents[doc_id] = Document(doc_id, first_line_title(article), article, "paper", NAME)
+        data.documents[doc_id] = Document(doc_id, "", article, "paper", NAME)
         data.qas.append(QA(doc_id, SUMMARY_QUESTION, abstract, "summary", "summary", NAME))
     return data
 

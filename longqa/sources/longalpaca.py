@@ -17,9 +17,9 @@ import re
 from typing import Any
 
 from llqa.datafiles import Layout
+from longqa.hygiene import book_title, paper_title, strip_markup
 from longqa.schema import QA, Document, SourceData, clean_text, content_id
 from longqa.sources import Located
-from longqa.sources.arxiv import first_line_title
 
 NAME = "longalpaca"
 HUB_ID = "Yukang/LongAlpaca-12k"
@@ -62,7 +62,9 @@ def from_rows(rows, framing: dict[str, str], data: SourceData, max_chars: int | 
             data.notes.append("a document above the recipe's character bound skipped untokenized")
             continue
         doc_id = "longalpaca-" + content_id(document)
-        title = clean_text(m.groupdict().get("title") or "") or first_line_title(document)
+        title = clean_text(strip_markup(m.groupdict().get("title") or ""))
+        if not title:  # the paper framing carries no title: a paper's first line, unless a section heading
+            title = paper_title(document) if doc_type == "paper" else book_title(document)
         data.documents.setdefault(doc_id, Document(doc_id, title, document, doc_type, NAME))
         data.qas.append(QA(doc_id, question, output, "abstractive", None, NAME))
     if skipped:
