@@ -198,29 +198,43 @@ def builder(rel: str) -> str:
     raise LlqaError(f"{rel}: not a parquet or JSON file", "keep only the dataset's data files")
 
 
-def read_rows(listing: Listing, files: Iterable[str]) -> Iterator[dict[str, Any]]:
-    """The rows of `files`, in order, through `datasets` (streamed). A file it cannot read is one clear line."""
-    import datasets
+def read_parts(listing: Listing, parts: dict[str, list[str]]) -> dict[str, Iterator[dict[str, Any]]]:
+    """part -> the rows of its files, in order, read through `datasets` (streamed; one `load_dataset` call per
+    file format, each part a split of it). A file it cannot read is one clear line when its rows are read.
 
-    files = list(files)
-    groups: list[tuple[str, list[str]]] = []
-    for rel in files:  # consecutive files of one format are read by one builder
-        b = builder(rel)
-        if groups and groups[-1][0] == b:
-            groups[-1][1].append(rel)
-        else:
-            groups.append((b, [rel]))
-    for b, rels in groups:
-        where = listing.folder or f"hf://datasets/{listing.repo}"
-        try:
-            ds = datasets.load_dataset(b, data_files=[listing.location(r) for r in rels], split="train", streaming=True)
-            yield from ds
-        except LlqaError:
-            raise
-        except Exception as e:  # pyarrow / json / fsspec errors of many types
-            first = (str(e).splitlines() or [type(e).__name__])[0]
-            fix = "re-download the local copy" if listing.folder else OFFLINE_FIX
-            raise LlqaError(f"cannot read {', '.join(rels[:3])} in {where} ({first[:300]})", fix) from None
+    Streaming keeps local copies out of the datasets cache and reads hub files without downloading them whole;
+    `datasets` imports torch (when installed) for every streamed dataset, which costs a few seconds once."""
+    by_builder: dict[str, dict[str, list[str]]] = {}
+    for part, rels in parts.items():
+        for rel in rels:
+            by_builder.setdefault(builder(rel), {}).setdefault(part, []).append(listing.location(rel))
+    opened: dict[str, Any] = {}
+
+    def rows(part: str) -> Iterator[dict[str, Any]]:
+        import datasets
+
+        for b, files in by_builder.items():
+            if part not in files:
+                continue
+            try:
+                if b not in opened:
+                    opened[b] = datasets.load_dataset(b, data_files=files, streaming=True)
+                yield from opened[b][part]
+            except LlqaError:
+                raise
+            except Exception as e:  # pyarrow / json / fsspec errors of many types
+                first = (str(e).splitlines() or [type(e).__name__])[0]
+                where = listing.folder or f"hf://datasets/{listing.repo}"
+                fix = "re-download the local copy" if listing.folder else OFFLINE_FIX
+                names = ", ".join(Path(f).name for f in files[part][:3])
+                raise LlqaError(f"cannot read {names} in {where} ({first[:300]})", fix) from None
+
+    return {part: rows(part) for part in parts}
+
+
+def read_rows(listing: Listing, files: Iterable[str]) -> Iterator[dict[str, Any]]:
+    """The rows of `files`, in order, through `datasets` (see read_parts)."""
+    return read_parts(listing, {"train": list(files)})["train"]
 
 
 def digest(listing: Listing, files: Iterable[str]) -> str:

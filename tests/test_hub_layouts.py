@@ -111,7 +111,7 @@ def download_extras(root: Path, repo: str) -> None:
 
 class FakeHub:
     """`hub.add(repo, revision, folder)` publishes a folder as the repo at that revision (commit = folder name);
-    `calls` records what `datasets.load_dataset` was asked for."""
+    `calls` records what `datasets.load_dataset` was asked for: (builder, {split: files}, streaming)."""
 
     def __init__(self, monkeypatch):
         self.repos: dict[tuple[str, str | None], Path] = {}
@@ -131,8 +131,10 @@ class FakeHub:
             return types.SimpleNamespace(sha=folder.name, siblings=[types.SimpleNamespace(rfilename=f) for f in files])
 
         def load_dataset(builder, data_files=None, split=None, streaming=False, **kw):
-            hub.calls.append((builder, list(data_files), streaming))
-            local = [hub.local(f) for f in data_files]
+            parts = data_files if isinstance(data_files, dict) else {"": list(data_files)}
+            hub.calls.append((builder, parts, streaming))
+            local = {k: [hub.local(f) for f in fs] for k, fs in parts.items()}
+            local = local if isinstance(data_files, dict) else local[""]
             return real_load(builder, data_files=local, split=split, streaming=streaming, **kw)
 
         import huggingface_hub
@@ -196,11 +198,13 @@ def test_leval_parquet_export_selects_tasks_by_their_folders(tmp_path, hub):
         assert {d.doc_type for d in data.documents.values()} == {"paper", "novel"}
         assert "Parquet export" in data.origin
     assert from_hub.revision == f"refs/convert/parquet@{commit}" and local.revision.startswith("sha256:")
-    hub_calls = [c for c in hub.calls if c[1][0].startswith("hf://")]
+    hub_calls = [c for c in hub.calls if "hf://" in str(c[1])]
     assert [c[1] for c in hub_calls] == [
-        [f"hf://datasets/L4NLP/LEval@{commit}/scientific_qa/test/0000.parquet"],
-        [f"hf://datasets/L4NLP/LEval@{commit}/quality/test/0000.parquet"],
-    ]  # per task by its files (no config name), pinned to the commit listed; gsm100 never read
+        {
+            "scientific_qa": [f"hf://datasets/L4NLP/LEval@{commit}/scientific_qa/test/0000.parquet"],
+            "quality": [f"hf://datasets/L4NLP/LEval@{commit}/quality/test/0000.parquet"],
+        }
+    ]  # each task by its files (no config name), pinned to the commit listed; gsm100 never read
     assert all(builder == "parquet" and streaming for builder, _, streaming in hub.calls)
 
 
@@ -262,7 +266,7 @@ def test_qasper_parquet_export_reads_only_the_recipe_splits(tmp_path, hub):
             ("In validation?", "They use relu."),
         ]
     assert from_hub.revision == f"refs/convert/parquet@{commit}"
-    assert not any("train" in f for _, files, _ in hub.calls for f in files)
+    assert not any("train" in f for _, parts, _ in hub.calls for files in parts.values() for f in files)
 
 
 # --------------------------------------------------------------------------- NarrativeQA
@@ -433,7 +437,7 @@ def test_pg19_and_proof_pile_read_the_test_files_only(tmp_path, hub):
         ds, info = load_hub_dataset(PROOF_SPEC)
         assert [r["text"] for r in ds] == ["test text"] and info["revision"] == "refs/convert/parquet@bbb222"
         assert info["files"] == ["default/test/0000.parquet"]
-        assert not any("train" in f for _, files, _ in hub.calls for f in files)
+        assert not any("train" in f for _, parts, _ in hub.calls for files in parts.values() for f in files)
     finally:
         monkeypatch.undo()
 

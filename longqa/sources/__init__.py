@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llqa.datafiles import Layout, Listing, find_hub, find_local, read_rows, revision
+from llqa.datafiles import Layout, Listing, find_hub, find_local, read_parts, revision
 from llqa.errors import LlqaError
 from llqa.hub import OFFLINE_FIX, hub_reachable
 from llqa.io import read_text, read_text_lines
@@ -66,10 +66,13 @@ class Located:
     listing: Listing
     files: dict[str, list[str]]
     origin: str
+    _readers: dict[str, Iterator[dict[str, Any]]] | None = None
 
     def rows(self, part: str) -> Iterator[dict[str, Any]]:
-        """The rows of one part's files, read by `datasets` (parquet / json builders)."""
-        return read_rows(self.listing, self.files[part])
+        """The rows of one part's files, read by `datasets` (parquet / json builders; one call for all parts)."""
+        if self._readers is None:
+            self._readers = read_parts(self.listing, {p: fs for p, fs in self.files.items() if fs})
+        return self._readers.get(part, iter(()))
 
     def path(self, rel: str) -> Path:
         """A local file of a local-only layout (read by the source itself)."""
