@@ -31,7 +31,9 @@ def build_cmd(
         typer.Option(
             "--source-dir",
             help="Local copies of the sources, one folder per source: DIR/narrativeqa, DIR/qasper, "
-            "DIR/arxiv, DIR/leval, DIR/longalpaca (layouts in the README). Sources without one load from the hub.",
+            "DIR/arxiv, DIR/leval, DIR/longalpaca, each in a layout the README lists — e.g. what `huggingface-cli "
+            "download REPO --repo-type dataset [--revision refs/convert/parquet] --local-dir DIR/NAME` writes. "
+            "Sources without one load from the hub.",
         ),
     ] = None,
     seed: Annotated[
