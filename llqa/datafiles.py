@@ -8,7 +8,8 @@ A dataset is read in three steps, and only the first differs between the hub and
    follow on the hub, e.g. `scientific_qa/test/*.parquet` — the first layout whose every part has files wins;
 3. read the matched files with `datasets.load_dataset("parquet" | "json", data_files=[...], streaming=True)`:
    hub files as `hf://datasets/<repo>@<commit>/<path>`, pinned to the commit that was listed (streamed: no
-   file is downloaded whole and nothing is written to the datasets cache), local files by path.
+   file is downloaded whole and nothing is written to the datasets cache), local files by path. The perplexity
+   evals, which sample rows at random, download the split's files into the HF cache instead (evals/texts.py).
 
 `datasets` >= 4 no longer runs loading scripts, so a dataset whose default branch holds only a script
 (L-Eval, QASPER, proof-pile) is read from the hub's Parquet export, revision `refs/convert/parquet`; its layout
@@ -230,11 +231,6 @@ def read_parts(listing: Listing, parts: dict[str, list[str]]) -> dict[str, Itera
                 raise LlqaError(f"cannot read {names} in {where} ({first[:300]})", fix) from None
 
     return {part: rows(part) for part in parts}
-
-
-def read_rows(listing: Listing, files: Iterable[str]) -> Iterator[dict[str, Any]]:
-    """The rows of `files`, in order, through `datasets` (see read_parts)."""
-    return read_parts(listing, {"train": list(files)})["train"]
 
 
 def digest(listing: Listing, files: Iterable[str]) -> str:
