@@ -18,7 +18,7 @@ from longqa.build import candidates
 from longqa.categories import categorize, stem
 from longqa.recipe import load_recipe
 from longqa.schema import CATEGORIES
-from longqa.sources import leval
+from longqa.sources import load_source
 from tests.conftest import load_benchmark
 
 NOVEL = [
@@ -146,7 +146,7 @@ def test_benchmark_report_lists_every_category(tmp_path):
 def test_generation_tasks_in_real_leval_are_their_own_category_and_dropped(shared_data):
     """L-Eval paper_assistant: 23 abstracts (summary), 23 Related Work sections and 23 reviews (generation),
     none left as a detail question; a recipe without a generation quota drops them as `generation_task`."""
-    data = leval.load_local(shared_data / "leval", {"tasks": ["paper_assistant"]})
+    data = load_source("leval", {"tasks": ["paper_assistant"]}, shared_data)
     got = [
         (qa.question.split(" section")[0].split(" for this")[0], categorize(qa.question, "paper")) for qa in data.qas
     ]

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from longqa.schema import clean_text  # noqa: E402
-from longqa.sources import leval  # noqa: E402
+from longqa.sources import load_source  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 SEED = 2026
@@ -33,7 +33,7 @@ TOP_UP = {"quality": 30, "narrativeqa": 90}
 
 
 def leval_items(task: str) -> list[dict]:
-    data = leval.load_local(DATA / "leval", {"tasks": [task]})
+    data = load_source("leval", {"tasks": [task]}, DATA)
     return [
         dict(
             source=f"leval/{task}",
