@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from cli.options import (
@@ -233,7 +234,8 @@ def _perplexity(documents_fn, opts: PerplexityOptions) -> None:
             f"{r['scored_tokens']:,}",
             *numbers,
         )
-    console.print(table)
+    # 100 columns at least: squeezed into 80, a cell like "not reached" wraps and reads as two values
+    Console(width=max(console.width, 100)).print(table)
     for line in result.warnings:
         err_console.print(f"warning: {line}", highlight=False, markup=False, soft_wrap=True)
     console.print(f"result: {result.result_path}")
