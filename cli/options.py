@@ -166,23 +166,22 @@ def shared_options(
     return decorate
 
 
-def int_list(value: str | None, option: str, example: str) -> list[int] | None:
+def number_list(value: str | None, option: str, example: str, kind: type = int) -> list | None:
+    """The comma-separated numbers of a list option (`kind` int or float); None when the option is absent."""
     if value is None:
         return None
     try:
-        return [int(x) for x in value.replace(" ", "").split(",") if x]
+        return [kind(x) for x in value.replace(" ", "").split(",") if x]
     except ValueError:
+        what = "integers" if kind is int else "numbers"
         raise LlqaError(
-            f"{option} {value} is not a comma-separated list of integers", f"e.g. {option} {example}"
+            f"{option} {value} is not a comma-separated list of {what}", f"e.g. {option} {example}"
         ) from None
+
+
+def int_list(value: str | None, option: str, example: str) -> list[int] | None:
+    return number_list(value, option, example, int)
 
 
 def float_list(value: str | None, option: str, example: str) -> list[float] | None:
-    if value is None:
-        return None
-    try:
-        return [float(x) for x in value.replace(" ", "").split(",") if x]
-    except ValueError:
-        raise LlqaError(
-            f"{option} {value} is not a comma-separated list of numbers", f"e.g. {option} {example}"
-        ) from None
+    return number_list(value, option, example, float)
