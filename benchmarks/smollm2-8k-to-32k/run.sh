@@ -14,12 +14,14 @@
 #   report            llqa report over everything in $R (REF, LABEL, TITLE: see stage_report)
 #
 # Environment: D = the data folder (default ../shared/data), R = output root (default runs/smollm2-8k-to-32k),
-# STEPS (default 100), SAVE_EVERY (checkpoint interval, default 10), DEADLINE = epoch seconds after which a running stage is stopped (training resumes from
+# ROPE (the context extension method of the training runs, default pi; yarn for the comparison in
+# ../rope-methods), STEPS (default 100), SAVE_EVERY (checkpoint interval, default 10), DEADLINE = epoch seconds after which a running stage is stopped (training resumes from
 # its newest checkpoint on the next invocation; evals resume from their cells.jsonl).
 set -euo pipefail
 D=${D:-../shared/data}
 R=${R:-runs/smollm2-8k-to-32k}
 STEPS=${STEPS:-100}
+ROPE=${ROPE:-pi}
 SAVE_EVERY=${SAVE_EVERY:-10}
 DEADLINE=${DEADLINE:-0}
 # The experiment's settings; the overrides exist for a CPU smoke test of this script (see README.md here).
@@ -95,7 +97,7 @@ stage_train() {
   [[ -f $out/llqa_model.json ]] && return 0
   [[ -f $out/train_config.json ]] && resume=(--resume)
   mapfile -t data < <(train_data)
-  llqa train --model "$MODEL" --ctx $CTX --method "$method" "${data[@]}" --out "$out" \
+  llqa train --model "$MODEL" --ctx $CTX --rope "$ROPE" --method "$method" "${data[@]}" --out "$out" \
     --max-steps "$STEPS" --batch-size "$BATCH" --lr 2e-4 --warmup-steps 10 --seed 42 --save-every "$SAVE_EVERY" \
     --no-gradient-checkpointing "${resume[@]}"
 }
