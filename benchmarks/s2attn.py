@@ -12,7 +12,11 @@ Variants:
 - `naive`: S2-Attn as a naive roll prototype (LongLoRA's formulation, for comparison only): K/V
            repeated to all query heads, the second half of the heads rolled by −G/2 (with the leak
            at the wrap), groups reshaped into the batch, one causal SDPA call, rolled back.
-- `s2`:    llqa's S2-Attn (`trainer.s2attn`): no K/V repeat, no roll, no leak, groups as views.
+- `s2`:    llqa's S2-Attn (`trainer.s2attn`, backend `auto`): no K/V repeat, no roll, no leak. On a
+           GPU without flash-attn: the SDPA backend, three dense causal SDPA calls per layer.
+- `s2-varlen`: the same S2-Attn on its varlen backend (flash-attn's varlen kernel, else torch's own
+           `varlen_attn`): one kernel call per head half, no copies — the candidate that removes the
+           host-side cost of the SDPA backend's extra calls.
 
 One command (H100, ~3 minutes):
     python benchmarks/s2attn.py --out benchmarks/results/s2attn-h100
@@ -36,12 +40,14 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from llqa.errors import LlqaError  # noqa: E402
 from llqa.io import atomic_write_json  # noqa: E402
 from llqa.models import load_model  # noqa: E402
+from trainer import s2attn  # noqa: E402
 from trainer.s2attn import enable_s2_attention, s2_group_size  # noqa: E402
 
 NAIVE_NAME = "bench_naive_roll_s2"
-VARIANTS = ("full", "naive", "s2")
+VARIANTS = ("full", "naive", "s2", "s2-varlen")
 
 
 # --------------------------------------------------------------------------- the naive baseline
@@ -72,8 +78,8 @@ def use_variant(model, variant: str, ratio: float) -> None:
 
     if variant == "full":
         model.set_attn_implementation("sdpa")
-    elif variant == "s2":
-        enable_s2_attention(model, group_ratio=ratio)
+    elif variant in ("s2", "s2-varlen"):
+        enable_s2_attention(model, group_ratio=ratio, backend="varlen" if variant == "s2-varlen" else "auto")
     else:
         AttentionInterface.register(NAIVE_NAME, naive_roll_attention)
         model.config.s2_group_ratio = ratio
@@ -227,7 +233,13 @@ def main(argv=None) -> int:
                 "tokens": n,
                 "variant": variant,
                 "group_size": s2_group_size(n, args.group_ratio) if variant != "full" else None,
+                "kernel": attention_kernel(model, variant, device),
             }
+            if row["kernel"].startswith("unavailable"):
+                row["error"] = row["kernel"]
+                results.append(row)
+                print(format_row(row, results), flush=True)
+                continue
             try:
                 row.update(measure(model, n, args.steps, args.warmup, device, loss))
             except torch.OutOfMemoryError:
@@ -243,13 +255,32 @@ def main(argv=None) -> int:
     return 0
 
 
+def attention_kernel(model, variant: str, device) -> str:
+    """What the variant's attention runs on, as S2-Attn's backend choice resolves it here."""
+    if variant in ("full", "naive"):
+        return "torch SDPA"
+    cfg = model.config
+    heads, kv = cfg.num_attention_heads, getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    dtype = next(model.parameters()).dtype
+    dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    q = torch.empty(1, heads, 8, dim, device=device, dtype=dtype)
+    k = torch.empty(1, kv, 8, dim, device=device, dtype=dtype)
+    try:
+        kernel = s2attn._varlen_kernel("varlen" if variant == "s2-varlen" else "auto", q, k, 0.0, None)
+    except LlqaError as e:
+        return f"unavailable: {e.what}"
+    if kernel is None:
+        return "torch SDPA (3 calls per layer)"
+    return "torch varlen_attn" if kernel is s2attn._torch_varlen_func else "flash-attn varlen"
+
+
 def format_row(row, results) -> str:
     if "error" in row:
         return f"{row['tokens']:>7} {row['variant']:>6}  {row['error']}"
     full = next((r for r in results if r["tokens"] == row["tokens"] and r["variant"] == "full" and "step_s" in r), None)
     speed = f"  {full['step_s'] / row['step_s']:.2f}x vs full" if full and row["variant"] != "full" else ""
     mem = f"  peak {row['peak_gib']:.2f} GiB" if row["peak_gib"] is not None else ""
-    return f"{row['tokens']:>7} {row['variant']:>6}  step {row['step_s']:.3f} s{mem}{speed}"
+    return f"{row['tokens']:>7} {row['variant']:>7}  step {row['step_s']:.3f} s{mem}{speed}  [{row['kernel']}]"
 
 
 def speedups(results) -> dict:

@@ -247,16 +247,112 @@ def varlen_stand_in(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p=0.0, softmax_sc
 def test_flash_plumbing_equals_reference(monkeypatch, segments):
     """Our cu_seqlens / head split / layout around flash_attn_varlen_func, checked with a pure-torch
     stand-in of its documented API (the real kernel is tested on GPU when installed)."""
-    monkeypatch.setattr(s2attn, "_varlen_func", lambda: varlen_stand_in)
     seg = None if segments is None else torch.tensor(segments)
     q, k, v = qkv(2, 6, 3, N=32, seed=4)
     assert_close_fwd_bwd(
-        lambda *a: s2attn._flash_s2(*a, 8, seg, True, None, 0.0),
+        lambda *a: s2attn._varlen_s2(varlen_stand_in, *a, 8, seg, True, None, 0.0),
         lambda *a: reference_s2(*a, 8, segment_ids=seg),
         q,
         k,
         v,
     )
+
+
+def torch_varlen_stand_in(causal_kw: str):
+    """torch.nn.attention.varlen.varlen_attn's documented contract in plain torch, with the causal
+    switch of torch 2.10 (`is_causal`) or of 2.11 and later (`window_size=(-1, 0)`)."""
+
+    def varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, enable_gqa=False, **kw):
+        causal = kw["is_causal"] if causal_kw == "is_causal" else tuple(kw["window_size"]) == (-1, 0)
+        assert enable_gqa == (q.shape[1] != k.shape[1])
+        return varlen_stand_in(q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale=scale, causal=causal)
+
+    if causal_kw == "is_causal":
+        return lambda q, k, v, cu_q, cu_k, max_q, max_k, *, is_causal=False, scale=None, enable_gqa=False: varlen_attn(
+            q, k, v, cu_q, cu_k, max_q, max_k, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa
+        )
+    return lambda q, k, v, cu_q, cu_k, max_q, max_k, *, window_size=(-1, -1), scale=None, enable_gqa=False: varlen_attn(
+        q, k, v, cu_q, cu_k, max_q, max_k, window_size=window_size, scale=scale, enable_gqa=enable_gqa
+    )
+
+
+@pytest.mark.parametrize("causal_kw", ["window_size", "is_causal"])
+@pytest.mark.parametrize("segments", [None, PACKED], ids=["dense", "packed"])
+def test_torch_varlen_adapter_equals_reference(monkeypatch, causal_kw, segments):
+    """The adapter that puts torch's own varlen kernel behind flash-attn's calling convention: its
+    causal switch (either torch API), GQA and the softmax scale, checked with a pure-torch stand-in."""
+    import torch.nn.attention.varlen as torch_varlen
+
+    monkeypatch.setattr(torch_varlen, "varlen_attn", torch_varlen_stand_in(causal_kw))
+    s2attn._torch_varlen_params.cache_clear()
+    try:
+        seg = None if segments is None else torch.tensor(segments)
+        q, k, v = qkv(2, 6, 3, N=32, seed=5)
+        assert s2attn._torch_varlen_fits(q, k, 0.3)
+        assert_close_fwd_bwd(
+            lambda *a: s2attn._varlen_s2(s2attn._torch_varlen_func, *a, 8, seg, True, 0.3, 0.0),
+            lambda *a: reference_s2(*a, 8, segment_ids=seg, scale=0.3),
+            q,
+            k,
+            v,
+        )
+    finally:
+        s2attn._torch_varlen_params.cache_clear()
+
+
+def test_torch_varlen_without_native_gqa_repeats_kv(monkeypatch):
+    """torch 2.11's varlen_attn has no enable_gqa: K/V heads are repeated for it, same result."""
+    import torch.nn.attention.varlen as torch_varlen
+
+    def no_gqa(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1)):
+        assert q.shape[1] == k.shape[1] == v.shape[1]
+        causal = tuple(window_size) == (-1, 0)
+        return varlen_stand_in(q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale=scale, causal=causal)
+
+    monkeypatch.setattr(torch_varlen, "varlen_attn", no_gqa)
+    s2attn._torch_varlen_params.cache_clear()
+    try:
+        q, k, v = qkv(1, 6, 3, N=32, seed=7)
+        assert s2attn._torch_varlen_fits(q, k, None)
+        assert_close_fwd_bwd(
+            lambda *a: s2attn._varlen_s2(s2attn._torch_varlen_func, *a, 8, None, True, None, 0.0),
+            lambda *a: reference_s2(*a, 8),
+            q,
+            k,
+            v,
+        )
+    finally:
+        s2attn._torch_varlen_params.cache_clear()
+    monkeypatch.setattr(s2attn, "_torch_varlen_params", lambda: frozenset())
+    assert not s2attn._torch_varlen_fits(q, k, None)  # a torch without varlen_attn
+
+
+def test_backend_choice_on_cpu_and_refusals(monkeypatch):
+    """`auto` is SDPA unless flash-attn runs (never torch's own varlen kernel, not yet measured on a
+    GPU); the explicit kernels refuse with one line instead of falling back silently."""
+    q, k, _ = qkv(1, 2, 2, N=8)
+    assert s2attn._varlen_kernel("auto", q, k, 0.0, None) is None
+    assert s2attn._varlen_kernel("sdpa", q, k, 0.0, None) is None
+    with pytest.raises(LlqaError, match="CUDA"):
+        s2attn._varlen_kernel("varlen", q, k, 0.0, None)
+    with pytest.raises(LlqaError, match="unknown S2-Attn backend"):
+        s2attn._varlen_kernel("fast", q, k, 0.0, None)
+
+
+def test_segments_are_read_once_per_forward(monkeypatch):
+    """Every layer gets the same mask tensor: its segments and boundaries are derived (a host read)
+    once, not once per layer."""
+    calls = []
+    real = s2attn.segment_boundaries
+    monkeypatch.setattr(s2attn, "segment_boundaries", lambda ids: calls.append(1) or real(ids))
+    seg = torch.tensor(PACKED)
+    q, k, v = qkv(2, 6, 3, N=32, seed=6)
+    first = s2_attention(q, k, v, 8, segment_ids=seg)
+    for _ in range(3):
+        torch.testing.assert_close(s2_attention(q, k, v, 8, segment_ids=seg), first)
+    assert len(calls) == 1
+    s2_attention(q, k, v, 8, segment_ids=seg.clone())  # a new mask is read again
+    assert len(calls) == 2
 
 
 def test_flash_backend_absent_is_a_clear_error(monkeypatch):
@@ -276,6 +372,26 @@ def test_flash_kernel_equals_sdpa_backend(segments):
     flash = s2_attention(q, k, v, 8, segment_ids=seg, backend="flash")
     sdpa = s2_attention(q, k, v, 8, segment_ids=seg, backend="sdpa")
     torch.testing.assert_close(flash, sdpa, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("heads", [(9, 9), (9, 3)], ids=["mha", "gqa"])
+@pytest.mark.parametrize("segments", [None, PACKED], ids=["dense", "packed"])
+def test_varlen_kernel_equals_reference(heads, segments):
+    """The varlen backend on its real kernel (flash-attn's, else torch's own), forward and backward."""
+    q, k, v = (x.detach().cuda().bfloat16().requires_grad_() for x in qkv(2, *heads, N=64, D=64))
+    if not s2attn.flash_attn_available() and not s2attn._torch_varlen_fits(q, k, None):
+        pytest.skip("neither flash-attn nor torch's varlen_attn")
+    seg = None if segments is None else torch.tensor(segments, device="cuda").repeat_interleave(2, dim=1)
+    out = s2_attention(q, k, v, 16, segment_ids=seg, backend="varlen")
+    grads = torch.autograd.grad(out.float().square().sum(), (q, k, v))
+    q2, k2, v2 = (x.detach().float().cpu().requires_grad_() for x in (q, k, v))
+    want = reference_s2(q2, k2, v2, 16, segment_ids=None if seg is None else seg.cpu())
+    want_grads = torch.autograd.grad(want.square().sum(), (q2, k2, v2))
+    torch.testing.assert_close(out.float().cpu(), want, atol=3e-2, rtol=3e-2)
+    for got, exp in zip(grads, want_grads, strict=True):
+        torch.testing.assert_close(got.float().cpu(), exp, atol=6e-2, rtol=6e-2)
 
 
 @pytest.mark.gpu

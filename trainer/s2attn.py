@@ -21,11 +21,19 @@ share a KV head get the same shift and K/V are never repeated (`enable_gqa`, or 
 GQA). The shifted query heads are those of KV heads [Hkv // 2, Hkv) — for multi-head attention
 exactly LongLoRA's heads [H // 2, H); with one KV head (MQA) query heads [Hq // 2, Hq).
 
-Backends: torch SDPA (each group is one dense causal SDPA call: groups are folded into the batch
-dimension as views of the projections — for batch 1; larger batches copy the shifted middle once —
-no N×N or N×G mask is ever built; segmented batches run one causal call per piece), and
-flash-attn's `flash_attn_varlen_func` when installed (every piece becomes one varlen sequence via
-`cu_seqlens`: no copies, no masks, segments for free).
+Backends (`backend=`):
+- `sdpa`: torch SDPA, each group one dense causal call (groups folded into the batch dimension as
+  views of the projections — for batch 1; larger batches copy the shifted middle once — no N×N or
+  N×G mask is ever built; segmented batches run one causal call per piece). Runs everywhere (CPU,
+  fp32, dropout); three attention calls per layer for the shifted heads' pieces.
+- `varlen`: a variable-length flash kernel — flash-attn's `flash_attn_varlen_func` when installed,
+  else torch's own `torch.nn.attention.varlen.varlen_attn` (where that has no `enable_gqa`, as in
+  torch 2.11, grouped K/V heads are repeated for it). Every piece is one varlen sequence of a packed
+  (B·N, H, D) view (`cu_seqlens`): no masks, segments for free, one kernel call per head half.
+  Fewer calls matter because at 16k a small model's training step is bound by the host's kernel
+  launches, not by the GPU (benchmarks/s2attn.md). `flash` names the flash-attn package alone.
+- `auto` (the default): flash-attn's varlen kernel when installed (CUDA, fp16/bf16), else `sdpa`.
+  Torch's own varlen kernel is opt-in until it has been measured against `sdpa` on a GPU.
 
 Training only: in eval mode (`module.training` False) — and so in generation — the attention
 function hands over to transformers' own SDPA attention with the exact mask SDPA would get.
@@ -34,8 +42,11 @@ function hands over to transformers' own SDPA attention with the exact mask SDPA
 from __future__ import annotations
 
 import importlib.util
+import inspect
+import math
+import weakref
 from fractions import Fraction
-from functools import cache
+from functools import cache, lru_cache
 from typing import TYPE_CHECKING, Any
 
 from llqa.errors import LlqaError
@@ -45,7 +56,7 @@ if TYPE_CHECKING:  # heavy imports stay out of `llqa --help`
 
 S2_ATTN_NAME = "llqa_s2"
 FULL_ATTN_NAME = "sdpa"
-BACKENDS = ("auto", "sdpa", "flash")
+BACKENDS = ("auto", "varlen", "flash", "sdpa")
 RATIO_ATTR = "s2_group_ratio"  # on model.config: the group ratio in use while S2-Attn is enabled
 BACKEND_ATTR = "s2_backend"
 
@@ -110,6 +121,26 @@ def segment_boundaries(segment_ids: torch.Tensor) -> list[list[int]]:
     return out
 
 
+_per_tensor: dict[str, tuple[Any, Any]] = {}
+
+
+def _once_per_tensor(name: str, tensor, fn):
+    """`fn(tensor)`, computed once while that tensor object lives. Every layer of a forward (and its
+    recomputation under gradient checkpointing) receives the same mask tensor from transformers;
+    deriving segments from it reads values on the host, which would otherwise stall the GPU once
+    per layer instead of once per forward."""
+    ref, value = _per_tensor.get(name, (None, None))
+    if ref is not None and ref() is tensor:
+        return value
+    value = fn(tensor)
+    _per_tensor[name] = (weakref.ref(tensor), value)
+    return value
+
+
+def _boundaries(segment_ids: torch.Tensor) -> list[list[int]]:
+    return _once_per_tensor("boundaries", segment_ids, segment_boundaries)
+
+
 # --------------------------------------------------------------------------- the pure function
 
 
@@ -144,8 +175,9 @@ def s2_attention(
         )
     if segment_ids is not None and segment_ids.shape != (B, N):
         raise ValueError(f"segment_ids must be (B, N) = {(B, N)}, got {tuple(segment_ids.shape)}")
-    if _use_flash(backend, q):
-        return _flash_s2(q, k, v, group_size, segment_ids, shift, scale, dropout)
+    varlen = _varlen_kernel(backend, q, k, dropout, scale)
+    if varlen is not None:
+        return _varlen_s2(varlen, q, k, v, group_size, segment_ids, shift, scale, dropout)
     return _sdpa_s2(q, k, v, group_size, segment_ids, shift, scale, dropout)
 
 
@@ -229,7 +261,7 @@ def _sdpa_s2(q, k, v, group_size, segment_ids, shift, scale, dropout):
     import torch
 
     N = q.shape[2]
-    bounds = segment_boundaries(segment_ids) if segment_ids is not None else None
+    bounds = _boundaries(segment_ids) if segment_ids is not None else None
     if bounds is not None and not any(bounds):
         bounds = None
     outs = []
@@ -242,7 +274,7 @@ def _sdpa_s2(q, k, v, group_size, segment_ids, shift, scale, dropout):
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)  # (B, N, Hq, D)
 
 
-# --------------------------------------------------------------------------- flash-attn backend
+# --------------------------------------------------------------------------- varlen backend
 
 
 @cache
@@ -257,27 +289,80 @@ def flash_attn_available() -> bool:
     return True
 
 
-def _use_flash(backend: str, q: torch.Tensor) -> bool:
+@cache
+def _torch_varlen_params() -> frozenset[str]:
+    """The keyword parameters of torch's `varlen_attn` (empty when this torch has none). Its causal
+    switch moved from `is_causal` (torch 2.10) to `window_size=(-1, 0)` (2.11); native GQA came
+    later (`enable_gqa`), and a custom softmax scale needs `scale`."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return frozenset()
+    return frozenset(inspect.signature(varlen_attn).parameters)
+
+
+def _torch_varlen_fits(q, k, scale) -> bool:
+    params = _torch_varlen_params()
+    if not params or not ({"window_size", "is_causal"} & params):
+        return False
+    return scale is None or "scale" in params or math.isclose(scale, q.shape[-1] ** -0.5)
+
+
+def _torch_varlen_func(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p=0.0, softmax_scale=None, causal=False):
+    """torch's `varlen_attn` behind flash-attn's `flash_attn_varlen_func` calling convention (no
+    dropout: torch's kernel has none, so `auto` never picks it when dropout is on)."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    params = _torch_varlen_params()
+    kw: dict[str, Any] = {}
+    if "window_size" in params:
+        kw["window_size"] = (-1, 0) if causal else (-1, -1)
+    else:
+        kw["is_causal"] = causal
+    if q.shape[1] != k.shape[1]:
+        if "enable_gqa" in params:
+            kw["enable_gqa"] = True
+        else:  # a torch without native GQA here: one copy of K and V per query head
+            rep = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    if softmax_scale is not None and "scale" in params:
+        kw["scale"] = softmax_scale
+    return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, **kw)
+
+
+def _varlen_kernel(backend: str, q, k, dropout: float, scale: float | None):
+    """The varlen function `backend` runs on (flash-attn's or torch's), or None for the SDPA backend."""
     import torch
 
     if backend not in BACKENDS:
         raise LlqaError(f"unknown S2-Attn backend '{backend}'", f"use one of: {', '.join(BACKENDS)}")
+    if backend == "sdpa":
+        return None
     fits = q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
-    if backend == "flash":
-        if not flash_attn_available():
-            raise LlqaError(
-                "the flash S2-Attn backend needs flash-attn, which is not installed",
-                "pip install flash-attn (or llqa[flash]), or use the sdpa backend",
-            )
-        if not fits:
-            raise LlqaError(
-                "flash-attn runs on CUDA in float16/bfloat16 only", "use --dtype bfloat16 on a GPU, or the sdpa backend"
-            )
-        return True
-    return backend == "auto" and fits and flash_attn_available()
+    if backend == "flash" and not flash_attn_available():
+        raise LlqaError(
+            "the flash S2-Attn backend needs flash-attn, which is not installed",
+            "pip install flash-attn (or llqa[flash]), or use the varlen or sdpa backend",
+        )
+    if backend in ("flash", "varlen") and not fits:
+        raise LlqaError(
+            f"the {backend} S2-Attn backend runs on CUDA in float16/bfloat16 only",
+            "use --dtype bfloat16 on a GPU, or the sdpa backend",
+        )
+    if fits and flash_attn_available():
+        return _flash_attn_func()
+    if backend == "auto":
+        return None
+    if dropout or not _torch_varlen_fits(q, k, scale):  # backend == "varlen"
+        raise LlqaError(
+            "the varlen S2-Attn backend needs flash-attn or a torch with torch.nn.attention.varlen, "
+            "and no attention dropout",
+            "pip install flash-attn, upgrade torch, or use the sdpa backend",
+        )
+    return _torch_varlen_func
 
 
-def _varlen_func():
+def _flash_attn_func():
     """flash-attn's documented varlen entry point (indirect so tests can check the plumbing with a
     pure-torch stand-in of the same API when flash-attn is absent)."""
     from flash_attn import flash_attn_varlen_func
@@ -285,18 +370,26 @@ def _varlen_func():
     return flash_attn_varlen_func
 
 
-def _flash_s2(q, k, v, group_size, segment_ids, shift, scale, dropout):
+@lru_cache(maxsize=64)
+def _cu_seqlens(starts: tuple[int, ...], device) -> torch.Tensor:
+    """The cumulative boundaries as an int32 device tensor, made once per layout: every layer of a
+    forward (and its recomputation) reuses it instead of copying a host list to the GPU."""
+    import torch
+
+    return torch.tensor(starts, dtype=torch.int32, device=device)
+
+
+def _varlen_s2(varlen, q, k, v, group_size, segment_ids, shift, scale, dropout):
     import torch
 
     B, N = q.shape[0], q.shape[2]
-    bounds = segment_boundaries(segment_ids) if segment_ids is not None else [[] for _ in range(B)]
-    varlen = _varlen_func()
+    bounds = _boundaries(segment_ids) if segment_ids is not None else [[] for _ in range(B)]
     outs = []
     for qh, kh, vh, shifted in _head_halves(q, k, v, shift):
         cuts = partition(N, group_size, shifted)
-        starts = [b * N + c for b in range(B) for c in sorted(set(cuts[:-1]).union(bounds[b]))] + [B * N]
-        cu = torch.tensor(starts, dtype=torch.int32, device=q.device)
-        longest = int(max(e - s for s, e in zip(starts, starts[1:], strict=False)))
+        starts = tuple(b * N + c for b in range(B) for c in sorted(set(cuts[:-1]).union(bounds[b]))) + (B * N,)
+        cu = _cu_seqlens(starts, q.device)
+        longest = max(e - s for s, e in zip(starts, starts[1:], strict=False))
         # (B, N, H, D) -> (B·N, H, D): a view when the heads are the inner dimension
         packed = [x.reshape(B * N, *x.shape[2:]) for x in (qh, kh, vh)]
         out = varlen(*packed, cu, cu, longest, longest, dropout_p=dropout, softmax_scale=scale, causal=True)
@@ -465,7 +558,7 @@ def s2_attention_forward(
         key,
         value,
         s2_group_size(query.shape[2], ratio),
-        segment_ids=training_segments(code),
+        segment_ids=None if code is None else _once_per_tensor("segments", code, training_segments),
         scale=scaling,
         dropout=dropout,
         backend=getattr(config, BACKEND_ATTR, "auto"),
