@@ -4,7 +4,8 @@
 Generation evals (passkey, LongChat, RULER) spend their time in prefill. For each `MODEL:LENGTH:PROMPTS`
 configuration this script times, in one run on one device:
 - `harness`: `evals.generation.generate_greedy` (the engine `evals.harness.run_task` uses: batches sized
-  from memory, chunked prefill) on PROMPTS random prompts of exactly LENGTH tokens, one new token each;
+  from memory, whole-prompt or chunked prefill by memory) on PROMPTS random prompts of exactly LENGTH
+  tokens, one new token each;
 - `generate_b1`: a plain `model.generate(max_new_tokens=1)` loop at batch 1 over the first
   `--baseline-prompts` of the same prompts;
 and reports prompt tokens/s and prefill MFU = FLOPs / (wall x peak), with FLOPs per prompt =
@@ -13,7 +14,7 @@ and AV over half the square each), peak = `--peak-tflops` (H200 dense bf16: 989)
 passkey eval itself (`evals.passkey.run_passkey`, depths 0/0.5/1, `--passkey-trials` trials) at each
 `--passkey` `MODEL:LENGTH` with --ctx LENGTH, and records wall time, peak memory and the batches' sizes.
 
-The command for one H200 (about 10 minutes):
+The command for one H200 (about 2 minutes; results and notes in generation_prefill.md):
 
     python benchmarks/generation_prefill.py --out benchmarks/results/generation-prefill-h200
 
@@ -159,7 +160,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--passkey-trials", type=int, default=2)
     ap.add_argument("--baseline-prompts", type=int, default=2)
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="the device's dense bf16 peak (H200: 989)")
-    ap.add_argument("--prefill-chunk", type=int, default=None, help="default: the engine's (4096; --smoke: 128)")
+    ap.add_argument(
+        "--prefill-chunk",
+        type=int,
+        default=None,
+        help="default: the engine's choice (the whole prompt when it fits, else 4096; --smoke: 128)",
+    )
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--smoke", action="store_true", help=f"tiny CPU sizes: {SMOKE_CONFIGS}; passkey {SMOKE_PASSKEY}")
@@ -168,26 +174,34 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     configs = args.configs or (SMOKE_CONFIGS if args.smoke else DEFAULT_CONFIGS)
     passkey = args.passkey if args.passkey is not None else (SMOKE_PASSKEY if args.smoke else DEFAULT_PASSKEY)
-    if args.prefill_chunk is None:
-        from evals.generation import DEFAULT_PREFILL_CHUNK
-
-        args.prefill_chunk = 128 if args.smoke else DEFAULT_PREFILL_CHUNK
+    if args.prefill_chunk is None and args.smoke:
+        args.prefill_chunk = 128
     args.out.mkdir(parents=True, exist_ok=True)
 
     from llqa.results import device_description
 
-    prefill = [time_prefill(m, n, k, args) for m, n, k in parse(configs, 3)]
-    keys = [run_passkey_at(m, n, args.out, args) for m, n in parse(passkey, 2)] if passkey else []
     result = {
         "device": device_description(),
         "date": time.strftime("%Y-%m-%d"),
         "command": "python benchmarks/generation_prefill.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "peak_tflops": args.peak_tflops,
-        "prefill_chunk": args.prefill_chunk,
-        "prefill": prefill,
-        "passkey": keys,
+        "prefill_chunk": args.prefill_chunk or "auto: the whole prompt when it fits, else 4096",
+        "prefill": [],
+        "passkey": [],
     }
-    (args.out / "benchmark.json").write_text(json.dumps(result, indent=1) + "\n")
+    prefill, keys = result["prefill"], result["passkey"]
+
+    def save() -> None:  # after every row, so a run stopped at its time limit keeps what it measured
+        (args.out / "benchmark.json").write_text(json.dumps(result, indent=1) + "\n")
+
+    for m, n, k in parse(configs, 3):
+        prefill.append(time_prefill(m, n, k, args))
+        print(json.dumps(prefill[-1]), flush=True)
+        save()
+    for m, n in parse(passkey, 2) if passkey else []:
+        keys.append(run_passkey_at(m, n, args.out, args))
+        print(json.dumps(keys[-1]), flush=True)
+        save()
     head = ("model", "length", "prompts", "harness tok/s", "MFU", "generate b1 tok/s", "MFU")
     print(" ".join(f"{h:>{w}}" for h, w in zip(head, (14, 7, 7, 14, 6, 18, 6), strict=True)))
     for r in prefill:

@@ -173,7 +173,10 @@ def default_batch_tokens(device) -> int:
 
 GIB = 1024**3
 HEADROOM = 0.9  # share of the free memory a batch may plan to use (allocator fragmentation, kernels' workspaces)
-DEFAULT_PREFILL_CHUNK = 4096  # prompt tokens per row per prefill forward: bounds the activations of long prompts
+# Prompt tokens per row per prefill forward when a whole prompt's prefill does not fit in memory. A prompt
+# that fits is prefilled in one forward: chunks after the first attend to a KV cache through an explicit
+# mask, which rules out the flash kernels (on an H200 the 4096-token chunks halved prefill throughput).
+DEFAULT_PREFILL_CHUNK = 4096
 MIN_PREFILL_CHUNK = 256
 
 
@@ -189,7 +192,9 @@ class PromptCost:
     - `per_cached_token_transient`: bytes per cached token that a layer copies while it runs: its own K
       and V grown by one step (the cache concatenates), and with grouped-query attention the K and V
       repeated to every query head (SDPA without native GQA support);
-    - `logits_bytes`: the fp32 logits of the last position (all generate() keeps), per row."""
+    - `logits_bytes`: the fp32 logits of the last position (all generate() keeps), per row;
+    - and per row, one byte per (query, key) pair of a prefill forward: the boolean mask transformers
+      builds when rows are padded or a chunk attends to a cache."""
 
     kv_bytes_per_token: int
     activation_bytes_per_token: int
@@ -197,11 +202,13 @@ class PromptCost:
     logits_bytes: int
 
     def row_bytes(self, tokens: int, chunk: int) -> int:
-        """Peak bytes of one row: its KV cache for `tokens`, one prefill chunk's activations, one layer's
-        cache copies and the logits."""
+        """Peak bytes of one row: its KV cache for `tokens`, one prefill chunk's activations and mask, one
+        layer's cache copies and the logits."""
+        step = min(chunk, tokens)
         return (
             self.kv_bytes_per_token * tokens
-            + self.activation_bytes_per_token * min(chunk, tokens)
+            + self.activation_bytes_per_token * step
+            + step * tokens
             + self.per_cached_token_transient * tokens
             + self.logits_bytes
         )
@@ -223,6 +230,12 @@ def prompt_cost(config, dtype_bytes: int) -> PromptCost:
         per_cached_token_transient=kv_per_layer + repeated,
         logits_bytes=4 * config.vocab_size,
     )
+
+
+def prefill_chunk_for(cost: PromptCost, tokens: int, free_bytes: int) -> int:
+    """The prefill chunk for rows of `tokens` tokens (prompt + new tokens): the whole prompt when one such
+    row, prefilled in one forward, fits in HEADROOM x `free_bytes`; else DEFAULT_PREFILL_CHUNK."""
+    return tokens if cost.row_bytes(tokens, tokens) <= HEADROOM * free_bytes else DEFAULT_PREFILL_CHUNK
 
 
 def rows_that_fit(cost: PromptCost, tokens: int, free_bytes: int, chunk: int = DEFAULT_PREFILL_CHUNK) -> int:
@@ -369,7 +382,7 @@ def generate_greedy(
     max_batch: int | None = None,
     progress: bool = True,
     desc: str = "generating",
-    prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+    prefill_chunk: int | None = None,
     free_bytes: int | None = None,
 ) -> Iterator[list[Generation]]:
     """Greedy continuations of `prompts` (token id lists), yielded batch by batch so callers can save
@@ -378,8 +391,9 @@ def generate_greedy(
 
     Batches hold at most `batch_tokens` (rows x longest prompt) and at most the rows that fit in memory
     (`rows_that_fit`: the model's KV cache per token, prefill activations, `free_bytes`, by default the
-    device's free memory now). Prompts longer than `prefill_chunk` are prefilled in chunks of that many
-    tokens. An out-of-memory error splits the batch in two and retries; a single prompt that does not
+    device's free memory now). A batch's prompts are prefilled in one forward when one row so prefilled
+    fits (`prefill_chunk_for`), else in chunks of DEFAULT_PREFILL_CHUNK tokens; an int `prefill_chunk`
+    fixes the chunk instead. An out-of-memory error splits the batch in two and retries; a single prompt that does not
     fit is retried with half the prefill chunk, down to MIN_PREFILL_CHUNK, then reported as one
     LlqaError (the batches already yielded are kept by the caller)."""
     from tqdm.auto import tqdm
@@ -395,16 +409,22 @@ def generate_greedy(
     )
     cost = prompt_cost(model.config, next(model.parameters()).element_size())
     free = free_memory(device) if free_bytes is None else free_bytes
-    chunk = prefill_chunk
+    fixed_chunk = prefill_chunk  # None: per batch, by memory; set below once out of memory shrinks it
+
+    def chunk_for(longest: int) -> int:
+        if fixed_chunk is not None:
+            return fixed_chunk
+        return prefill_chunk_for(cost, longest + max_new_tokens, free)
 
     def max_rows(longest: int) -> int:
-        return rows_that_fit(cost, longest + max_new_tokens, free, chunk)
+        return rows_that_fit(cost, longest + max_new_tokens, free, chunk_for(longest))
 
     queue = plan_batches([len(p) for p in prompts], batch_tokens, max_batch, max_rows)
     bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not progress, dynamic_ncols=True)
     try:
         while queue:
             batch = queue.pop(0)
+            chunk = chunk_for(max(len(prompts[i]) for i in batch))
             try:
                 results = _generate_batch(model, tokenizer, prompts, batch, config, stop_when, eos, pad, chunk)
             except Exception as e:
@@ -416,7 +436,7 @@ def generate_greedy(
                     half = len(batch) // 2
                     queue[:0] = [batch[:half], batch[half:]]
                 elif chunk > MIN_PREFILL_CHUNK and len(prompts[batch[0]]) > MIN_PREFILL_CHUNK:
-                    chunk = max(MIN_PREFILL_CHUNK, min(chunk, len(prompts[batch[0]])) // 2)
+                    fixed_chunk = max(MIN_PREFILL_CHUNK, min(chunk, len(prompts[batch[0]])) // 2)
                     queue.insert(0, batch)
                 else:
                     raise LlqaError(

@@ -182,8 +182,7 @@ class LongQATask:
             qa_budget=self.cfg.max_new_tokens or QA_MAX_NEW_TOKENS,
         )
 
-    def stop_when(self, text: str) -> bool:
-        return False
+    stop_when = None  # answers run to EOS or the budget; a no-op callback would still decode every row each step
 
     def build_cases(self, ctx) -> list:
         from evals.harness import Case

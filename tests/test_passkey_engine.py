@@ -215,6 +215,41 @@ def test_rows_that_fit_the_7b_on_an_h200():
     assert rows_that_fit(cost, 10**7, free) == 1  # never zero: a prompt too long is tried alone, then reported
 
 
+def test_whole_prompt_prefill_when_it_fits():
+    """A prompt whose one-forward prefill fits is not chunked (chunks after the first attend to the cache
+    through a mask, which rules out the flash kernels); one that does not fit falls back to 4096-token
+    chunks. The 7B on an H200 prefills 32k and 64k prompts whole, two rows at 64k."""
+    from evals.generation import DEFAULT_PREFILL_CHUNK, GIB, prefill_chunk_for, prompt_cost, rows_that_fit
+
+    cost = prompt_cost(_llama2_7b_config(), dtype_bytes=2)
+    free = 141 * GIB - 13 * GIB
+    for n in (32768 + 12, 65536 + 12):
+        assert prefill_chunk_for(cost, n, free) == n
+    assert rows_that_fit(cost, 65548, free, chunk=65548) >= 2
+    assert prefill_chunk_for(cost, 65548, 40 * GIB) == DEFAULT_PREFILL_CHUNK  # 32 GiB of cache + 8 GiB + mask
+    assert prefill_chunk_for(cost, 10**7, free) == DEFAULT_PREFILL_CHUNK
+
+
+def test_prefill_is_chunked_only_when_memory_says_so(tiny, monkeypatch):
+    import torch
+
+    import evals.generation as generation
+
+    model, tok = tiny
+    g = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(10, 40000, (n,), generator=g).tolist() for n in (70, 70)]
+    model.generation_config.eos_token_id = None
+    chunked, real = [], generation._prefill
+    monkeypatch.setattr(generation, "_prefill", lambda *a: chunked.append(a[-1]) or real(*a))
+    whole = _collect(model, tok, prompts, 4, free_bytes=10**12)
+    assert chunked == []
+    cost = generation.prompt_cost(model.config, 4)
+    tight = cost.row_bytes(74, 74) - 1  # one whole-prompt row does not fit; chunked rows do
+    monkeypatch.setattr(generation, "DEFAULT_PREFILL_CHUNK", 16)
+    assert _collect(model, tok, prompts, 4, free_bytes=int(tight / generation.HEADROOM)) == whole
+    assert chunked and set(chunked) == {16}
+
+
 def test_gqa_costs_less_cache_but_counts_the_repeated_kv():
     from transformers import LlamaConfig
 
