@@ -4,7 +4,10 @@
 # rank 0), then `--resume` to step 4 (every rank loads that checkpoint). Prints tokens/s, peak memory per GPU and
 # whether the resume continued the run.
 #
-#   bash benchmarks/train_multi_gpu.sh [OUT]      (2×H200: about 4 minutes; env NPROC, MODEL, CTX, BATCH, PARALLEL override)
+#   bash benchmarks/train_multi_gpu.sh [OUT]      (2×H200: about 4 minutes; env NPROC, MODEL, CTX, BATCH, PARALLEL, CP override)
+#
+# Context parallelism (CP ranks per sequence, S2-Attn): the 7B at 256k on 2 GPUs is
+#   CP=2 CTX=262144 BATCH=2 bash benchmarks/train_multi_gpu.sh benchmarks/results/train-cp2-256k
 #
 # Defaults: random:7b (Llama-2-7B shape, LoRA+ and S2-Attn: `--method longlora`), ctx 32768, global batch 4 =
 # 1 sequence per micro-batch × 2 accumulation × 2 GPUs. The data is generated text (its content is irrelevant
@@ -16,6 +19,7 @@ MODEL=${MODEL:-random:7b}
 CTX=${CTX:-32768}
 BATCH=${BATCH:-4}
 PARALLEL=${PARALLEL:-ddp}  # fsdp: the same under FSDP2 (benchmarks/train_fsdp.py measures it with MFU)
+CP=${CP:-1}  # --context-parallel: ranks per sequence (the others are data-parallel replicas)
 rm -rf "$OUT/run"
 mkdir -p "$OUT"
 python - "$OUT/text.txt" <<'PY'
@@ -27,7 +31,7 @@ with open(sys.argv[1], 'w') as f:
         f.write(' '.join(rng.choice(words) for _ in range(2000)) + '.\n\n')
 PY
 common=(train --model "$MODEL" --ctx "$CTX" --data "$OUT/text.txt" --out "$OUT/run" --batch-size "$BATCH"
-        --save-every 2 --warmup-steps 2 --parallel "$PARALLEL")
+        --save-every 2 --warmup-steps 2 --parallel "$PARALLEL" --context-parallel "$CP")
 start=$(date +%s)
 torchrun --standalone --nproc-per-node "$NPROC" -m cli "${common[@]}" --max-steps 2
 torchrun --standalone --nproc-per-node "$NPROC" -m cli "${common[@]}" --max-steps 4 --resume

@@ -56,7 +56,7 @@ _ORDER = (
     *("lora_r", "lora_alpha", "lora_dropout", "lr", "beta1", "beta2", "weight_decay", "warmup_steps", "max_steps"),
     *("batch_size", "micro_batch_size", "max_grad_norm", "dtype", "device", "gradient_checkpointing", "loss_chunk"),
     *("save_every", "keep_checkpoints", "log_every", "seed", "shuffle", "resume", "stop_after"),
-    *("offload_activations", "offload_fraction", "sdpa_backend", "compile", "parallel"),
+    *("offload_activations", "offload_fraction", "sdpa_backend", "compile", "parallel", "context_parallel"),
 )
 _SHARED = {  # help shared by every command
     "model": ModelOpt,

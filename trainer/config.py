@@ -61,6 +61,7 @@ NUMBER_RANGES = (
     ("max_steps", 0, True, None, False),
     ("batch_size", 0, True, None, False),
     ("micro_batch_size", 0, True, None, False),
+    ("context_parallel", 0, True, None, False),
     ("max_grad_norm", 0, False, None, False),
     ("loss_chunk", 0, True, None, False),
     ("offload_fraction", 0, False, 1, False),
@@ -185,6 +186,13 @@ class TrainConfig:
         "memory). Same result; checkpoints resume under either engine and any GPU count.",
         panel=TRAIN_PANEL,
     )
+    context_parallel: int = option(
+        1,
+        "Split each sequence over N processes under torchrun (S2-Attn, llqa train): every rank holds whole "
+        "groups and sends its neighbour half a group of K/V per layer; data parallelism over the processes left "
+        "(N must divide them). 1: off. Same loss and gradients as one process.",
+        panel=TRAIN_PANEL,
+    )
     save_every: int = option(
         100,
         "Checkpoint every N steps, at the end, and when stopped by Ctrl-C or SIGTERM (after the step in flight).",
@@ -245,6 +253,8 @@ class TrainConfig:
             )
         if self.attn == "s2":
             self._check_s2()
+        if self.context_parallel > 1:
+            self._check_context_parallel()
         if self.rope is not None and self.rope not in R.METHODS:
             raise LlqaError(f"--rope {self.rope} is not a method llqa knows", f"use one of: {', '.join(R.METHODS)}")
         R.check_trainable(self.rope)
@@ -266,6 +276,21 @@ class TrainConfig:
                 f"the context must be a multiple of {multiple}",
                 f"use e.g. --ctx {max(multiple, self.ctx // multiple * multiple)}, or --attn full",
             )
+
+    def _check_context_parallel(self) -> None:
+        from trainer.context_parallel import context_parallel_plan
+
+        if self.attn != "s2":
+            raise LlqaError(
+                "--context-parallel with full attention needs ring attention over the GPUs, not in llqa yet",
+                "use --attn s2 (llqa train --method longlora), or drop --context-parallel",
+            )
+        if self.task != "train":
+            raise LlqaError(
+                "--context-parallel splits whole packed sequences; SFT's padded items are not supported yet",
+                "drop --context-parallel for llqa sft",
+            )
+        context_parallel_plan(self.ctx, self.context_parallel, self.attn, self.group_ratio)
 
     @property
     def pad_multiple(self) -> int:

@@ -36,6 +36,7 @@ from llqa.models import RUN_FILE, add_legacy_rope_keys, resolve_device
 from trainer import data as D
 from trainer.checkpoint import check_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
 from trainer.config import CONFIG_FILE, TrainConfig
+from trainer.context_parallel import ContextParallelGroup, context_parallel_plan, shard_batch, sharded_s2
 from trainer.data import collate, sample_index
 from trainer.distributed import (
     DistInfo,
@@ -228,19 +229,38 @@ def oom_error(cfg: TrainConfig, device) -> LlqaError:
 
 
 def train_step(
-    model, params, optimizer, scheduler, batches, cfg: TrainConfig, device, autocast_dtype, step: int, dist=None
+    model,
+    params,
+    optimizer,
+    scheduler,
+    batches,
+    cfg: TrainConfig,
+    device,
+    autocast_dtype,
+    step: int,
+    dist=None,
+    cp: ContextParallelRun | None = None,
 ) -> tuple[float, float | None]:
     """One optimizer step over `batches` (this rank's micro-batches); returns (mean loss, grad norm).
 
     `model` is a `trainer.loss.CausalLMLoss` (or a bare causal LM, wrapped here), DDP-wrapped when several
     processes train (`dist`, see `trainer.distributed`): the loss and its gradient are then the token-weighted
-    mean over the global batch of all ranks, equal to one process training on the same global batch."""
+    mean over the global batch of all ranks, equal to one process training on the same global batch. Under
+    context parallelism (`cp`) every rank trains its shard of each sequence; the same weighting (local NLL sum
+    × world / scored tokens of all ranks, then DDP's average) gives the same loss and gradient."""
     import torch
 
     dist = dist or DistInfo()
     if hasattr(model, "get_input_embeddings"):  # a bare causal LM (not already a loss module)
         model = CausalLMLoss(model, cfg.loss_chunk)
-    local = sum(int((labels[:, 1:] != -100).sum()) for _, labels, _ in batches)
+    extra: dict[str, Any] = {}
+    if cp is not None:  # this rank's shard of each sequence, its targets aligned, global positions
+        shards = [shard_batch(ids, labels, cp.plan, cp.group.index) for ids, labels, _ in batches]
+        batches = [(ids, targets, None) for ids, targets, _ in shards]
+        positions = [pos for _, _, pos in shards]
+        local = sum(int((targets != -100).sum()) for _, targets, _ in batches)
+    else:
+        local = sum(int((labels[:, 1:] != -100).sum()) for _, labels, _ in batches)
     total = int(all_reduce(dist, [local])[0]) or 1
     use_autocast = autocast_dtype != torch.float32
     loss_sum = 0.0
@@ -252,9 +272,13 @@ def train_step(
         # (FSDP has no no_sync: it reduce-scatters every micro-batch into the sharded fp32 gradients)
         last = n == len(batches) - 1
         sync = model.no_sync() if dist.enabled and not last and hasattr(model, "no_sync") else contextlib.nullcontext()
-        with sync, sdpa_context(cfg.sdpa_backend):
+        if cp is not None:
+            extra = {"position_ids": positions[n].to(device), "aligned": True}
+        # under context parallelism the backward too runs sharded: gradient checkpointing recomputes layers
+        shard = sharded_s2(cp.group) if cp is not None else contextlib.nullcontext()
+        with sync, shard, sdpa_context(cfg.sdpa_backend):
             with ctx, offload_context(cfg, device, model):
-                loss, count = model(ids, labels, mask)
+                loss, count = model(ids, labels, mask, **extra)
             value = loss.item()
             if not dist.enabled and not math.isfinite(value):
                 raise _nan_error("loss", value, step, cfg)
@@ -347,7 +371,8 @@ def run_training(cfg: TrainConfig, console=None) -> TrainResult:
     `trainer.distributed`), rank 0 alone writes the run directory, logs and checkpoints."""
     dist = init_distributed(resolve_device(cfg.device))
     try:
-        micro_batches_per_rank(cfg.batch_size, cfg.micro_batch_size, dist.world)
+        _check_context_parallel_world(cfg, dist)
+        micro_batches_per_rank(cfg.batch_size, cfg.micro_batch_size, dist.world // cfg.context_parallel)
         with _run_dir_lock(cfg, dist):
             resume_from = _check_run_dir(cfg)
             if cfg.data:
@@ -359,6 +384,41 @@ def run_training(cfg: TrainConfig, console=None) -> TrainResult:
             return _run(cfg, console, dist, resume_from)
     finally:
         shutdown(dist)
+
+
+def _check_context_parallel_world(cfg: TrainConfig, dist) -> None:
+    n = cfg.context_parallel
+    if n > 1 and (dist.world < n or dist.world % n):
+        raise LlqaError(
+            f"--context-parallel {n} splits each sequence over {n} processes, but {dist.world} "
+            + ("process runs" if dist.world == 1 else "processes run"),
+            f"launch a multiple of {n} processes (torchrun --nproc-per-node {n} ...), or drop --context-parallel",
+        )
+
+
+@dataclass(frozen=True)
+class ContextParallelRun:
+    """This rank's place in context parallelism: the shard plan and its group of ranks."""
+
+    plan: Any  # trainer.context_parallel.ContextParallelPlan
+    group: Any  # trainer.context_parallel.ContextParallelGroup
+
+
+def _context_parallel_run(cfg: TrainConfig, dist) -> ContextParallelRun | None:
+    """Groups of `--context-parallel` consecutive ranks each train one sequence at a time; every rank calls
+    new_group for every group (torch.distributed's rule), and keeps its own."""
+    n = cfg.context_parallel
+    if n <= 1:
+        return None
+    import torch.distributed as tdist
+
+    mine = None
+    for first in range(0, dist.world, n):
+        ranks = tuple(range(first, first + n))
+        group = tdist.new_group(list(ranks))
+        if dist.rank in ranks:
+            mine = ContextParallelGroup(group, ranks, ranks.index(dist.rank))
+    return ContextParallelRun(context_parallel_plan(cfg.ctx, n, cfg.attn, cfg.group_ratio), mine)
 
 
 @contextlib.contextmanager
@@ -400,6 +460,7 @@ def _run(cfg: TrainConfig, console, dist, resume_from: Path | None) -> TrainResu
     if dist.main:
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
     engine = choose_engine(cfg, dist, resolve_device(cfg.device))
+    cp = _context_parallel_run(cfg, dist)
     sharded = engine == "fsdp"
     loaded, device, compute_dtype, model, step_model = _build_model(cfg, dist, engine)
     if dist.main:  # rank 0 writes the packed data; the others then read it
@@ -442,13 +503,23 @@ def _run(cfg: TrainConfig, console, dist, resume_from: Path | None) -> TrainResu
             while state["step"] < cfg.max_steps:
                 if cfg.stop_after is not None and state["step"] >= cfg.stop_after:
                     return result
-                batches = _next_batches(cfg, dataset, state["consumed"], pad_id, dist)
+                batches = _next_batches(cfg, dataset, state["consumed"], pad_id, dist, cfg.context_parallel)
                 t0 = time.perf_counter()
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
                 lr = optimizer.param_groups[0]["lr"]
                 loss, norm = train_step(
-                    step_model, params, optimizer, scheduler, batches, cfg, device, compute_dtype, state["step"], dist
+                    step_model,
+                    params,
+                    optimizer,
+                    scheduler,
+                    batches,
+                    cfg,
+                    device,
+                    compute_dtype,
+                    state["step"],
+                    dist,
+                    cp,
                 )
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
@@ -456,6 +527,7 @@ def _run(cfg: TrainConfig, console, dist, resume_from: Path | None) -> TrainResu
                 state["step"] += 1
                 state["consumed"] += cfg.batch_size
                 tokens = sum(int(ids.numel()) if mask is None else int(mask.sum()) for ids, _, mask in batches)
+                tokens /= cfg.context_parallel  # each of the group's ranks trained its shard of these sequences
                 peak = _peak_memory_gib(device)
                 # every rank stops after the same step: the stop flag travels with the step time
                 dt, stop_flag = all_reduce(dist, [dt, float(stop.requested)], op="max")
@@ -501,12 +573,13 @@ def _run(cfg: TrainConfig, console, dist, resume_from: Path | None) -> TrainResu
     return result
 
 
-def _next_batches(cfg: TrainConfig, dataset, consumed: int, pad_id: int, dist=None):
-    """This rank's micro-batches of the global batch that starts at sample `consumed`."""
+def _next_batches(cfg: TrainConfig, dataset, consumed: int, pad_id: int, dist=None, context_parallel: int = 1):
+    """This rank's micro-batches of the global batch that starts at sample `consumed` (under context
+    parallelism, its group's: the group's ranks each train a shard of the same sequences)."""
     dist = dist or DistInfo()
     n = len(dataset)
     items = [dataset.item(sample_index(consumed + i, n, cfg.seed, cfg.shuffle)) for i in range(cfg.batch_size)]
-    items = rank_slice(items, dist.rank, dist.world)
+    items = rank_slice(items, dist.rank // context_parallel, dist.world // context_parallel)
     mb = cfg.micro_batch_size
     return [collate(items[i : i + mb], pad_id, cfg.pad_multiple) for i in range(0, len(items), mb)]
 

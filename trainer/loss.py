@@ -93,8 +93,12 @@ def chunked_causal_lm_loss(
     chunk_size: int = DEFAULT_CHUNK,
     ignore_index: int = IGNORE_INDEX,
     softcap: float | None = None,
+    aligned: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean NLL over scored tokens, number of scored tokens) for hidden (B, N, H), weight (V, H), labels (B, N).
+
+    `aligned=True`: labels are already the next-token targets of each position (position t predicts
+    labels[t]), as a context-parallel shard gets them; by default position t predicts labels[t + 1].
 
     Equal to the HF causal-LM loss in value and gradient (see the module doc for the scored tokens).
     Only scored positions enter the LM head, so SFT with a long prompt and a short answer pays for
@@ -104,8 +108,11 @@ def chunked_causal_lm_loss(
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     if hidden.shape[:2] != labels.shape:
         raise ValueError(f"hidden {tuple(hidden.shape)} and labels {tuple(labels.shape)} disagree")
-    h = hidden[:, :-1].reshape(-1, hidden.shape[-1])  # (B·(N-1), H): position t predicts label t+1
-    target = labels[:, 1:].reshape(-1)
+    if aligned:
+        h, target = hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1)
+    else:
+        h = hidden[:, :-1].reshape(-1, hidden.shape[-1])  # (B·(N-1), H): position t predicts label t+1
+        target = labels[:, 1:].reshape(-1)
     scored = (target != ignore_index).nonzero().squeeze(1)
     count = scored.numel()
     if count == 0:
@@ -147,6 +154,7 @@ def causal_lm_loss(
     labels: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
     chunk_size: int = DEFAULT_CHUNK,
+    aligned: bool = False,
     **forward_kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the decoder of `model` (a HF causal LM, PEFT-wrapped or not) and return the chunked loss.
@@ -159,7 +167,7 @@ def causal_lm_loss(
     out = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **forward_kwargs)
     weight, bias, softcap = lm_head_of(model)
     return chunked_causal_lm_loss(
-        out.last_hidden_state, weight, labels, bias=bias, chunk_size=chunk_size, softcap=softcap
+        out.last_hidden_state, weight, labels, bias=bias, chunk_size=chunk_size, softcap=softcap, aligned=aligned
     )
 
 
@@ -175,6 +183,21 @@ class CausalLMLoss(torch.nn.Module):
         self.model, self.chunk_size = model, chunk_size
 
     def forward(
-        self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        aligned: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return causal_lm_loss(self.model, input_ids, labels, attention_mask=attention_mask, chunk_size=self.chunk_size)
+        """`position_ids` and `aligned` targets: a context-parallel shard (`trainer.context_parallel`)."""
+        extra = {} if position_ids is None else {"position_ids": position_ids}
+        return causal_lm_loss(
+            self.model,
+            input_ids,
+            labels,
+            attention_mask=attention_mask,
+            chunk_size=self.chunk_size,
+            aligned=aligned,
+            **extra,
+        )

@@ -54,6 +54,10 @@ from llqa.errors import LlqaError
 if TYPE_CHECKING:  # heavy imports stay out of `llqa --help`
     import torch
 
+# Set while a context-parallel forward runs (`trainer.context_parallel.sharded_s2`): (the group of ranks,
+# the shard attention function). The layers then see this rank's shard of the sequence.
+_context_parallel: tuple[Any, Any] | None = None
+
 S2_ATTN_NAME = "llqa_s2"
 FULL_ATTN_NAME = "sdpa"
 BACKENDS = ("auto", "varlen", "flash", "sdpa")
@@ -553,6 +557,15 @@ def s2_attention_forward(
             "the model's attention is set to S2-Attn but no group ratio is recorded on its config",
             "switch it on with trainer.s2attn.enable_s2_attention(model)",
         )
+    if _context_parallel is not None:
+        cp, shard_attention = _context_parallel
+        if code is not None:
+            raise LlqaError(
+                "S2-Attn under context parallelism takes whole unpadded sequences; this batch is packed or padded",
+                "train without --context-parallel, or on sequences of the full --ctx (llqa train packs them so)",
+            )
+        group = s2_group_size(query.shape[2] * cp.world, ratio)
+        return shard_attention(query, key, value, group, cp, scale=scaling, dropout=dropout), None
     out = s2_attention(
         query,
         key,
