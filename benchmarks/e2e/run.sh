@@ -17,18 +17,9 @@ D=${D:-../shared/data}
 R=${R:-runs/e2e}
 RUN=${RUN:-runs/smollm2-8k-to-32k/train/longlora}
 LQ=${LQ:-$R/longqa-build}
-DEADLINE=${DEADLINE:-0}
 MODEL=${MODEL:-smollm2-135m}
 PG=$D/paul_graham_essays/PaulGrahamEssays
-llqa() {
-  if [[ $DEADLINE -gt 0 ]]; then
-    local left=$(( DEADLINE - $(date +%s) ))
-    if [[ $left -le 5 ]]; then echo "deadline reached: not starting llqa $1 $2" >&2; return 124; fi
-    timeout --signal=INT --kill-after=20 "$left" python -m cli "$@"
-  else
-    python -m cli "$@"
-  fi
-}
+. "$here/../llqa_deadline.sh"
 
 stage_build() {
   [[ -f $LQ/manifest.json ]] && return 0

@@ -13,20 +13,11 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 D=${D:-../shared/data}
 R=${R:-runs/rope-methods}
-DEADLINE=${DEADLINE:-0}
 MODEL=${MODEL:-smollm2-135m}
 CTX=${CTX:-32768}
 LENGTHS=${LENGTHS:-2048,4096,8192,16384,32768}
 PK_LENGTHS=${PK_LENGTHS:-2048,4096,8192,12288,16384,20480,24576,28672,32768}
-llqa() {
-  if [[ $DEADLINE -gt 0 ]]; then
-    local left=$(( DEADLINE - $(date +%s) ))
-    if [[ $left -le 5 ]]; then echo "deadline reached: not starting llqa $1 $2" >&2; return 124; fi
-    timeout --signal=INT --kill-after=20 "$left" python -m cli "$@"
-  else
-    python -m cli "$@"
-  fi
-}
+. "$here/../llqa_deadline.sh"
 
 stage_eval() {
   local method=$1 tasks=${2:-perplexity,passkey} out=$R/eval/$1

@@ -23,7 +23,6 @@ R=${R:-runs/smollm2-8k-to-32k}
 STEPS=${STEPS:-100}
 ROPE=${ROPE:-pi}
 SAVE_EVERY=${SAVE_EVERY:-10}
-DEADLINE=${DEADLINE:-0}
 # The experiment's settings; the overrides exist for a CPU smoke test of this script (see README.md here).
 MODEL=${MODEL:-smollm2-135m}
 CTX=${CTX:-32768}
@@ -34,15 +33,7 @@ TOPIC_SIZES=${TOPIC_SIZES:-1,5,10,15,20,25}
 LIMIT=${LIMIT:-20}
 BATCH=${BATCH:-4}
 LC_TEMPLATE=${LC_TEMPLATE:-none}
-llqa() {
-  if [[ $DEADLINE -gt 0 ]]; then
-    local left=$(( DEADLINE - $(date +%s) ))
-    if [[ $left -le 5 ]]; then echo "deadline reached: not starting llqa $1" >&2; return 124; fi
-    timeout --signal=INT --kill-after=20 "$left" python -m cli "$@"
-  else
-    python -m cli "$@"
-  fi
-}
+. "$(cd "$(dirname "$0")" && pwd)/../llqa_deadline.sh"
 
 # --- data -------------------------------------------------------------------------------------------------
 # Held out (never trained on): three novels and one math book. Pride and Prejudice was the pilot's held-out
