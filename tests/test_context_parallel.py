@@ -179,7 +179,7 @@ def _train_cfg(out, model, data, **kw):
     return TrainConfig(**{**base, **kw})
 
 
-def _train_worker(rank: int, world: int, port: int, root, model, data, context_parallel: int) -> None:
+def _train_worker(rank: int, world: int, port: int, root, model, data, context_parallel: int, extra: dict) -> None:
     import os
 
     from trainer.loop import run_training
@@ -188,27 +188,40 @@ def _train_worker(rank: int, world: int, port: int, root, model, data, context_p
         RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
     )
     torch.set_num_threads(1)
-    done = run_training(_train_cfg(root / "cp", model, data, context_parallel=context_parallel))
-    weights = {n: p.detach().clone() for n, p in done.model.named_parameters() if p.requires_grad}
+    done = run_training(_train_cfg(root / "cp", model, data, context_parallel=context_parallel, **extra))
+    # the trained weights as the run wrote them (the single-process format, also under FSDP)
+    from safetensors.torch import load_file
+
+    weights = load_file(root / "cp" / "adapter_model.safetensors")
     torch.save({"losses": done.losses, "weights": weights, "finished": done.finished}, root / f"rank{rank}.pt")
 
 
-@pytest.mark.parametrize("world, context_parallel", [(2, 2), (4, 2)], ids=["cp2", "dp2xcp2"])
-def test_train_with_context_parallel_equals_one_process(tmp_path, tied_tiny_and_essay, world, context_parallel):
-    """`llqa train --method longlora --context-parallel 2` under 2 gloo ranks (and 2 × 2 with data parallelism):
-    the same losses and trained weights as one process on the same global batch."""
+@pytest.mark.parametrize(
+    "world, context_parallel, extra",
+    [(2, 2, {}), (4, 2, {}), (2, 2, {"parallel": "fsdp"})],
+    ids=["cp2", "dp2xcp2", "cp2-fsdp"],
+)
+def test_train_with_context_parallel_equals_one_process(tmp_path, tied_tiny_and_essay, world, context_parallel, extra):
+    """`llqa train --method longlora --context-parallel 2` under 2 gloo ranks (and 2 × 2 with data parallelism,
+    and under FSDP): the same losses and written adapter as one process on the same global batch."""
+    from safetensors.torch import load_file
+
     from trainer.loop import run_training
 
     model, data = tied_tiny_and_essay
-    args = (world, free_ports(1)[0], tmp_path, model, data, context_parallel)
+    args = (world, free_ports(1)[0], tmp_path, model, data, context_parallel, extra)
     ranks = spawn_gloo_ranks(_train_worker, args, tmp_path, nprocs=world, timeout_s=300)
-    single = run_training(_train_cfg(tmp_path / "single", model, data))
-    assert all(r["finished"] for r in ranks)
-    for r in ranks:
-        torch.testing.assert_close(torch.tensor(r["losses"]), torch.tensor(single.losses), rtol=1e-5, atol=1e-6)
-        for name, p in single.model.named_parameters():
-            if p.requires_grad:
-                torch.testing.assert_close(r["weights"][name], p.detach(), rtol=1e-4, atol=1e-5, msg=name)
+    run_training(_train_cfg(tmp_path / "single", model, data))
+    single = load_file(tmp_path / "single" / "adapter_model.safetensors")
+    losses = [r["losses"] for r in ranks]
+    assert all(r["finished"] for r in ranks) and all(x == losses[0] for x in losses)
+    from trainer.runlog import read_log
+
+    want = [r["loss"] for r in read_log(tmp_path / "single")]
+    torch.testing.assert_close(torch.tensor(losses[0]), torch.tensor(want), rtol=1e-5, atol=1e-6)
+    assert ranks[0]["weights"].keys() == single.keys()
+    for name, w in single.items():
+        torch.testing.assert_close(ranks[0]["weights"][name], w, rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_context_parallel_refusals():
