@@ -224,11 +224,58 @@ def test_train_with_context_parallel_equals_one_process(tmp_path, tied_tiny_and_
         torch.testing.assert_close(ranks[0]["weights"][name], w, rtol=1e-4, atol=1e-5, msg=name)
 
 
+def _sft_data(root, essay) -> str:
+    import json
+
+    words = essay.read_text().split()
+    items = [
+        {"instruction": " ".join(words[i * 7 : i * 7 + 6 + 3 * i]) + "?", "output": " ".join(words[i : i + 2 + i % 3])}
+        for i in range(8)
+    ]
+    path = root / "sft.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in items))
+    return str(path)
+
+
+def _sft_worker(rank: int, world: int, port: int, root, model, data) -> None:
+    import os
+
+    from trainer.loop import run_training
+
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+    torch.set_num_threads(1)
+    cfg = _train_cfg(root / "cp", model, data, task="sft", context_parallel=2, micro_batch_size=2)
+    done = run_training(cfg)
+    torch.save({"losses": done.losses, "finished": done.finished}, root / f"rank{rank}.pt")
+
+
+def test_sft_with_context_parallel_equals_one_process(tmp_path, tied_tiny_and_essay, monkeypatch):
+    """SFT's right-padded items of varying length: padded to a width that splits into whole groups per rank,
+    they train like one process padding to the same width (the padding is unscored and, under causal
+    attention, read by no real token)."""
+    from safetensors.torch import load_file
+
+    from trainer.config import TrainConfig
+    from trainer.loop import run_training
+
+    model, essay = tied_tiny_and_essay
+    data = _sft_data(tmp_path, essay)
+    ranks = spawn_gloo_ranks(_sft_worker, (2, free_ports(1)[0], tmp_path, model, data), tmp_path, timeout_s=300)
+    monkeypatch.setattr(TrainConfig, "pad_multiple", property(lambda self: 16))  # the width the 2 ranks padded to
+    single = run_training(_train_cfg(tmp_path / "single", model, data, task="sft", micro_batch_size=2))
+    assert all(r["finished"] for r in ranks) and single.data["items"] == 8
+    torch.testing.assert_close(torch.tensor(ranks[0]["losses"]), torch.tensor(single.losses), rtol=1e-5, atol=1e-6)
+    want = load_file(tmp_path / "single" / "adapter_model.safetensors")
+    got = load_file(tmp_path / "cp" / "adapter_model.safetensors")
+    for name, w in want.items():
+        torch.testing.assert_close(got[name], w, rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_context_parallel_refusals():
     with pytest.raises(LlqaError, match="full attention"):
         _train_cfg("/tmp/x", "m", "d", method="lora+", context_parallel=2)
-    with pytest.raises(LlqaError, match="SFT"):
-        _train_cfg("/tmp/x", "m", "d", task="sft", context_parallel=2)
     with pytest.raises(LlqaError, match="make 4 groups|4 groups per sequence"):
         _train_cfg("/tmp/x", "m", "d", context_parallel=8)
     with pytest.raises(LlqaError, match="--context-parallel"):

@@ -188,7 +188,7 @@ class TrainConfig:
     )
     context_parallel: int = option(
         1,
-        "Split each sequence over N processes under torchrun (S2-Attn, llqa train): every rank holds whole "
+        "Split each sequence over N processes under torchrun (S2-Attn): every rank holds whole "
         "groups and sends its neighbour half a group of K/V per layer; data parallelism over the processes left "
         "(N must divide them). 1: off. Same loss and gradients as one process.",
         panel=TRAIN_PANEL,
@@ -285,21 +285,17 @@ class TrainConfig:
                 "--context-parallel with full attention needs ring attention over the GPUs, not in llqa yet",
                 "use --attn s2 (llqa train --method longlora), or drop --context-parallel",
             )
-        if self.task != "train":
-            raise LlqaError(
-                "--context-parallel splits whole packed sequences; SFT's padded items are not supported yet",
-                "drop --context-parallel for llqa sft",
-            )
         context_parallel_plan(self.ctx, self.context_parallel, self.attn, self.group_ratio)
 
     @property
     def pad_multiple(self) -> int:
-        """Sequence lengths are padded to a multiple of this (S2-Attn's length rule; 1 for full attention)."""
+        """Sequence lengths are padded to a multiple of this (S2-Attn's length rule; 1 for full attention; under
+        context parallelism N times S2-Attn's, so that every padded batch splits into whole groups per rank)."""
         if self.attn != "s2":
             return 1
         from trainer.s2attn import s2_length_multiple
 
-        return s2_length_multiple(self.group_ratio)
+        return s2_length_multiple(self.group_ratio) * self.context_parallel
 
     # ------------------------------------------------------------------ derived values
 

@@ -255,7 +255,13 @@ def train_step(
         model = CausalLMLoss(model, cfg.loss_chunk)
     extra: dict[str, Any] = {}
     if cp is not None:  # this rank's shard of each sequence, its targets aligned, global positions
-        shards = [shard_batch(ids, labels, cp.plan, cp.group.index) for ids, labels, _ in batches]
+        # SFT's rows are right-padded (to a multiple that splits into whole groups per rank): under causal
+        # attention no real token reads a later pad, and pads are unscored, so the mask can go
+        shards = [
+            shard_batch(ids, labels, context_parallel_plan(ids.shape[1], cp.group.world, "s2", cfg.group_ratio),
+                        cp.group.index)
+            for ids, labels, _ in batches
+        ]  # fmt: skip
         batches = [(ids, targets, None) for ids, targets, _ in shards]
         positions = [pos for _, _, pos in shards]
         local = sum(int((targets != -100).sum()) for _, targets, _ in batches)
@@ -398,10 +404,9 @@ def _check_context_parallel_world(cfg: TrainConfig, dist) -> None:
 
 @dataclass(frozen=True)
 class ContextParallelRun:
-    """This rank's place in context parallelism: the shard plan and its group of ranks."""
+    """This rank's place in context parallelism: its group of ranks (each batch is planned by its width)."""
 
-    plan: Any  # trainer.context_parallel.ContextParallelPlan
-    group: Any  # trainer.context_parallel.ContextParallelGroup
+    group: ContextParallelGroup
 
 
 def _context_parallel_run(cfg: TrainConfig, dist) -> ContextParallelRun | None:
@@ -418,7 +423,7 @@ def _context_parallel_run(cfg: TrainConfig, dist) -> ContextParallelRun | None:
         group = tdist.new_group(list(ranks))
         if dist.rank in ranks:
             mine = ContextParallelGroup(group, ranks, ranks.index(dist.rank))
-    return ContextParallelRun(context_parallel_plan(cfg.ctx, n, cfg.attn, cfg.group_ratio), mine)
+    return ContextParallelRun(mine)
 
 
 @contextlib.contextmanager
