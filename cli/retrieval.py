@@ -59,8 +59,8 @@ RetrBatchOpt = Annotated[
     typer.Option(
         "--batch-tokens",
         help="Batch size x longest prompt per batch at most. Default: 262144 on GPU, 16384 on CPU. Batches are also "
-        "capped by the rows whose KV cache and prefill activations fit in free memory; prompts over 4096 tokens "
-        "are prefilled in chunks; out of memory halves the batch and retries.",
+        "capped by the rows whose KV cache and prefill activations fit in free memory; a batch is prefilled in one "
+        "forward when a row so prefilled fits, else in 4096-token chunks; out of memory halves the batch and retries.",
     ),
 ]
 RetrNewTokensOpt = Annotated[

@@ -15,7 +15,8 @@ everything else, identically for every task:
 4. prompt length against the context: `--overlong skip` (counted, never scored), `middle` (the middle
    of the prompt is cut, the cell says `truncated`), `keep`;
 5. batched greedy decoding with a KV cache (`evals.generation.generate_greedy`: batches sized from
-   what a prompt costs in memory, long prompts prefilled in chunks, a smaller batch on out-of-memory);
+   what a prompt costs in memory, prompts prefilled whole or in chunks by memory, a smaller batch on
+   out-of-memory);
 6. scoring per cell (`Task.score`), the summary (`Task.summarise`), `result.json` (task, semantics,
    config, model, data, summary, fingerprint), `result.csv` (`Task.rows`) and the task's plots.
 
