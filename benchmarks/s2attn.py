@@ -260,13 +260,12 @@ def attention_kernel(model, variant: str, device) -> str:
     if variant in ("full", "naive"):
         return "torch SDPA"
     cfg = model.config
-    heads, kv = cfg.num_attention_heads, getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    heads = cfg.num_attention_heads
     dtype = next(model.parameters()).dtype
     dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     q = torch.empty(1, heads, 8, dim, device=device, dtype=dtype)
-    k = torch.empty(1, kv, 8, dim, device=device, dtype=dtype)
     try:
-        kernel = s2attn._varlen_kernel("varlen" if variant == "s2-varlen" else "auto", q, k, 0.0, None)
+        kernel = s2attn._varlen_kernel("varlen" if variant == "s2-varlen" else "auto", q, 0.0, None)
     except LlqaError as e:
         return f"unavailable: {e.what}"
     if kernel is None:

@@ -246,21 +246,17 @@ def load_benchmark(name: str):
     return module
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tied_tiny_and_essay, tmp_path_factory) -> Path:
-    """A finished two-step `lora+` training run of a tiny tied Llama at ctx 64 (checkpoints at steps 1 and 2):
-    for merge, `--model RUN` and `--resume` tests. Treat it as read-only; copy it to change it."""
+def tiny_train_config(out, model, data, **overrides):
+    """The TrainConfig of the tests' short CPU runs on the tiny tied Llama (`tied_tiny_and_essay`): `lora+` at
+    ctx 64, 2 steps of 1 sequence, a checkpoint every step, fp32; `overrides` change any field."""
     from trainer.config import TrainConfig
-    from trainer.loop import run_training
 
-    model, essay = tied_tiny_and_essay
-    run = tmp_path_factory.mktemp("tiny-run") / "run"
-    cfg = TrainConfig(
+    base = dict(
         task="train",
-        out=str(run),
+        out=str(out),
         model=str(model),
         ctx=64,
-        data=[str(essay)],
+        data=[str(data)],
         method="lora+",
         max_steps=2,
         batch_size=1,
@@ -269,5 +265,16 @@ def tiny_run(tied_tiny_and_essay, tmp_path_factory) -> Path:
         device="cpu",
         dtype="float32",
     )
-    assert run_training(cfg).finished
+    return TrainConfig(**{**base, **overrides})
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tied_tiny_and_essay, tmp_path_factory) -> Path:
+    """A finished two-step `lora+` training run of a tiny tied Llama at ctx 64 (checkpoints at steps 1 and 2):
+    for merge, `--model RUN` and `--resume` tests. Treat it as read-only; copy it to change it."""
+    from trainer.loop import run_training
+
+    model, essay = tied_tiny_and_essay
+    run = tmp_path_factory.mktemp("tiny-run") / "run"
+    assert run_training(tiny_train_config(run, model, essay)).finished
     return run

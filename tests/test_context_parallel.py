@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from llqa.errors import LlqaError
-from tests.conftest import build_tiny_llama, free_ports, spawn_gloo_ranks
+from tests.conftest import build_tiny_llama, free_ports, spawn_gloo_ranks, tiny_train_config
 from trainer.context_parallel import context_parallel_plan, shard_batch
 from trainer.s2attn import s2_attention
 
@@ -171,12 +171,8 @@ def test_targets_are_aligned_across_the_shard_boundary():
 
 
 def _train_cfg(out, model, data, **kw):
-    from trainer.config import TrainConfig
-
-    base = dict(task="train", out=str(out), model=str(model), ctx=64, data=[str(data)], method="longlora",
-                max_steps=2, batch_size=4, lr=2e-3, warmup_steps=1, save_every=2, device="cpu", dtype="float32",
-                seed=11)  # fmt: skip
-    return TrainConfig(**{**base, **kw})
+    return tiny_train_config(out, model, data, **{"method": "longlora", "batch_size": 4, "lr": 2e-3, "save_every": 2,
+                                                  "seed": 11, **kw})  # fmt: skip
 
 
 def _train_worker(rank: int, world: int, port: int, root, model, data, context_parallel: int, extra: dict) -> None:

@@ -288,7 +288,7 @@ def test_torch_varlen_adapter_equals_reference(monkeypatch, causal_kw, segments)
     try:
         seg = None if segments is None else torch.tensor(segments)
         q, k, v = qkv(2, 6, 3, N=32, seed=5)
-        assert s2attn._torch_varlen_fits(q, k, 0.3)
+        assert s2attn._torch_varlen_fits(q, 0.3)
         assert_close_fwd_bwd(
             lambda *a: s2attn._varlen_s2(s2attn._torch_varlen_func, *a, 8, seg, True, 0.3, 0.0),
             lambda *a: reference_s2(*a, 8, segment_ids=seg, scale=0.3),
@@ -313,7 +313,7 @@ def test_torch_varlen_without_native_gqa_repeats_kv(monkeypatch):
     s2attn._torch_varlen_params.cache_clear()
     try:
         q, k, v = qkv(1, 6, 3, N=32, seed=7)
-        assert s2attn._torch_varlen_fits(q, k, None)
+        assert s2attn._torch_varlen_fits(q, None)
         assert_close_fwd_bwd(
             lambda *a: s2attn._varlen_s2(s2attn._torch_varlen_func, *a, 8, None, True, None, 0.0),
             lambda *a: reference_s2(*a, 8),
@@ -324,19 +324,19 @@ def test_torch_varlen_without_native_gqa_repeats_kv(monkeypatch):
     finally:
         s2attn._torch_varlen_params.cache_clear()
     monkeypatch.setattr(s2attn, "_torch_varlen_params", lambda: frozenset())
-    assert not s2attn._torch_varlen_fits(q, k, None)  # a torch without varlen_attn
+    assert not s2attn._torch_varlen_fits(q, None)  # a torch without varlen_attn
 
 
 def test_backend_choice_on_cpu_and_refusals(monkeypatch):
     """`auto` is SDPA unless flash-attn runs (never torch's own varlen kernel, not yet measured on a
     GPU); the explicit kernels refuse with one line instead of falling back silently."""
-    q, k, _ = qkv(1, 2, 2, N=8)
-    assert s2attn._varlen_kernel("auto", q, k, 0.0, None) is None
-    assert s2attn._varlen_kernel("sdpa", q, k, 0.0, None) is None
+    q = qkv(1, 2, 2, N=8)[0]
+    assert s2attn._varlen_kernel("auto", q, 0.0, None) is None
+    assert s2attn._varlen_kernel("sdpa", q, 0.0, None) is None
     with pytest.raises(LlqaError, match="CUDA"):
-        s2attn._varlen_kernel("varlen", q, k, 0.0, None)
+        s2attn._varlen_kernel("varlen", q, 0.0, None)
     with pytest.raises(LlqaError, match="unknown S2-Attn backend"):
-        s2attn._varlen_kernel("fast", q, k, 0.0, None)
+        s2attn._varlen_kernel("fast", q, 0.0, None)
 
 
 def test_segments_are_read_once_per_forward(monkeypatch):
@@ -381,7 +381,7 @@ def test_flash_kernel_equals_sdpa_backend(segments):
 def test_varlen_kernel_equals_reference(heads, segments):
     """The varlen backend on its real kernel (flash-attn's, else torch's own), forward and backward."""
     q, k, v = (x.detach().cuda().bfloat16().requires_grad_() for x in qkv(2, *heads, N=64, D=64))
-    if not s2attn.flash_attn_available() and not s2attn._torch_varlen_fits(q, k, None):
+    if not s2attn.flash_attn_available() and not s2attn._torch_varlen_fits(q, None):
         pytest.skip("neither flash-attn nor torch's varlen_attn")
     seg = None if segments is None else torch.tensor(segments, device="cuda").repeat_interleave(2, dim=1)
     out = s2_attention(q, k, v, 16, segment_ids=seg, backend="varlen")

@@ -11,7 +11,7 @@ import shutil
 import pytest
 import torch
 
-from tests.conftest import assert_tensor_dicts_close, free_ports, spawn_gloo_ranks
+from tests.conftest import assert_tensor_dicts_close, free_ports, spawn_gloo_ranks, tiny_train_config
 from trainer.config import TrainConfig
 from trainer.distributed import micro_batches_per_rank, rank_slice
 from trainer.loop import run_training
@@ -21,23 +21,21 @@ CTX = 64
 
 
 def _cfg(out, model, data, **kw) -> TrainConfig:
-    base = dict(
-        task="train",
-        out=str(out),
-        model=str(model),
-        ctx=CTX,
-        data=[str(data)],
-        method="lora+",
-        max_steps=4,
-        batch_size=4,
-        lr=2e-3,
-        warmup_steps=2,
-        save_every=2,
-        device="cpu",
-        dtype="float32",
-        seed=11,
+    return tiny_train_config(
+        out,
+        model,
+        data,
+        **{
+            "ctx": CTX,
+            "max_steps": 4,
+            "batch_size": 4,
+            "lr": 2e-3,
+            "warmup_steps": 2,
+            "save_every": 2,
+            "seed": 11,
+            **kw,
+        },
     )
-    return TrainConfig(**{**base, **kw})
 
 
 def _trainable(model) -> dict[str, torch.Tensor]:

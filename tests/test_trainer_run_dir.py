@@ -14,26 +14,8 @@ from rich.console import Console
 from llqa.errors import LlqaError
 from llqa.io import OutLock
 from llqa.models import RUN_FILE, load_model
-from trainer.config import TrainConfig
+from tests.conftest import tiny_train_config as _cfg
 from trainer.loop import run_training
-
-
-def _cfg(out, model, essay, **kw) -> TrainConfig:
-    base = dict(
-        task="train",
-        out=str(out),
-        model=str(model),
-        ctx=64,
-        data=[str(essay)],
-        method="lora+",
-        max_steps=2,
-        batch_size=1,
-        warmup_steps=1,
-        save_every=1,
-        device="cpu",
-        dtype="float32",
-    )
-    return TrainConfig(**{**base, **kw})
 
 
 def _console() -> tuple[Console, io.StringIO]:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from llqa.errors import LlqaError
 from trainer import s2attn
+from trainer.loss import IGNORE_INDEX
 from trainer.s2attn import _head_halves, _ratio, _sdpa_pieces_segmented, partition, s2_group_size, s2_length_multiple
 
 if TYPE_CHECKING:
@@ -98,7 +99,7 @@ def context_parallel_plan(tokens: int, world: int, attn: str = "s2", group_ratio
     return ContextParallelPlan(tokens, world, shard, group)
 
 
-def shard_batch(input_ids, labels, plan: ContextParallelPlan, rank: int, ignore_index: int = -100):
+def shard_batch(input_ids, labels, plan: ContextParallelPlan, rank: int, ignore_index: int = IGNORE_INDEX):
     """(local ids, local targets, local position ids) of rank `rank` for a batch of whole sequences.
 
     Targets are next-token labels aligned with the positions (target[t] = labels[t + 1], the last position

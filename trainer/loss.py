@@ -191,7 +191,6 @@ class CausalLMLoss(torch.nn.Module):
         aligned: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`position_ids` and `aligned` targets: a context-parallel shard (`trainer.context_parallel`)."""
-        extra = {} if position_ids is None else {"position_ids": position_ids}
         return causal_lm_loss(
             self.model,
             input_ids,
@@ -199,5 +198,5 @@ class CausalLMLoss(torch.nn.Module):
             attention_mask=attention_mask,
             chunk_size=self.chunk_size,
             aligned=aligned,
-            **extra,
+            position_ids=position_ids,
         )

@@ -179,7 +179,7 @@ def s2_attention(
         )
     if segment_ids is not None and segment_ids.shape != (B, N):
         raise ValueError(f"segment_ids must be (B, N) = {(B, N)}, got {tuple(segment_ids.shape)}")
-    varlen = _varlen_kernel(backend, q, k, dropout, scale)
+    varlen = _varlen_kernel(backend, q, dropout, scale)
     if varlen is not None:
         return _varlen_s2(varlen, q, k, v, group_size, segment_ids, shift, scale, dropout)
     return _sdpa_s2(q, k, v, group_size, segment_ids, shift, scale, dropout)
@@ -305,7 +305,7 @@ def _torch_varlen_params() -> frozenset[str]:
     return frozenset(inspect.signature(varlen_attn).parameters)
 
 
-def _torch_varlen_fits(q, k, scale) -> bool:
+def _torch_varlen_fits(q, scale) -> bool:
     params = _torch_varlen_params()
     if not params or not ({"window_size", "is_causal"} & params):
         return False
@@ -334,7 +334,7 @@ def _torch_varlen_func(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p=0.0, softmax
     return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, **kw)
 
 
-def _varlen_kernel(backend: str, q, k, dropout: float, scale: float | None):
+def _varlen_kernel(backend: str, q, dropout: float, scale: float | None):
     """The varlen function `backend` runs on (flash-attn's or torch's), or None for the SDPA backend."""
     import torch
 
@@ -357,7 +357,7 @@ def _varlen_kernel(backend: str, q, k, dropout: float, scale: float | None):
         return _flash_attn_func()
     if backend == "auto":
         return None
-    if dropout or not _torch_varlen_fits(q, k, scale):  # backend == "varlen"
+    if dropout or not _torch_varlen_fits(q, scale):  # backend == "varlen"
         raise LlqaError(
             "the varlen S2-Attn backend needs flash-attn or a torch with torch.nn.attention.varlen, "
             "and no attention dropout",
@@ -561,8 +561,9 @@ def s2_attention_forward(
         cp, shard_attention = _context_parallel
         if code is not None:
             raise LlqaError(
-                "S2-Attn under context parallelism takes whole unpadded sequences; this batch is packed or padded",
-                "train without --context-parallel, or on sequences of the full --ctx (llqa train packs them so)",
+                "S2-Attn under context parallelism takes whole sequences without a mask; this batch is packed or "
+                "padded with one",
+                "pass right-padded rows without their mask (trainer.loop does), or train without --context-parallel",
             )
         group = s2_group_size(query.shape[2] * cp.world, ratio)
         return shard_attention(query, key, value, group, cp, scale=scaling, dropout=dropout), None
