@@ -29,6 +29,7 @@ from cli.options import (
     rope_options,
     shared_options,
 )
+from evals.generation import CPU_BATCH_TOKENS, GPU_BATCH_TOKENS
 from llqa.checks import check_range
 from llqa.errors import LlqaError
 from llqa.models import DEFAULT_MODEL
@@ -58,9 +59,10 @@ RetrBatchOpt = Annotated[
     int | None,
     typer.Option(
         "--batch-tokens",
-        help="Batch size x longest prompt per batch at most. Default: 262144 on GPU, 16384 on CPU. Batches are also "
-        "capped by the rows whose KV cache and prefill activations fit in free memory; a batch is prefilled in one "
-        "forward when a row so prefilled fits, else in 4096-token chunks; out of memory halves the batch and retries.",
+        help=f"Batch size x longest prompt per batch at most. Default: {GPU_BATCH_TOKENS} on GPU (free memory is "
+        f"then what limits a batch), {CPU_BATCH_TOKENS} on CPU. Batches are also capped by the rows whose KV cache "
+        "and prefill activations fit in free memory; a batch is prefilled in one forward when a row so prefilled "
+        "fits, else in 4096-token chunks; out of memory halves the batch and retries.",
     ),
 ]
 RetrNewTokensOpt = Annotated[

@@ -133,15 +133,24 @@ def fit_to_context(ids: Sequence[int], ctx: int, policy: str) -> tuple[list[int]
 # --------------------------------------------------------------------------- batching
 
 
+# A prompt shorter than this share of its batch's longest starts a new batch. Padding costs the padded
+# positions' compute and, worse, a padding mask: SDPA then leaves its flash kernel for one that reads a
+# (query x key) mask per row. RULER runs 4k, 8k, 16k and 32k prompts of one task together; without the
+# band a batch's last rows of 32k were filled up with 16k prompts.
+PADDING_BAND = 7 / 8
+
+
 def plan_batches(
     lengths: Sequence[int],
     batch_tokens: int,
     max_batch: int | None = None,
-    max_rows: Callable[[int], int] | None = None,
+    max_rows: Callable[[int, bool], int] | None = None,
 ) -> list[list[int]]:
     """Indices of `lengths` grouped into batches, longest first, so that (batch size x longest prompt in
-    the batch) <= batch_tokens, batch size <= max_batch and <= max_rows(longest prompt) (the memory
-    rule); a prompt longer than the budget gets a batch of its own.
+    the batch) <= batch_tokens, batch size <= max_batch and <= max_rows(longest prompt, padded) (the
+    memory rule; `padded`: the batch holds prompts of unequal lengths, so it needs a padding mask), and
+    no prompt is shorter than PADDING_BAND x the batch's longest; a prompt longer than the budget gets a
+    batch of its own.
 
     Every index appears exactly once; sorting by length keeps padding small."""
     if batch_tokens <= 0:
@@ -151,9 +160,11 @@ def plan_batches(
     current: list[int] = []
     for i in order:
         longest = lengths[current[0]] if current else lengths[i]
-        cap = min(max_batch or len(lengths), max_rows(longest) if max_rows else len(lengths))
+        padded = lengths[i] != longest  # sorted: the newest prompt is the batch's shortest
+        cap = min(max_batch or len(lengths), max_rows(longest, padded) if max_rows else len(lengths))
         full = len(current) >= cap
-        if current and (full or (len(current) + 1) * longest > batch_tokens):
+        out_of_band = lengths[i] < PADDING_BAND * longest
+        if current and (full or out_of_band or (len(current) + 1) * longest > batch_tokens):
             batches.append(current)
             current = []
         current.append(i)
@@ -162,10 +173,18 @@ def plan_batches(
     return batches
 
 
+# Tokens per batch (batch size x longest prompt) by device. On a GPU the memory rule (`rows_that_fit`) is
+# what binds: every decoding step of a batch costs about the same wall time whatever its rows (a step is a
+# few hundred small kernels), so fewer, larger batches finish sooner (RULER on SmolLM2 at 4k-32k decodes
+# 30-128 tokens per prompt; at 262,144 tokens per batch, 8 rows of 32k, its decoding steps dominated).
+# On CPU, batching gains little and memory is shared with everything else.
+GPU_BATCH_TOKENS = 2_097_152
+CPU_BATCH_TOKENS = 16_384
+
+
 def default_batch_tokens(device) -> int:
-    """Tokens per batch (batch size x longest prompt): large on a GPU, small on CPU where batching
-    gains little and memory is shared with everything else."""
-    return 262_144 if getattr(device, "type", str(device)) == "cuda" else 16_384
+    """Tokens per batch (batch size x longest prompt) by device: GPU_BATCH_TOKENS or CPU_BATCH_TOKENS."""
+    return GPU_BATCH_TOKENS if getattr(device, "type", str(device)) == "cuda" else CPU_BATCH_TOKENS
 
 
 # --------------------------------------------------------------------------- memory
@@ -193,22 +212,26 @@ class PromptCost:
       and V grown by one step (the cache concatenates), and with grouped-query attention the K and V
       repeated to every query head (SDPA without native GQA support);
     - `logits_bytes`: the fp32 logits of the last position (all generate() keeps), per row;
-    - and per row, one byte per (query, key) pair of a prefill forward: the boolean mask transformers
-      builds when rows are padded or a chunk attends to a cache."""
+    - `mask_bytes_per_pair`: per row and (query, key) pair of a prefill forward, the boolean mask
+      transformers builds when rows are padded or a chunk attends to a cache, and the additive mask of
+      the model's dtype that SDPA makes of it (1 + dtype bytes). A batch of equal-length prompts
+      prefilled in one forward has no mask: SDPA runs its causal kernel."""
 
     kv_bytes_per_token: int
     activation_bytes_per_token: int
     per_cached_token_transient: int
     logits_bytes: int
+    mask_bytes_per_pair: int
 
-    def row_bytes(self, tokens: int, chunk: int) -> int:
-        """Peak bytes of one row: its KV cache for `tokens`, one prefill chunk's activations and mask, one
-        layer's cache copies and the logits."""
+    def row_bytes(self, tokens: int, chunk: int, padded: bool = True) -> int:
+        """Peak bytes of one row: its KV cache for `tokens`, one prefill chunk's activations and (when
+        the batch is `padded` or the prompt is chunked) its mask, one layer's cache copies and the logits."""
         step = min(chunk, tokens)
+        masked = padded or step < tokens
         return (
             self.kv_bytes_per_token * tokens
             + self.activation_bytes_per_token * step
-            + step * tokens
+            + (self.mask_bytes_per_pair * step * tokens if masked else 0)
             + self.per_cached_token_transient * tokens
             + self.logits_bytes
         )
@@ -229,19 +252,23 @@ def prompt_cost(config, dtype_bytes: int) -> PromptCost:
         activation_bytes_per_token=(4 * hidden + (heads + 2 * kv_heads) * head_dim + 3 * intermediate) * dtype_bytes,
         per_cached_token_transient=kv_per_layer + repeated,
         logits_bytes=4 * config.vocab_size,
+        mask_bytes_per_pair=1 + dtype_bytes,
     )
 
 
-def prefill_chunk_for(cost: PromptCost, tokens: int, free_bytes: int) -> int:
+def prefill_chunk_for(cost: PromptCost, tokens: int, free_bytes: int, padded: bool = True) -> int:
     """The prefill chunk for rows of `tokens` tokens (prompt + new tokens): the whole prompt when one such
     row, prefilled in one forward, fits in HEADROOM x `free_bytes`; else DEFAULT_PREFILL_CHUNK."""
-    return tokens if cost.row_bytes(tokens, tokens) <= HEADROOM * free_bytes else DEFAULT_PREFILL_CHUNK
+    whole = cost.row_bytes(tokens, tokens, padded)
+    return tokens if whole <= HEADROOM * free_bytes else DEFAULT_PREFILL_CHUNK
 
 
-def rows_that_fit(cost: PromptCost, tokens: int, free_bytes: int, chunk: int = DEFAULT_PREFILL_CHUNK) -> int:
+def rows_that_fit(
+    cost: PromptCost, tokens: int, free_bytes: int, chunk: int = DEFAULT_PREFILL_CHUNK, padded: bool = True
+) -> int:
     """How many rows of `tokens` tokens (prompt + new tokens) fit in HEADROOM x `free_bytes`; at least 1
     (a row that does not fit is tried alone, and an out-of-memory error is then reported, not planned away)."""
-    return max(1, int(HEADROOM * free_bytes) // cost.row_bytes(tokens, chunk))
+    return max(1, int(HEADROOM * free_bytes) // cost.row_bytes(tokens, chunk, padded))
 
 
 def free_memory(device) -> int:
@@ -300,6 +327,33 @@ def _stop_criteria(tokenizer, prompt_len: int, stop_when: Callable[[str], bool])
     return _RowStop()
 
 
+def _sync(device) -> None:
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _first_step_clock(device):
+    """A stopping criterion that never stops and notes when generate() first calls it: after the prefill
+    and the first new token, which splits a batch's wall time into prefill and decoding."""
+    import time
+
+    import torch
+    from transformers import StoppingCriteria
+
+    class _FirstStep(StoppingCriteria):
+        at: float | None = None
+
+        def __call__(self, input_ids, scores, **kwargs):
+            if self.at is None:
+                _sync(device)
+                self.at = time.perf_counter()
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    return _FirstStep()
+
+
 def _eos_ids(model, tokenizer) -> list[int]:
     ids = {tokenizer.eos_token_id}
     gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -342,11 +396,18 @@ def _prefill(model, ids, mask, chunk: int):
     return cache
 
 
-def _generate_batch(model, tokenizer, prompts, batch, config, stop_when, eos, pad, chunk) -> list[Generation]:
+def _generate_batch(
+    model, tokenizer, prompts, batch, config, stop_when, eos, pad, chunk
+) -> tuple[list[Generation], dict[str, float]]:
+    """The batch's generations and its timing: `seconds` (prompt tensors to decoded text),
+    `first_token_s` (prefill and the first new token) and `new_tokens` (decoding steps run)."""
+    import time
+
     import torch
     from transformers import StoppingCriteriaList
 
     device = next(model.parameters()).device
+    start = time.perf_counter()
     width = max(len(prompts[i]) for i in batch)
     ids = torch.full((len(batch), width), pad, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -355,7 +416,8 @@ def _generate_batch(model, tokenizer, prompts, batch, config, stop_when, eos, pa
         ids[row, width - len(p) :] = torch.tensor(p, dtype=torch.long)
         mask[row, width - len(p) :] = 1
     ids, mask = ids.to(device), mask.to(device)
-    criteria = StoppingCriteriaList([_stop_criteria(tokenizer, width, stop_when)] if stop_when else [])
+    clock = _first_step_clock(device)
+    criteria = StoppingCriteriaList([clock, *([_stop_criteria(tokenizer, width, stop_when)] if stop_when else [])])
     with torch.inference_mode():
         cache = _prefill(model, ids, mask, chunk) if width > chunk else None
         out = model.generate(
@@ -366,10 +428,17 @@ def _generate_batch(model, tokenizer, prompts, batch, config, stop_when, eos, pa
             **({"past_key_values": cache} if cache is not None else {}),
         )
     rows = (_row_tokens(r, eos, pad) for r in out[:, width:].tolist())
-    return [
+    results = [
         Generation(i, tokenizer.decode(tokens, skip_special_tokens=True), len(tokens))
         for i, tokens in zip(batch, rows, strict=True)
     ]
+    end = time.perf_counter()
+    timing = {
+        "seconds": round(end - start, 4),
+        "first_token_s": round((clock.at or end) - start, 4),
+        "new_tokens": int(out.shape[1] - width),
+    }
+    return results, timing
 
 
 def generate_greedy(
@@ -384,6 +453,7 @@ def generate_greedy(
     desc: str = "generating",
     prefill_chunk: int | None = None,
     free_bytes: int | None = None,
+    on_batch: Callable[[dict], None] | None = None,
 ) -> Iterator[list[Generation]]:
     """Greedy continuations of `prompts` (token id lists), yielded batch by batch so callers can save
     each finished batch (resume). Rows are left-padded; a row stops at EOS, at `max_new_tokens`, or
@@ -395,7 +465,12 @@ def generate_greedy(
     fits (`prefill_chunk_for`), else in chunks of DEFAULT_PREFILL_CHUNK tokens; an int `prefill_chunk`
     fixes the chunk instead. An out-of-memory error splits the batch in two and retries; a single prompt that does not
     fit is retried with half the prefill chunk, down to MIN_PREFILL_CHUNK, then reported as one
-    LlqaError (the batches already yielded are kept by the caller)."""
+    LlqaError (the batches already yielded are kept by the caller).
+
+    `on_batch` receives one record per batch tried: rows, width (longest prompt), padded, prefill_chunk,
+    and either the timing of `_generate_batch` or `"out_of_memory": True` with the seconds lost."""
+    import time
+
     from tqdm.auto import tqdm
     from transformers import GenerationConfig
 
@@ -411,27 +486,33 @@ def generate_greedy(
     free = free_memory(device) if free_bytes is None else free_bytes
     fixed_chunk = prefill_chunk  # None: per batch, by memory; set below once out of memory shrinks it
 
-    def chunk_for(longest: int) -> int:
+    def chunk_for(longest: int, padded: bool) -> int:
         if fixed_chunk is not None:
             return fixed_chunk
-        return prefill_chunk_for(cost, longest + max_new_tokens, free)
+        return prefill_chunk_for(cost, longest + max_new_tokens, free, padded)
 
-    def max_rows(longest: int) -> int:
-        return rows_that_fit(cost, longest + max_new_tokens, free, chunk_for(longest))
+    def max_rows(longest: int, padded: bool) -> int:
+        return rows_that_fit(cost, longest + max_new_tokens, free, chunk_for(longest, padded), padded)
 
     queue = plan_batches([len(p) for p in prompts], batch_tokens, max_batch, max_rows)
     bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not progress, dynamic_ncols=True)
     try:
         while queue:
             batch = queue.pop(0)
-            chunk = chunk_for(max(len(prompts[i]) for i in batch))
+            widths = [len(prompts[i]) for i in batch]
+            chunk = chunk_for(max(widths), min(widths) != max(widths))
+            shape = {"rows": len(batch), "width": max(widths), "padded": min(widths) != max(widths)}
+            started = time.perf_counter()
             try:
-                results = _generate_batch(model, tokenizer, prompts, batch, config, stop_when, eos, pad, chunk)
+                results, timing = _generate_batch(model, tokenizer, prompts, batch, config, stop_when, eos, pad, chunk)
             except Exception as e:
                 if not _is_oom(e):
                     raise
                 del e  # its traceback holds the batch's tensors
                 _release(device)
+                if on_batch:
+                    lost = round(time.perf_counter() - started, 4)
+                    on_batch({**shape, "prefill_chunk": chunk, "out_of_memory": True, "seconds": lost})
                 if len(batch) > 1:
                     half = len(batch) // 2
                     queue[:0] = [batch[:half], batch[half:]]
@@ -447,6 +528,8 @@ def generate_greedy(
                     ) from None
                 continue
             bar.update(len(batch))
+            if on_batch:
+                on_batch({**shape, "prefill_chunk": chunk, **timing})
             yield results
     finally:
         bar.close()

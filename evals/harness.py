@@ -314,6 +314,7 @@ def run_task(
             stop_when=task.stop_when,
             progress=progress,
             desc=task.name,
+            on_batch=store.add_batch,
         ):
             for g in batch:
                 case, meta, _ = pending[members[g.index]]
@@ -332,7 +333,14 @@ def run_task(
         rows=rows,
         model=info.to_dict(),
         data=task.data(),
-        extra={"plots": pngs, "batch_tokens": batch_tokens, "inputs_fingerprint": fingerprint},
+        extra={
+            "plots": pngs,
+            "batch_tokens": batch_tokens,
+            "inputs_fingerprint": fingerprint,
+            # where the time went: summed over batches.jsonl (this rank's batches, every invocation);
+            # first_token_s is prefill plus the first new token, the rest of `seconds` is decoding
+            "generation_time": store.main.batch_totals(),
+        },
     )
     return TaskResult(summary=summary, rows=rows, out_dir=out_dir, ctx=ctx, fingerprint=fingerprint)
 

@@ -79,6 +79,10 @@ class RankedStore:
         if not overwrite:
             self._done.update(all_cells(self.out_dir, task, config))
 
+    def add_batch(self, record: Mapping[str, Any]) -> None:
+        """Log one generation batch's shape and timing in this rank's batches.jsonl."""
+        self.mine.add_batch(record)
+
     @property
     def is_main(self) -> bool:
         return self.main is not None

@@ -60,10 +60,14 @@ class ResultStore:
         self.config = dict(config)
         self.cells_path = self.out_dir / "cells.jsonl"
         self.run_path = self.out_dir / "run.json"
+        # one line per generation batch (shape, prefill and decoding seconds, out-of-memory retries): where a
+        # run's time went, across resumed invocations
+        self.batches_path = self.out_dir / "batches.jsonl"
         self._started = time.time()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if overwrite:
             self.cells_path.unlink(missing_ok=True)
+            self.batches_path.unlink(missing_ok=True)
         self._check_same_run()
         self._done = {rec["key"]: rec for rec in read_jsonl_tolerant(self.cells_path) if "key" in rec}
         self._previous_wall = float(self._read_run().get("wall_time_s", 0.0))
@@ -97,6 +101,21 @@ class ResultStore:
         rec = {"key": key, **record}
         append_jsonl(self.cells_path, rec)
         self._done[key] = rec
+
+    def add_batch(self, record: Mapping[str, Any]) -> None:
+        append_jsonl(self.batches_path, record)
+
+    def batch_totals(self) -> dict[str, Any]:
+        """The generation batches logged in batches.jsonl (every invocation of this run), summed."""
+        recs = read_jsonl_tolerant(self.batches_path)
+        return {
+            "batches": sum(1 for r in recs if not r.get("out_of_memory")),
+            "out_of_memory_retries": sum(1 for r in recs if r.get("out_of_memory")),
+            "padded_batches": sum(1 for r in recs if r.get("padded") and not r.get("out_of_memory")),
+            "seconds": round(sum(r.get("seconds", 0.0) for r in recs), 2),
+            "first_token_s": round(sum(r.get("first_token_s", 0.0) for r in recs), 2),
+            "decoding_steps": sum(r.get("new_tokens", 0) for r in recs),
+        }
 
     def finalize(
         self,

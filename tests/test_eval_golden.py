@@ -16,7 +16,7 @@ import pytest
 from conftest import llqa_call
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
-VOLATILE = ("wall_time_s", "finished_at", "device", "llqa_version")
+VOLATILE = ("wall_time_s", "finished_at", "device", "llqa_version", "generation_time")  # clocks and machine
 FILES = ("cells.jsonl", "run.json", "result.csv", "result.json")
 
 

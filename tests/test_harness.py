@@ -70,6 +70,15 @@ def test_a_task_written_against_the_interface_runs_and_resumes(tiny_loaded, tmp_
     doc = json.loads((tmp_path / "result.json").read_text())
     assert doc["task"] == "echo" and doc["config"]["sizes"] == [5, 40, 400] and doc["data"] == {"words": "apple"}
     assert doc["config"]["max_new_tokens"] == 3 and doc["config"]["chat_template_applied"] is False
+    # where the time went: one line per batch, summed in result.json (budget 3: the 5- and 40-apple prompts,
+    # too unequal to share a batch; budget 1: the ids case)
+    batches = [json.loads(line) for line in (tmp_path / "batches.jsonl").read_text().splitlines()]
+    assert [b["rows"] for b in batches] == [1, 1, 1] and not any(b["padded"] for b in batches)
+    assert all(0 <= b["first_token_s"] <= b["seconds"] and b["new_tokens"] >= 1 for b in batches)
+    assert sum(b["new_tokens"] for b in batches) <= 3 + 3 + 1  # a batch may stop at EOS
+    totals = doc["generation_time"]
+    assert totals["batches"] == 3 and totals["out_of_memory_retries"] == 0
+    assert totals["decoding_steps"] == sum(b["new_tokens"] for b in batches)
 
     import evals.harness as harness
 

@@ -41,6 +41,51 @@ def test_plan_batches_groups_equal_lengths_without_padding():
     assert batches == [[1, 3], [0, 2, 4]]
 
 
+def test_plan_batches_does_not_pad_a_long_prompt_batch_with_short_prompts():
+    """RULER's shape: one task's 32k and 16k prompts (prompt = length - its answer budget) in one queue,
+    under a memory cap of 3 rows. The 32k batch's last row is not filled up with 16k prompts (half its
+    positions padding, and a padding mask that rules out the flash kernels)."""
+    lengths = [32718] * 4 + [16334] * 4
+    batches = plan_batches(lengths, 10**9, max_rows=lambda n, padded: 3)
+    assert batches == [[0, 1, 2], [3], [4, 5, 6], [7]]
+    within = plan_batches([1000, 990, 900], 10**9)  # inside the band (7/8 of the longest): one padded batch
+    assert within == [[0, 1, 2]]
+
+
+def test_plan_batches_asks_the_memory_rule_whether_the_batch_is_padded():
+    """An equal-length batch needs no mask, so the memory rule allows it more rows; the first shorter
+    prompt makes the batch padded, and it must then fit the padded rule's rows."""
+    asked = []
+
+    def max_rows(longest, padded):
+        asked.append(padded)
+        return 2 if padded else 3
+
+    batches = plan_batches([100, 100, 100, 95, 95], 10**9, max_rows=max_rows)
+    assert batches == [[0, 1, 2], [3, 4]]  # 95 would make [100 x 3] padded, over its 2 rows
+    assert asked[:3] == [False, False, False] and True in asked
+
+
+def test_an_unpadded_whole_prompt_row_has_no_mask():
+    """transformers passes no mask for equal-length rows prefilled in one forward (SDPA's causal
+    kernel); a padded or chunked row carries a boolean mask and SDPA's additive copy of it (1 + dtype
+    bytes per query-key pair)."""
+    from evals.generation import prompt_cost
+
+    cost = prompt_cost(_llama2_7b_config(), dtype_bytes=2)
+    n = 8192
+    assert cost.mask_bytes_per_pair == 3
+    assert cost.row_bytes(n, n, padded=True) - cost.row_bytes(n, n, padded=False) == 3 * n * n
+    chunked = (
+        cost.kv_bytes_per_token * n
+        + cost.activation_bytes_per_token * 4096
+        + 3 * 4096 * n  # a chunk after the first attends to the cache through a mask, padded or not
+        + cost.per_cached_token_transient * n
+        + cost.logits_bytes
+    )
+    assert cost.row_bytes(n, 4096, padded=False) == cost.row_bytes(n, 4096, padded=True) == chunked
+
+
 @given(st.lists(st.integers(0, 9), max_size=50), st.integers(1, 40))
 def test_middle_truncate_keeps_both_ends(ids, keep):
     out = middle_truncate(ids, keep)
@@ -210,7 +255,7 @@ def test_rows_that_fit_the_7b_on_an_h200():
     assert 8 * 32768 <= 262_144 and 8 * cost.kv_bytes_per_token * 32768 >= 128 * GIB
     assert 4 <= at_32k <= 7 and 2 <= at_64k <= 3 and at_64k < at_32k
     assert at_32k * cost.row_bytes(32780, 4096) <= 0.9 * free  # what is planned fits
-    batches = plan_batches([32768] * 8, 262_144, max_rows=lambda n: rows_that_fit(cost, n + 12, free))
+    batches = plan_batches([32768] * 8, 262_144, max_rows=lambda n, padded: rows_that_fit(cost, n + 12, free))
     assert [len(b) for b in batches] == [at_32k, 8 - at_32k]
     assert rows_that_fit(cost, 10**7, free) == 1  # never zero: a prompt too long is tried alone, then reported
 
@@ -244,7 +289,7 @@ def test_prefill_is_chunked_only_when_memory_says_so(tiny, monkeypatch):
     whole = _collect(model, tok, prompts, 4, free_bytes=10**12)
     assert chunked == []
     cost = generation.prompt_cost(model.config, 4)
-    tight = cost.row_bytes(74, 74) - 1  # one whole-prompt row does not fit; chunked rows do
+    tight = cost.row_bytes(74, 74, padded=False) - 1  # one whole-prompt row does not fit; chunked rows do
     monkeypatch.setattr(generation, "DEFAULT_PREFILL_CHUNK", 16)
     assert _collect(model, tok, prompts, 4, free_bytes=int(tight / generation.HEADROOM)) == whole
     assert chunked and set(chunked) == {16}
@@ -305,8 +350,12 @@ def test_out_of_memory_splits_the_batch_and_keeps_every_result(tiny, monkeypatch
         return real(*a, **k)
 
     monkeypatch.setattr(model, "generate", oom_above_one_row)
-    assert _collect(model, tok, prompts, 3) == want
+    log = []
+    assert _collect(model, tok, prompts, 3, on_batch=log.append) == want
     assert sizes[0] == 5 and sizes.count(1) == 5  # 5 -> 2 + 3 -> ... -> single rows
+    lost = [r for r in log if r.get("out_of_memory")]  # every batch tried is logged, the lost ones too
+    assert [r["rows"] for r in lost] == [s for s in sizes if s > 1] and all(r["seconds"] >= 0 for r in lost)
+    assert [r["rows"] for r in log if not r.get("out_of_memory")] == [1] * 5
 
     def always_oom(*a, **k):
         raise torch.OutOfMemoryError("CUDA out of memory.")
