@@ -17,6 +17,8 @@ Variants:
 - `s2-varlen`: the same S2-Attn on its varlen backend (flash-attn's varlen kernel, else torch's own
            `varlen_attn`): one kernel call per head half, no copies — the candidate that removes the
            host-side cost of the SDPA backend's extra calls.
+- `s2-padded`: the same S2-Attn on its `sdpa-padded` backend: one SDPA call per layer (every group of
+           both head halves one batch entry, the shifted heads' end half groups padded to whole groups).
 
 One command (H100, ~3 minutes):
     python benchmarks/s2attn.py --out benchmarks/results/s2attn-h100
@@ -47,7 +49,8 @@ from trainer import s2attn  # noqa: E402
 from trainer.s2attn import enable_s2_attention, s2_group_size  # noqa: E402
 
 NAIVE_NAME = "bench_naive_roll_s2"
-VARIANTS = ("full", "naive", "s2", "s2-varlen")
+VARIANTS = ("full", "naive", "s2", "s2-varlen", "s2-padded")
+S2_BACKEND = {"s2": "auto", "s2-varlen": "varlen", "s2-padded": "sdpa-padded"}  # variant -> S2-Attn backend
 
 
 # --------------------------------------------------------------------------- the naive baseline
@@ -78,8 +81,8 @@ def use_variant(model, variant: str, ratio: float) -> None:
 
     if variant == "full":
         model.set_attn_implementation("sdpa")
-    elif variant in ("s2", "s2-varlen"):
-        enable_s2_attention(model, group_ratio=ratio, backend="varlen" if variant == "s2-varlen" else "auto")
+    elif variant in S2_BACKEND:
+        enable_s2_attention(model, group_ratio=ratio, backend=S2_BACKEND[variant])
     else:
         AttentionInterface.register(NAIVE_NAME, naive_roll_attention)
         model.config.s2_group_ratio = ratio
@@ -265,11 +268,15 @@ def attention_kernel(model, variant: str, device) -> str:
     dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     q = torch.empty(1, heads, 8, dim, device=device, dtype=dtype)
     try:
-        kernel = s2attn._varlen_kernel("varlen" if variant == "s2-varlen" else "auto", q, 0.0, None)
+        kernel = s2attn._varlen_kernel(S2_BACKEND[variant], q, 0.0, None)
     except LlqaError as e:
         return f"unavailable: {e.what}"
     if kernel is None:
-        return "torch SDPA (3 calls per layer)"
+        return (
+            "torch SDPA (1 call per layer, end half groups padded)"
+            if variant == "s2-padded"
+            else ("torch SDPA (3 calls per layer)")
+        )
     return "torch varlen_attn" if kernel is s2attn._torch_varlen_func else "flash-attn varlen"
 
 

@@ -27,6 +27,12 @@ def compile_modules(
     for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit", "accumulated_cache_size_limit"):
         if isinstance(getattr(dyn, name, None), int) and getattr(dyn, name) < need:
             setattr(dyn, name, need)
+    # transformers >= 5.2x routes attention through the `kernels` package, whose forward hook sets a context
+    # variable; inside a gradient-checkpointed layer dynamo treats that as a side effect it must replay in
+    # the backward, gives up on the whole layer and runs it eagerly (no error, no speed-up). The variable
+    # only selects kernels for the call it wraps, so not replaying it in the recomputation changes nothing.
+    if hasattr(dyn, "skip_fwd_side_effects_in_bwd_under_checkpoint"):
+        dyn.skip_fwd_side_effects_in_bwd_under_checkpoint = True
     kwargs = {"mode": None if mode == "default" else mode} if backend == "inductor" else {}
     for module in modules:
         module.compile(backend=backend, dynamic=dynamic, **kwargs)

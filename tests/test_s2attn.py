@@ -102,13 +102,16 @@ LEFT_PAD = [[-1] * 6 + [3] * 26, [-1] * 3 + [0] * 10 + [-1] * 2 + [1] * 17]
 # --------------------------------------------------------------------------- the pure function
 
 
-@pytest.mark.parametrize("heads", [(4, 4), (4, 2), (8, 2), (4, 1), (9, 3), (1, 1)])
+@pytest.mark.parametrize("heads", [(4, 4), (4, 2), (8, 2), (4, 1), (9, 3), (1, 1), (12, 4)])
 @pytest.mark.parametrize("group", [32, 16, 8])
 @pytest.mark.parametrize("shift", [True, False])
-def test_sdpa_backend_equals_masked_reference(heads, group, shift):
+@pytest.mark.parametrize("backend", ["sdpa", "sdpa-padded"])
+def test_sdpa_backend_equals_masked_reference(heads, group, shift, backend):
+    """Both SDPA layouts: three calls per layer, and one call with the end half groups padded (MQA and
+    single-head models fall back to the first)."""
     q, k, v = qkv(2, *heads, N=32)
     assert_close_fwd_bwd(
-        lambda *a: s2_attention(*a, group, shift=shift, backend="sdpa"),
+        lambda *a: s2_attention(*a, group, shift=shift, backend=backend),
         lambda *a: reference_s2(*a, group, shift=shift),
         q,
         k,
@@ -129,6 +132,25 @@ def test_segmented_equals_masked_reference(segments, heads, group):
         k,
         v,
     )
+
+
+def test_padded_layout_is_one_sdpa_call_per_layer(monkeypatch):
+    """What `sdpa-padded` exists for: one attention call per layer where `sdpa` makes three (the host's
+    cost per call bounds a small model's step at 16k). Segmented batches still cut at segments."""
+    import torch.nn.functional as F
+
+    real, calls = F.scaled_dot_product_attention, []
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
+    q, k, v = qkv(1, 9, 3, N=64)
+    s2_attention(q, k, v, 16, backend="sdpa")
+    assert len(calls) == 3
+    calls.clear()
+    s2_attention(q, k, v, 16, backend="sdpa-padded")
+    # KV head 0's 3 query heads over 4 groups, KV heads 1-2's over 5 (the end half groups padded)
+    assert calls == [torch.Size([1 * 4 + 2 * 5, 3, 16, 8])]
+    calls.clear()
+    s2_attention(q, k, v, 16, segment_ids=torch.tensor([[0] * 20 + [1] * 44]), backend="sdpa-padded")
+    assert len(calls) > 3  # one call per (piece ∩ segment)
 
 
 def test_one_group_without_shift_is_causal_sdpa():

@@ -26,6 +26,12 @@ Backends (`backend=`):
   views of the projections — for batch 1; larger batches copy the shifted middle once — no N×N or
   N×G mask is ever built; segmented batches run one causal call per piece). Runs everywhere (CPU,
   fp32, dropout); three attention calls per layer for the shifted heads' pieces.
+- `sdpa-padded`: torch SDPA, one dense causal call per layer: every group of both head halves is one
+  batch entry holding one KV head and its query heads, and the shifted heads' two end half groups are
+  padded after their tokens to whole groups (a padded key comes after every real query of its group,
+  so causal attention stays exact; padded queries' outputs are dropped). Costs one group per shifted
+  KV head more attention FLOPs (1/8 more at ratio 1/4) and a copy of Q, K and V, for two SDPA calls
+  fewer per layer. Unsegmented batches with more than one KV head; others run as `sdpa`.
 - `varlen`: a variable-length flash kernel — flash-attn's `flash_attn_varlen_func` when installed,
   else torch's own `torch.nn.attention.varlen.varlen_attn` (where that has no `enable_gqa`, as in
   torch 2.11, grouped K/V heads are repeated for it). Every piece is one varlen sequence of a packed
@@ -60,7 +66,7 @@ _context_parallel: tuple[Any, Any] | None = None
 
 S2_ATTN_NAME = "llqa_s2"
 FULL_ATTN_NAME = "sdpa"
-BACKENDS = ("auto", "varlen", "flash", "sdpa")
+BACKENDS = ("auto", "varlen", "flash", "sdpa", "sdpa-padded")
 RATIO_ATTR = "s2_group_ratio"  # on model.config: the group ratio in use while S2-Attn is enabled
 BACKEND_ATTR = "s2_backend"
 
@@ -182,6 +188,8 @@ def s2_attention(
     varlen = _varlen_kernel(backend, q, dropout, scale)
     if varlen is not None:
         return _varlen_s2(varlen, q, k, v, group_size, segment_ids, shift, scale, dropout)
+    if backend == "sdpa-padded" and Hkv > 1 and (segment_ids is None or not any(_boundaries(segment_ids))):
+        return _sdpa_s2_padded(q, k, v, group_size, shift, scale, dropout)
     return _sdpa_s2(q, k, v, group_size, segment_ids, shift, scale, dropout)
 
 
@@ -278,6 +286,53 @@ def _sdpa_s2(q, k, v, group_size, segment_ids, shift, scale, dropout):
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)  # (B, N, Hq, D)
 
 
+def _entries(x, groups: int, size: int):
+    """x (B, kv, h, groups·size, D) as (B·kv·groups, h, size, D): one batch entry per (row, KV head, group)."""
+    B, kv, h, _, D = x.shape
+    return x.unflatten(3, (groups, size)).movedim(3, 2).reshape(B * kv * groups, h, size, D)
+
+
+def _padded_ends(x, half: int):
+    """x (..., N, D) as (..., N + 2·half, D): half zero rows after the first half group and after the last."""
+    import torch
+
+    first, rest = x.split([half, x.shape[-2] - half], dim=-2)
+    pad = x.new_zeros(*x.shape[:-2], half, x.shape[-1])
+    return torch.cat([first, pad, rest, pad], dim=-2)
+
+
+def _sdpa_s2_padded(q, k, v, group_size, shift, scale, dropout):
+    """The `sdpa-padded` backend (dense batches, Hkv > 1): one causal SDPA call per layer. Returns (B, N, Hq, D)."""
+    import torch
+    import torch.nn.functional as F
+
+    B, Hq, N, D = q.shape
+    Hkv = k.shape[1]
+    r, G = Hq // Hkv, group_size
+    n = N // G
+    skv = shifted_heads(Hq, Hkv) // r if shift else Hkv  # KV heads [0, skv) unshifted
+    per_kv = (q.unflatten(1, (Hkv, r)), k.unsqueeze(2), v.unsqueeze(2))  # (B, Hkv, heads per KV head, N, D)
+    batched = []
+    for x in per_kv:
+        still, moved = x.split([skv, Hkv - skv], dim=1)
+        parts = [_entries(still, n, G)] if skv else []
+        if skv < Hkv:
+            parts.append(_entries(_padded_ends(moved, G // 2), n + 1, G))
+        batched.append(torch.cat(parts) if len(parts) > 1 else parts[0])
+    out = F.scaled_dot_product_attention(*batched, dropout_p=dropout, is_causal=True, scale=scale, enable_gqa=r > 1)
+    halves = []
+    for kv, groups, first in ((skv, n, True), (Hkv - skv, n + 1, False)):
+        if not kv:
+            continue
+        o, out = out.split([B * kv * groups, out.shape[0] - B * kv * groups])
+        o = o.reshape(B, kv, groups, r, G, D).movedim(2, 3).flatten(3, 4)  # (B, kv, r, groups·G, D)
+        if not first:  # drop the padding: real tokens are [0, G/2) and [G, N + G/2)
+            o = torch.cat([o[..., : G // 2, :], o[..., G : N + G // 2, :]], dim=-2)
+        halves.append(o)
+    full = halves[0] if len(halves) == 1 else torch.cat(halves, dim=1)  # (B, Hkv, r, N, D)
+    return full.flatten(1, 2).transpose(1, 2)  # (B, N, Hq, D)
+
+
 # --------------------------------------------------------------------------- varlen backend
 
 
@@ -340,7 +395,7 @@ def _varlen_kernel(backend: str, q, dropout: float, scale: float | None):
 
     if backend not in BACKENDS:
         raise LlqaError(f"unknown S2-Attn backend '{backend}'", f"use one of: {', '.join(BACKENDS)}")
-    if backend == "sdpa":
+    if backend in ("sdpa", "sdpa-padded"):
         return None
     fits = q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
     if backend == "flash" and not flash_attn_available():
