@@ -276,7 +276,7 @@ def run_task(
         "ctx": ctx,
         "chat_template_applied": template,
         "inputs_fingerprint": fingerprint,
-        **info.rope_key(),  # cells of yarn ×4 and PI ×4 never mix
+        **info.resume_key(),  # cells of yarn ×4 and PI ×4, or of other weights, never mix
     }
     store = RankedStore(out_dir, task.name, run_config, overwrite=overwrite)
     stale = [k for k, rec in store.done.items() if k in fingerprints and rec.get("fingerprint") != fingerprints[k]]

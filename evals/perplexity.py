@@ -598,7 +598,7 @@ def run(
     }
     if cfg.pi:  # recorded only when off, so that runs started before --no-pi existed still resume
         del config["pi"]
-    config.update(info.rope_key())
+    config.update(info.resume_key())
     store = RankedStore(out_dir, TASK, config, overwrite=overwrite)
     rank, world = store.rank, store.world
 

@@ -178,9 +178,16 @@ class ModelInfo:
     wavelengths: list[float] = field(default_factory=list)  # shortest, longest RoPE wavelength (tokens), after
     checkpoint_wavelengths: list[float] = field(default_factory=list)  # before
     original_ctx_candidates: list[int] = field(default_factory=list)  # a linear checkpoint that does not say
+    weights: str | None = None  # `weights_fingerprint` of the files loaded; None for random weights
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def resume_key(self) -> dict[str, str]:
+        """What an eval's resume key adds for the model beyond its spec: the RoPE method (`rope_key`) and the
+        weights' fingerprint, so cells computed from other weights under the same path (a run re-trained
+        into the same folder) never mix with new ones."""
+        return {**self.rope_key(), **({"weights": self.weights} if self.weights else {})}
 
     def rope_key(self) -> dict[str, str]:
         """The RoPE method for an eval's resume key (cells of yarn ×4 and PI ×4 must not mix); absent for no
@@ -656,6 +663,47 @@ def _disk_rope(config: PretrainedConfig, source: ModelSource, opts: RopeOptions)
     return checkpoint_rope(config, None if source.kind == "peft" else source.record, opts.original_ctx)
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
+_FINGERPRINT_SPAN = 1 << 20  # bytes read from each end of a weight file
+
+
+def _weight_files(source: ModelSource) -> list[Path] | None:
+    """The weight files `source` loads (not its base's), or None where they cannot be listed here."""
+    if source.kind == "random":
+        return None
+    if source.kind == "gguf":
+        return [Path(source.location) / str(source.gguf_file)]
+    folder = Path(source.location)
+    if not folder.is_dir():  # a hub id: its snapshot in the local cache, once loaded from there
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(source.location, "config.json")
+        if not isinstance(cached, str):
+            return None
+        folder = Path(cached).parent
+    return sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file())
+
+
+def weights_fingerprint(source: ModelSource) -> str | None:
+    """sha256 (16 hex digits) naming the weights a model loads: per weight file (an adapter's and its
+    base's), its name, size and first and last MiB. Re-trained weights differ there even at equal sizes;
+    a copy elsewhere keeps the value (contents, not paths or times). None for random weights, which the
+    spec and seed decide, and for files that cannot be listed."""
+    digest = hashlib.sha256()
+    for src in (source, source.base) if source.base is not None else (source,):
+        files = _weight_files(src)
+        if files is None:
+            return None
+        for path in files:
+            size = path.stat().st_size
+            digest.update(f"{path.name}\0{size}\0".encode())
+            with open(path, "rb") as f:
+                digest.update(f.read(_FINGERPRINT_SPAN))
+                f.seek(max(0, size - _FINGERPRINT_SPAN))
+                digest.update(f.read(_FINGERPRINT_SPAN))
+    return digest.hexdigest()[:16]
+
+
 def _info(source, config, before: R.Rope, after: R.Rope, dtype, device, params, attn="sdpa") -> ModelInfo:
     """`before`: the checkpoint's RoPE (see `_disk_rope`); `after`: what the model runs with."""
     text = getattr(config, "text_config", config)
@@ -741,4 +789,5 @@ def load_model(
     params = sum(p.numel() for p in model.parameters())
     disk = _disk_rope(base_config, source, rope)
     info = _info(source, config, disk, after, torch_dtype, dev, params, attn_implementation)
+    info.weights = weights_fingerprint(source)
     return LoadedModel(model, tokenizer, info, source, after)

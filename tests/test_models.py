@@ -262,3 +262,62 @@ def test_an_unusable_llqa_cache_fails_before_dequantizing(tmp_path, monkeypatch,
     with pytest.raises(LlqaError, match="GGUF cache") as e:
         files_location(resolve(str(gguf)))
     assert "LLQA_CACHE" in e.value.fix
+
+
+# --------------------------------------------------------------------------- the weights' fingerprint
+
+
+def _bump_first_tensor(path):
+    """Rewrite a safetensors file with its first tensor changed: same names, shapes and size."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(path))
+    first = sorted(tensors)[0]
+    tensors[first] = tensors[first] + 1
+    save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+def test_weights_fingerprint_follows_contents_not_paths(tiny_llama_dir, tiny_run, tmp_path):
+    """A copy keeps the fingerprint (contents, not paths or times); changed weights of the same size change
+    it; an adapter's covers its base too; random weights have none."""
+    import shutil
+
+    from llqa.models import resolve, weights_fingerprint
+
+    original = weights_fingerprint(resolve(str(tiny_llama_dir)))
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_llama_dir, copy)
+    assert original and weights_fingerprint(resolve(str(copy))) == original
+    before = (copy / "model.safetensors").stat().st_size
+    _bump_first_tensor(copy / "model.safetensors")
+    assert (copy / "model.safetensors").stat().st_size == before
+    assert weights_fingerprint(resolve(str(copy))) != original
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    trained = weights_fingerprint(resolve(str(run)))
+    _bump_first_tensor(run / "adapter_model.safetensors")
+    assert trained and weights_fingerprint(resolve(str(run))) != trained
+    assert weights_fingerprint(resolve("random:tiny")) is None
+
+
+def test_an_eval_does_not_resume_onto_other_weights(tiny_llama_dir, tmp_path):
+    """The same --model path with re-made weights (a run trained again into its folder): resuming the
+    eval's --out would mix cells of two models, so it is refused like any changed configuration."""
+    import shutil
+
+    from evals.harness import GenerationOptions, run_task
+    from evals.passkey import PasskeyConfig, PasskeyTask
+    from llqa.models import load_model
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_llama_dir, model_dir)
+    task = PasskeyTask(PasskeyConfig(lengths=[120], depths=[0.5], trials=1))
+    opts = GenerationOptions(chat_template="none")
+    out = tmp_path / "eval"
+    first = load_model(str(model_dir), dtype="float32", device="cpu")
+    assert first.info.weights and run_task(first, task, opts, out, progress=False) is not None
+    assert run_task(load_model(str(model_dir), dtype="float32", device="cpu"), task, opts, out, progress=False)
+    _bump_first_tensor(model_dir / "model.safetensors")
+    with pytest.raises(LlqaError, match="different configuration"):
+        run_task(load_model(str(model_dir), dtype="float32", device="cpu"), task, opts, out, progress=False)
