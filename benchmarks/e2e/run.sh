@@ -29,10 +29,12 @@ stage_ruler_base() {  # the base model at its own 8k context
   llqa eval ruler --model "$MODEL" --lengths 4096,8192 --samples 100 --haystack "$PG" --out "$R/ruler-base" --no-progress
 }
 stage_ruler_longlora() {  # the run loads at its trained context (32k, PI x4)
-  local t=$(date +%s)
+  local t=$(date +%s) rc=0
   llqa eval ruler --model "$RUN" --lengths 4096,8192,16384,32768 --samples 100 --haystack "$PG" \
-    --out "$R/ruler-longlora" --no-progress
-  echo "ruler-longlora: $(( $(date +%s) - t )) s wall in this invocation" | tee -a "$R/wall.txt"
+    --out "$R/ruler-longlora" --no-progress || rc=$?
+  # logged when stopped at a deadline too: the suite's wall time is the sum over invocations
+  echo "ruler-longlora: $(( $(date +%s) - t )) s wall in this invocation (exit $rc)" | tee -a "$R/wall.txt"
+  return $rc
 }
 stage_sft() {  # LoRA+ at 16k (PI x2): 40 steps x 4 items of the build's train split
   [[ -f $R/sft-lora+/llqa_model.json ]] && return 0
