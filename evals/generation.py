@@ -371,6 +371,15 @@ def _row_tokens(row: list[int], eos: Sequence[int], pad: int) -> list[int]:
     return row
 
 
+def _cache_kwarg(model) -> str:
+    """The name under which this transformers takes a KV cache: `cache` (5.2x; `past_key_values` is then
+    deprecated, to be removed) or `past_key_values` (earlier 5.x)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT wrapper takes **kwargs
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
 def _prefill(model, ids, mask, chunk: int):
     """The KV cache of every position but the last, filled `chunk` positions at a time (positions from the
     attention mask, as generate() computes them): the activations of a long prompt stay those of one chunk.
@@ -389,9 +398,9 @@ def _prefill(model, ids, mask, chunk: int):
             attention_mask=mask[:, :end],
             position_ids=positions[:, start:end],
             cache_position=torch.arange(start, end, device=ids.device),
-            past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
+            **{_cache_kwarg(model): cache},
         )
     return cache
 
@@ -425,7 +434,7 @@ def _generate_batch(
             attention_mask=mask,
             generation_config=config,
             stopping_criteria=criteria,
-            **({"past_key_values": cache} if cache is not None else {}),
+            **({_cache_kwarg(model): cache} if cache is not None else {}),
         )
     rows = (_row_tokens(r, eos, pad) for r in out[:, width:].tolist())
     results = [

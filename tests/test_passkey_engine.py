@@ -377,3 +377,32 @@ def test_generation_prefill_benchmark_smoke(tmp_path):
     assert sum(result["prefill"][0]["harness_batches"]) == 6
     assert result["passkey"][0]["trials"] == 6
     assert json.loads((tmp_path / "benchmark.json").read_text())["prefill"] == result["prefill"]
+
+
+def test_the_kv_cache_goes_under_the_name_this_transformers_takes(tiny):
+    """transformers 5.2x renamed `past_key_values` to `cache` (the old name warns, then goes away); a 5.x
+    from before takes only the old one. The chunked prefill and generate() use what the model's forward
+    names, and a PEFT wrapper is looked through."""
+    import inspect
+    import warnings
+
+    from evals.generation import _cache_kwarg
+
+    model, tok = tiny
+
+    class Old:
+        def forward(self, input_ids=None, past_key_values=None, **kwargs): ...
+
+    class Wrapped:
+        def get_base_model(self):
+            return model
+
+        def forward(self, *args, **kwargs): ...
+
+    want = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    assert _cache_kwarg(model) == _cache_kwarg(Wrapped()) == want
+    assert _cache_kwarg(Old()) == "past_key_values"
+    model.generation_config.eos_token_id = None
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*past_key_values.*deprecated", category=FutureWarning)
+        _collect(model, tok, [[5, 6, 7] * 10], 2, prefill_chunk=8)  # chunked prefill, then generate()
