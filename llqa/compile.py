@@ -34,8 +34,31 @@ def compile_modules(
     if hasattr(dyn, "skip_fwd_side_effects_in_bwd_under_checkpoint"):
         dyn.skip_fwd_side_effects_in_bwd_under_checkpoint = True
     kwargs = {"mode": None if mode == "default" else mode} if backend == "inductor" else {}
+    _graphs_before[0] = _graph_count()
     for module in modules:
         module.compile(backend=backend, dynamic=dynamic, **kwargs)
+
+
+_graphs_before: list[int] = [0]  # dynamo's compiled-graph count when `compile_modules` last ran
+
+
+def _graph_count() -> int:
+    import torch
+
+    return int(torch._dynamo.utils.counters["stats"].get("unique_graphs", 0))
+
+
+def fallback_reason() -> str | None:
+    """After the compiled modules have run: None when dynamo compiled a graph since `compile_modules`, else
+    why it did not (its first graph break, when it counted one). Dynamo falls back to eager silently: a
+    library update that adds a side effect to a layer (as transformers 5.2x's `kernels` hook did under
+    gradient checkpointing) would otherwise leave `--compile` on and the run uncompiled."""
+    import torch
+
+    if _graph_count() > _graphs_before[0]:
+        return None
+    breaks = list(torch._dynamo.utils.counters["graph_break"])
+    return breaks[0].strip().splitlines()[0] if breaks else "no graph was compiled"
 
 
 def uncompile_modules(modules: Sequence) -> None:

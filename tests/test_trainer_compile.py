@@ -88,3 +88,48 @@ def test_train_cli_compile_option(capsys, tmp_path, tiny_llama_dir):
     assert _graphs() >= 1
     saved = TrainConfig.read(tmp_path / "run")
     assert saved.compile == "default" and saved.attn == "s2" and saved.offload_activations
+
+
+def test_a_silent_fallback_to_eager_is_reported():
+    """Dynamo runs a module it cannot compile eagerly, without an error. `fallback_reason` tells: None after a
+    module that compiled, a reason after one that ran uncompiled."""
+    from llqa.compile import compile_modules, fallback_reason
+
+    class Plain(torch.nn.Module):
+        def forward(self, x):
+            return torch.relu(x) * 2
+
+    class Uncompilable(torch.nn.Module):
+        @torch.compiler.disable
+        def forward(self, x):
+            return torch.relu(x) * 2
+
+    torch._dynamo.reset()
+    for module, compiled in ((Plain(), True), (Uncompilable(), False)):
+        compile_modules([module], backend="eager")
+        module(torch.randn(4))
+        assert (fallback_reason() is None) == compiled
+
+
+def test_the_training_loop_prints_the_fallback_once(tmp_path, monkeypatch, tied_tiny_and_essay):
+    """One line on the console after the first step when --compile ran eagerly (not once per step)."""
+    import dataclasses
+    import io
+
+    from rich.console import Console
+
+    import trainer.loop as loop
+    from tests.conftest import tiny_train_config
+    from trainer.model import compile_fallback_note
+
+    model, essay = tied_tiny_and_essay
+    monkeypatch.setattr("llqa.compile.fallback_reason", lambda: "a graph break")
+    cfg = tiny_train_config(tmp_path / "run", model, essay)
+    note = compile_fallback_note(dataclasses.replace(cfg, compile="default"), torch.device("cpu"))
+    assert note and "ran eagerly" in note and "a graph break" in note
+    assert compile_fallback_note(dataclasses.replace(cfg, compile="off"), torch.device("cpu")) is None
+
+    monkeypatch.setattr(loop, "compile_fallback_note", lambda cfg, device: "LAYERS RAN EAGERLY")
+    buf = io.StringIO()
+    assert loop.run_training(tiny_train_config(tmp_path / "run", model, essay), console=Console(file=buf, width=200))
+    assert buf.getvalue().count("LAYERS RAN EAGERLY") == 1

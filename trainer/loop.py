@@ -53,7 +53,15 @@ from trainer.distributed import (
 from trainer.dtensor import clip_grad_norm, trainable_state
 from trainer.fsdp import load_sharded
 from trainer.loss import CausalLMLoss
-from trainer.model import adapter_base_name, base_spec, load_base, make_optimizer, prepare_model, save_random_base
+from trainer.model import (
+    adapter_base_name,
+    base_spec,
+    compile_fallback_note,
+    load_base,
+    make_optimizer,
+    prepare_model,
+    save_random_base,
+)
 from trainer.offload import checkpoint_offload
 from trainer.runlog import LOG_FILE
 from trainer.s2attn import disable_s2_attention
@@ -529,6 +537,10 @@ def _run(cfg: TrainConfig, console, dist, resume_from: Path | None) -> TrainResu
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 dt = time.perf_counter() - t0
+                if not result.losses and dist.main and console is not None:  # this invocation's first step
+                    note = compile_fallback_note(cfg, device)
+                    if note:
+                        console.print(f"[yellow]note:[/] {note}", highlight=False)
                 state["step"] += 1
                 state["consumed"] += cfg.batch_size
                 tokens = sum(int(ids.numel()) if mask is None else int(mask.sum()) for ids, _, mask in batches)

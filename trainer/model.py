@@ -105,6 +105,22 @@ def compile_model(cfg: TrainConfig, model) -> None:
         compile_layers(model, mode)
 
 
+def compile_fallback_note(cfg: TrainConfig, device) -> str | None:
+    """After the first step of a `--compile` run: one line when no layer was actually compiled."""
+    from llqa.compile import fallback_reason
+
+    if resolve_compile_mode(cfg.compile, device) == "off":
+        return None
+    reason = fallback_reason()
+    if reason is None:
+        return None
+    return (
+        f"--compile: the decoder layers ran eagerly, torch.compile fell back ({reason}); the steps are "
+        "correct but not compiled. Pass --compile off to silence this, or report it with your torch and "
+        "transformers versions"
+    )
+
+
 def make_optimizer(cfg: TrainConfig, model):
     import torch
 
