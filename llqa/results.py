@@ -29,6 +29,15 @@ def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, default=str)
 
 
+def _what_changed(previous: Mapping[str, Any], config: Mapping[str, Any]) -> str | None:
+    """Which settings differ between a logged run (run.json) and this one, named for the refusal."""
+    old, new = previous.get("config") or {}, json.loads(_canonical(config))
+    keys = sorted(k for k in set(old) | set(new) if _canonical(old.get(k)) != _canonical(new.get(k)))
+    if keys == ["weights"]:
+        return "the model's weight files changed since its cells were computed"
+    return f"{', '.join(keys)} differ" if keys else None
+
+
 def changed_run_error(out_dir: str | Path, task: str | None, why: str | None = None) -> LlqaError:
     """The one refusal for an --out whose finished cells were computed under another configuration or on
     other inputs (documents, test cases): their numbers must not be mixed with this run's."""
@@ -87,7 +96,7 @@ class ResultStore:
                 json.loads(_canonical(self.config))
             )
             if not same:
-                raise changed_run_error(self.out_dir, previous.get("task"))
+                raise changed_run_error(self.out_dir, previous.get("task"), _what_changed(previous, self.config))
         atomic_write_json(
             self.run_path, {"task": self.task, "config": self.config, "wall_time_s": previous.get("wall_time_s", 0.0)}
         )

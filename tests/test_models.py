@@ -319,5 +319,5 @@ def test_an_eval_does_not_resume_onto_other_weights(tiny_llama_dir, tmp_path):
     assert first.info.weights and run_task(first, task, opts, out, progress=False) is not None
     assert run_task(load_model(str(model_dir), dtype="float32", device="cpu"), task, opts, out, progress=False)
     _bump_first_tensor(model_dir / "model.safetensors")
-    with pytest.raises(LlqaError, match="different configuration"):
+    with pytest.raises(LlqaError, match="different configuration: the model's weight files changed"):
         run_task(load_model(str(model_dir), dtype="float32", device="cpu"), task, opts, out, progress=False)

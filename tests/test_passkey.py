@@ -260,8 +260,8 @@ def test_run_writes_results_and_resumes(tiny_loaded, tmp_path, monkeypatch):
 
     monkeypatch.setattr(harness, "generate_greedy", no_generation)
     assert run_passkey(tiny_loaded, cfg, tmp_path, progress=False) == summary
-    # a different configuration in the same folder is refused
-    with pytest.raises(LlqaError, match="different configuration"):
+    # a different configuration in the same folder is refused, naming what differs
+    with pytest.raises(LlqaError, match="different configuration: .*depths, .*lengths, .*differ"):
         run_passkey(tiny_loaded, PasskeyConfig(lengths=[120], depths=[0.5], trials=1), tmp_path, progress=False)
 
 
