@@ -40,7 +40,7 @@ import numpy as np
 
 from evals.texts import Document
 from evals.windows import SCORING, Window, fills, windows
-from llqa.compile import compile_modules, uncompile_modules
+from llqa.compile import compile_modules, fallback_reason, uncompile_modules
 from llqa.engine import EngineOptions, check_compile_mode, check_sdpa_backend
 from llqa.errors import LlqaError
 from llqa.io import TEXT_READING
@@ -671,6 +671,9 @@ def run(
     merged = store.merge(keys, poll_s)
     rows, summary = summarize(cfg, [merged[k] for k in keys], coverage, len(doc_ids))
     warnings = coverage_warnings(cfg, rows, max(n_tokens))
+    fallback = fallback_reason() if compile_mode != "off" and counts["compiled_batches"] else None
+    if fallback:  # dynamo ran the "compiled" layers eagerly: the numbers hold, the speed is not compile's
+        warnings.append(f"--compile {compile_mode}: the layers ran eagerly, torch.compile fell back ({fallback})")
     text_sha = stream_fingerprints(documents, concat=False)
     data = {
         **(data_info or {}),

@@ -56,6 +56,7 @@ def test_compiled_plumbing_equals_eager_and_compiles_only_full_batches(tiny, tmp
     this = json.loads(speed)["this_session"]
     assert this["compile"] == "default" and this["compiled_batches"] > counter.frame_count
     assert this["eager_batches"] > 0  # the last batch of a length and the short document's windows
+    assert not any("ran eagerly" in w for w in compiled.warnings)
     for a, b in zip(eager.rows, compiled.rows, strict=True):
         assert a["scored_tokens"] == b["scored_tokens"]
         assert b["ppl"] == pytest.approx(a["ppl"], rel=1e-6)
@@ -142,3 +143,17 @@ def test_a_failing_compilation_falls_back_to_eager_layers(tiny, tmp_path):
     assert this["compiled_batches"] == 0 and this["eager_batches"] > 0
     assert [r["ppl"] for r in fell_back.rows] == [r["ppl"] for r in eager.rows]
     assert all(layer._compiled_call_impl is None for layer in tiny.model.get_decoder().layers)
+
+
+def test_a_compile_that_ran_eagerly_is_a_warning(tiny, tmp_path, monkeypatch):
+    """dynamo may run "compiled" layers eagerly without an error; the result then says so."""
+    from torch._dynamo.testing import CompileCounter
+
+    import evals.perplexity as perplexity
+
+    monkeypatch.setattr(perplexity, "fallback_reason", lambda: "a graph break in the layer")
+    torch._dynamo.reset()
+    out = scored(tiny, tmp_path, "fell-back", compile_mode="default", compile_backend=CompileCounter())
+    line = "--compile default: the layers ran eagerly, torch.compile fell back (a graph break in the layer)"
+    assert line in out.warnings
+    assert line in json.loads(out.result_path.parent.joinpath("result.json").read_text())["warnings"]
