@@ -472,9 +472,9 @@ def generate_greedy(
     (`rows_that_fit`: the model's KV cache per token, prefill activations, `free_bytes`, by default the
     device's free memory now). A batch's prompts are prefilled in one forward when one row so prefilled
     fits (`prefill_chunk_for`), else in chunks of DEFAULT_PREFILL_CHUNK tokens; an int `prefill_chunk`
-    fixes the chunk instead. An out-of-memory error splits the batch in two and retries; a single prompt that does not
-    fit is retried with half the prefill chunk, down to MIN_PREFILL_CHUNK, then reported as one
-    LlqaError (the batches already yielded are kept by the caller).
+    fixes the chunk instead. An out-of-memory error splits the batch in two and retries; a single prompt
+    that does not fit is retried with half the prefill chunk, down to MIN_PREFILL_CHUNK, then reported as
+    one LlqaError (the batches already yielded are kept by the caller).
 
     `on_batch` receives one record per batch tried: rows, width (longest prompt), padded, prefill_chunk,
     and either the timing of `_generate_batch` or `"out_of_memory": True` with the seconds lost."""
@@ -509,8 +509,9 @@ def generate_greedy(
         while queue:
             batch = queue.pop(0)
             widths = [len(prompts[i]) for i in batch]
-            chunk = chunk_for(max(widths), min(widths) != max(widths))
-            shape = {"rows": len(batch), "width": max(widths), "padded": min(widths) != max(widths)}
+            padded = min(widths) != max(widths)
+            chunk = chunk_for(max(widths), padded)
+            shape = {"rows": len(batch), "width": max(widths), "padded": padded}
             started = time.perf_counter()
             try:
                 results, timing = _generate_batch(model, tokenizer, prompts, batch, config, stop_when, eos, pad, chunk)
