@@ -419,15 +419,17 @@ def test_varlen_kernel_equals_reference(heads, segments):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("segments", [None, PACKED], ids=["dense", "packed"])
-def test_sdpa_backend_runs_on_the_flash_kernel(segments):
-    """Every SDPA call S2-Attn makes (views, GQA, causal, no mask) is one the flash kernel accepts:
-    restricted to it, nothing falls back to the math kernel; the result equals the reference."""
+@pytest.mark.parametrize("backend", ["sdpa", "sdpa-padded"])
+def test_sdpa_backend_runs_on_the_flash_kernel(segments, backend):
+    """Every SDPA call S2-Attn makes (views, GQA, causal, no mask; the padded layout's one call too) is one
+    the flash kernel accepts: restricted to it, nothing falls back to the math kernel; the result equals the
+    reference."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     q, k, v = (x.detach().cuda().bfloat16().requires_grad_() for x in qkv(2, 9, 3, N=32, D=64))
     seg = None if segments is None else torch.tensor(segments, device="cuda")
     with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
-        out = s2_attention(q, k, v, 8, segment_ids=seg, backend="sdpa")
+        out = s2_attention(q, k, v, 8, segment_ids=seg, backend=backend)
         out.sum().backward()
     want = reference_s2(
         *(x.detach().float().cpu() for x in (q, k, v)), 8, segment_ids=None if seg is None else seg.cpu()
