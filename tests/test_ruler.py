@@ -515,3 +515,13 @@ def test_cli_ruler_happy_path_and_errors(tiny_llama_dir, tmp_path, capsys, monke
     assert code == 2 and "--qa-data" in err
     code, stdout, _ = llqa_call(capsys, "eval", "ruler", "--help")
     assert code == 0 and "string_match_all" in stdout and "--haystack" in stdout
+
+
+def test_prefix_sharing_counts():
+    """benchmarks/ruler_prefix_sharing.py's counts on a worked example: the prefix common to all prompts
+    is reused by all but the first; a radix cache reuses each prompt's longest prefix with an earlier one."""
+    from conftest import load_benchmark
+
+    measure = load_benchmark("ruler_prefix_sharing").measure
+    assert measure([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3, 9]]) == {"tokens": 11, "batch_common": 4, "radix": 2 + 3}
+    assert measure([[7, 8]]) == {"tokens": 2, "batch_common": 0, "radix": 0}
