@@ -271,12 +271,10 @@ def attention_kernel(model, variant: str, device) -> str:
         kernel = s2attn._varlen_kernel(S2_BACKEND[variant], q, 0.0, None)
     except LlqaError as e:
         return f"unavailable: {e.what}"
+    if kernel is None and variant == "s2-padded":
+        return "torch SDPA (1 call per layer, end half groups padded)"
     if kernel is None:
-        return (
-            "torch SDPA (1 call per layer, end half groups padded)"
-            if variant == "s2-padded"
-            else ("torch SDPA (3 calls per layer)")
-        )
+        return "torch SDPA (3 calls per layer)"
     return "torch varlen_attn" if kernel is s2attn._torch_varlen_func else "flash-attn varlen"
 
 

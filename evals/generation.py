@@ -391,6 +391,7 @@ def _prefill(model, ids, mask, chunk: int):
     positions = mask.long().cumsum(-1) - 1
     positions.masked_fill_(mask == 0, 1)
     width = ids.shape[1]
+    cache_arg = {_cache_kwarg(model): cache}
     for start in range(0, width - 1, chunk):
         end = min(start + chunk, width - 1)
         model(
@@ -400,7 +401,7 @@ def _prefill(model, ids, mask, chunk: int):
             cache_position=torch.arange(start, end, device=ids.device),
             use_cache=True,
             logits_to_keep=1,
-            **{_cache_kwarg(model): cache},
+            **cache_arg,
         )
     return cache
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+_graphs_before: list[int] = [0]  # dynamo's compiled-graph count when `compile_modules` last ran
+
 
 def compile_modules(
     modules: Sequence,
@@ -37,9 +39,6 @@ def compile_modules(
     _graphs_before[0] = _graph_count()
     for module in modules:
         module.compile(backend=backend, dynamic=dynamic, **kwargs)
-
-
-_graphs_before: list[int] = [0]  # dynamo's compiled-graph count when `compile_modules` last ran
 
 
 def _graph_count() -> int:
