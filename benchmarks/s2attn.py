@@ -20,6 +20,11 @@ Variants:
 - `s2-padded`: the same S2-Attn on its `sdpa-padded` backend: one SDPA call per layer (every group of
            both head halves one batch entry, the shifted heads' end half groups padded to whole groups).
 
+`--sdpa-kernel` pins torch's SDPA kernel for every variant (`llqa train --sdpa-backend`); `--compile`
+compiles every decoder layer as `llqa train --compile` does (one static graph per length and variant,
+compiled during the warm-up steps; a row whose graph was not compiled is marked as an error, not timed
+as compiled).
+
 One command (H100, ~3 minutes):
     python benchmarks/s2attn.py --out benchmarks/results/s2attn-h100
 CPU proof at tiny sizes:
@@ -42,10 +47,14 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from llqa.compile import fallback_reason, graph_count  # noqa: E402
+from llqa.engine import check_compile_mode, check_sdpa_backend, resolve_compile_mode  # noqa: E402
 from llqa.errors import LlqaError  # noqa: E402
 from llqa.io import atomic_write_json  # noqa: E402
 from llqa.models import load_model  # noqa: E402
 from trainer import s2attn  # noqa: E402
+from trainer.compile import compile_layers  # noqa: E402
+from trainer.loop import sdpa_context  # noqa: E402
 from trainer.s2attn import enable_s2_attention, s2_group_size  # noqa: E402
 
 NAIVE_NAME = "bench_naive_roll_s2"
@@ -174,6 +183,18 @@ def parse(argv=None):
     p.add_argument("--warmup", type=int, default=1, help="untimed steps before timing")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bfloat16, float32")
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--compile",
+        default="off",
+        help="torch.compile every decoder layer as `llqa train --compile` does (off, auto, default, "
+        "max-autotune-no-cudagraphs); static shapes, one graph per length and variant, compiled in the warm-up",
+    )
+    p.add_argument(
+        "--sdpa-kernel",
+        default="auto",
+        help="torch SDPA kernel for every variant, as `llqa train --sdpa-backend` (auto = torch's choice, flash, "
+        "cudnn, efficient, math)",
+    )
     p.add_argument("--out", required=True, type=Path, help="folder for s2attn.json")
     return p.parse_args(argv)
 
@@ -186,6 +207,8 @@ def main(argv=None) -> int:
         sys.exit(f"bad --variants/--steps/--warmup; variants are {', '.join(VARIANTS)}")
     for n in lengths:
         s2_group_size(n, args.group_ratio)  # a clear error before any work
+    check_compile_mode(args.compile, training=True)
+    check_sdpa_backend(args.sdpa_kernel)
     loaded = load_model(args.model, ctx=max(lengths), dtype=args.dtype, device=args.device)
     model, device = loaded.model, torch.device(loaded.info.device)
     model.config.use_cache = False
@@ -197,6 +220,10 @@ def main(argv=None) -> int:
     model.train()
     for p in model.parameters():
         p.requires_grad_(True)
+    compile_mode = resolve_compile_mode(args.compile, device)
+    compiled = compile_mode != "off"
+    if compiled:
+        compile_layers(model, compile_mode, dynamic=False)
     settings = {
         "model": args.model,
         "model_info": loaded.info.to_dict(),
@@ -209,6 +236,8 @@ def main(argv=None) -> int:
         "trainable": "all parameters (backward into every weight; no optimizer step)",
         "step_time": "median wall time of forward + loss + backward over the timed steps",
         "peak_memory": "torch.cuda.max_memory_allocated over the timed steps, GiB (CUDA only)",
+        "compile": compile_mode,
+        "sdpa_kernel": args.sdpa_kernel,
     }
     env = {
         "torch": torch.__version__,
@@ -243,8 +272,13 @@ def main(argv=None) -> int:
                 results.append(row)
                 print(format_row(row, results), flush=True)
                 continue
+            graphs = graph_count()
             try:
-                row.update(measure(model, n, args.steps, args.warmup, device, loss))
+                with sdpa_context(args.sdpa_kernel):
+                    row.update(measure(model, n, args.steps, args.warmup, device, loss))
+                # every (length, variant) is a new static graph: none compiled means dynamo ran it eagerly
+                if compiled and graph_count() == graphs:
+                    row["error"] = f"--compile fell back to eager: {fallback_reason() or 'no new graph compiled'}"
             except torch.OutOfMemoryError:
                 row["error"] = "out of memory"
                 model.zero_grad(set_to_none=True)

@@ -13,6 +13,7 @@ What every retrieval eval needs, in one place:
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -209,8 +210,9 @@ class PromptCost:
       layer runs at a time): residual, norm, attention output and o_proj (4 x hidden), q/k/v
       ((heads + 2 kv_heads) x head_dim) and the MLP's gate, up and their product (3 x intermediate);
     - `per_cached_token_transient`: bytes per cached token that a layer copies while it runs: its own K
-      and V grown by one step (the cache concatenates), and with grouped-query attention the K and V
-      repeated to every query head (SDPA without native GQA support);
+      and V written into the reserved cache (`decode_cache`; the prefill's states and the buffer are both
+      alive for that copy), and with grouped-query attention the K and V repeated to every query head
+      (SDPA without native GQA support, or with a padding mask);
     - `logits_bytes`: the fp32 logits of the last position (all generate() keeps), per row;
     - `mask_bytes_per_pair`: per row and (query, key) pair of a prefill forward, the boolean mask
       transformers builds when rows are padded or a chunk attends to a cache, and the additive mask of
@@ -380,14 +382,74 @@ def _cache_kwarg(model) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
-def _prefill(model, ids, mask, chunk: int):
-    """The KV cache of every position but the last, filled `chunk` positions at a time (positions from the
+@functools.cache
+def _reserved_layer():
+    """transformers' `DynamicLayer` with room reserved for the tokens still to come.
+
+    A `DynamicLayer` concatenates every new position onto its K and V, so each decoding step copies the
+    whole cache of every layer: at 128 new tokens after 32k-token prompts that copy, not attention, is most
+    of a step. This layer keeps K and V as views of one buffer with `reserve` free positions after what it
+    was first given, writes each step in place and returns the views; it reallocates only when a write
+    does not fit or something outside replaced its tensors (crop keeps the buffer, batch selection or
+    offloading does not). What attention sees, and so every mask size and output, is exactly what the
+    concatenating layer gives."""
+    from transformers.cache_utils import DynamicLayer
+
+    class ReservedLayer(DynamicLayer):
+        def __init__(self, reserve: int):
+            super().__init__()
+            self.reserve = reserve
+            self.buffers = None  # (K, V) of shape (B, H, capacity, D)
+
+        def _holds(self, states, length: int) -> bool:
+            if self.buffers is None:
+                return False
+            k = self.buffers[0]
+            same = k.shape[:-2] == states.shape[:-2] and k.shape[-1] == states.shape[-1] and k.dtype == states.dtype
+            mine = self.keys.numel() == 0 or self.keys.data_ptr() == k.data_ptr()
+            return same and mine and k.device == states.device and length <= k.shape[-2]
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            n, m = self.get_seq_length(), key_states.shape[-2]
+            if not self._holds(key_states, n + m):
+                old = (self.keys, self.values)
+                self.buffers = tuple(
+                    s.new_empty(*s.shape[:-2], n + m + self.reserve, s.shape[-1]) for s in (key_states, value_states)
+                )
+                for buf, kept in zip(self.buffers, old, strict=True):
+                    if n:
+                        buf[..., :n, :].copy_(kept)
+            for buf, new in zip(self.buffers, (key_states, value_states), strict=True):
+                buf[..., n : n + m, :].copy_(new)
+            self.keys, self.values = (buf[..., : n + m, :] for buf in self.buffers)
+            return self.keys, self.values
+
+    return ReservedLayer
+
+
+def decode_cache(model, reserve: int):
+    """An empty KV cache for one batch of `model.generate`: transformers' `DynamicCache` for the model's
+    config, its full-attention layers replaced by `_reserved_layer` with `reserve` (the new tokens) free
+    positions. Sliding-window and other special layers stay as transformers made them."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    cache = DynamicCache(config=model.config)
+    layers = getattr(cache, "layers", None) or []
+    for i, layer in enumerate(layers):
+        if type(layer) is DynamicLayer:
+            layers[i] = _reserved_layer()(reserve)
+    return cache
+
+
+def _prefill(model, cache, ids, mask, chunk: int):
+    """Fill `cache` with every position but the last, `chunk` positions at a time (positions from the
     attention mask, as generate() computes them): the activations of a long prompt stay those of one chunk.
     generate() then runs the last position from this cache."""
     import torch
-    from transformers import DynamicCache
 
-    cache = DynamicCache(config=model.config)
     positions = mask.long().cumsum(-1) - 1
     positions.masked_fill_(mask == 0, 1)
     width = ids.shape[1]
@@ -403,7 +465,6 @@ def _prefill(model, ids, mask, chunk: int):
             logits_to_keep=1,
             **cache_arg,
         )
-    return cache
 
 
 def _generate_batch(
@@ -429,13 +490,15 @@ def _generate_batch(
     clock = _first_step_clock(device)
     criteria = StoppingCriteriaList([clock, *([_stop_criteria(tokenizer, width, stop_when)] if stop_when else [])])
     with torch.inference_mode():
-        cache = _prefill(model, ids, mask, chunk) if width > chunk else None
+        cache = decode_cache(model, config.max_new_tokens)
+        if width > chunk:
+            _prefill(model, cache, ids, mask, chunk)
         out = model.generate(
             input_ids=ids,
             attention_mask=mask,
             generation_config=config,
             stopping_criteria=criteria,
-            **({_cache_kwarg(model): cache} if cache is not None else {}),
+            **{_cache_kwarg(model): cache},
         )
     rows = (_row_tokens(r, eos, pad) for r in out[:, width:].tolist())
     results = [

@@ -36,12 +36,13 @@ def compile_modules(
     if hasattr(dyn, "skip_fwd_side_effects_in_bwd_under_checkpoint"):
         dyn.skip_fwd_side_effects_in_bwd_under_checkpoint = True
     kwargs = {"mode": None if mode == "default" else mode} if backend == "inductor" else {}
-    _graphs_before[0] = _graph_count()
+    _graphs_before[0] = graph_count()
     for module in modules:
         module.compile(backend=backend, dynamic=dynamic, **kwargs)
 
 
-def _graph_count() -> int:
+def graph_count() -> int:
+    """How many distinct graphs dynamo has compiled in this process (a caller compares it before and after)."""
     import torch
 
     return int(torch._dynamo.utils.counters["stats"].get("unique_graphs", 0))
@@ -54,7 +55,7 @@ def fallback_reason() -> str | None:
     gradient checkpointing) would otherwise leave `--compile` on and the run uncompiled."""
     import torch
 
-    if _graph_count() > _graphs_before[0]:
+    if graph_count() > _graphs_before[0]:
         return None
     breaks = list(torch._dynamo.utils.counters["graph_break"])
     return breaks[0].strip().splitlines()[0] if breaks else "no graph was compiled"

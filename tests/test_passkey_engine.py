@@ -334,6 +334,68 @@ def test_chunked_prefill_equals_one_pass(tiny):
         assert whole[i] == " ".join(map(str, _reference_greedy(model, p, 5)))
 
 
+def test_reserved_cache_layer_equals_concatenation_and_writes_in_place():
+    """The decoding cache's layer returns exactly what transformers' concatenating layer returns, writes
+    the reserved positions in place (no copy of the cache per step), and stays right when a write
+    overflows the reserve or the cache is cropped, batch-selected or reset."""
+    import torch
+    from transformers.cache_utils import DynamicLayer
+
+    from evals.generation import _reserved_layer
+
+    g = torch.Generator().manual_seed(0)
+
+    def states(batch, n):
+        return torch.randn(batch, 3, n, 8, generator=g), torch.randn(batch, 3, n, 8, generator=g)
+
+    mine, ref = _reserved_layer()(reserve=4), DynamicLayer()
+
+    def step(k, v):
+        got, want = mine.update(k, v), ref.update(k, v)
+        for a, b in zip(got, want, strict=True):
+            assert torch.equal(a, b)
+        assert mine.get_seq_length() == ref.get_seq_length()
+        assert mine.get_mask_sizes(1) == ref.get_mask_sizes(1)
+
+    step(*states(2, 5))  # the prefill: 5 positions, room for 4 more
+    buffer = mine.keys.data_ptr()
+    for _ in range(4):
+        step(*states(2, 1))
+    assert mine.keys.data_ptr() == buffer  # the decoding steps were written in place
+    step(*states(2, 1))  # past the reserve: one reallocation, same values
+    assert mine.keys.data_ptr() != buffer
+    for layer in (mine, ref):
+        layer.crop(-3)
+    step(*states(2, 2))
+    for layer in (mine, ref):
+        layer.batch_select_indices(torch.tensor([1]))
+    step(*states(1, 1))
+    for layer in (mine, ref):
+        layer.reset()
+    step(*states(1, 3))
+
+
+def test_decode_cache_replaces_only_full_attention_layers():
+    from transformers import MistralConfig
+
+    from evals.generation import _reserved_layer, decode_cache
+
+    class Stub:  # decode_cache reads only the config
+        config = MistralConfig(
+            num_hidden_layers=4,
+            hidden_size=64,
+            intermediate_size=128,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            sliding_window=16,
+            layer_types=["sliding_attention", "full_attention"] * 2,
+        )
+
+    kinds = [type(layer).__name__ for layer in decode_cache(Stub, 8).layers]
+    assert kinds[1] == kinds[3] == _reserved_layer().__name__
+    assert kinds[0] == kinds[2] != kinds[1]  # transformers' sliding-window layers kept
+
+
 def test_out_of_memory_splits_the_batch_and_keeps_every_result(tiny, monkeypatch):
     import torch
 
@@ -406,3 +468,16 @@ def test_the_kv_cache_goes_under_the_name_this_transformers_takes(tiny):
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*past_key_values.*deprecated", category=FutureWarning)
         _collect(model, tok, [[5, 6, 7] * 10], 2, prefill_chunk=8)  # chunked prefill, then generate()
+
+
+def test_kv_cache_decode_benchmark_smoke(tmp_path):
+    """benchmarks/kv_cache_decode.py at a tiny CPU size: both cache kinds timed, the result file written."""
+    import json
+
+    from conftest import load_benchmark
+
+    result = load_benchmark("kv_cache_decode").main(
+        ["--rows", "2", "--prompt", "64", "--layers", "2", "--steps", "4", "--repeats", "1", "--out", str(tmp_path)]
+    )
+    saved = json.loads((tmp_path / "kv_cache_decode.json").read_text())
+    assert set(saved["results"]) == {"concatenating", "reserved"} and saved["speedup"] == result["speedup"] > 0

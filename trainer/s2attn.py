@@ -31,7 +31,8 @@ Backends (`backend=`):
   padded after their tokens to whole groups (a padded key comes after every real query of its group,
   so causal attention stays exact; padded queries' outputs are dropped). Costs one group per shifted
   KV head more attention FLOPs (1/8 more at ratio 1/4) and a copy of Q, K and V, for two SDPA calls
-  fewer per layer. Unsegmented batches with more than one KV head; others run as `sdpa`.
+  fewer per layer. Unsegmented batches with more than one KV head; others run as `sdpa`. Opt-in: on an
+  H200 it is no faster than `sdpa` at 16k and slower at 32k/64k, eager or compiled (benchmarks/s2attn.md).
 - `varlen`: a variable-length flash kernel — flash-attn's `flash_attn_varlen_func` when installed,
   else torch's own `torch.nn.attention.varlen.varlen_attn` (where that has no `enable_gqa`, as in
   torch 2.11, grouped K/V heads are repeated for it). Every piece is one varlen sequence of a packed
