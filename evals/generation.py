@@ -490,7 +490,10 @@ def _generate_batch(
     clock = _first_step_clock(device)
     criteria = StoppingCriteriaList([clock, *([_stop_criteria(tokenizer, width, stop_when)] if stop_when else [])])
     with torch.inference_mode():
-        cache = decode_cache(model, config.max_new_tokens)
+        # room for every position the batch will hold: the first write is the whole prompt (generate's
+        # prefill) or the first chunk, so a chunked prefill does not reallocate per chunk either
+        first = min(chunk, width - 1) if width > chunk else width
+        cache = decode_cache(model, width + config.max_new_tokens - first)
         if width > chunk:
             _prefill(model, cache, ids, mask, chunk)
         out = model.generate(

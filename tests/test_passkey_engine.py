@@ -375,6 +375,35 @@ def test_reserved_cache_layer_equals_concatenation_and_writes_in_place():
     step(*states(1, 3))
 
 
+def test_decode_cache_is_allocated_once_per_batch(tiny, monkeypatch):
+    """Whole-prompt or chunked prefill, the cache's first buffer holds every position the batch reaches
+    (prompt + new tokens): no reallocation per chunk or per decoding step."""
+    import torch
+
+    import evals.generation as generation
+
+    model, tok = tiny
+    model.generation_config.eos_token_id = None
+    layer_class = generation._reserved_layer()
+    update, buffers = layer_class.update, []
+
+    def recording(self, *a, **k):
+        out = update(self, *a, **k)
+        buffers.append((id(self), self.buffers[0].data_ptr(), self.buffers[0].shape[-2]))
+        return out
+
+    monkeypatch.setattr(layer_class, "update", recording)
+    prompt = torch.randint(10, 40000, (70,), generator=torch.Generator().manual_seed(4)).tolist()
+    for chunk in (None, 16):  # one forward for the prompt, or five chunks
+        buffers.clear()
+        _collect(model, tok, [prompt, prompt], 5, prefill_chunk=chunk)
+        per_layer = {}
+        for layer, ptr, capacity in buffers:
+            per_layer.setdefault(layer, set()).add((ptr, capacity))
+        assert len(per_layer) == model.config.num_hidden_layers
+        assert all(seen == {(next(iter(seen))[0], 70 + 5)} for seen in per_layer.values()), chunk
+
+
 def test_decode_cache_replaces_only_full_attention_layers():
     from transformers import MistralConfig
 
