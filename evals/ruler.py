@@ -947,15 +947,17 @@ def _build_cell(job: tuple[str, int, int, int]) -> list[tuple[str, int, int, byt
 
 
 def build_workers(cases: int) -> int:
-    """Worker processes for building `cases` cases: the CPUs this process may use (at most 16), 1 (in this
-    process) for small runs or where fork is not the safe default (macOS, Windows)."""
+    """Worker processes for building `cases` cases: the CPUs this process may use, shared with the other
+    ranks of a torchrun on this node (every rank builds the cases), at most 16; 1 (in this process) for
+    small runs or where fork is not the safe default (macOS, Windows)."""
     import multiprocessing
     import os
     import sys
 
     if cases < PARALLEL_MIN_CASES or sys.platform != "linux" or "fork" not in multiprocessing.get_all_start_methods():
         return 1
-    return max(1, min(16, len(os.sched_getaffinity(0))))
+    ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(1, min(16, len(os.sched_getaffinity(0)) // ranks))
 
 
 def build_all(

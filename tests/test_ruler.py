@@ -296,10 +296,20 @@ def test_cases_built_in_worker_processes_equal_the_ones_built_here(smollm2_token
     assert e.value.fix and "use lengths above" in e.value.fix
 
 
-def test_small_runs_build_their_cases_in_process():
+def test_small_runs_build_their_cases_in_process_and_ranks_share_the_cpus(monkeypatch):
+    import os
+    import sys
+
     from evals.ruler import PARALLEL_MIN_CASES, build_workers
 
     assert build_workers(PARALLEL_MIN_CASES - 1) == 1
+    if sys.platform == "linux":
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+        assert build_workers(4400) == 16
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+        assert build_workers(4400) == 8
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "128")
+        assert build_workers(4400) == 1
 
 
 def test_too_short_length_is_a_user_error(builder):
