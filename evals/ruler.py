@@ -922,75 +922,6 @@ def _repeat(unit: list[int]) -> Iterator[list[int]]:
         yield unit
 
 
-# --------------------------------------------------------------------------- building many cases
-#
-# Building RULER's cases is CPU work, mostly tokenising haystack units and distractors: about 70 s for the
-# 4,400 cases of the default suite on a 2-core machine, a tenth of the suite's budget on a GPU, spent before
-# the first prompt runs. Every case draws from its own seeded generator (`sample_rng`) and the builder's
-# caches only memoise tokenisation, so a case is the same whichever process builds it: on Linux the
-# (task, length) cells are built by forked worker processes that inherit the builder (it is never pickled).
-
-PARALLEL_MIN_CASES = 200  # below this, forking costs more than it saves
-_forked_builder: RulerBuilder | None = None
-
-
-def _build_cell(job: tuple[str, int, int, int]) -> list[tuple[str, int, int, bytes, list[str], int, dict]]:
-    """In a worker: one (task, length)'s cases, ids packed as int32 bytes (fast to send back)."""
-    from array import array
-
-    task, length, samples, seed = job
-    out = []
-    for i in range(samples):
-        c = _forked_builder.build(task, length, i, seed)
-        out.append((c.task, c.length, c.index, array("i", c.ids).tobytes(), c.outputs, c.max_new_tokens, c.info))
-    return out
-
-
-def build_workers(cases: int) -> int:
-    """Worker processes for building `cases` cases: the CPUs this process may use, shared with the other
-    ranks of a torchrun on this node (every rank builds the cases), at most 16; 1 (in this process) for
-    small runs or where fork is not the safe default (macOS, Windows)."""
-    import multiprocessing
-    import os
-    import sys
-
-    if cases < PARALLEL_MIN_CASES or sys.platform != "linux" or "fork" not in multiprocessing.get_all_start_methods():
-        return 1
-    ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
-    return max(1, min(16, len(os.sched_getaffinity(0)) // ranks))
-
-
-def build_all(
-    builder: RulerBuilder, cells: Sequence[tuple[str, int]], samples: int, seed: int = 0, workers: int | None = None
-) -> list[RulerCase]:
-    """Cases `samples` per (task, length) in `cells`, in that order; `workers` processes (None:
-    `build_workers`). The result does not depend on `workers`."""
-    global _forked_builder
-    from array import array
-    from concurrent.futures import ProcessPoolExecutor
-
-    workers = build_workers(len(cells) * samples) if workers is None else workers
-    if workers <= 1 or len(cells) < 2:
-        return [builder.build(task, length, i, seed) for task, length in cells for i in range(samples)]
-    import multiprocessing
-
-    if any(TASKS[task].needs_essays for task, _ in cells):
-        _ = builder.essay  # tokenised once here, inherited by every worker
-    _forked_builder = builder
-    try:
-        with ProcessPoolExecutor(min(workers, len(cells)), mp_context=multiprocessing.get_context("fork")) as pool:
-            parts = list(pool.map(_build_cell, [(task, length, samples, seed) for task, length in cells]))
-    finally:
-        _forked_builder = None
-    cases = []
-    for part in parts:
-        for task, length, index, packed, outputs, max_new, info in part:
-            ids = array("i")
-            ids.frombytes(packed)
-            cases.append(RulerCase(task, length, index, ids.tolist(), outputs, max_new, info))
-    return cases
-
-
 # --------------------------------------------------------------------------- the task (evals.harness)
 
 STANDARD_LENGTHS = (4096, 8192, 16384, 32768, 65536, 131072)  # RULER's reported lengths
@@ -1081,19 +1012,28 @@ class RulerTask:
             if s.kind == "qa":
                 qa[s.dataset], self._sources[s.dataset] = read_qa(self.cfg.qa_data, s.dataset)
         builder = RulerBuilder(ctx.tokenizer, ctx.frame, essays=essays, qa=qa)
-        cells = [(spec.name, length) for spec in specs for length in self._lengths]
         cases = []
-        for c in build_all(builder, cells, self.cfg.samples, self.cfg.seed):
-            meta = {
-                "ruler_task": c.task,
-                "length": c.length,
-                "sample": c.index,
-                "prompt_tokens": len(c.ids),
-                "references": c.outputs,
-                **({"depths": c.info["depths"]} if "depths" in c.info else {}),  # where the needles are
-            }
-            key = cell_key(c.task, c.length, c.index)
-            cases.append(Case(key, ids=c.ids, reference=c.outputs, meta=meta, max_new_tokens=c.max_new_tokens))
+        for spec in specs:
+            for length in self._lengths:
+                for i in range(self.cfg.samples):
+                    c = builder.build(spec.name, length, i, self.cfg.seed)
+                    meta = {
+                        "ruler_task": spec.name,
+                        "length": length,
+                        "sample": i,
+                        "prompt_tokens": len(c.ids),
+                        "references": c.outputs,
+                        **({"depths": c.info["depths"]} if "depths" in c.info else {}),  # where the needles are
+                    }
+                    cases.append(
+                        Case(
+                            cell_key(spec.name, length, i),
+                            ids=c.ids,
+                            reference=c.outputs,
+                            meta=meta,
+                            max_new_tokens=c.max_new_tokens,
+                        )
+                    )
         return cases
 
     def score(self, case, answer: str) -> dict[str, Any]:

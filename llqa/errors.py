@@ -24,15 +24,3 @@ class LlqaError(Exception):
 
     def __str__(self) -> str:
         return f"{self.what} — {self.fix}" if self.fix else self.what
-
-    def __reduce__(self):
-        # pickled whole (its fix and any subclass attributes), not rebuilt from `args` alone: an error raised
-        # in a worker process (RULER's cases are built in forked workers) reaches the user as it was raised
-        return _rebuilt, (type(self), self.what, dict(self.__dict__))
-
-
-def _rebuilt(cls: type[LlqaError], what: str, state: dict) -> LlqaError:
-    error = cls.__new__(cls)
-    Exception.__init__(error, what)
-    error.__dict__.update(state)
-    return error

@@ -273,45 +273,6 @@ def test_samples_are_seeded_and_independent_of_order(smollm2_tokenizer, essays):
         assert first[0].ids != first[1].ids, task
 
 
-def test_cases_built_in_worker_processes_equal_the_ones_built_here(smollm2_tokenizer, essays):
-    """`llqa eval ruler` builds its cases in forked workers on Linux: the same ids, references and draws as
-    building them one by one in this process, in the same order, and a user error raised in a worker
-    arrives whole (message and fix)."""
-    import sys
-
-    from evals.ruler import build_all
-
-    if sys.platform != "linux":
-        pytest.skip("cases are built in worker processes on Linux only")
-    builder = RulerBuilder(smollm2_tokenizer, prompt_frame(smollm2_tokenizer, False), essays=essays[:40_000])
-    cells = [(task, n) for task in SYNTHETIC_TASKS for n in (1024, 1536)]
-    here = build_all(builder, cells, 2, seed=5, workers=1)
-    there = build_all(builder, cells, 2, seed=5, workers=3)
-    assert [(c.task, c.length, c.index) for c in here] == [(t, n, i) for t, n in cells for i in range(2)]
-    assert [(c.ids, c.outputs, c.info, c.max_new_tokens) for c in there] == [
-        (c.ids, c.outputs, c.info, c.max_new_tokens) for c in here
-    ]
-    with pytest.raises(LlqaError, match="use lengths above") as e:
-        build_all(builder, [("vt", 4096), ("vt", 600)], 1, workers=2)
-    assert e.value.fix and "use lengths above" in e.value.fix
-
-
-def test_small_runs_build_their_cases_in_process_and_ranks_share_the_cpus(monkeypatch):
-    import os
-    import sys
-
-    from evals.ruler import PARALLEL_MIN_CASES, build_workers
-
-    assert build_workers(PARALLEL_MIN_CASES - 1) == 1
-    if sys.platform == "linux":
-        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
-        assert build_workers(4400) == 16
-        monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
-        assert build_workers(4400) == 8
-        monkeypatch.setenv("LOCAL_WORLD_SIZE", "128")
-        assert build_workers(4400) == 1
-
-
 def test_too_short_length_is_a_user_error(builder):
     with pytest.raises(LlqaError, match="use lengths above"):
         builder.build("vt", 600, 0)
@@ -564,16 +525,3 @@ def test_prefix_sharing_counts():
     measure = load_benchmark("ruler_prefix_sharing").measure
     assert measure([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3, 9]]) == {"tokens": 11, "batch_common": 4, "radix": 2 + 3}
     assert measure([[7, 8]]) == {"tokens": 2, "batch_common": 0, "radix": 0}
-
-
-def test_user_errors_survive_pickling_whole():
-    """What a worker process sends back: the message, the fix and a subclass's own attributes."""
-    import pickle
-    import signal
-
-    from trainer.stop import TrainingInterrupted
-
-    e = pickle.loads(pickle.dumps(LlqaError("bad input", "fix it")))
-    assert (type(e), e.what, e.fix, str(e)) == (LlqaError, "bad input", "fix it", "bad input — fix it")
-    stop = pickle.loads(pickle.dumps(TrainingInterrupted(signal.SIGTERM, 7, "ckpt", "--resume")))
-    assert isinstance(stop, TrainingInterrupted) and stop.exit_code == 128 + signal.SIGTERM and "step 7" in stop.what
