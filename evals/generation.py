@@ -431,8 +431,9 @@ def _reserved_layer():
 
 def decode_cache(model, reserve: int):
     """An empty KV cache for one batch of `model.generate`: transformers' `DynamicCache` for the model's
-    config, its full-attention layers replaced by `_reserved_layer` with `reserve` (the new tokens) free
-    positions. Sliding-window and other special layers stay as transformers made them."""
+    config, its full-attention layers replaced by `_reserved_layer` with `reserve` free positions after
+    their first write (the caller sizes it so the batch never reallocates). Sliding-window and other
+    special layers stay as transformers made them."""
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
 
