@@ -17,6 +17,7 @@ import functools
 import math
 import re
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -468,6 +469,26 @@ def _prefill(model, cache, ids, mask, chunk: int):
         )
 
 
+@contextmanager
+def _plain_generation_config(model):
+    """The model's `generation_config` replaced by transformers' defaults while the harness decodes.
+
+    generate() fills every field that the config it is given leaves unset from the model's own
+    generation_config.json: a Qwen2.5-Instruct checkpoint ships `repetition_penalty` 1.05, others
+    `no_repeat_ngram_size`, `num_beams` or a `cache_implementation`, any of which would quietly turn the
+    evals' greedy decoding into something else (or refuse the harness's KV cache). EOS ids are read from
+    the model's config before this (`_eos_ids`). For a PEFT model the config lives on the wrapped model."""
+    from transformers import GenerationConfig
+
+    target = model.get_base_model() if hasattr(model, "get_base_model") else model
+    saved = target.generation_config
+    target.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        target.generation_config = saved
+
+
 def _generate_batch(
     model, tokenizer, prompts, batch, config, stop_when, eos, pad, chunk
 ) -> tuple[list[Generation], dict[str, float]]:
@@ -490,7 +511,7 @@ def _generate_batch(
     ids, mask = ids.to(device), mask.to(device)
     clock = _first_step_clock(device)
     criteria = StoppingCriteriaList([clock, *([_stop_criteria(tokenizer, width, stop_when)] if stop_when else [])])
-    with torch.inference_mode():
+    with torch.inference_mode(), _plain_generation_config(model):
         # room for every position the batch will hold: the first write is the whole prompt (generate's
         # prefill) or the first chunk, so a chunked prefill does not reallocate per chunk either
         first = min(chunk, width - 1) if width > chunk else width

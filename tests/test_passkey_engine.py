@@ -425,6 +425,38 @@ def test_decode_cache_replaces_only_full_attention_layers():
     assert kinds[0] == kinds[2] != kinds[1]  # transformers' sliding-window layers kept
 
 
+@pytest.mark.parametrize("peft", [False, True])
+def test_greedy_whatever_the_models_generation_config_says(tiny, peft):
+    """A checkpoint's generation_config.json (Qwen2.5-Instruct: repetition_penalty 1.05; others beams, n-gram
+    blocking or a cache implementation) must not change the evals' greedy decoding, and is left as it was."""
+    import copy
+
+    import torch
+
+    model, tok = tiny
+    if peft:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(copy.deepcopy(model), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    base = model.get_base_model() if peft else model
+    g = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(10, 40000, (n,), generator=g).tolist() for n in (12, 12, 9)]
+    saved = base.generation_config
+    saved.eos_token_id = None
+    want = [" ".join(map(str, _reference_greedy(model, p, 6))) for p in prompts]
+    changes = {"repetition_penalty": 5.0, "no_repeat_ngram_size": 1, "num_beams": 3, "cache_implementation": "static"}
+    before = {field: getattr(saved, field) for field in changes}
+    try:
+        for field, value in changes.items():
+            setattr(saved, field, value)
+            got = _collect(model, tok, prompts, 6)
+            assert [got[i] for i in range(len(prompts))] == want, field
+            assert base.generation_config is saved and getattr(saved, field) == value
+    finally:
+        for field, value in before.items():
+            setattr(saved, field, value)
+
+
 def test_out_of_memory_splits_the_batch_and_keeps_every_result(tiny, monkeypatch):
     import torch
 
