@@ -26,6 +26,8 @@ from llqa.errors import LlqaError
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+# What every generation eval's run.json records as its decoding (see `_plain_generation_config`)
+DECODING = "greedy, one beam, no penalties; the checkpoint's generation_config.json is ignored except its EOS ids"
 CHAT_TEMPLATE_MODES = ("auto", "none")
 OVERLONG_POLICIES = ("skip", "middle", "keep")
 _SENTINEL = "\u2063LLQA_PROMPT\u2063"  # a string no template produces by itself

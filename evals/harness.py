@@ -63,6 +63,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from evals.generation import (
     CHAT_TEMPLATE_MODES,
+    DECODING,
     OVERLONG_POLICIES,
     PromptFrame,
     check_choice,
@@ -184,6 +185,7 @@ class GenerationOptions:
             "chat_template": self.chat_template,
             "overlong": self.overlong,
             "max_new_tokens": self.max_new_tokens or task.default_max_new_tokens,
+            "decoding": DECODING,
         }
 
 

@@ -91,6 +91,14 @@ def test_a_task_written_against_the_interface_runs_and_resumes(tiny_loaded, tmp_
     assert again.summary == result.summary
     with pytest.raises(LlqaError, match="different configuration"):
         run_task(tiny_loaded, EchoTask(sizes=(5,)), GenerationOptions(chat_template="none"), tmp_path)
+    # cells decoded before the decoding became plain greedy (no record of it) are not resumed into
+    run_json = tmp_path / "run.json"
+    old = json.loads(run_json.read_text())
+    assert old["config"]["decoding"].startswith("greedy")
+    del old["config"]["decoding"]
+    run_json.write_text(json.dumps(old))
+    with pytest.raises(LlqaError, match="decoding differ"):
+        run_task(tiny_loaded, task, GenerationOptions(chat_template="none"), tmp_path)
 
 
 def test_overlong_middle_and_bad_options(tiny_loaded, tmp_path):
