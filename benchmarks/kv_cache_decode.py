@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from evals.generation import _reserved_layer  # noqa: E402
 from llqa.io import atomic_write_json  # noqa: E402
+from llqa.models import resolve_device, resolve_dtype  # noqa: E402
 
 KINDS = ("concatenating", "reserved")
 
@@ -65,7 +66,7 @@ def parse(argv=None):
     p.add_argument("--kv-heads", type=int, default=3)
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bfloat16, float32")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on a GPU that has it, else fp32), bfloat16, float32")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, required=True)
     return p.parse_args(argv)
@@ -73,18 +74,9 @@ def parse(argv=None):
 
 def main(argv=None) -> dict:
     args = parse(argv)
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
-    dtype = (
-        getattr(torch, args.dtype)
-        if args.dtype != "auto"
-        else torch.bfloat16
-        if device.type == "cuda"
-        else torch.float32
-    )
-    per_layer_kv = 2 * args.rows * args.kv_heads * args.head_dim * torch.finfo(dtype).bits // 8
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    per_layer_kv = 2 * args.rows * args.kv_heads * args.head_dim * dtype.itemsize
     rows = {}
     for kind in KINDS:
         times = [time_steps(kind, args, device, dtype) for _ in range(args.repeats)]
