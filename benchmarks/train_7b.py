@@ -65,6 +65,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from llqa.io import atomic_write_json  # noqa: E402
+from llqa.models import unwrapped  # noqa: E402
 from trainer.compile import compile_layers, uncompile_layers  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.loop import train_step  # noqa: E402
@@ -103,7 +104,7 @@ class HfLoss(torch.nn.Module):
 
 
 def flops(model, n: int, attn: str) -> dict[str, float]:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrapped(model)
     c = base.config
     p = sum(
         m.weight.numel() for name, m in base.named_modules() if isinstance(m, torch.nn.Linear) and "lora_" not in name

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from llqa.errors import LlqaError
+from llqa.models import unwrapped
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -381,7 +382,7 @@ def _cache_kwarg(model) -> str:
     deprecated, to be removed) or `past_key_values` (earlier 5.x)."""
     import inspect
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT wrapper takes **kwargs
+    base = unwrapped(model)  # a PEFT wrapper takes **kwargs
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
@@ -482,7 +483,7 @@ def _plain_generation_config(model):
     the model's config before this (`_eos_ids`). For a PEFT model the config lives on the wrapped model."""
     from transformers import GenerationConfig
 
-    target = model.get_base_model() if hasattr(model, "get_base_model") else model
+    target = unwrapped(model)
     saved = target.generation_config
     target.generation_config = GenerationConfig()
     try:

@@ -44,7 +44,7 @@ from llqa.compile import compile_modules, fallback_reason, uncompile_modules
 from llqa.engine import EngineOptions, check_compile_mode, check_sdpa_backend
 from llqa.errors import LlqaError
 from llqa.io import TEXT_READING
-from llqa.models import MAX_CTX
+from llqa.models import MAX_CTX, unwrapped
 from llqa.ranks import RankedStore, all_cells
 from llqa.results import changed_run_error
 
@@ -247,7 +247,7 @@ class WindowScorer:
         self.compile_mode: str = "off"  # see `compile`
         self._layers = None
 
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT wrapper
+        base = unwrapped(model)  # PEFT wrapper
         self.body = base.get_decoder()
         self.head = base.get_output_embeddings()
         if self.head is None:

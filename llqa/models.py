@@ -550,6 +550,13 @@ def add_legacy_rope_keys(config_file: Path) -> None:
 # --------------------------------------------------------------------------- dtype / device
 
 
+def unwrapped(model):
+    """The transformers model under a PEFT wrapper (`get_base_model`), or `model` itself: where its config,
+    generation_config, forward signature and decoder layers live."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     import torch
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from llqa.compile import compile_modules, uncompile_modules
 from llqa.engine import check_compile_mode
 from llqa.errors import LlqaError
+from llqa.models import unwrapped
 
 if TYPE_CHECKING:
     import torch
@@ -29,7 +30,7 @@ def decoder_layers(model) -> torch.nn.ModuleList:
     """The decoder's list of layers under a peft wrapper and/or a causal-LM head (`model.model.layers`)."""
     import torch
 
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = unwrapped(model)
     body = getattr(inner, "model", inner)
     layers = getattr(body, "layers", None)
     if not isinstance(layers, torch.nn.ModuleList) or not len(layers):

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from llqa.errors import LlqaError
 from llqa.io import OutLock, append_jsonl, atomic_write_json
-from llqa.models import RUN_FILE, add_legacy_rope_keys, resolve_device
+from llqa.models import RUN_FILE, add_legacy_rope_keys, resolve_device, unwrapped
 from trainer import data as D
 from trainer.checkpoint import check_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
 from trainer.config import CONFIG_FILE, TrainConfig
@@ -351,7 +351,7 @@ def save_final(cfg: TrainConfig, model, loaded, step: int, state_dict: dict | No
     `state_dict`: the trained weights as full tensors, when `model` holds only this rank's shards (FSDP)."""
     run = cfg.run_dir
     if cfg.attn == "s2":
-        disable_s2_attention(model.get_base_model() if hasattr(model, "get_base_model") else model)
+        disable_s2_attention(unwrapped(model))
     model.save_pretrained(run, **({"state_dict": state_dict} if state_dict is not None else {}))
     if not cfg.lora:
         add_legacy_rope_keys(run / "config.json")

@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from llqa.models import unwrapped
+
 IGNORE_INDEX = -100
 DEFAULT_CHUNK = 4096  # 4096 tokens × 49,152 vocab × 4 B = 0.8 GB of fp32 logits per chunk
 
@@ -136,7 +138,7 @@ def lm_head_of(model) -> tuple[torch.Tensor, torch.Tensor | None, float | None]:
     Works through PEFT wrappers: `get_output_embeddings()` returns the module the forward pass
     uses, and a head wrapped by PEFT (`modules_to_save`) exposes the active copy's weight.
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrapped(model)
     head = base.get_output_embeddings()
     active = getattr(head, "modules_to_save", None)
     if active is not None and getattr(head, "active_adapter", None):
@@ -162,7 +164,7 @@ def causal_lm_loss(
     The decoder is the model's `base_model` (e.g. `LlamaModel` inside `LlamaForCausalLM`); calling it
     directly skips the model's own head, whose [N × vocab] logits are what this module avoids.
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrapped(model)
     decoder = base.base_model
     out = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **forward_kwargs)
     weight, bias, softcap = lm_head_of(model)

@@ -57,6 +57,7 @@ from functools import cache, lru_cache
 from typing import TYPE_CHECKING, Any
 
 from llqa.errors import LlqaError
+from llqa.models import unwrapped
 
 if TYPE_CHECKING:  # heavy imports stay out of `llqa --help`
     import torch
@@ -645,12 +646,6 @@ def register_s2_attention() -> None:
     AttentionMaskInterface.register(S2_ATTN_NAME, _s2_mask)
 
 
-def _base_model(model):
-    """The transformers model under a PeftModel (or the model itself)."""
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
-
-
 def enable_s2_attention(model, group_ratio: float = 0.25, backend: str = "auto") -> None:
     """Switch `model` (a transformers model or a PeftModel) to S2-Attn in training.
 
@@ -666,7 +661,7 @@ def enable_s2_attention(model, group_ratio: float = 0.25, backend: str = "auto")
             "pip install flash-attn (or llqa[flash]), or use backend='sdpa'",
         )
     register_s2_attention()
-    base = _base_model(model)
+    base = unwrapped(model)
     setattr(base.config, RATIO_ATTR, float(group_ratio))
     setattr(base.config, BACKEND_ATTR, backend)
     base.set_attn_implementation(S2_ATTN_NAME)
@@ -681,7 +676,7 @@ def enable_s2_attention(model, group_ratio: float = 0.25, backend: str = "auto")
 def disable_s2_attention(model) -> None:
     """Back to transformers' SDPA attention; the S2 settings are removed from the config (so a saved or
     merged model carries none)."""
-    base = _base_model(model)
+    base = unwrapped(model)
     base.set_attn_implementation(FULL_ATTN_NAME)
     for attr in (RATIO_ATTR, BACKEND_ATTR):
         if hasattr(base.config, attr):
