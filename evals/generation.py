@@ -13,11 +13,11 @@ What every retrieval eval needs, in one place:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import re
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -472,7 +472,7 @@ def _prefill(model, cache, ids, mask, chunk: int):
         )
 
 
-@contextmanager
+@contextlib.contextmanager
 def _plain_generation_config(model):
     """The model's `generation_config` replaced by transformers' defaults while the harness decodes.
 
@@ -492,8 +492,23 @@ def _plain_generation_config(model):
         target.generation_config = saved
 
 
+def _decoding_kernels(device, avoid_cudnn: bool):
+    """The SDPA kernels decoding steps may use: on CUDA, every kernel but cuDNN's (flash first).
+
+    cuDNN's attention, torch's first choice on Hopper and Blackwell GPUs, builds an execution plan per
+    input shape and caches it. A decoding step's key length is one more than the last step's, so every
+    step of a batch whose shape was not decoded before builds a plan: on an H200 that made such batches
+    decode at 68-97 ms per step against ~30 ms for a repeated shape (benchmarks/generation_prefill.md).
+    The prefill, one shape per batch, keeps torch's choice."""
+    if not avoid_cudnn or getattr(device, "type", str(device)) != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH], set_priority=True)
+
+
 def _generate_batch(
-    model, tokenizer, prompts, batch, config, stop_when, eos, pad, chunk
+    model, tokenizer, prompts, batch, config, stop_when, eos, pad, chunk, avoid_cudnn_decode=True
 ) -> tuple[list[Generation], dict[str, float]]:
     """The batch's generations and its timing: `seconds` (prompt tensors to decoded text),
     `first_token_s` (prefill and the first new token) and `new_tokens` (decoding steps run)."""
@@ -515,19 +530,21 @@ def _generate_batch(
     clock = _first_step_clock(device)
     criteria = StoppingCriteriaList([clock, *([_stop_criteria(tokenizer, width, stop_when)] if stop_when else [])])
     with torch.inference_mode(), _plain_generation_config(model):
-        # room for every position the batch will hold: the first write is the whole prompt (generate's
-        # prefill) or the first chunk, so a chunked prefill does not reallocate per chunk either
-        first = min(chunk, width - 1) if width > chunk else width
+        # room for every position the batch will hold: the first write is the prefill's first chunk (or,
+        # for a one-token prompt, generate's first step), so nothing reallocates per chunk or step
+        first = min(chunk, width - 1) if width > 1 else 1
         cache = decode_cache(model, width + config.max_new_tokens - first)
-        if width > chunk:
-            _prefill(model, cache, ids, mask, chunk)
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            generation_config=config,
-            stopping_criteria=criteria,
-            **{_cache_kwarg(model): cache},
-        )
+        # the prompt but its last position under torch's kernel choice; generate() then runs one-position
+        # steps only, each a new key length
+        _prefill(model, cache, ids, mask, chunk)
+        with _decoding_kernels(device, avoid_cudnn_decode):
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                generation_config=config,
+                stopping_criteria=criteria,
+                **{_cache_kwarg(model): cache},
+            )
     rows = (_row_tokens(r, eos, pad) for r in out[:, width:].tolist())
     results = [
         Generation(i, tokenizer.decode(tokens, skip_special_tokens=True), len(tokens))
@@ -555,6 +572,7 @@ def generate_greedy(
     prefill_chunk: int | None = None,
     free_bytes: int | None = None,
     on_batch: Callable[[dict], None] | None = None,
+    avoid_cudnn_decode: bool = True,
 ) -> Iterator[list[Generation]]:
     """Greedy continuations of `prompts` (token id lists), yielded batch by batch so callers can save
     each finished batch (resume). Rows are left-padded; a row stops at EOS, at `max_new_tokens`, or
@@ -569,7 +587,11 @@ def generate_greedy(
     one LlqaError (the batches already yielded are kept by the caller).
 
     `on_batch` receives one record per batch tried: rows, width (longest prompt), padded, prefill_chunk,
-    and either the timing of `_generate_batch` or `"out_of_memory": True` with the seconds lost."""
+    and either the timing of `_generate_batch` or `"out_of_memory": True` with the seconds lost.
+
+    The prompt's positions but the last are prefilled under torch's SDPA kernel choice, the decoding steps
+    under every kernel but cuDNN's (`_decoding_kernels`; `avoid_cudnn_decode=False` keeps torch's choice
+    there too, for the benchmark that measures the difference)."""
     import time
 
     from tqdm.auto import tqdm
@@ -606,7 +628,9 @@ def generate_greedy(
             shape = {"rows": len(batch), "width": max(widths), "padded": padded}
             started = time.perf_counter()
             try:
-                results, timing = _generate_batch(model, tokenizer, prompts, batch, config, stop_when, eos, pad, chunk)
+                results, timing = _generate_batch(
+                    model, tokenizer, prompts, batch, config, stop_when, eos, pad, chunk, avoid_cudnn_decode
+                )
             except Exception as e:
                 if not _is_oom(e):
                     raise

@@ -287,7 +287,8 @@ def test_prefill_is_chunked_only_when_memory_says_so(tiny, monkeypatch):
     chunked, real = [], generation._prefill
     monkeypatch.setattr(generation, "_prefill", lambda *a: chunked.append(a[-1]) or real(*a))
     whole = _collect(model, tok, prompts, 4, free_bytes=10**12)
-    assert chunked == []
+    assert chunked and min(chunked) >= 69  # the prompt but its last position in one forward
+    chunked.clear()
     cost = generation.prompt_cost(model.config, 4)
     tight = cost.row_bytes(74, 74, padded=False) - 1  # one whole-prompt row does not fit; chunked rows do
     monkeypatch.setattr(generation, "DEFAULT_PREFILL_CHUNK", 16)
@@ -542,3 +543,70 @@ def test_kv_cache_decode_benchmark_smoke(tmp_path):
     )
     saved = json.loads((tmp_path / "kv_cache_decode.json").read_text())
     assert set(saved["results"]) == {"concatenating", "reserved"} and saved["speedup"] == result["speedup"] > 0
+
+
+def test_decoding_steps_run_without_cudnn_attention_on_cuda():
+    """On CUDA the decoding steps may use every SDPA kernel but cuDNN's (its per-shape plans are rebuilt at
+    every step, each step's key length being new); torch's own settings come back afterwards. Elsewhere,
+    or when asked to keep torch's choice, nothing changes."""
+    import torch
+
+    from evals.generation import _decoding_kernels
+
+    class Cuda:
+        type = "cuda"
+
+    before = (torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.flash_sdp_enabled())
+    with _decoding_kernels(Cuda(), True):
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+    assert (torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.flash_sdp_enabled()) == before
+    for device, avoid in ((torch.device("cpu"), True), (Cuda(), False)):
+        with _decoding_kernels(device, avoid):
+            assert torch.backends.cuda.cudnn_sdp_enabled() == before[0]
+
+
+def test_only_decoding_steps_run_under_the_decoding_kernels(tiny, monkeypatch):
+    """The prompt (all but its last position) is prefilled before the decoding kernels are chosen, and
+    generate() runs inside them; `avoid_cudnn_decode=False` is passed through."""
+    import contextlib
+
+    import evals.generation as generation
+
+    model, tok = tiny
+    model.generation_config.eos_token_id = None
+    events = []
+    real_prefill = generation._prefill
+    monkeypatch.setattr(generation, "_prefill", lambda *a: events.append("prefill") or real_prefill(*a))
+
+    @contextlib.contextmanager
+    def recording(device, avoid):
+        events.append(("decode", avoid))
+        yield
+
+    monkeypatch.setattr(generation, "_decoding_kernels", recording)
+    prompt = list(range(10, 40))
+    _collect(model, tok, [prompt], 3)
+    _collect(model, tok, [prompt], 3, avoid_cudnn_decode=False)
+    assert events == ["prefill", ("decode", True), "prefill", ("decode", False)]
+
+
+def test_decode_kernels_benchmark_smoke(tmp_path):
+    """benchmarks/decode_kernels.py at a tiny CPU size: both policies, a new and a repeated batch shape each,
+    through the harness (on CPU the policies are the same code path; the GPU run is what they measure)."""
+    import json
+
+    from conftest import load_benchmark
+
+    load_benchmark("decode_kernels").main(
+        ["--shape", "tiny", "--cases", "2x64", "--new-tokens", "4", "--out", str(tmp_path)]
+    )
+    saved = json.loads((tmp_path / "decode_kernels.json").read_text())
+    got = [(r["policy"], r["rows"], r["width"], r["shape"], r["new_tokens"]) for r in saved["results"]]
+    assert got == [
+        ("torch", 2, 64, "new", 4),
+        ("torch", 2, 64, "repeated", 4),
+        ("no-cudnn", 2, 48, "new", 4),
+        ("no-cudnn", 2, 48, "repeated", 4),
+    ]
+    assert all(r["decode_ms_per_step"] > 0 for r in saved["results"])
