@@ -15,8 +15,8 @@ Variants:
 - `s2`:    llqa's S2-Attn (`trainer.s2attn`, backend `auto`): no K/V repeat, no roll, no leak. On a
            GPU without flash-attn: the SDPA backend, three dense causal SDPA calls per layer.
 - `s2-varlen`: the same S2-Attn on its varlen backend (flash-attn's varlen kernel, else torch's own
-           `varlen_attn`): one kernel call per head half, no copies — the candidate that removes the
-           host-side cost of the SDPA backend's extra calls.
+           flash kernel through its aten op, else `varlen_attn`): one kernel call per head half, no
+           copies — the candidate that removes the host-side cost of the SDPA backend's extra calls.
 - `s2-padded`: the same S2-Attn on its `sdpa-padded` backend: one SDPA call per layer (every group of
            both head halves one batch entry, the shifted heads' end half groups padded to whole groups).
 
@@ -309,7 +309,11 @@ def attention_kernel(model, variant: str, device) -> str:
         return "torch SDPA (1 call per layer, end half groups padded)"
     if kernel is None:
         return "torch SDPA (3 calls per layer)"
-    return "torch varlen_attn" if kernel is s2attn._torch_varlen_func else "flash-attn varlen"
+    names = {
+        s2attn._torch_varlen_func: "torch varlen_attn",
+        s2attn._aten_flash_varlen_func: "torch flash varlen (aten op)",
+    }
+    return names.get(kernel, "flash-attn varlen")
 
 
 def format_row(row, results) -> str:

@@ -322,6 +322,31 @@ def test_torch_varlen_adapter_equals_reference(monkeypatch, causal_kw, segments)
         s2attn._torch_varlen_params.cache_clear()
 
 
+def aten_flash_stand_in(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p, is_causal, return_debug_mask, *, scale=None):
+    """aten::_flash_attention_forward's varlen contract in plain torch: (total, H, D) views with grouped K/V
+    heads as they are, a 5-tuple whose first element is the output."""
+    assert k.shape[1] < q.shape[1] or k.shape[1] == q.shape[1]  # never repeated for it
+    assert dropout_p == 0.0 and return_debug_mask is False and q.stride(-1) == 1
+    out = varlen_stand_in(q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale=scale, causal=is_causal)
+    return out, None, None, None, None
+
+
+@pytest.mark.parametrize("segments", [None, PACKED], ids=["dense", "packed"])
+def test_aten_flash_varlen_plumbing_equals_reference(monkeypatch, segments):
+    """The varlen backend's call of torch's aten flash op (no K/V repeat, the scale passed), checked with a
+    pure-torch stand-in of the op's contract on CPU; the real kernel is tested on a GPU below."""
+    monkeypatch.setattr(s2attn, "_aten_flash_forward", lambda: aten_flash_stand_in)
+    seg = None if segments is None else torch.tensor(segments)
+    q, k, v = qkv(2, 6, 3, N=32, seed=5)
+    assert_close_fwd_bwd(
+        lambda *a: s2attn._varlen_s2(s2attn._aten_flash_varlen_func, *a, 8, seg, True, 0.3, 0.0),
+        lambda *a: reference_s2(*a, 8, segment_ids=seg, scale=0.3),
+        q,
+        k,
+        v,
+    )
+
+
 def test_torch_varlen_without_native_gqa_repeats_kv(monkeypatch):
     """torch 2.11's varlen_attn has no enable_gqa: K/V heads are repeated for it, same result."""
     import torch.nn.attention.varlen as torch_varlen
@@ -401,10 +426,12 @@ def test_flash_kernel_equals_sdpa_backend(segments):
 @pytest.mark.parametrize("heads", [(9, 9), (9, 3)], ids=["mha", "gqa"])
 @pytest.mark.parametrize("segments", [None, PACKED], ids=["dense", "packed"])
 def test_varlen_kernel_equals_reference(heads, segments):
-    """The varlen backend on its real kernel (flash-attn's, else torch's own), forward and backward."""
+    """The varlen backend on its real kernel (flash-attn's, else torch's own flash op), forward and backward."""
     q, k, v = (x.detach().cuda().bfloat16().requires_grad_() for x in qkv(2, *heads, N=64, D=64))
-    if not s2attn.flash_attn_available() and not s2attn._torch_varlen_fits(q, None):
-        pytest.skip("neither flash-attn nor torch's varlen_attn")
+    if not (
+        s2attn.flash_attn_available() or s2attn._aten_flash_varlen_available() or s2attn._torch_varlen_fits(q, None)
+    ):
+        pytest.skip("no varlen kernel: neither flash-attn nor torch's flash op or varlen_attn")
     seg = None if segments is None else torch.tensor(segments, device="cuda").repeat_interleave(2, dim=1)
     out = s2_attention(q, k, v, 16, segment_ids=seg, backend="varlen")
     grads = torch.autograd.grad(out.float().square().sum(), (q, k, v))

@@ -34,8 +34,10 @@ Backends (`backend=`):
   fewer per layer. Unsegmented batches with more than one KV head; others run as `sdpa`. Opt-in: on an
   H200 it is no faster than `sdpa` at 16k and slower at 32k/64k, eager or compiled (benchmarks/s2attn.md).
 - `varlen`: a variable-length flash kernel — flash-attn's `flash_attn_varlen_func` when installed,
-  else torch's own `torch.nn.attention.varlen.varlen_attn` (where that has no `enable_gqa`, as in
-  torch 2.11, grouped K/V heads are repeated for it). Every piece is one varlen sequence of a packed
+  else torch's own FlashAttention-2 varlen kernel called as its aten op (`_flash_attention_forward`:
+  grouped K/V heads read as they are, dropout supported), else torch's public
+  `torch.nn.attention.varlen.varlen_attn` (where that has no `enable_gqa`, as in torch 2.11, grouped
+  K/V heads are repeated for it). Every piece is one varlen sequence of a packed
   (B·N, H, D) view (`cu_seqlens`): no masks, segments for free, one kernel call per head half.
   Fewer calls matter because at 16k a small model's training step is bound by the host's kernel
   launches, not by the GPU (benchmarks/s2attn.md). `flash` names the flash-attn package alone.
@@ -391,6 +393,37 @@ def _torch_varlen_func(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p=0.0, softmax
     return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, **kw)
 
 
+def _aten_flash_varlen_func(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p=0.0, softmax_scale=None, causal=False):
+    """torch's FlashAttention-2 varlen kernel called as the aten op that `varlen_attn` and SDPA's flash path
+    wrap, behind flash-attn's `flash_attn_varlen_func` calling convention. Called directly it takes grouped
+    K/V heads as they are (the kernel reads each KV head for its query heads; `varlen_attn` of torch 2.11
+    cannot be told, so K and V were repeated for it), supports dropout, and costs one autograd node with no
+    Python custom-op layer around it: per call, less host time, which is what a small model's step at 16k
+    is bound by (benchmarks/s2attn.md)."""
+    out = _aten_flash_forward()(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p, causal, False, scale=softmax_scale)
+    return out[0]
+
+
+def _aten_flash_forward():
+    """The aten op itself (indirect so tests can check the plumbing with a pure-torch stand-in on CPU)."""
+    import torch
+
+    return torch.ops.aten._flash_attention_forward
+
+
+@cache
+def _aten_flash_varlen_available() -> bool:
+    """This torch's aten op has the varlen signature `_aten_flash_varlen_func` calls (torch >= 2.1 built
+    with CUDA flash attention)."""
+    import torch
+
+    try:
+        schema = str(torch.ops.aten._flash_attention_forward.default._schema)
+    except (AttributeError, RuntimeError):
+        return False
+    return "cum_seq_q" in schema and "float? scale" in schema and torch.backends.cuda.is_flash_attention_available()
+
+
 def _varlen_kernel(backend: str, q, dropout: float, scale: float | None):
     """The varlen function `backend` runs on (flash-attn's or torch's), or None for the SDPA backend."""
     import torch
@@ -414,6 +447,8 @@ def _varlen_kernel(backend: str, q, dropout: float, scale: float | None):
         return _flash_attn_func()
     if backend == "auto":
         return None
+    if fits and _aten_flash_varlen_available():  # backend == "varlen"
+        return _aten_flash_varlen_func
     if dropout or not _torch_varlen_fits(q, scale):  # backend == "varlen"
         raise LlqaError(
             "the varlen S2-Attn backend needs flash-attn or a torch with torch.nn.attention.varlen, "
