@@ -42,7 +42,8 @@ Backends (`backend=`):
   Fewer calls matter because at 16k a small model's training step is bound by the host's kernel
   launches, not by the GPU (benchmarks/s2attn.md). `flash` names the flash-attn package alone.
 - `auto` (the default): flash-attn's varlen kernel when installed (CUDA, fp16/bf16), else `sdpa`.
-  Torch's own varlen kernel is opt-in until it has been measured against `sdpa` on a GPU.
+  Torch's own varlen kernel stays opt-in: on an H200 it is level with full attention at 16k on a 135M
+  model (where `sdpa` is a little slower) but slower than `sdpa` at 32k/64k (benchmarks/s2attn.md).
 
 Training only: in eval mode (`module.training` False) — and so in generation — the attention
 function hands over to transformers' own SDPA attention with the exact mask SDPA would get.
