@@ -610,3 +610,16 @@ def test_decode_kernels_benchmark_smoke(tmp_path):
         ("no-cudnn", 2, 48, "repeated", 4),
     ]
     assert all(r["decode_ms_per_step"] > 0 for r in saved["results"])
+
+
+def test_one_and_two_token_prompts_decode_like_the_reference(tiny):
+    """The harness prefills all but a prompt's last position before generate(): a one-token prompt has
+    nothing to prefill (generate's first step is its whole prompt), a two-token one a single position."""
+    import torch
+
+    model, tok = tiny
+    model.generation_config.eos_token_id = None
+    g = torch.Generator().manual_seed(7)
+    for n in (1, 2):
+        prompt = torch.randint(10, 40000, (n,), generator=g).tolist()
+        assert _collect(model, tok, [prompt], 4)[0] == " ".join(map(str, _reference_greedy(model, prompt, 4)))
