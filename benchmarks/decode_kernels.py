@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from evals.generation import generate_greedy  # noqa: E402
 from llqa.io import atomic_write_json  # noqa: E402
-from llqa.models import RANDOM_SHAPES, resolve_device, resolve_dtype  # noqa: E402
+from llqa.models import RANDOM_SHAPES, load_config, resolve, resolve_device, resolve_dtype  # noqa: E402
 
 POLICIES = {"torch": False, "no-cudnn": True}  # policy -> generate_greedy's avoid_cudnn_decode
 VOCAB = 49152  # the default model's vocabulary, as llqa's random shapes use
@@ -55,11 +55,12 @@ def word_tokenizer(vocab: int):
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="w0", unk_token="w1")
 
 
-def random_model(shape: str, longest: int, device, dtype):
-    from transformers import LlamaConfig, LlamaForCausalLM
+def random_model(shape: str, longest: int, tokenizer, device, dtype):
+    """llqa's `random:<shape>` config (its vocabulary the tokenizer's), with positions for `longest` tokens."""
+    from transformers import LlamaForCausalLM
 
-    fields = dict(RANDOM_SHAPES[shape]) | {"max_position_embeddings": max(longest, 2048)}
-    config = LlamaConfig(vocab_size=VOCAB, **fields)
+    config = load_config(resolve(f"random:{shape}"), tokenizer)
+    config.max_position_embeddings = max(longest, config.max_position_embeddings)
     config._attn_implementation = "sdpa"
     torch.manual_seed(0)
     with torch.device(device):
@@ -132,8 +133,8 @@ def main(argv=None) -> dict:
     cases = parse_cases(args.cases)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    model = random_model(args.shape, max(w for _, w in cases) + args.new_tokens, device, dtype)
     tokenizer = word_tokenizer(VOCAB)
+    model = random_model(args.shape, max(w for _, w in cases) + args.new_tokens, tokenizer, device, dtype)
     rows = []
     for n_rows, width in cases:
         for k, policy in enumerate(POLICIES):

@@ -419,7 +419,7 @@ def _aten_flash_varlen_available() -> bool:
     import torch
 
     try:
-        schema = str(torch.ops.aten._flash_attention_forward.default._schema)
+        schema = str(_aten_flash_forward().default._schema)
     except (AttributeError, RuntimeError):
         return False
     return "cum_seq_q" in schema and "float? scale" in schema and torch.backends.cuda.is_flash_attention_available()
