@@ -19,6 +19,11 @@ Variants:
            copies — the candidate that removes the host-side cost of the SDPA backend's extra calls.
 - `s2-padded`: the same S2-Attn on its `sdpa-padded` backend: one SDPA call per layer (every group of
            both head halves one batch entry, the shifted heads' end half groups padded to whole groups).
+- `floor`:  no attention at all (each position's output is its own query: no kernel, no mixing across
+           tokens). Not a model — the step time of everything but attention, the lower bound any attention
+           variant can reach on this machine; where `full` is close to it, no S2 can be much faster.
+- `s2-flex`: the same S2-Attn on its `flex` backend: torch's compiled FlexAttention, one kernel call per
+           layer for all heads over a block sparsity map made once per length (compiled in the warm-up).
 
 `--sdpa-kernel` pins torch's SDPA kernel for every variant (`llqa train --sdpa-backend`); `--compile`
 compiles every decoder layer as `llqa train --compile` does (one static graph per length and variant,
@@ -58,8 +63,14 @@ from trainer.loop import sdpa_context  # noqa: E402
 from trainer.s2attn import enable_s2_attention, s2_group_size  # noqa: E402
 
 NAIVE_NAME = "bench_naive_roll_s2"
-VARIANTS = ("full", "naive", "s2", "s2-varlen", "s2-padded")
-S2_BACKEND = {"s2": "auto", "s2-varlen": "varlen", "s2-padded": "sdpa-padded"}  # variant -> S2-Attn backend
+FLOOR_NAME = "bench_no_attention"
+VARIANTS = ("full", "naive", "s2", "s2-varlen", "s2-padded", "s2-flex", "floor")
+S2_BACKEND = {
+    "s2": "auto",
+    "s2-varlen": "varlen",
+    "s2-padded": "sdpa-padded",
+    "s2-flex": "flex",
+}  # variant -> S2-Attn backend
 
 
 # --------------------------------------------------------------------------- the naive baseline
@@ -85,11 +96,19 @@ def naive_roll_attention(module, query, key, value, attention_mask, dropout=0.0,
     return out.transpose(1, 2), None
 
 
+def no_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """The `floor` variant: every position's output is its query, (B, N, H, D) — attention's cost removed."""
+    return query.transpose(1, 2), None
+
+
 def use_variant(model, variant: str, ratio: float) -> None:
     from transformers import AttentionInterface
 
     if variant == "full":
         model.set_attn_implementation("sdpa")
+    elif variant == "floor":
+        AttentionInterface.register(FLOOR_NAME, no_attention)
+        model.set_attn_implementation(FLOOR_NAME)
     elif variant in S2_BACKEND:
         enable_s2_attention(model, group_ratio=ratio, backend=S2_BACKEND[variant])
     else:
@@ -256,6 +275,14 @@ def main(argv=None) -> int:
             results = [r for r in old.get("results", []) if "step_s" in r]
     done = {(r["tokens"], r["variant"]) for r in results}
     loss = loss_fn()
+
+    def record(row):
+        results.append(row)
+        print(format_row(row, results), flush=True)
+        atomic_write_json(
+            out_file, {"settings": settings, "env": env, "results": results, "speedups": speedups(results)}
+        )
+
     for n in lengths:
         for variant in variants:
             if (n, variant) in done:
@@ -264,13 +291,12 @@ def main(argv=None) -> int:
             row = {
                 "tokens": n,
                 "variant": variant,
-                "group_size": s2_group_size(n, args.group_ratio) if variant != "full" else None,
+                "group_size": s2_group_size(n, args.group_ratio) if variant not in ("full", "floor") else None,
                 "kernel": attention_kernel(model, variant, device),
             }
             if row["kernel"].startswith("unavailable"):
                 row["error"] = row["kernel"]
-                results.append(row)
-                print(format_row(row, results), flush=True)
+                record(row)
                 continue
             graphs = graph_count()
             try:
@@ -283,11 +309,7 @@ def main(argv=None) -> int:
                 row["error"] = "out of memory"
                 model.zero_grad(set_to_none=True)
                 torch.cuda.empty_cache()
-            results.append(row)
-            print(format_row(row, results), flush=True)
-            atomic_write_json(
-                out_file, {"settings": settings, "env": env, "results": results, "speedups": speedups(results)}
-            )
+            record(row)
     print(f"wrote {out_file}")
     return 0
 
@@ -296,12 +318,17 @@ def attention_kernel(model, variant: str, device) -> str:
     """What the variant's attention runs on, as S2-Attn's backend choice resolves it here."""
     if variant in ("full", "naive"):
         return "torch SDPA"
+    if variant == "floor":
+        return "none (attention removed)"
     cfg = model.config
     heads = cfg.num_attention_heads
     dtype = next(model.parameters()).dtype
     dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     q = torch.empty(1, heads, 8, dim, device=device, dtype=dtype)
     try:
+        if variant == "s2-flex":
+            s2attn._check_flex(q, 0.0)
+            return "torch flex attention (1 call per layer)"
         kernel = s2attn._varlen_kernel(S2_BACKEND[variant], q, 0.0, None)
     except LlqaError as e:
         return f"unavailable: {e.what}"

@@ -22,7 +22,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from benchmarks.s2attn import loss_fn, sync, use_variant  # noqa: E402
+from llqa.engine import resolve_compile_mode  # noqa: E402
 from llqa.models import load_model  # noqa: E402
+from trainer.compile import compile_layers  # noqa: E402
 
 SYNC_OPS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "aten::_local_scalar_dense", "aten::nonzero")
 
@@ -68,6 +70,9 @@ def main(argv=None) -> int:
     p.add_argument("--variants", default="full,s2")
     p.add_argument("--group-ratio", type=float, default=0.25)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument(
+        "--compile", default="off", help="compile every decoder layer first, as benchmarks/s2attn.py --compile"
+    )
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     lengths = [int(x) for x in args.lengths.split(",")]
@@ -80,6 +85,9 @@ def main(argv=None) -> int:
     model.config.use_cache = False
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
+    mode = resolve_compile_mode(args.compile, device)
+    if mode != "off":
+        compile_layers(model, mode, dynamic=False)
     loss = loss_fn()
     args.out.mkdir(parents=True, exist_ok=True)
     for n in lengths:

@@ -219,6 +219,36 @@ def test_length_rule_names_the_multiple():
         s2_attention(*qkv(1, 2, 2, N=12), 6 // 2)
 
 
+def test_group_size_uses_no_fraction_after_the_first_call(monkeypatch):
+    """Every layer asks for its group size inside a compiled layer, where torch 2.11's dynamo could not trace
+    Fraction's comparisons and ran the whole attention forward eagerly: once a ratio has been checked, the size
+    is integer arithmetic on a kept (numerator, denominator)."""
+    assert s2_group_size(64, 0.25) == 16
+    monkeypatch.setattr(s2attn, "Fraction", None)  # any use of Fraction now fails
+    assert s2_group_size(65536, 0.25) == 16384 and s2_length_multiple(0.25) == 8
+    with pytest.raises(LlqaError, match="group ratio 1/4 needs sequence lengths that are a multiple of 8"):
+        s2_group_size(100, 0.25)
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "sdpa-padded"])
+def test_training_forward_compiles_without_graph_breaks(backend):
+    """S2-Attn's training forward traces into one graph (`fullgraph=True` raises at any graph break), as it must
+    inside `--compile`'s compiled layers: group size, head split and pieces are constants of the graph."""
+    module = torch.nn.Module()
+    module.config = type("Config", (), {s2attn.RATIO_ATTR: 0.25, s2attn.BACKEND_ATTR: backend})()
+    module.is_causal = True
+    s2attn._ratio_parts(0.25)  # as enable_s2_attention does, eagerly
+    torch._dynamo.reset()
+    forward = torch.compile(
+        lambda q, k, v: s2attn.s2_attention_forward(module, q, k, v, None, scaling=0.3)[0],
+        backend="eager",
+        fullgraph=True,
+    )
+    q, k, v = qkv(1, 6, 3, N=64, seed=4)
+    torch.testing.assert_close(forward(q, k, v), reference_s2(q, k, v, 16, scale=0.3), atol=1e-5, rtol=1e-4)
+    torch._dynamo.reset()
+
+
 def test_head_split_follows_kv_heads():
     assert shifted_heads(8, 8) == 4  # MHA: LongLoRA's heads [H // 2, H)
     assert shifted_heads(9, 9) == 4
@@ -462,6 +492,101 @@ def test_sdpa_backend_runs_on_the_flash_kernel(segments, backend):
         *(x.detach().float().cpu() for x in (q, k, v)), 8, segment_ids=None if seg is None else seg.cpu()
     )
     torch.testing.assert_close(out.float().cpu(), want, atol=3e-2, rtol=3e-2)
+
+
+# --------------------------------------------------------------------------- flex backend
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_flex_block_maps_are_exact(data):
+    """Property: a kv block is listed iff some pair in it is allowed (same piece, key not after the query), and
+    whole iff every pair is — checked against the dense token mask, any lengths (a last block shorter than 128
+    included) and any piece cuts. Whole blocks skip the per-token rule in the kernel, so they must be exact."""
+    n = data.draw(st.integers(1, 600))
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(1, n - 1)), max_size=6)) - {n})
+    pieces = torch.bucketize(torch.arange(n), torch.tensor(cuts, dtype=torch.long), right=True).to(torch.int32)
+    partial, whole = s2attn.flex_block_maps(pieces)
+    pos = torch.arange(n)
+    allowed = (pieces[:, None] == pieces[None, :]) & (pos[None, :] <= pos[:, None])
+    size, count = s2attn.FLEX_BLOCK, partial.shape[-1]
+    assert partial.shape == (count, count) and count == -(-n // size)
+    assert not (partial & whole).any()
+    for i in range(count):
+        for j in range(count):
+            tile = allowed[i * size : (i + 1) * size, j * size : (j + 1) * size]
+            assert bool(partial[i, j] | whole[i, j]) == bool(tile.any()), (i, j)
+            if whole[i, j]:  # every key of the block exists (queries past the end are dropped by the kernel)
+                assert tile.all() and tile.shape[1] == size, (i, j)
+
+
+@pytest.fixture
+def fresh_dynamo():
+    """Each CPU flex case compiles on its own: inductor's CPU flex template fails to build a recompilation
+    with dynamic shapes (a torch limitation on CPU only; the backend itself runs on CUDA)."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(1, 9, 3, 512, 128, None), (2, 6, 3, 32, 8, PACKED), (2, 4, 2, 32, 8, LEFT_PAD), (1, 4, 1, 264, 66, None)],
+    ids=["gqa-4-groups", "packed", "padded", "mqa-uneven-blocks"],
+)
+def test_flex_forward_equals_reference(fresh_dynamo, shape):
+    """The flex backend's block mask and per-token rule on torch's compiled flex kernel (CPU has its forward
+    only; forward and backward on CUDA are checked in the GPU test below): equal to the masked reference."""
+    B, hq, hkv, n, group, segments = shape
+    q, k, v = (x.detach() for x in qkv(B, hq, hkv, N=n, D=16, seed=3))
+    seg = None if segments is None else torch.tensor(segments)
+    with torch.no_grad():
+        out = s2attn._flex_s2(q, k, v, group, seg, True, 0.3)
+    torch.testing.assert_close(out, reference_s2(q, k, v, group, segment_ids=seg, scale=0.3), atol=1e-5, rtol=1e-4)
+
+
+def test_flex_block_mask_is_made_once_per_layout():
+    """Every layer of a forward (and every step of the same length) shares one block mask; a packed batch's
+    segment starts are part of its layout."""
+    s2attn._flex_block_mask.cache_clear()
+    one = s2attn._flex_block_mask(9, 3, 512, 128, True, ((),), torch.device("cpu"))
+    assert s2attn._flex_block_mask(9, 3, 512, 128, True, ((),), torch.device("cpu")) is one
+    assert s2attn._flex_block_mask(9, 3, 512, 128, True, ((100,), ()), torch.device("cpu")) is not one
+    assert one.kv_num_blocks.shape == (1, 9, 4)  # one map for the whole batch, one row per query head
+
+
+def test_flex_refusals():
+    """The flex backend refuses with one line where it cannot run: attention dropout, a CPU tensor."""
+    q, k, v = qkv(1, 2, 2, N=8)
+    with pytest.raises(LlqaError, match="dropout"):
+        s2_attention(q, k, v, 4, backend="flex", dropout=0.1)
+    with pytest.raises(LlqaError, match="CUDA"):
+        s2_attention(q, k, v, 4, backend="flex")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("heads", [(9, 9), (9, 3), (4, 1)], ids=["mha", "gqa", "mqa"])
+@pytest.mark.parametrize("segments", [None, PACKED], ids=["dense", "packed"])
+def test_flex_kernel_equals_reference(heads, segments):
+    """The flex backend on CUDA, forward and backward, against the masked reference; a second packing of the
+    same shape runs without compiling again."""
+    q, k, v = (x.detach().cuda().bfloat16().requires_grad_() for x in qkv(2, *heads, N=256, D=64))
+    seg = None if segments is None else torch.tensor(segments, device="cuda").repeat_interleave(8, dim=1)
+    out = s2_attention(q, k, v, 64, segment_ids=seg, backend="flex")
+    grads = torch.autograd.grad(out.float().square().sum(), (q, k, v))
+    q2, k2, v2 = (x.detach().float().cpu().requires_grad_() for x in (q, k, v))
+    want = reference_s2(q2, k2, v2, 64, segment_ids=None if seg is None else seg.cpu())
+    want_grads = torch.autograd.grad(want.square().sum(), (q2, k2, v2))
+    torch.testing.assert_close(out.float().cpu(), want, atol=3e-2, rtol=3e-2)
+    for got, exp in zip(grads, want_grads, strict=True):
+        torch.testing.assert_close(got.float().cpu(), exp, atol=6e-2, rtol=6e-2)
+    if seg is not None:
+        from torch._dynamo.utils import counters
+
+        before = dict(counters["stats"])
+        s2_attention(q, k, v, 64, segment_ids=seg.flip(1), backend="flex").sum().backward()
+        assert counters["stats"].get("unique_graphs", 0) == before.get("unique_graphs", 0)
 
 
 @settings(max_examples=25, deadline=None)
