@@ -22,8 +22,6 @@ Variants:
 - `floor`:  no attention at all (each position's output is its own query: no kernel, no mixing across
            tokens). Not a model — the step time of everything but attention, the lower bound any attention
            variant can reach on this machine; where `full` is close to it, no S2 can be much faster.
-- `s2-flex`: the same S2-Attn on its `flex` backend: torch's compiled FlexAttention, one kernel call per
-           layer for all heads over a block sparsity map made once per length (compiled in the warm-up).
 
 `--sdpa-kernel` pins torch's SDPA kernel for every variant (`llqa train --sdpa-backend`); `--compile`
 compiles every decoder layer as `llqa train --compile` does (one static graph per length and variant,
@@ -64,13 +62,8 @@ from trainer.s2attn import enable_s2_attention, s2_group_size  # noqa: E402
 
 NAIVE_NAME = "bench_naive_roll_s2"
 FLOOR_NAME = "bench_no_attention"
-VARIANTS = ("full", "naive", "s2", "s2-varlen", "s2-padded", "s2-flex", "floor")
-S2_BACKEND = {
-    "s2": "auto",
-    "s2-varlen": "varlen",
-    "s2-padded": "sdpa-padded",
-    "s2-flex": "flex",
-}  # variant -> S2-Attn backend
+VARIANTS = ("full", "naive", "s2", "s2-varlen", "s2-padded", "floor")
+S2_BACKEND = {"s2": "auto", "s2-varlen": "varlen", "s2-padded": "sdpa-padded"}  # variant -> S2-Attn backend
 
 
 # --------------------------------------------------------------------------- the naive baseline
@@ -326,9 +319,6 @@ def attention_kernel(model, variant: str, device) -> str:
     dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     q = torch.empty(1, heads, 8, dim, device=device, dtype=dtype)
     try:
-        if variant == "s2-flex":
-            s2attn._check_flex(q, 0.0)
-            return "torch flex attention (1 call per layer)"
         kernel = s2attn._varlen_kernel(S2_BACKEND[variant], q, 0.0, None)
     except LlqaError as e:
         return f"unavailable: {e.what}"

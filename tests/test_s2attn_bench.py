@@ -40,9 +40,8 @@ def test_benchmark_runs_on_cpu(tmp_path):
     rows = {r["variant"]: r for r in result["results"] if "step_s" in r}
     assert set(rows) == {"full", "naive", "s2", "s2-padded", "floor"} and all(r["step_s"] > 0 for r in rows.values())
     assert rows["floor"]["kernel"].startswith("none") and rows["floor"]["group_size"] is None
-    skipped = [r for r in result["results"] if "step_s" not in r]  # the varlen and flex kernels need CUDA
-    assert [r["variant"] for r in skipped] == ["s2-varlen", "s2-flex"]
-    assert all(r["error"].startswith("unavailable") for r in skipped)
+    skipped = [r for r in result["results"] if "step_s" not in r]  # the varlen kernel needs CUDA
+    assert [r["variant"] for r in skipped] == ["s2-varlen"] and skipped[0]["error"].startswith("unavailable")
     assert rows["s2"]["group_size"] == 16
     assert set(result["speedups"]) == {"naive@64", "s2@64", "s2-padded@64", "floor@64"}
     # the one-call layout computes the same attention as the three-call one

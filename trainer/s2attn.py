@@ -41,10 +41,6 @@ Backends (`backend=`):
   (B·N, H, D) view (`cu_seqlens`): no masks, segments for free, one kernel call per head half.
   Fewer calls matter because at 16k a small model's training step is bound by the host's kernel
   launches, not by the GPU (benchmarks/s2attn.md). `flash` names the flash-attn package alone.
-- `flex`: torch's FlexAttention (compiled once per process; CUDA, no dropout): one kernel call per layer
-  for all heads, driven by a block sparsity map of the pieces (made once per layout and shared by every
-  layer) and a per-token rule for the tiles on the pieces' edges; no splits, copies or concatenations,
-  K/V heads read in place. Tiles outside every piece are skipped, so the attention FLOPs are S2's.
 - `auto` (the default): flash-attn's varlen kernel when installed (CUDA, fp16/bf16), else `sdpa`.
   Torch's own varlen kernel stays opt-in: on an H200 it is level with full attention at 16k on a 135M
   model (where `sdpa` is a little slower) but slower than `sdpa` at 32k/64k (benchmarks/s2attn.md).
@@ -60,7 +56,7 @@ import inspect
 import math
 import weakref
 from fractions import Fraction
-from functools import cache, lru_cache
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from llqa.errors import LlqaError
@@ -75,7 +71,7 @@ _context_parallel: tuple[Any, Any] | None = None
 
 S2_ATTN_NAME = "llqa_s2"
 FULL_ATTN_NAME = "sdpa"
-BACKENDS = ("auto", "varlen", "flash", "flex", "sdpa", "sdpa-padded")
+BACKENDS = ("auto", "varlen", "flash", "sdpa", "sdpa-padded")
 RATIO_ATTR = "s2_group_ratio"  # on model.config: the group ratio in use while S2-Attn is enabled
 BACKEND_ATTR = "s2_backend"
 
@@ -212,9 +208,6 @@ def s2_attention(
         )
     if segment_ids is not None and segment_ids.shape != (B, N):
         raise ValueError(f"segment_ids must be (B, N) = {(B, N)}, got {tuple(segment_ids.shape)}")
-    if backend == "flex":
-        _check_flex(q, dropout)
-        return _flex_s2(q, k, v, group_size, segment_ids, shift, scale)
     varlen = _varlen_kernel(backend, q, dropout, scale)
     if varlen is not None:
         return _varlen_s2(varlen, q, k, v, group_size, segment_ids, shift, scale, dropout)
@@ -372,10 +365,10 @@ _probed: dict[str, Any] = {}
 def _probe_once(fn):
     """`fn()` computed once per process and then read from a module dict (`.cache_clear()` forgets it).
 
-    Not `functools.cache`: under torch.compile (`--compile` compiles every decoder layer) dynamo traces into a
-    cached function's body — importlib, inspect, an op schema's text — which it cannot compile, so each call
-    broke the layer's graph into pieces. A dict entry filled before compilation (`enable_s2_attention` probes
-    eagerly) is read as a constant of the graph instead."""
+    Not `functools.cache`: under torch.compile (`--compile` compiles every decoder layer) dynamo ignores that
+    cache and traces the function's body — importlib, inspect, an op schema's text, none of which belongs in
+    a graph. A dict entry filled before compilation (`enable_s2_attention` probes eagerly) is read as a
+    constant of the graph instead."""
 
     def probed():
         if fn.__name__ not in _probed:
@@ -477,7 +470,7 @@ def _varlen_kernel(backend: str, q, dropout: float, scale: float | None):
 
     if backend not in BACKENDS:
         raise LlqaError(f"unknown S2-Attn backend '{backend}'", f"use one of: {', '.join(BACKENDS)}")
-    if backend in ("sdpa", "sdpa-padded", "flex"):
+    if backend in ("sdpa", "sdpa-padded"):
         return None
     fits = q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
     if backend == "flash" and not flash_attn_available():
@@ -538,124 +531,6 @@ def _varlen_s2(varlen, q, k, v, group_size, segment_ids, shift, scale, dropout):
         out = varlen(*packed, cu, cu, longest, longest, dropout_p=dropout, softmax_scale=scale, causal=True)
         outs.append(out.reshape(B, N, *out.shape[1:]))
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
-
-
-# --------------------------------------------------------------------------- flex backend
-#
-# torch's FlexAttention runs S2-Attn as one kernel call per layer for all heads, shifted or not: a block
-# sparsity map (which 128×128 tiles hold any allowed pair, and which hold only allowed pairs) plus a
-# per-token rule for the tiles on the pieces' edges. Nothing is split, copied or concatenated, and K/V
-# heads are read in place (`enable_gqa`) — the fewest host-side operations per layer of any backend.
-
-FLEX_BLOCK = 128  # flex attention's sparse block size (its default)
-
-
-def _piece_ids(n_tokens: int, group_size: int, shifted: bool, bounds: tuple[int, ...]):
-    """(N,) int32: the index of each token's causal piece — group (or shifted group), cut at segment starts."""
-    import torch
-
-    edges = sorted(set(partition(n_tokens, group_size, shifted)[1:-1]).union(bounds))
-    return torch.bucketize(torch.arange(n_tokens), torch.tensor(edges, dtype=torch.long), right=True).to(torch.int32)
-
-
-def _ordered(blocks):
-    """flex's (count, indices) form of a (..., rows, cols) boolean block map: each row's listed columns
-    first, in increasing order."""
-    import torch
-
-    count = blocks.sum(-1, dtype=torch.int32)
-    return count, torch.argsort((~blocks).to(torch.int8), dim=-1, stable=True).to(torch.int32)
-
-
-def flex_block_maps(pieces):
-    """(partial, whole) boolean block maps (..., nq, nk) from per-token piece ids (..., N).
-
-    A kv block is listed for a q block iff some pair in it is allowed (same piece, key not after the
-    query); it is whole iff every pair is (both blocks inside one piece and the key block strictly
-    earlier). Pieces are contiguous, so a block's pieces are the id range [first, last] of its tokens."""
-    import torch
-
-    n = pieces.shape[-1]
-    count = -(-n // FLEX_BLOCK)
-    starts = torch.arange(count, device=pieces.device) * FLEX_BLOCK
-    first, last = pieces[..., starts], pieces[..., (starts + FLEX_BLOCK).clamp(max=n) - 1]
-    fq, lq, fk, lk = first[..., :, None], last[..., :, None], first[..., None, :], last[..., None, :]
-    index = torch.arange(count, device=pieces.device)
-    below = index[None, :] <= index[:, None]  # key block not after the query block
-    listed = below & (fq <= lk) & (fk <= lq)
-    whole = (index[None, :] < index[:, None]) & (fq == lq) & (fk == lk) & (fq == fk)
-    return listed & ~whole, whole
-
-
-@lru_cache(maxsize=16)
-def _flex_block_mask(n_heads: int, n_kv_heads: int, n_tokens: int, group_size: int, shift: bool, bounds, device):
-    """The BlockMask of S2-Attn for one layout, made once and shared by every layer (and every step).
-
-    `bounds`: one tuple of segment starts per batch row, or a single empty tuple for a batch whose rows
-    are all one sequence (the mask then broadcasts over the batch)."""
-    import torch
-    from torch.nn.attention.flex_attention import BlockMask
-
-    first_shifted = shifted_heads(n_heads, n_kv_heads) if shift else n_heads
-    pieces = torch.stack(
-        [torch.stack([_piece_ids(n_tokens, group_size, s, row) for s in (False, True)]) for row in bounds]
-    ).to(device)  # (rows, 2, N): per head half
-    half = (torch.arange(n_heads) >= first_shifted).long().to(device)  # head -> its half
-    partial, whole = (m[:, half] for m in flex_block_maps(pieces))  # (rows, Hq, nq, nk)
-    # keys past the end (a last block shorter than FLEX_BLOCK) get piece -1: never allowed
-    padded = torch.full((*pieces.shape[:2], partial.shape[-1] * FLEX_BLOCK), -1, dtype=torch.int32, device=device)
-    padded[..., :n_tokens] = pieces
-
-    if len(bounds) == 1:
-        one = padded[0]
-
-        def mask_mod(b, h, q_idx, kv_idx):
-            return (kv_idx <= q_idx) & (one[half[h], q_idx] == one[half[h], kv_idx])
-    else:
-
-        def mask_mod(b, h, q_idx, kv_idx):
-            return (kv_idx <= q_idx) & (padded[b, half[h], q_idx] == padded[b, half[h], kv_idx])
-
-    return BlockMask.from_kv_blocks(
-        *_ordered(partial), *_ordered(whole), BLOCK_SIZE=FLEX_BLOCK, mask_mod=mask_mod, seq_lengths=(n_tokens, n_tokens)
-    )
-
-
-@cache
-def _compiled_flex():
-    """flex_attention compiled once: uncompiled it runs a dense reference that materialises every score."""
-    import torch
-    from torch.nn.attention.flex_attention import flex_attention
-
-    return torch.compile(flex_attention, fullgraph=True)
-
-
-def _flex_s2(q, k, v, group_size, segment_ids, shift, scale):
-    B, Hq, N = q.shape[:3]
-    rows = _boundaries(segment_ids) if segment_ids is not None else []
-    bounds = tuple(tuple(r) for r in rows) if any(rows) else ((),)
-    mask = _flex_block_mask(Hq, k.shape[1], N, group_size, shift, bounds, q.device)
-    out = _compiled_flex()(q, k, v, block_mask=mask, scale=scale, enable_gqa=Hq != k.shape[1])
-    return out.transpose(1, 2)  # (B, N, Hq, D)
-
-
-def _check_flex(q, dropout: float) -> None:
-    if dropout:
-        raise LlqaError(
-            "the flex S2-Attn backend has no attention dropout",
-            "set the model's attention dropout to 0, or use the sdpa or varlen backend",
-        )
-    if not q.is_cuda:
-        raise LlqaError(
-            "the flex S2-Attn backend runs on CUDA only (torch's flex attention has no backward on CPU)",
-            "train on a GPU, or use the sdpa backend",
-        )
-    try:
-        import torch.nn.attention.flex_attention  # noqa: F401
-    except ImportError:
-        raise LlqaError(
-            "this torch has no flex attention", "upgrade torch (2.5 or later), or use the sdpa backend"
-        ) from None
 
 
 # --------------------------------------------------------------------------- transformers integration
