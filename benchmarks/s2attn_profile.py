@@ -6,7 +6,8 @@ written to OUT/profile_<variant>_<N>.txt: the step's wall time, the ops ranked b
 CPU time, and the count of host synchronisations (`cudaStreamSynchronize`, `aten::item` /
 `aten::_local_scalar_dense`, `aten::nonzero`), which stall the GPU queue until the host catches up.
 
-One command (one GPU, about a minute):
+One command (one GPU, about a minute; `--compile default` profiles the compiled layers instead, as
+`benchmarks/s2attn.py --compile` runs them, compiled during the warm-up steps):
     python benchmarks/s2attn_profile.py --lengths 16384 --out /tmp/s2prof
 """
 
