@@ -26,6 +26,16 @@ def _init(rank: int, world: int, port: int) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
 
 
+def _finish() -> None:
+    """Tear the process group down only once every rank is done with it. Without the barrier a full suite run
+    once lost rank 0 to a SIGABRT ("terminate called without an active exception") after its last collective:
+    the likely cause is the peer closing its gloo connection while rank 0 was still saving its result."""
+    import torch.distributed as dist
+
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def _qkv(heads, kv_heads, seed=0):
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(2, heads, N, 8, generator=g)
@@ -36,7 +46,6 @@ def _qkv(heads, kv_heads, seed=0):
 
 
 def _attention_worker(rank: int, world: int, port: int, out, heads: int, kv_heads: int) -> None:
-    import torch.distributed as dist
 
     from trainer.context_parallel import ContextParallelGroup, s2_attention_shard
 
@@ -48,7 +57,7 @@ def _attention_worker(rank: int, world: int, port: int, out, heads: int, kv_head
     o = s2_attention_shard(*local, G, ContextParallelGroup.of())
     (o * weight[:, s:e]).sum().backward()
     torch.save({"out": o.detach(), "grads": [x.grad for x in local]}, out / f"rank{rank}.pt")
-    dist.destroy_process_group()
+    _finish()
 
 
 @pytest.mark.parametrize("world", [2, 4])
@@ -111,7 +120,7 @@ def _model_worker(rank: int, world: int, port: int, out) -> None:
         dist.all_reduce(p.grad)
         grads[name] = p.grad
     torch.save({"loss": total, "grads": grads}, out / f"rank{rank}.pt")
-    dist.destroy_process_group()
+    _finish()
 
 
 def test_tiny_llama_loss_and_gradients_equal_one_process(tmp_path):
