@@ -5,6 +5,8 @@ refusals and the targets' alignment across shard boundaries."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -16,7 +18,11 @@ from trainer.s2attn import s2_attention
 N, G = 64, 16  # 4 groups of 16: 2 ranks hold 2 groups each, 4 ranks one each
 
 
-def _init(rank: int, world: int, port: int) -> None:
+@contextlib.contextmanager
+def _gloo_group(rank: int, world: int, port: int):
+    """This rank's gloo process group, torn down however the body ends. Ranks meet at a barrier before the
+    teardown, and a rank whose body raised still destroys its group: one that exited with the group alive
+    died of SIGABRT ("terminate called without an active exception"), which hid the Python error behind it."""
     import os
 
     import torch.distributed as dist
@@ -24,16 +30,11 @@ def _init(rank: int, world: int, port: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
-
-
-def _finish() -> None:
-    """Tear the process group down only once every rank is done with it. Without the barrier a full suite run
-    once lost rank 0 to a SIGABRT ("terminate called without an active exception") after its last collective:
-    the likely cause is the peer closing its gloo connection while rank 0 was still saving its result."""
-    import torch.distributed as dist
-
-    dist.barrier()
-    dist.destroy_process_group()
+    try:
+        yield
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
 
 
 def _qkv(heads, kv_heads, seed=0):
@@ -49,15 +50,14 @@ def _attention_worker(rank: int, world: int, port: int, out, heads: int, kv_head
 
     from trainer.context_parallel import ContextParallelGroup, s2_attention_shard
 
-    _init(rank, world, port)
-    q, k, v, weight = _qkv(heads, kv_heads)
-    shard = N // world
-    s, e = rank * shard, (rank + 1) * shard
-    local = [x[:, :, s:e].clone().requires_grad_() for x in (q, k, v)]
-    o = s2_attention_shard(*local, G, ContextParallelGroup.of())
-    (o * weight[:, s:e]).sum().backward()
-    torch.save({"out": o.detach(), "grads": [x.grad for x in local]}, out / f"rank{rank}.pt")
-    _finish()
+    with _gloo_group(rank, world, port):
+        q, k, v, weight = _qkv(heads, kv_heads)
+        shard = N // world
+        s, e = rank * shard, (rank + 1) * shard
+        local = [x[:, :, s:e].clone().requires_grad_() for x in (q, k, v)]
+        o = s2_attention_shard(*local, G, ContextParallelGroup.of())
+        (o * weight[:, s:e]).sum().backward()
+        torch.save({"out": o.detach(), "grads": [x.grad for x in local]}, out / f"rank{rank}.pt")
 
 
 @pytest.mark.parametrize("world", [2, 4])
@@ -104,23 +104,22 @@ def _model_worker(rank: int, world: int, port: int, out) -> None:
 
     from trainer.context_parallel import ContextParallelGroup, context_parallel_loss, sharded_s2
 
-    _init(rank, world, port)
-    cp = ContextParallelGroup.of()
-    model = _tiny_s2_model()
-    ids, labels = _batch()
-    local_ids, targets, positions = shard_batch(ids, labels, context_parallel_plan(N, world, "s2", G / N), rank)
-    with sharded_s2(cp):
-        mean, count = _model_loss(model, local_ids, targets, positions)
-        loss = context_parallel_loss(mean * count, count, cp)
-        loss.backward()
-    total = loss.detach().clone()
-    dist.all_reduce(total)
-    grads = {}
-    for name, p in model.named_parameters():
-        dist.all_reduce(p.grad)
-        grads[name] = p.grad
-    torch.save({"loss": total, "grads": grads}, out / f"rank{rank}.pt")
-    _finish()
+    with _gloo_group(rank, world, port):
+        cp = ContextParallelGroup.of()
+        model = _tiny_s2_model()
+        ids, labels = _batch()
+        local_ids, targets, positions = shard_batch(ids, labels, context_parallel_plan(N, world, "s2", G / N), rank)
+        with sharded_s2(cp):
+            mean, count = _model_loss(model, local_ids, targets, positions)
+            loss = context_parallel_loss(mean * count, count, cp)
+            loss.backward()
+        total = loss.detach().clone()
+        dist.all_reduce(total)
+        grads = {}
+        for name, p in model.named_parameters():
+            dist.all_reduce(p.grad)
+            grads[name] = p.grad
+        torch.save({"loss": total, "grads": grads}, out / f"rank{rank}.pt")
 
 
 def test_tiny_llama_loss_and_gradients_equal_one_process(tmp_path):
