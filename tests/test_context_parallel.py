@@ -47,7 +47,6 @@ def _qkv(heads, kv_heads, seed=0):
 
 
 def _attention_worker(rank: int, world: int, port: int, out, heads: int, kv_heads: int) -> None:
-
     from trainer.context_parallel import ContextParallelGroup, s2_attention_shard
 
     with _gloo_group(rank, world, port):

@@ -21,6 +21,7 @@ from evals.generation import (
     use_chat_template,
 )
 from llqa.errors import LlqaError
+from llqa.models import unwrapped
 
 # --------------------------------------------------------------------------- pure functions
 
@@ -439,7 +440,7 @@ def test_greedy_whatever_the_models_generation_config_says(tiny, peft):
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(copy.deepcopy(model), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
-    base = model.get_base_model() if peft else model
+    base = unwrapped(model)
     g = torch.Generator().manual_seed(5)
     prompts = [torch.randint(10, 40000, (n,), generator=g).tolist() for n in (12, 12, 9)]
     saved = base.generation_config
