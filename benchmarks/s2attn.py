@@ -15,8 +15,8 @@ Variants:
 - `s2`:    llqa's S2-Attn (`trainer.s2attn`, backend `auto`): no K/V repeat, no roll, no leak. On a
            GPU without flash-attn: the SDPA backend, three dense causal SDPA calls per layer.
 - `s2-varlen`: the same S2-Attn on its varlen backend (flash-attn's varlen kernel, else torch's own
-           flash kernel through its aten op, else `varlen_attn`): one kernel call per head half, no
-           copies — the candidate that removes the host-side cost of the SDPA backend's extra calls.
+           flash kernel through its aten op, else `varlen_attn`): the heads folded into the token
+           dimension, one kernel call per layer for all heads — the fewest host-side calls.
 - `s2-padded`: the same S2-Attn on its `sdpa-padded` backend: one SDPA call per layer (every group of
            both head halves one batch entry, the shifted heads' end half groups padded to whole groups).
 - `floor`:  no attention at all (each position's output is its own query: no kernel, no mixing across
@@ -330,7 +330,7 @@ def attention_kernel(model, variant: str, device) -> str:
         s2attn._torch_varlen_func: "torch varlen_attn",
         s2attn._aten_flash_varlen_func: "torch flash varlen (aten op)",
     }
-    return names.get(kernel, "flash-attn varlen")
+    return names.get(kernel, "flash-attn varlen") + ", 1 call per layer"
 
 
 def format_row(row, results) -> str:

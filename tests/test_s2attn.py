@@ -361,13 +361,24 @@ def aten_flash_stand_in(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p, is_causal,
     return out, None, None, None, None
 
 
-@pytest.mark.parametrize("segments", [None, PACKED], ids=["dense", "packed"])
-def test_aten_flash_varlen_plumbing_equals_reference(monkeypatch, segments):
-    """The varlen backend's call of torch's aten flash op (no K/V repeat, the scale passed), checked with a
-    pure-torch stand-in of the op's contract on CPU; the real kernel is tested on a GPU below."""
-    monkeypatch.setattr(s2attn, "_aten_flash_forward", lambda: aten_flash_stand_in)
-    seg = None if segments is None else torch.tensor(segments)
-    q, k, v = qkv(2, 6, 3, N=32, seed=5)
+@pytest.mark.parametrize(
+    ("B", "heads", "segments"),
+    [(2, (6, 3), None), (2, (6, 3), PACKED), (1, (9, 3), None), (1, (4, 4), None), (1, (5, 1), None)],
+    ids=["gqa", "gqa-packed", "gqa-odd", "mha", "mqa-odd"],
+)
+def test_aten_flash_varlen_plumbing_equals_reference(monkeypatch, B, heads, segments):
+    """The varlen backend on torch's aten flash op: heads folded into the token dimension, one kernel call per
+    layer for all heads (no K/V repeat, the scale passed), checked with a pure-torch stand-in of the op's
+    contract on CPU; the real kernel is tested on a GPU below."""
+    calls = []
+
+    def forward(*args, **kw):
+        calls.append(args[0].shape)
+        return aten_flash_stand_in(*args, **kw)
+
+    monkeypatch.setattr(s2attn, "_aten_flash_forward", lambda: forward)
+    seg = None if segments is None else torch.tensor(segments)[:B]
+    q, k, v = qkv(B, *heads, N=32, seed=5)
     assert_close_fwd_bwd(
         lambda *a: s2attn._varlen_s2(s2attn._aten_flash_varlen_func, *a, 8, seg, True, 0.3, 0.0),
         lambda *a: reference_s2(*a, 8, segment_ids=seg, scale=0.3),
@@ -375,6 +386,20 @@ def test_aten_flash_varlen_plumbing_equals_reference(monkeypatch, segments):
         k,
         v,
     )
+    assert len(calls) == 1 and calls[0][0] == s2attn.fold_units(*heads, True)[0] * B * 32  # every head, one call
+
+
+def test_folded_layout():
+    """Units and cut points of the folded layout: GQA folds by KV head (KV heads [Hkv // 2, Hkv) shifted), MQA
+    by query head, no shift folds nothing; every unit's row is cut at its own pieces and at the row's segments."""
+    assert s2attn.fold_units(9, 3, True) == (3, 1)
+    assert s2attn.fold_units(32, 32, True) == (32, 16)
+    assert s2attn.fold_units(5, 1, True) == (5, 2)
+    assert s2attn.fold_units(9, 3, False) == (1, 1)
+    starts, longest = s2attn.folded_starts(1, 16, 8, 2, 1, ((),))
+    assert starts == (0, 8, 16, 20, 28, 32) and longest == 8
+    starts, longest = s2attn.folded_starts(2, 16, 8, 2, 1, ((3,), ()))
+    assert starts == (0, 3, 8, 16, 24, 32, 35, 36, 44, 48, 52, 60, 64) and longest == 8
 
 
 def test_torch_varlen_without_native_gqa_repeats_kv(monkeypatch):

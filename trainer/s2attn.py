@@ -37,13 +37,15 @@ Backends (`backend=`):
   else torch's own FlashAttention-2 varlen kernel called as its aten op (`_flash_attention_forward`:
   grouped K/V heads read as they are, dropout supported), else torch's public
   `torch.nn.attention.varlen.varlen_attn` (where that has no `enable_gqa`, as in torch 2.11, grouped
-  K/V heads are repeated for it). Every piece is one varlen sequence of a packed
-  (B·N, H, D) view (`cu_seqlens`): no masks, segments for free, one kernel call per head half.
-  Fewer calls matter because at 16k a small model's training step is bound by the host's kernel
+  K/V heads are repeated for it). The heads are folded into the token dimension — one unit per KV head
+  with its query heads, unit-major (a copy of Q, K, V and the output) — and every piece of every unit
+  is one varlen sequence (`cu_seqlens`): no masks, segments for free, one kernel call per layer for all
+  heads. Few calls matter because at 16k a small model's training step is bound by the host's kernel
   launches, not by the GPU (benchmarks/s2attn.md). `flash` names the flash-attn package alone.
 - `auto` (the default): flash-attn's varlen kernel when installed (CUDA, fp16/bf16), else `sdpa`.
-  Torch's own varlen kernel stays opt-in: on an H200 it is level with full attention at 16k on a 135M
-  model (where `sdpa` is a little slower) but slower than `sdpa` at 32k/64k (benchmarks/s2attn.md).
+  Torch's own varlen kernel stays opt-in: on an H200 it is the fastest S2 at 16k on a 135M model (faster
+  than full attention under `--compile`) but slower than `sdpa` at 32k/64k and on a 7B model, where the
+  GPU sets the step time and cuDNN's kernel is faster (benchmarks/s2attn.md).
 
 Training only: in eval mode (`module.training` False) — and so in generation — the attention
 function hands over to transformers' own SDPA attention with the exact mask SDPA would get.
@@ -464,15 +466,14 @@ def _aten_flash_varlen_available() -> bool:
     return "cum_seq_q" in schema and "float? scale" in schema and torch.backends.cuda.is_flash_attention_available()
 
 
-def _varlen_kernel(backend: str, q, dropout: float, scale: float | None):
-    """The varlen function `backend` runs on (flash-attn's or torch's), or None for the SDPA backend."""
+def check_backend(backend: str, device, dtype) -> bool:
+    """Whether a flash kernel can run S2-Attn on this device and compute dtype; a backend that needs one and
+    cannot have it (or an unknown backend) is refused with one line. The trainer asks before loading a model."""
     import torch
 
     if backend not in BACKENDS:
         raise LlqaError(f"unknown S2-Attn backend '{backend}'", f"use one of: {', '.join(BACKENDS)}")
-    if backend in ("sdpa", "sdpa-padded"):
-        return None
-    fits = q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
+    fits = torch.device(device).type == "cuda" and dtype in (torch.float16, torch.bfloat16)
     if backend == "flash" and not flash_attn_available():
         raise LlqaError(
             "the flash S2-Attn backend needs flash-attn, which is not installed",
@@ -483,6 +484,14 @@ def _varlen_kernel(backend: str, q, dropout: float, scale: float | None):
             f"the {backend} S2-Attn backend runs on CUDA in float16/bfloat16 only",
             "use --dtype bfloat16 on a GPU, or the sdpa backend",
         )
+    return fits
+
+
+def _varlen_kernel(backend: str, q, dropout: float, scale: float | None):
+    """The varlen function `backend` runs on (flash-attn's or torch's), or None for the SDPA backend."""
+    fits = check_backend(backend, q.device, q.dtype)
+    if backend in ("sdpa", "sdpa-padded"):
+        return None
     if fits and flash_attn_available():
         return _flash_attn_func()
     if backend == "auto":
@@ -506,31 +515,74 @@ def _flash_attn_func():
     return flash_attn_varlen_func
 
 
+def fold_units(n_heads: int, n_kv_heads: int, shift: bool) -> tuple[int, int]:
+    """(units, first shifted unit) of the folded varlen layout (`_varlen_s2`).
+
+    A unit is one KV head with its query heads (one query head each under MQA, whose one KV head is then
+    read by every unit; without a shift all heads are one unit); units [first, units) are shifted, the
+    split of `shifted_heads`."""
+    if not shift:
+        return 1, 1
+    if n_kv_heads == 1:
+        return n_heads, shifted_heads(n_heads, 1)
+    return n_kv_heads, shifted_heads(n_heads, n_kv_heads) // (n_heads // n_kv_heads)
+
+
+def folded_starts(
+    batch: int, n_tokens: int, group_size: int, units: int, first_shifted: int, bounds: tuple[tuple[int, ...], ...]
+) -> tuple[tuple[int, ...], int]:
+    """(cumulative starts, longest piece) of the folded layout: unit u, batch row b holds tokens
+    [(u·B + b)·N, (u·B + b + 1)·N), cut at that unit's pieces (`partition`) and at the row's segment
+    boundaries (`bounds`, one tuple per row; empty tuples for an unsegmented batch)."""
+    starts: list[int] = []
+    for unit in range(units):
+        cuts = partition(n_tokens, group_size, unit >= first_shifted)[:-1]
+        for row in range(batch):
+            base = (unit * batch + row) * n_tokens
+            starts += [base + c for c in sorted(set(cuts).union(bounds[row]))]
+    starts.append(units * batch * n_tokens)
+    return tuple(starts), max(e - s for s, e in zip(starts, starts[1:], strict=False))
+
+
 @lru_cache(maxsize=64)
-def _cu_seqlens(starts: tuple[int, ...], device) -> torch.Tensor:
-    """The cumulative boundaries as an int32 device tensor, made once per layout: every layer of a
-    forward (and its recomputation) reuses it instead of copying a host list to the GPU."""
+def _folded_cu_seqlens(batch, n_tokens, group_size, units, first_shifted, bounds, device):
+    """(`cu_seqlens` as an int32 device tensor, longest piece) of a folded layout, made once per layout and
+    device: every layer of a forward (and its recomputation) reuses them instead of copying a host list to
+    the GPU. `bounds` None: no segments."""
     import torch
 
-    return torch.tensor(starts, dtype=torch.int32, device=device)
+    starts, longest = folded_starts(batch, n_tokens, group_size, units, first_shifted, bounds or ((),) * batch)
+    return torch.tensor(starts, dtype=torch.int32, device=device), longest
+
+
+def _fold(x, units: int):
+    """x (B, units·h, N, D) as (units·B·N, h, D): unit-major, then row, then token (one copy unless units is 1)."""
+    B, H, N, D = x.shape
+    return x.unflatten(1, (units, H // units)).permute(1, 0, 3, 2, 4).reshape(units * B * N, H // units, D)
+
+
+def _unfold(x, batch: int, n_tokens: int):
+    """The folded output (units·B·N, h, D) back as (B, N, units·h, D), contiguous."""
+    units = x.shape[0] // (batch * n_tokens)
+    return x.view(units, batch, n_tokens, *x.shape[1:]).permute(1, 2, 0, 3, 4).reshape(batch, n_tokens, -1, x.shape[-1])
 
 
 def _varlen_s2(varlen, q, k, v, group_size, segment_ids, shift, scale, dropout):
-    import torch
-
-    B, N = q.shape[0], q.shape[2]
-    bounds = _boundaries(segment_ids) if segment_ids is not None else [[] for _ in range(B)]
-    outs = []
-    for qh, kh, vh, shifted in _head_halves(q, k, v, shift):
-        cuts = partition(N, group_size, shifted)
-        starts = tuple(b * N + c for b in range(B) for c in sorted(set(cuts[:-1]).union(bounds[b]))) + (B * N,)
-        cu = _cu_seqlens(starts, q.device)
-        longest = max(e - s for s, e in zip(starts, starts[1:], strict=False))
-        # (B, N, H, D) -> (B·N, H, D): a view when the heads are the inner dimension
-        packed = [x.reshape(B * N, *x.shape[2:]) for x in (qh, kh, vh)]
-        out = varlen(*packed, cu, cu, longest, longest, dropout_p=dropout, softmax_scale=scale, causal=True)
-        outs.append(out.reshape(B, N, *out.shape[1:]))
-    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+    """One varlen kernel call per layer for all heads. The heads are folded into the token dimension
+    (`_fold`: one unit per KV head with its query heads), so each unit carries its own pieces — shifted or
+    not — in one `cu_seqlens`. The fold costs a copy of Q, K, V and the output, one elementwise kernel each;
+    one call per head half on views instead costs more host time, which is what bounds a small model's step at
+    16k (benchmarks/s2attn.md). Measured there too: the same fold as one autograd.Function was slower on the
+    host than these few recorded ops."""
+    B, Hq, N, D = q.shape
+    units, first_shifted = fold_units(Hq, k.shape[1], shift)
+    bounds = None if segment_ids is None else tuple(map(tuple, _boundaries(segment_ids)))
+    cu, longest = _folded_cu_seqlens(B, N, group_size, units, first_shifted, bounds, q.device)
+    if k.shape[1] == 1 and units > 1:  # MQA: every unit reads the one KV head (expand's backward sums)
+        k, v = k.expand(B, units, N, D), v.expand(B, units, N, D)
+    packed = (_fold(x, units) for x in (q, k, v))
+    out = varlen(*packed, cu, cu, longest, longest, dropout_p=dropout, softmax_scale=scale, causal=True)
+    return _unfold(out, B, N)
 
 
 # --------------------------------------------------------------------------- transformers integration
