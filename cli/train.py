@@ -52,6 +52,7 @@ _ORDER = (
         "method",
         "attn",
         "group_ratio",
+        "s2_backend",
     ),
     *("lora_r", "lora_alpha", "lora_dropout", "lr", "beta1", "beta2", "weight_decay", "warmup_steps", "max_steps"),
     *("batch_size", "micro_batch_size", "max_grad_norm", "dtype", "device", "gradient_checkpointing", "loss_chunk"),

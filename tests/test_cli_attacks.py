@@ -361,12 +361,14 @@ def _cases() -> list[Case]:
         ("--attn", "flash"),
         ("--parallel", "mpi"),
         ("--sdpa-backend", "fastest"),
+        ("--s2-backend", "fastest"),
         ("--compile", "turbo"),
         ("--dtype", "float16"),
     ]:
         add(Case(f"train{option}={value}", [*TRAIN, *OUT, option, value], option))
     add(Case("sft-template", [*SFT, "--data", "{world}/latin1.jsonl", *OUT, "--template", "xml"], "--template xml"))
     add(Case("train-s2-ctx", [*TRAIN[:4], "100", *TRAIN[5:], *OUT], "multiple of 8"))
+    add(Case("train-s2-varlen-on-cpu", [*TRAIN, *OUT, "--s2-backend", "varlen"], "runs on CUDA"))
     add(Case("train-micro-batch", [*TRAIN, *OUT, "--batch-size", "3", "--micro-batch-size", "2"], "not a multiple"))
     add(Case("train-on-an-adapter", [*TRAIN[:2], "{world}/adapter-only", *TRAIN[3:], *OUT], "is a LoRA adapter"))
     add(Case("train-into-a-run", [*TRAIN, "--out", "{world}/run"], "already holds a training run"))

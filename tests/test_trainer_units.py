@@ -346,3 +346,18 @@ def test_bf16_training_keeps_fp32_master_weights_and_bf16_activations():
     assert emb(torch.tensor([[1, 2]])).dtype == torch.bfloat16  # the residual stream stays bf16
     frozen = [p for p in trained.parameters() if not p.requires_grad]
     assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)
+
+
+def test_the_s2_backend_option_reaches_the_model_and_may_change_on_resume():
+    """--s2-backend is recorded on the model's config for S2-Attn to read (one checked list of kernels), and a
+    resumed run may switch it: every kernel computes the same attention up to rounding."""
+    from trainer.config import RESUMABLE_CHANGES, S2_BACKENDS
+    from trainer.model import prepare_model
+    from trainer.s2attn import BACKENDS
+
+    assert S2_BACKENDS is BACKENDS and "s2_backend" in RESUMABLE_CHANGES
+    cfg = TrainConfig(task="train", out="o", data=["x"], ctx=64, s2_backend="sdpa-padded")
+    trained = prepare_model(cfg, build_tiny_llama(VOCAB))
+    assert trained.get_base_model().config.s2_backend == "sdpa-padded"
+    with pytest.raises(LlqaError, match="--s2-backend fast is not an S2-Attn kernel"):
+        TrainConfig(task="train", out="o", data=["x"], ctx=64, s2_backend="fast")

@@ -20,6 +20,8 @@ from llqa.engine import EngineOptions
 from llqa.errors import LlqaError
 from llqa.models import DEFAULT_MODEL, RopeOptions
 from llqa.prompts import TEMPLATES
+from trainer.s2attn import BACKENDS as S2_BACKENDS
+from trainer.s2attn import s2_length_multiple
 
 TASKS = ("train", "sft")
 METHODS = ("longlora", "lora+", "lora", "full")
@@ -34,6 +36,7 @@ RESUMABLE_CHANGES = frozenset(
         "offload_activations",
         "offload_fraction",
         "sdpa_backend",
+        "s2_backend",
         "compile",
         "parallel",
         "max_steps",
@@ -128,6 +131,13 @@ class TrainConfig:
         "and generation always use full attention.",
     )
     group_ratio: float = option(0.25, "S2-Attn group size as a fraction of the sequence length.")
+    s2_backend: str = option(
+        "auto",
+        "S2-Attn kernel: auto (flash-attn's varlen kernel when installed, else sdpa), sdpa (three causal SDPA calls "
+        "per layer), varlen (one flash varlen call per layer for all heads, CUDA bf16/fp16: the fastest at 16k on "
+        "small models, see benchmarks/s2attn.md), flash (flash-attn only), sdpa-padded; same result up to rounding.",
+        panel=TRAIN_PANEL,
+    )
     lora_r: int = option(8, "LoRA rank.", panel=TRAIN_PANEL)
     lora_alpha: int = option(16, "LoRA alpha.", panel=TRAIN_PANEL)
     lora_dropout: float = option(0.0, "LoRA dropout.", panel=TRAIN_PANEL)
@@ -251,6 +261,10 @@ class TrainConfig:
                 "--offload-activations moves the gradient checkpoints to CPU memory, but gradient checkpointing is off",
                 "drop --no-gradient-checkpointing or --offload-activations",
             )
+        if self.s2_backend not in S2_BACKENDS:
+            raise LlqaError(
+                f"--s2-backend {self.s2_backend} is not an S2-Attn kernel", f"use one of: {', '.join(S2_BACKENDS)}"
+            )
         if self.attn == "s2":
             self._check_s2()
         if self.context_parallel > 1:
@@ -267,8 +281,6 @@ class TrainConfig:
         """S2-Attn cuts a sequence into groups of N × group_ratio tokens and shifts half the heads by half a
         group, so packed sequences of ctx tokens must be a multiple of `s2_length_multiple` (8 for 1/4).
         SFT items shorter than ctx are padded up to that multiple (the padding is masked)."""
-        from trainer.s2attn import s2_length_multiple
-
         multiple = s2_length_multiple(self.group_ratio)
         if self.ctx % multiple:
             raise LlqaError(
@@ -293,8 +305,6 @@ class TrainConfig:
         context parallelism N times S2-Attn's, so that every padded batch splits into whole groups per rank)."""
         if self.attn != "s2":
             return 1
-        from trainer.s2attn import s2_length_multiple
-
         return s2_length_multiple(self.group_ratio) * self.context_parallel
 
     # ------------------------------------------------------------------ derived values

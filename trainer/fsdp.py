@@ -50,7 +50,7 @@ from trainer.compile import decoder_layers
 from trainer.dtensor import full_tensor
 from trainer.lora import prepare_trainable
 from trainer.loss import CausalLMLoss
-from trainer.model import prepare_model, training_dtype, weights_spec
+from trainer.model import check_attention, prepare_model, training_dtype, weights_spec
 
 if TYPE_CHECKING:
     import torch
@@ -222,6 +222,7 @@ def load_sharded(cfg: TrainConfig, dist: DistInfo):
     device = resolve_device(cfg.device)
     compute_dtype = getattr(torch, training_dtype(cfg, device))
     check_combination(cfg, device)
+    check_attention(cfg, device, compute_dtype)
     spec = weights_spec(cfg)
     base_dtype = "float32" if cfg.method == "full" else str(compute_dtype).removeprefix("torch.")
     source = resolve(spec)

@@ -15,6 +15,7 @@ from llqa.models import load_model, resolve, resolve_device, resolve_dtype
 from trainer.compile import compile_layers
 from trainer.config import TrainConfig
 from trainer.lora import prepare_trainable
+from trainer.s2attn import check_backend, enable_s2_attention
 
 if TYPE_CHECKING:
     import torch
@@ -44,6 +45,7 @@ def load_base(cfg: TrainConfig):
         )
     device = resolve_device(cfg.device)
     dtype = training_dtype(cfg, device)
+    check_attention(cfg, device, getattr(torch, dtype))
     torch.manual_seed(cfg.seed)  # random:<shape> bases and LoRA init derive from the seed
     loaded = load_model(
         weights_spec(cfg),
@@ -53,6 +55,13 @@ def load_base(cfg: TrainConfig):
         rope=cfg.rope_options,
     )
     return loaded, device, getattr(torch, dtype)
+
+
+def check_attention(cfg: TrainConfig, device, compute_dtype) -> None:
+    """Before any model is loaded: an S2-Attn kernel that cannot run on this device and compute dtype is
+    refused with one line (`--s2-backend varlen` on a CPU), instead of at the first training step."""
+    if cfg.attn == "s2":
+        check_backend(cfg.s2_backend, device, compute_dtype)
 
 
 def weights_spec(cfg: TrainConfig) -> str:
@@ -70,10 +79,9 @@ def prepare_model(cfg: TrainConfig, model, compute_dtype: torch.dtype | None = N
     import torch
 
     model.config.use_cache = False
+    compute_dtype = compute_dtype or model.dtype
     if cfg.attn == "s2":
-        from trainer.s2attn import enable_s2_attention
-
-        enable_s2_attention(model, group_ratio=cfg.group_ratio)
+        enable_s2_attention(model, group_ratio=cfg.group_ratio, backend=cfg.s2_backend)
     if cfg.gradient_checkpointing:
         # Offloading needs the reentrant form: it saves each layer's input with save_for_backward, where the
         # hooks of `trainer.offload` move it to CPU; the non-reentrant form keeps it on the GPU (its own hooks win).
@@ -86,7 +94,6 @@ def prepare_model(cfg: TrainConfig, model, compute_dtype: torch.dtype | None = N
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         if cfg.offload_activations:  # reentrant checkpoints only backpropagate into inputs that require grad
             model.enable_input_require_grads()
-    compute_dtype = compute_dtype or model.dtype
     model = prepare_trainable(model, cfg.method, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
     if compute_dtype != torch.float32:
         # Trainable embeddings are fp32 master weights, so their output would be fp32 and with it the whole
