@@ -389,6 +389,27 @@ def test_aten_flash_varlen_plumbing_equals_reference(monkeypatch, B, heads, segm
     assert len(calls) == 1 and calls[0][0] == s2attn.fold_units(*heads, True)[0] * B * 32  # every head, one call
 
 
+def test_folded_layout_is_a_constant_of_a_compiled_graph(recwarn):
+    """Under torch.compile the layout's cu_seqlens is computed once while tracing and kept in the graph (one
+    graph, no break; dynamo's lru_cache warning never reaches the user); the compiled call equals the eager one."""
+
+    def kernel(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p=0.0, softmax_scale=None, causal=False):
+        return q * max_q + cu_q[-1]  # traceable: reads both parts of the layout
+
+    s2attn._folded_layout()  # made eagerly, as enable_s2_attention does
+    s2attn._folded_cu_seqlens.cache_clear()
+    q, k, v = (x.detach() for x in qkv(1, 6, 3, N=32))
+    compiled = torch.compile(
+        lambda q, k, v: s2attn._varlen_s2(kernel, q, k, v, 8, None, True, None, 0.0), fullgraph=True, backend="eager"
+    )
+    for _ in range(3):
+        got = compiled(q, k, v)
+    assert torch.equal(got, s2attn._varlen_s2(kernel, q, k, v, 8, None, True, None, 0.0))
+    info = s2attn._folded_cu_seqlens.cache_info()
+    assert (info.misses, info.hits) == (1, 1)  # traced once, then the eager call's lookup
+    assert not [w for w in recwarn if "lru_cache" in str(w.message)]
+
+
 def test_folded_layout():
     """Units and cut points of the folded layout: GQA folds by KV head (KV heads [Hkv // 2, Hkv) shifted), MQA
     by query head, no shift folds nothing; every unit's row is cut at its own pieces and at the row's segments."""

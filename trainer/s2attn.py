@@ -555,6 +555,21 @@ def _folded_cu_seqlens(batch, n_tokens, group_size, units, first_shifted, bounds
     return torch.tensor(starts, dtype=torch.int32, device=device), longest
 
 
+def _layout_constant(*layout):
+    return _folded_cu_seqlens(*layout)
+
+
+@_probe_once
+def _folded_layout():
+    """`_folded_cu_seqlens` as a compile-time constant (`torch.compiler.assume_constant_result`: its result
+    depends on its arguments only): in a compiled layer dynamo calls it while tracing and keeps the tensor in
+    the graph, where it would otherwise trace through the lru_cache (with a warning to the user) and build the
+    tensor in every call. `enable_s2_attention` makes it before any compilation."""
+    import torch
+
+    return torch.compiler.assume_constant_result(_layout_constant)
+
+
 def _fold(x, units: int):
     """x (B, units·h, N, D) as (units·B·N, h, D): unit-major, then row, then token (one copy unless units is 1)."""
     B, H, N, D = x.shape
@@ -577,7 +592,7 @@ def _varlen_s2(varlen, q, k, v, group_size, segment_ids, shift, scale, dropout):
     B, Hq, N, D = q.shape
     units, first_shifted = fold_units(Hq, k.shape[1], shift)
     bounds = None if segment_ids is None else tuple(map(tuple, _boundaries(segment_ids)))
-    cu, longest = _folded_cu_seqlens(B, N, group_size, units, first_shifted, bounds, q.device)
+    cu, longest = _folded_layout()(B, N, group_size, units, first_shifted, bounds, q.device)
     if k.shape[1] == 1 and units > 1:  # MQA: every unit reads the one KV head (expand's backward sums)
         k, v = k.expand(B, units, N, D), v.expand(B, units, N, D)
     packed = (_fold(x, units) for x in (q, k, v))
@@ -788,7 +803,7 @@ def enable_s2_attention(model, group_ratio: float = 0.25, backend: str = "auto")
             "pip install flash-attn (or llqa[flash]), or use backend='sdpa'",
         )
     register_s2_attention()
-    for probe in (flash_attn_available, _torch_varlen_params, _aten_flash_varlen_available):
+    for probe in (flash_attn_available, _torch_varlen_params, _aten_flash_varlen_available, _folded_layout):
         probe()  # eagerly, before any compilation: compiled layers read the answers as constants
     base = unwrapped(model)
     setattr(base.config, RATIO_ATTR, float(group_ratio))
