@@ -79,7 +79,6 @@ def prepare_model(cfg: TrainConfig, model, compute_dtype: torch.dtype | None = N
     import torch
 
     model.config.use_cache = False
-    compute_dtype = compute_dtype or model.dtype
     if cfg.attn == "s2":
         enable_s2_attention(model, group_ratio=cfg.group_ratio, backend=cfg.s2_backend)
     if cfg.gradient_checkpointing:
@@ -94,6 +93,7 @@ def prepare_model(cfg: TrainConfig, model, compute_dtype: torch.dtype | None = N
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         if cfg.offload_activations:  # reentrant checkpoints only backpropagate into inputs that require grad
             model.enable_input_require_grads()
+    compute_dtype = compute_dtype or model.dtype
     model = prepare_trainable(model, cfg.method, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
     if compute_dtype != torch.float32:
         # Trainable embeddings are fp32 master weights, so their output would be fp32 and with it the whole
