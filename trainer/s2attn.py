@@ -466,19 +466,24 @@ def _aten_flash_varlen_available() -> bool:
     return "cum_seq_q" in schema and "float? scale" in schema and torch.backends.cuda.is_flash_attention_available()
 
 
-def check_backend(backend: str, device, dtype) -> bool:
-    """Whether a flash kernel can run S2-Attn on this device and compute dtype; a backend that needs one and
-    cannot have it (or an unknown backend) is refused with one line. The trainer asks before loading a model."""
-    import torch
-
+def _check_backend_name(backend: str) -> None:
+    """A known backend whose package is installed, or one line saying what to use instead."""
     if backend not in BACKENDS:
         raise LlqaError(f"unknown S2-Attn backend '{backend}'", f"use one of: {', '.join(BACKENDS)}")
-    fits = torch.device(device).type == "cuda" and dtype in (torch.float16, torch.bfloat16)
     if backend == "flash" and not flash_attn_available():
         raise LlqaError(
             "the flash S2-Attn backend needs flash-attn, which is not installed",
             "pip install flash-attn (or llqa[flash]), or use the varlen or sdpa backend",
         )
+
+
+def check_backend(backend: str, device, dtype) -> bool:
+    """Whether a flash kernel can run S2-Attn on this device and compute dtype; a backend that needs one and
+    cannot have it (or an unknown backend) is refused with one line. The trainer asks before loading a model."""
+    import torch
+
+    _check_backend_name(backend)
+    fits = torch.device(device).type == "cuda" and dtype in (torch.float16, torch.bfloat16)
     if backend in ("flash", "varlen") and not fits:
         raise LlqaError(
             f"the {backend} S2-Attn backend runs on CUDA in float16/bfloat16 only",
@@ -796,13 +801,7 @@ def enable_s2_attention(model, group_ratio: float = 0.25, backend: str = "auto")
     registered implementation with transformers' `set_attn_implementation`. Eval mode keeps full
     attention, so evaluation needs no switch back; `disable_s2_attention` restores plain SDPA."""
     _ratio_parts(group_ratio)  # checked, and kept for the compiled layers
-    if backend not in BACKENDS:
-        raise LlqaError(f"unknown S2-Attn backend '{backend}'", f"use one of: {', '.join(BACKENDS)}")
-    if backend == "flash" and not flash_attn_available():
-        raise LlqaError(
-            "the flash S2-Attn backend needs flash-attn, which is not installed",
-            "pip install flash-attn (or llqa[flash]), or use backend='sdpa'",
-        )
+    _check_backend_name(backend)
     register_s2_attention()
     for probe in (flash_attn_available, _torch_varlen_params, _aten_flash_varlen_available, _folded_layout):
         probe()  # eagerly, before any compilation: compiled layers read the answers as constants
