@@ -297,6 +297,11 @@ class TrainConfig:
                 "--context-parallel with full attention needs ring attention over the GPUs, not in llqa yet",
                 "use --attn s2 (llqa train --method longlora), or drop --context-parallel",
             )
+        if self.s2_backend not in ("auto", "sdpa"):
+            raise LlqaError(
+                f"--context-parallel runs S2-Attn's pieces with SDPA; --s2-backend {self.s2_backend} would be ignored",
+                "drop --s2-backend (or use sdpa) with --context-parallel",
+            )
         context_parallel_plan(self.ctx, self.context_parallel, self.attn, self.group_ratio)
 
     @property
