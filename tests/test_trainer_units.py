@@ -361,6 +361,8 @@ def test_the_s2_backend_option_reaches_the_model_and_may_change_on_resume():
     assert trained.get_base_model().config.s2_backend == "sdpa-padded"
     with pytest.raises(LlqaError, match="--s2-backend fast is not an S2-Attn kernel"):
         TrainConfig(task="train", out="o", data=["x"], ctx=64, s2_backend="fast")
+    with pytest.raises(LlqaError, match="but this run trains with full attention"):
+        TrainConfig(task="train", out="o", data=["x"], ctx=64, method="lora+", s2_backend="varlen")
     # context parallelism has its own SDPA path for the shards: a kernel it would ignore is refused
     TrainConfig(task="train", out="o", data=["x"], ctx=64, context_parallel=2, s2_backend="sdpa")
     with pytest.raises(LlqaError, match="--s2-backend varlen would be ignored"):

@@ -267,6 +267,11 @@ class TrainConfig:
             )
         if self.attn == "s2":
             self._check_s2()
+        elif self.s2_backend != "auto":
+            raise LlqaError(
+                f"--s2-backend {self.s2_backend} chooses S2-Attn's kernel, but this run trains with full attention",
+                "add --attn s2, or drop --s2-backend",
+            )
         if self.context_parallel > 1:
             self._check_context_parallel()
         if self.rope is not None and self.rope not in R.METHODS:
