@@ -560,20 +560,16 @@ def _folded_cu_seqlens(batch, n_tokens, group_size, units, first_shifted, bounds
     return torch.tensor(starts, dtype=torch.int32, device=device), longest
 
 
-def _layout_constant(*layout):
-    # a plain function to carry dynamo's constant marker: dynamo treats an lru_cache wrapper as a case of its own
-    return _folded_cu_seqlens(*layout)
-
-
 @_probe_once
 def _folded_layout():
     """`_folded_cu_seqlens` as a compile-time constant (`torch.compiler.assume_constant_result`: its result
     depends on its arguments only): in a compiled layer dynamo calls it while tracing and keeps the tensor in
     the graph, where it would otherwise trace through the lru_cache (with a warning to the user) and build the
-    tensor in every call. `enable_s2_attention` makes it before any compilation."""
+    tensor in every call. The marker goes on a plain function around the cache, since dynamo handles an
+    lru_cache wrapper as a case of its own. `enable_s2_attention` makes it before any compilation."""
     import torch
 
-    return torch.compiler.assume_constant_result(_layout_constant)
+    return torch.compiler.assume_constant_result(lambda *layout: _folded_cu_seqlens(*layout))
 
 
 def _fold(x, units: int):
