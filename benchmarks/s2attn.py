@@ -14,6 +14,7 @@ Variants:
            at the wrap), groups reshaped into the batch, one causal SDPA call, rolled back.
 - `s2`:    llqa's S2-Attn (`trainer.s2attn`, backend `auto`): no K/V repeat, no roll, no leak. On a
            GPU without flash-attn: the SDPA backend, three dense causal SDPA calls per layer.
+- `s2-sdpa`: the same S2-Attn on its SDPA backend, named (`s2` resolves `auto`, which may pick another).
 - `s2-varlen`: the same S2-Attn on its varlen backend (flash-attn's varlen kernel, else torch's own
            flash kernel through its aten op, else `varlen_attn`): the heads folded into the token
            dimension, one kernel call per layer for all heads — the fewest host-side calls.
@@ -62,8 +63,9 @@ from trainer.s2attn import enable_s2_attention, s2_group_size  # noqa: E402
 
 NAIVE_NAME = "bench_naive_roll_s2"
 FLOOR_NAME = "bench_no_attention"
-VARIANTS = ("full", "naive", "s2", "s2-varlen", "s2-padded", "floor")
-S2_BACKEND = {"s2": "auto", "s2-varlen": "varlen", "s2-padded": "sdpa-padded"}  # variant -> S2-Attn backend
+VARIANTS = ("full", "naive", "s2", "s2-sdpa", "s2-varlen", "s2-padded", "floor")
+# variant -> S2-Attn backend
+S2_BACKEND = {"s2": "auto", "s2-sdpa": "sdpa", "s2-varlen": "varlen", "s2-padded": "sdpa-padded"}
 
 
 # --------------------------------------------------------------------------- the naive baseline
@@ -285,7 +287,7 @@ def main(argv=None) -> int:
                 "tokens": n,
                 "variant": variant,
                 "group_size": s2_group_size(n, args.group_ratio) if variant not in ("full", "floor") else None,
-                "kernel": attention_kernel(model, variant, device),
+                "kernel": attention_kernel(model, variant, device, n, args.group_ratio),
             }
             if row["kernel"].startswith("unavailable"):
                 row["error"] = row["kernel"]
@@ -307,8 +309,8 @@ def main(argv=None) -> int:
     return 0
 
 
-def attention_kernel(model, variant: str, device) -> str:
-    """What the variant's attention runs on, as S2-Attn's backend choice resolves it here."""
+def attention_kernel(model, variant: str, device, n_tokens: int, ratio: float) -> str:
+    """What the variant's attention runs on at `n_tokens`, as S2-Attn's backend choice resolves it here."""
     if variant in ("full", "naive"):
         return "torch SDPA"
     if variant == "floor":
@@ -317,9 +319,9 @@ def attention_kernel(model, variant: str, device) -> str:
     heads = cfg.num_attention_heads
     dtype = next(model.parameters()).dtype
     dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-    q = torch.empty(1, heads, 8, dim, device=device, dtype=dtype)
+    q = torch.empty((), device=device, dtype=dtype).expand(1, heads, n_tokens, dim)  # the shape, no memory
     try:
-        kernel = s2attn._varlen_kernel(S2_BACKEND[variant], q, 0.0, None)
+        kernel = s2attn._varlen_kernel(S2_BACKEND[variant], q, 0.0, None, s2_group_size(n_tokens, ratio))
     except LlqaError as e:
         return f"unavailable: {e.what}"
     if kernel is None and variant == "s2-padded":

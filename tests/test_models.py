@@ -12,6 +12,7 @@ import torch
 from conftest import build_tiny_llama, tiny_llama_config
 from llqa.errors import LlqaError
 from llqa.models import (
+    RANDOM_SHAPES,
     RopeOptions,
     checkpoint_rope,
     describe,
@@ -321,3 +322,24 @@ def test_an_eval_does_not_resume_onto_other_weights(tiny_llama_dir, tmp_path):
     _bump_first_tensor(model_dir / "model.safetensors")
     with pytest.raises(LlqaError, match="different configuration: the model's weight files changed"):
         run_task(load_model(str(model_dir), dtype="float32", device="cpu"), task, opts, out, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("shape", "vocab", "published"),
+    [
+        ("smollm2-135m", 49152, 134.5e6),
+        ("smollm2-360m", 49152, 361.8e6),
+        ("llama-3.2-1b", 128256, 1.236e9),
+        ("llama-3.2-3b", 128256, 3.213e9),
+        ("7b", 32000, 6.738e9),
+    ],
+)
+def test_random_shapes_have_their_models_parameter_counts(shape, vocab, published):
+    """Each `random:` shape is the architecture it names: with that model's own vocabulary, its parameter count is
+    the published one (within 0.1%), built on the meta device."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    with torch.device("meta"):
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, **RANDOM_SHAPES[shape]))
+    count = sum(p.numel() for p in model.parameters())
+    assert abs(count - published) < 1e-3 * published

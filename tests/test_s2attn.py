@@ -451,15 +451,67 @@ def test_torch_varlen_without_native_gqa_repeats_kv(monkeypatch):
 
 
 def test_backend_choice_on_cpu_and_refusals(monkeypatch):
-    """`auto` is SDPA unless flash-attn runs (never torch's own varlen kernel: slower than SDPA at 32k/64k
-    on an H200); the explicit kernels refuse with one line instead of falling back silently."""
+    """On a CPU `auto` is SDPA; the explicit kernels refuse with one line instead of falling back silently."""
     q = qkv(1, 2, 2, N=8)[0]
     assert s2attn._varlen_kernel("auto", q, 0.0, None) is None
+    assert s2attn._varlen_kernel("auto", q, 0.0, None, 4) is None
     assert s2attn._varlen_kernel("sdpa", q, 0.0, None) is None
     with pytest.raises(LlqaError, match="CUDA"):
         s2attn._varlen_kernel("varlen", q, 0.0, None)
     with pytest.raises(LlqaError, match="unknown S2-Attn backend"):
         s2attn._varlen_kernel("fast", q, 0.0, None)
+
+
+def test_auto_picks_torch_varlen_for_small_calls_only(monkeypatch):
+    """Where a flash kernel runs (CUDA, bf16 — stood in here) and flash-attn is absent, `auto` takes torch's
+    varlen kernel while one call's work (B × Hq × D × N × G) is at most VARLEN_MAX_WORK, SDPA above it; by name,
+    `sdpa` and `varlen` stay what they say. The threshold sits between the H200 measurements it comes from."""
+    monkeypatch.setattr(s2attn, "check_backend", lambda backend, device, dtype: True)
+    monkeypatch.setattr(s2attn, "flash_attn_available", lambda: False)
+    monkeypatch.setattr(s2attn, "_aten_flash_varlen_available", lambda: True)
+
+    def shape(batch, heads, n, dim):  # q's shape without its memory
+        return torch.empty(()).expand(batch, heads, n, dim)
+
+    def work(batch, heads, n, dim, group):
+        return batch * heads * dim * n * group
+
+    smollm2_135m_16k, llama_1b_16k = (1, 9, 16384, 64), (1, 32, 16384, 64)
+    assert work(*smollm2_135m_16k, 4096) <= s2attn.VARLEN_MAX_WORK < work(*llama_1b_16k, 4096)
+    assert work(1, 9, 24576, 64, 6144) <= s2attn.VARLEN_MAX_WORK < work(1, 9, 28672, 64, 7168)  # 135M: 24k / 28k
+    varlen = s2attn._aten_flash_varlen_func
+    assert s2attn._varlen_kernel("auto", shape(*smollm2_135m_16k), 0.0, None, 4096) is varlen
+    assert s2attn._varlen_kernel("auto", shape(*llama_1b_16k), 0.0, None, 4096) is None
+    assert s2attn._varlen_kernel("auto", shape(4, 9, 16384, 64), 0.0, None, 4096) is None  # four rows: 4× the work
+    assert s2attn._varlen_kernel("auto", shape(*smollm2_135m_16k), 0.0, None) is None  # no group size: no rule
+    assert s2attn._varlen_kernel("sdpa", shape(*smollm2_135m_16k), 0.0, None, 4096) is None
+    assert s2attn._varlen_kernel("varlen", shape(*llama_1b_16k), 0.0, None, 4096) is varlen
+    limit = s2attn.VARLEN_MAX_WORK
+    monkeypatch.setattr(s2attn, "VARLEN_MAX_WORK", work(*smollm2_135m_16k, 4096))
+    assert s2attn.auto_prefers_varlen(shape(*smollm2_135m_16k), 4096)  # at the threshold: still varlen
+    assert not s2attn.auto_prefers_varlen(shape(1, 9, 16392, 64), 4096)
+    monkeypatch.setattr(s2attn, "_aten_flash_varlen_available", lambda: False)  # a torch without the op
+    monkeypatch.setattr(s2attn, "VARLEN_MAX_WORK", limit)
+    assert s2attn._varlen_kernel("auto", shape(*smollm2_135m_16k), 0.0, None, 4096) is None
+
+
+def test_auto_runs_varlen_through_s2_attention_where_it_fits(monkeypatch):
+    """The choice is made on the real call: s2_attention with `auto` on a small call runs the folded varlen
+    path (torch's kernel stood in on CPU) and equals the SDPA backend's result."""
+    monkeypatch.setattr(s2attn, "check_backend", lambda backend, device, dtype: True)
+    monkeypatch.setattr(s2attn, "flash_attn_available", lambda: False)
+    monkeypatch.setattr(s2attn, "_aten_flash_varlen_available", lambda: True)
+    calls = []
+
+    def forward(*args, **kw):
+        calls.append(args[0].shape)
+        return aten_flash_stand_in(*args, **kw)
+
+    monkeypatch.setattr(s2attn, "_aten_flash_forward", lambda: forward)
+    q, k, v = qkv(1, 6, 2, N=32)
+    out = s2attn.s2_attention(q, k, v, 8, backend="auto")
+    assert len(calls) == 1 and calls[0][0] == 2 * 32  # one call, the two KV units folded into the tokens
+    torch.testing.assert_close(out, s2attn.s2_attention(q, k, v, 8, backend="sdpa"))
 
 
 def test_segments_are_read_once_per_forward(monkeypatch):
@@ -517,6 +569,24 @@ def test_varlen_kernel_equals_reference(heads, segments):
     torch.testing.assert_close(out.float().cpu(), want, atol=3e-2, rtol=3e-2)
     for got, exp in zip(grads, want_grads, strict=True):
         torch.testing.assert_close(got.float().cpu(), exp, atol=6e-2, rtol=6e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_auto_on_a_gpu_picks_by_work():
+    """On a real GPU in bf16 (no flash-attn): `auto` runs torch's varlen kernel for a SmolLM2-135M call at 16k and
+    SDPA for a Llama-3.2-1B one, and its small-call result equals the reference."""
+    if s2attn.flash_attn_available() or not s2attn._aten_flash_varlen_available():
+        pytest.skip("auto's rule applies without flash-attn, with torch's flash op")
+
+    def shape(heads, n):
+        return torch.empty((), device="cuda", dtype=torch.bfloat16).expand(1, heads, n, 64)
+
+    assert s2attn._varlen_kernel("auto", shape(9, 16384), 0.0, None, 4096) is s2attn._aten_flash_varlen_func
+    assert s2attn._varlen_kernel("auto", shape(32, 16384), 0.0, None, 4096) is None
+    q, k, v = (x.detach().cuda().bfloat16() for x in qkv(1, 9, 3, N=64, D=64))
+    want = reference_s2(*(x.float().cpu() for x in (q, k, v)), 16)
+    torch.testing.assert_close(s2_attention(q, k, v, 16, backend="auto").float().cpu(), want, atol=3e-2, rtol=3e-2)
 
 
 @pytest.mark.gpu

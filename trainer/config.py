@@ -133,9 +133,11 @@ class TrainConfig:
     group_ratio: float = option(0.25, "S2-Attn group size as a fraction of the sequence length.")
     s2_backend: str = option(
         "auto",
-        "S2-Attn kernel: auto (flash-attn's varlen kernel when installed, else sdpa), sdpa (three causal SDPA calls "
-        "per layer), varlen (one flash varlen call per layer for all heads, CUDA bf16/fp16: the fastest at 16k on "
-        "small models, see benchmarks/s2attn.md), flash (flash-attn only), sdpa-padded; same result up to rounding.",
+        "S2-Attn kernel: auto (flash-attn's varlen kernel when installed; else on CUDA in bf16/fp16 varlen for "
+        "small attention calls, e.g. a 135M model up to ~24k tokens, and sdpa for larger ones, see "
+        "benchmarks/s2attn.md; sdpa on CPU), sdpa (three causal SDPA calls per layer), varlen (one flash varlen "
+        "call per layer for all heads, CUDA bf16/fp16), flash (flash-attn only), sdpa-padded; same result up to "
+        "rounding.",
         panel=TRAIN_PANEL,
     )
     lora_r: int = option(8, "LoRA rank.", panel=TRAIN_PANEL)

@@ -42,10 +42,13 @@ Backends (`backend=`):
   is one varlen sequence (`cu_seqlens`): no masks, segments for free, one kernel call per layer for all
   heads. Few calls matter because at 16k a small model's training step is bound by the host's kernel
   launches, not by the GPU (benchmarks/s2attn.md). `flash` names the flash-attn package alone.
-- `auto` (the default): flash-attn's varlen kernel when installed (CUDA, fp16/bf16), else `sdpa`.
-  Torch's own varlen kernel stays opt-in: on an H200 it is the fastest S2 at 16k on a 135M model (faster
-  than full attention under `--compile`) but slower than `sdpa` at 32k/64k and on a 7B model, where the
-  GPU sets the step time and cuDNN's kernel is faster (benchmarks/s2attn.md).
+- `auto` (the default): flash-attn's varlen kernel when installed (CUDA, fp16/bf16); else, on CUDA in
+  fp16/bf16, `varlen` on torch's kernel for small calls and `sdpa` for large ones — the call's attention work
+  (batch × query heads × head dim × N × group size) against `VARLEN_MAX_WORK` (`auto_prefers_varlen`): small
+  calls leave a step bound by the host's kernel launches, where one call per layer wins (SmolLM2-135M up to
+  ~24k tokens, SmolLM2-360M at 16k); large ones leave it bound by the GPU, where cuDNN's kernel behind SDPA is
+  faster than torch's FlashAttention-2 and needs no copies (135M from 28k, Llama-3.2-1B/3B and 7B at 16k;
+  benchmarks/s2attn.md). Elsewhere (CPU, fp32) `sdpa`.
 
 Training only: in eval mode (`module.training` False) — and so in generation — the attention
 function hands over to transformers' own SDPA attention with the exact mask SDPA would get.
@@ -76,6 +79,13 @@ FULL_ATTN_NAME = "sdpa"
 BACKENDS = ("auto", "varlen", "flash", "sdpa", "sdpa-padded")
 RATIO_ATTR = "s2_group_ratio"  # on model.config: the group ratio in use while S2-Attn is enabled
 BACKEND_ATTR = "s2_backend"
+# `auto` without flash-attn runs torch's varlen kernel up to this attention work per call (batch × query heads ×
+# head dim × N × group size), SDPA above it: below, the step is bound by the host's kernel launches, which the
+# varlen backend's one call per layer saves; above, by the GPU, where SDPA's cuDNN kernel is faster than torch's
+# FlashAttention-2 and needs no copy of Q, K, V. Set between the measured cases on an H200 (benchmarks/s2attn.md,
+# "Which backend `auto` picks"): varlen faster up to 8.7e10 (SmolLM2-135M at 24k), level at 1.0e11 (SmolLM2-360M
+# at 20k), SDPA faster from 1.18e11 on (SmolLM2-135M at 28k, Llama-3.2-1B at 16k).
+VARLEN_MAX_WORK = 94 * 10**9
 
 
 # --------------------------------------------------------------------------- sizes and head split
@@ -210,7 +220,7 @@ def s2_attention(
         )
     if segment_ids is not None and segment_ids.shape != (B, N):
         raise ValueError(f"segment_ids must be (B, N) = {(B, N)}, got {tuple(segment_ids.shape)}")
-    varlen = _varlen_kernel(backend, q, dropout, scale)
+    varlen = _varlen_kernel(backend, q, dropout, scale, group_size)
     if varlen is not None:
         return _varlen_s2(varlen, q, k, v, group_size, segment_ids, shift, scale, dropout)
     if backend == "sdpa-padded" and Hkv > 1 and (segment_ids is None or not any(_boundaries(segment_ids))):
@@ -492,15 +502,25 @@ def check_backend(backend: str, device, dtype) -> bool:
     return fits
 
 
-def _varlen_kernel(backend: str, q, dropout: float, scale: float | None):
-    """The varlen function `backend` runs on (flash-attn's or torch's), or None for the SDPA backend."""
+def auto_prefers_varlen(q, group_size: int) -> bool:
+    """`auto`'s choice without flash-attn: torch's varlen kernel when one S2 call's attention work — batch ×
+    query heads × head dim × N × group size, `q` (B, Hq, N, D) — is at most `VARLEN_MAX_WORK`, else SDPA."""
+    B, Hq, N, D = q.shape
+    return B * Hq * D * N * group_size <= VARLEN_MAX_WORK
+
+
+def _varlen_kernel(backend: str, q, dropout: float, scale: float | None, group_size: int | None = None):
+    """The varlen function `backend` runs on (flash-attn's or torch's), or None for the SDPA backend.
+    `group_size` (the S2 group at q's length) lets `auto` weigh the call's work; without it `auto` takes only
+    flash-attn's kernel."""
     fits = check_backend(backend, q.device, q.dtype)
     if backend in ("sdpa", "sdpa-padded"):
         return None
     if fits and flash_attn_available():
         return _flash_attn_func()
     if backend == "auto":
-        return None
+        small = group_size is not None and auto_prefers_varlen(q, group_size)
+        return _aten_flash_varlen_func if fits and small and _aten_flash_varlen_available() else None
     if fits and _aten_flash_varlen_available():  # backend == "varlen"
         return _aten_flash_varlen_func
     if dropout or not _torch_varlen_fits(q, scale):  # backend == "varlen"
