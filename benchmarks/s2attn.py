@@ -321,18 +321,9 @@ def attention_kernel(model, variant: str, device, n_tokens: int, ratio: float) -
     dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     q = torch.empty((), device=device, dtype=dtype).expand(1, heads, n_tokens, dim)  # the shape, no memory
     try:
-        kernel = s2attn._varlen_kernel(S2_BACKEND[variant], q, 0.0, None, s2_group_size(n_tokens, ratio))
+        return s2attn.kernel_name(S2_BACKEND[variant], q, s2_group_size(n_tokens, ratio))
     except LlqaError as e:
         return f"unavailable: {e.what}"
-    if kernel is None and variant == "s2-padded":
-        return "torch SDPA (1 call per layer, end half groups padded)"
-    if kernel is None:
-        return "torch SDPA (3 calls per layer)"
-    names = {
-        s2attn._torch_varlen_func: "torch varlen_attn",
-        s2attn._aten_flash_varlen_func: "torch flash varlen (aten op)",
-    }
-    return names.get(kernel, "flash-attn varlen") + ", 1 call per layer"
 
 
 def format_row(row, results) -> str:

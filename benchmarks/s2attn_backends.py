@@ -70,8 +70,8 @@ def auto_resolves(model, n_tokens: int, ratio: float, device) -> str:
     heads = cfg.num_attention_heads
     dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     q = torch.empty((), device=device, dtype=next(model.parameters()).dtype).expand(1, heads, n_tokens, dim)
-    kernel = s2attn._varlen_kernel("auto", q, 0.0, None, s2attn.s2_group_size(n_tokens, ratio))
-    return "sdpa" if kernel is None else "varlen"
+    kernel = s2attn.kernel_name("auto", q, s2attn.s2_group_size(n_tokens, ratio))
+    return "varlen" if "varlen" in kernel else "sdpa"
 
 
 def step(model, ids, loss, device) -> float:

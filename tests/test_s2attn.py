@@ -486,6 +486,10 @@ def test_auto_picks_torch_varlen_for_small_calls_only(monkeypatch):
     assert s2attn._varlen_kernel("auto", shape(*smollm2_135m_16k), 0.0, None) is None  # no group size: no rule
     assert s2attn._varlen_kernel("sdpa", shape(*smollm2_135m_16k), 0.0, None, 4096) is None
     assert s2attn._varlen_kernel("varlen", shape(*llama_1b_16k), 0.0, None, 4096) is varlen
+    assert (
+        s2attn.kernel_name("auto", shape(*smollm2_135m_16k), 4096) == "torch flash varlen (aten op), 1 call per layer"
+    )
+    assert s2attn.kernel_name("auto", shape(*llama_1b_16k), 4096) == "torch SDPA (3 calls per layer)"
     limit = s2attn.VARLEN_MAX_WORK
     monkeypatch.setattr(s2attn, "VARLEN_MAX_WORK", work(*smollm2_135m_16k, 4096))
     assert s2attn.auto_prefers_varlen(shape(*smollm2_135m_16k), 4096)  # at the threshold: still varlen

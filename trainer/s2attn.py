@@ -532,6 +532,17 @@ def _varlen_kernel(backend: str, q, dropout: float, scale: float | None, group_s
     return _torch_varlen_func
 
 
+def kernel_name(backend: str, q, group_size: int, dropout: float = 0.0, scale: float | None = None) -> str:
+    """What S2-Attn's `backend` runs a call with query `q` (B, Hq, N, D) and group `group_size` on, in words:
+    `auto` resolved as the call itself resolves it. Raises the call's own `LlqaError` where the backend cannot run."""
+    kernel = _varlen_kernel(backend, q, dropout, scale, group_size)
+    if kernel is None:
+        padded = backend == "sdpa-padded"
+        return "torch SDPA (1 call per layer, end half groups padded)" if padded else "torch SDPA (3 calls per layer)"
+    names = {_torch_varlen_func: "torch varlen_attn", _aten_flash_varlen_func: "torch flash varlen (aten op)"}
+    return names.get(kernel, "flash-attn varlen") + ", 1 call per layer"
+
+
 def _flash_attn_func():
     """flash-attn's documented varlen entry point (indirect so tests can check the plumbing with a
     pure-torch stand-in of the same API when flash-attn is absent)."""
