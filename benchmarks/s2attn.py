@@ -115,6 +115,20 @@ def use_variant(model, variant: str, ratio: float) -> None:
 # --------------------------------------------------------------------------- one step
 
 
+def prepare_for_steps(model) -> None:
+    """The measured step's setting: no KV cache, non-reentrant gradient checkpointing, training mode, every
+    parameter trainable (the trainable set does not change attention cost)."""
+    model.config.use_cache = False
+    enable = getattr(model, "activation_checkpointing_enable", None)  # the newer name (transformers >= 5.2x)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+
+
 def loss_fn():
     """The trainer's chunked loss when present, else an equivalent local one."""
     try:
@@ -225,15 +239,7 @@ def main(argv=None) -> int:
     check_sdpa_backend(args.sdpa_kernel)
     loaded = load_model(args.model, ctx=max(lengths), dtype=args.dtype, device=args.device)
     model, device = loaded.model, torch.device(loaded.info.device)
-    model.config.use_cache = False
-    enable = getattr(model, "activation_checkpointing_enable", None)  # the newer name (transformers >= 5.2x)
-    if enable is not None:
-        enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.train()
-    for p in model.parameters():
-        p.requires_grad_(True)
+    prepare_for_steps(model)
     compile_mode = resolve_compile_mode(args.compile, device)
     compiled = compile_mode != "off"
     if compiled:

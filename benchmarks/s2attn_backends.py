@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from benchmarks.decode_kernels import VOCAB, random_model, word_tokenizer  # noqa: E402
-from benchmarks.s2attn import S2_BACKEND, loss_fn, use_variant  # noqa: E402
+from benchmarks.s2attn import S2_BACKEND, loss_fn, prepare_for_steps, use_variant  # noqa: E402
 from llqa.compile import graph_count  # noqa: E402
 from llqa.engine import check_compile_mode, resolve_compile_mode  # noqa: E402
 from llqa.io import atomic_write_json  # noqa: E402
@@ -91,13 +91,7 @@ def step(model, ids, loss, device) -> float:
 
 def run_case(shape, n_tokens, variants, args, device, dtype, compile_mode, loss) -> list[dict]:
     model = random_model(shape, n_tokens, word_tokenizer(VOCAB), device, dtype)
-    model.config.use_cache = False
-    enable = getattr(model, "activation_checkpointing_enable", None)  # the newer name (transformers >= 5.2x)
-    if enable is not None:
-        enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.train()
+    prepare_for_steps(model)
     if compile_mode != "off":
         compile_layers(model, compile_mode, dynamic=False)
     ids = torch.randint(0, VOCAB, (1, n_tokens), device=device, generator=torch.Generator(device).manual_seed(0))
