@@ -9,11 +9,11 @@ untimed steps each (the compilation, under `--compile`), `--rounds` rounds of `-
 so that a drift of the host's speed during the run falls on all of them alike. Reported per (case, variant): the
 median of all its timed steps, and the median of each round.
 
-Also per case: `work`, the attention work of one S2 call per layer (query heads × head dim × N × group size, the
-group N × `--group-ratio`), the quantity `auto`'s threshold is set in (`trainer.s2attn.VARLEN_MAX_WORK`), and the
-backend `auto` resolves to there.
+Also per case: `work`, the attention work of one S2 call per layer (batch 1 × query heads × head dim × N × group
+size, the group N × `--group-ratio`), the quantity `auto`'s threshold is set in (`trainer.s2attn.VARLEN_MAX_WORK`),
+and the backend `auto` resolves to there.
 
-One command (H200, ~8 minutes):
+One command (H200, ~6 minutes; the nine cases of benchmarks/s2attn.md, which ran as two processes):
     python benchmarks/s2attn_backends.py --compile default --out benchmarks/results/s2attn-backends-h200
 CPU proof of the plumbing (SDPA backend only; the varlen kernel needs CUDA):
     python benchmarks/s2attn_backends.py --cases tiny@256 --variants full,s2-sdpa --device cpu --out /tmp/s2b
@@ -41,11 +41,12 @@ from llqa.models import RANDOM_SHAPES, resolve_device  # noqa: E402
 from trainer import s2attn  # noqa: E402
 from trainer.compile import compile_layers, uncompile_layers  # noqa: E402
 
+# the nine cases `VARLEN_MAX_WORK` was placed between (benchmarks/s2attn.md)
 CASES = (
-    "smollm2-135m@16384,smollm2-135m@24576,smollm2-135m@32768,smollm2-360m@16384,smollm2-360m@24576,"
-    "llama-3.2-1b@16384,llama-3.2-3b@16384"
+    "smollm2-135m@16384,smollm2-135m@24576,smollm2-135m@28672,smollm2-135m@32768,smollm2-360m@16384,"
+    "smollm2-360m@20480,smollm2-360m@24576,llama-3.2-1b@16384,llama-3.2-3b@16384"
 )
-VARIANTS = ("full", "s2-sdpa", "s2-varlen", "s2")
+VARIANTS = ("full", "s2-sdpa", "s2-varlen", "s2")  # s2: the default backend, `auto`
 
 
 def parse_cases(text: str) -> list[tuple[str, int]]:
@@ -141,7 +142,7 @@ def main(argv=None) -> int:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
     )
     p.add_argument("--cases", default=CASES, help="comma-separated SHAPE@TOKENS (random shapes of llqa.models)")
-    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
+    p.add_argument("--variants", default="full,s2-sdpa,s2-varlen", help=f"comma-separated, of {', '.join(VARIANTS)}")
     p.add_argument("--group-ratio", type=float, default=0.25)
     p.add_argument("--steps", type=int, default=3, help="timed steps per variant and round")
     p.add_argument("--rounds", type=int, default=2)
