@@ -293,7 +293,7 @@ def main(argv=None) -> int:
                 "tokens": n,
                 "variant": variant,
                 "group_size": s2_group_size(n, args.group_ratio) if variant not in ("full", "floor") else None,
-                "kernel": attention_kernel(model, variant, device, n, args.group_ratio),
+                "kernel": attention_kernel(model, variant, n, args.group_ratio),
             }
             if row["kernel"].startswith("unavailable"):
                 row["error"] = row["kernel"]
@@ -315,19 +315,24 @@ def main(argv=None) -> int:
     return 0
 
 
-def attention_kernel(model, variant: str, device, n_tokens: int, ratio: float) -> str:
+def query_like(model, n_tokens: int) -> torch.Tensor:
+    """A tensor with the shape, device and dtype of one layer's queries for one row of `n_tokens`, (1, Hq, N, D),
+    without their memory: what S2-Attn's backend choice reads."""
+    cfg = model.config
+    heads = cfg.num_attention_heads
+    dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    weight = next(model.parameters())
+    return torch.empty((), device=weight.device, dtype=weight.dtype).expand(1, heads, n_tokens, dim)
+
+
+def attention_kernel(model, variant: str, n_tokens: int, ratio: float) -> str:
     """What the variant's attention runs on at `n_tokens`, as S2-Attn's backend choice resolves it here."""
     if variant in ("full", "naive"):
         return "torch SDPA"
     if variant == "floor":
         return "none (attention removed)"
-    cfg = model.config
-    heads = cfg.num_attention_heads
-    dtype = next(model.parameters()).dtype
-    dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-    q = torch.empty((), device=device, dtype=dtype).expand(1, heads, n_tokens, dim)  # the shape, no memory
     try:
-        return s2attn.kernel_name(S2_BACKEND[variant], q, s2_group_size(n_tokens, ratio))
+        return s2attn.kernel_name(S2_BACKEND[variant], query_like(model, n_tokens), s2_group_size(n_tokens, ratio))
     except LlqaError as e:
         return f"unavailable: {e.what}"
 

@@ -10,7 +10,7 @@ so that a drift of the host's speed during the run falls on all of them alike. R
 median of all its timed steps, and the median of each round.
 
 Also per case: `work`, the attention work of one S2 call per layer (batch 1 × query heads × head dim × N × group
-size, the group N × `--group-ratio`), the quantity `auto`'s threshold is set in (`trainer.s2attn.VARLEN_MAX_WORK`),
+size, the group N × `--group-ratio`), `trainer.s2attn.attention_work`, the quantity `auto`'s threshold is set in,
 and the backend `auto` resolves to there.
 
 One command (H200, ~6 minutes; the nine cases of benchmarks/s2attn.md, which ran as two processes):
@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from benchmarks.decode_kernels import VOCAB, random_model, word_tokenizer  # noqa: E402
-from benchmarks.s2attn import S2_BACKEND, loss_fn, prepare_for_steps, use_variant  # noqa: E402
+from benchmarks.s2attn import S2_BACKEND, loss_fn, prepare_for_steps, query_like, use_variant  # noqa: E402
 from llqa.compile import graph_count  # noqa: E402
 from llqa.engine import check_compile_mode, resolve_compile_mode  # noqa: E402
 from llqa.io import atomic_write_json  # noqa: E402
@@ -57,22 +57,6 @@ def parse_cases(text: str) -> list[tuple[str, int]]:
             raise SystemExit(f"--cases: '{item}' is not SHAPE@TOKENS with SHAPE one of {', '.join(RANDOM_SHAPES)}")
         cases.append((shape, int(n)))
     return cases
-
-
-def attention_work(config, n_tokens: int, ratio: float) -> int:
-    """Query heads × head dim × N × group size: one S2 attention call's work up to a constant."""
-    heads = config.num_attention_heads
-    dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    return heads * dim * n_tokens * s2attn.s2_group_size(n_tokens, ratio)
-
-
-def auto_resolves(model, n_tokens: int, ratio: float, device) -> str:
-    cfg = model.config
-    heads = cfg.num_attention_heads
-    dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-    q = torch.empty((), device=device, dtype=next(model.parameters()).dtype).expand(1, heads, n_tokens, dim)
-    kernel = s2attn.kernel_name("auto", q, s2attn.s2_group_size(n_tokens, ratio))
-    return "varlen" if "varlen" in kernel else "sdpa"
 
 
 def step(model, ids, loss, device) -> float:
@@ -108,8 +92,9 @@ def run_case(shape, n_tokens, variants, args, device, dtype, compile_mode, loss)
         for variant in variants:
             use_variant(model, variant, args.group_ratio)
             times[variant].append([step(model, ids, loss, device) for _ in range(args.steps)])
-    work = attention_work(model.config, n_tokens, args.group_ratio)
-    auto = auto_resolves(model, n_tokens, args.group_ratio, device)
+    q, group = query_like(model, n_tokens), s2attn.s2_group_size(n_tokens, args.group_ratio)
+    work = s2attn.attention_work(q, group)
+    auto = "varlen" if "varlen" in s2attn.kernel_name("auto", q, group) else "sdpa"
     if compile_mode != "off":
         uncompile_layers(model)
     del model

@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from benchmarks.s2attn import loss_fn, sync, use_variant  # noqa: E402
+from benchmarks.s2attn import loss_fn, prepare_for_steps, sync, use_variant  # noqa: E402
 from llqa.engine import resolve_compile_mode  # noqa: E402
 from llqa.models import load_model  # noqa: E402
 from trainer.compile import compile_layers  # noqa: E402
@@ -83,9 +83,7 @@ def main(argv=None) -> int:
         args.model, ctx=max(lengths), dtype="bfloat16" if device.type == "cuda" else "float32", device=str(device)
     )
     model = loaded.model
-    model.config.use_cache = False
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.train()
+    prepare_for_steps(model)
     mode = resolve_compile_mode(args.compile, device)
     if mode != "off":
         compile_layers(model, mode, dynamic=False)

@@ -502,11 +502,17 @@ def check_backend(backend: str, device, dtype) -> bool:
     return fits
 
 
-def auto_prefers_varlen(q, group_size: int) -> bool:
-    """`auto`'s choice without flash-attn: torch's varlen kernel when one S2 call's attention work — batch ×
-    query heads × head dim × N × group size, `q` (B, Hq, N, D) — is at most `VARLEN_MAX_WORK`, else SDPA."""
+def attention_work(q, group_size: int) -> int:
+    """One S2 call's attention work up to a constant: batch × query heads × head dim × N × group size, for
+    `q` (B, Hq, N, D) — the quantity `VARLEN_MAX_WORK` is set in."""
     B, Hq, N, D = q.shape
-    return B * Hq * D * N * group_size <= VARLEN_MAX_WORK
+    return B * Hq * D * N * group_size
+
+
+def auto_prefers_varlen(q, group_size: int) -> bool:
+    """`auto`'s choice without flash-attn: torch's varlen kernel when the call's `attention_work` is at most
+    `VARLEN_MAX_WORK`, else SDPA."""
+    return attention_work(q, group_size) <= VARLEN_MAX_WORK
 
 
 def _varlen_kernel(backend: str, q, dropout: float, scale: float | None, group_size: int | None = None):
